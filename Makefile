@@ -1,0 +1,19 @@
+# The two commands a new machine needs: `make demo` and `make test` (each installs what it needs first).
+PY := .venv/bin/python
+
+.PHONY: bootstrap demo test services bench
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap  ## run the SLI pipeline on its bundled sample, locally
+	$(PY) -m pipelines.sli
+
+test: bootstrap  ## the whole suite, emulators included (started and stopped by the tests)
+	$(PY) -m pytest -q tests
+
+services: bootstrap  ## start the local emulators for manual runs; prints the env to export
+	$(PY) -m tests.harness
+
+bench: bootstrap
+	$(PY) -m bench.sli

@@ -1,0 +1,202 @@
+"""SLIs from request logs: per-journey, per-window availability, latency, throughput and error rate.
+
+Local default (bundled sample: one day of a profile web service in every supported log format, with a
+short 5xx incident and a latency regression; rows and dead letters land in output/sli, then a report):
+
+    python -m pipelines.sli
+
+Streaming on Dataflow, from a Cloud Logging sink's Pub/Sub subscription to BigQuery and Bigtable:
+
+    python -m pipelines.sli --runner DataflowRunner --project P --region us-central1 \\
+        --temp_location gs://B/tmp --setup_file ./setup.py --streaming \\
+        --sli_config gs://B/config/profile_service.yaml \\
+        --input_subscription projects/P/subscriptions/request-logs \\
+        --output_table P:sre.sli_windows --bigtable_instance sre --bigtable_table sli_windows \\
+        --dead_letter_table P:sre.dead_letters
+
+Backfill: the same with `--input_files 'gs://B/logs/*.json.gz'` or `--input_table P:logs.requests_export`
+instead of the subscription (and no --streaming).
+"""
+import json
+import logging
+import os
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.pvalue import PCollection
+
+from pipelines.common import OutputOptions, choose_local_runner, metric_counts, parse_pipeline_options
+from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
+from transforms.log_parsing import ParseLogRecords
+from transforms.sli import ComputeSliRows
+from transforms.sli_config import SAMPLES_DIR, SliConfigError, load_sli_config
+from transforms.sli_io import ReadLogRecords, WriteSliRows
+
+PIPELINE = "sli"
+SAMPLE_CONFIG = SAMPLES_DIR / "profile_service.yaml"
+SAMPLE_LOGS = SAMPLES_DIR / "request_logs.jsonl.gz"
+
+
+class SliOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--sli_config", type=str, default=None,
+            help=f"YAML file (local or gs://) defining services, journeys and SLIs. Default: the bundled "
+                 f"sample {SAMPLE_CONFIG.name}.")
+        parser.add_argument(
+            "--input_subscription", type=str, default=None,
+            help="Pub/Sub subscription projects/P/subscriptions/S to read log entries from (streaming).")
+        parser.add_argument(
+            "--input_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
+        parser.add_argument(
+            "--input_files", type=str, default=None,
+            help="Newline-delimited JSON log files (glob, local or gs://; .gz is decompressed) for a backfill.")
+        parser.add_argument(
+            "--input_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE holding a Cloud Logging export, for a backfill.")
+        parser.add_argument(
+            "--window_seconds", type=int, default=60,
+            help="Length of the event-time fixed windows, in seconds. Default: 60.")
+        parser.add_argument(
+            "--allowed_lateness_seconds", type=int, default=3600,
+            help="How late (event time behind the watermark) a record may arrive and still update its "
+                 "window with a LATE pane. Default: 3600.")
+        parser.add_argument(
+            "--output_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the per-window SLI rows (created if missing, "
+                 "day-partitioned on window_start, clustered by sli_id).")
+        parser.add_argument(
+            "--bigtable_instance", type=str, default=None,
+            help="Bigtable instance for the per-window time series (with --bigtable_table; project: --project).")
+        parser.add_argument(
+            "--bigtable_table", type=str, default=None,
+            help="Bigtable table for the per-window time series (created with its column family if missing).")
+
+
+class SliOutputs(NamedTuple):
+    sli_rows: PCollection
+    dead_letters: PCollection
+
+
+def validate(options):
+    """Cross-flag checks, before any graph is built. Returns the loaded SLI config."""
+    sli = options.view_as(SliOptions)
+    out = options.view_as(OutputOptions)
+    inputs = [f for f in ("input_subscription", "input_topic", "input_files", "input_table") if getattr(sli, f)]
+    if len(inputs) > 1:
+        raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
+    if sli.window_seconds <= 0:
+        raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
+    if sli.allowed_lateness_seconds < 0:
+        raise ValueError(f"--allowed_lateness_seconds must be >= 0, got {sli.allowed_lateness_seconds}")
+    if bool(sli.bigtable_instance) != bool(sli.bigtable_table):
+        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
+    if sli.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
+        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
+    if not (sli.output_table or sli.bigtable_instance or out.output_dir):
+        out.output_dir = os.path.join("output", PIPELINE)
+    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
+        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
+                         "--output_dir")
+    if sli.input_subscription or sli.input_topic:
+        options.view_as(StandardOptions).streaming = True
+    return load_sli_config(sli.sli_config or SAMPLE_CONFIG)
+
+
+def build(pipeline, options, config, source=None):
+    """Wires the graph. `source` replaces the input (e.g. Create or TestStream in tests); it yields raw
+    records: PubsubMessage, JSON text/bytes or dicts."""
+    sli = options.view_as(SliOptions)
+    out = options.view_as(OutputOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    if source is None:
+        files = sli.input_files
+        if not (files or sli.input_subscription or sli.input_topic or sli.input_table):
+            files = str(SAMPLE_LOGS)
+        source = ReadLogRecords(sli.input_subscription, sli.input_topic, files, sli.input_table)
+    records = pipeline | "ReadLogRecords" >> source
+    parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
+        DEAD_LETTER_TAG, main="events")
+    rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
+        config, sli.window_seconds, sli.allowed_lateness_seconds)
+    bigtable = (options.view_as(GoogleCloudOptions).project, sli.bigtable_instance, sli.bigtable_table)
+    sink_failures = rows | "WriteSliRows" >> WriteSliRows(
+        bigquery_table=sli.output_table,
+        bq_write_method=out.bq_write_method,
+        bigtable=bigtable if sli.bigtable_instance else None,
+        local_prefix=FileSystems.join(out.output_dir, "sli_rows") if out.output_dir else None,
+        streaming=streaming,
+        pipeline_name=PIPELINE,
+    )
+    dead_letters = (parsed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+        bigquery_table=out.dead_letter_table,
+        pubsub_topic=out.dead_letter_topic,
+        local_prefix=FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None,
+        streaming=streaming,
+        bq_write_method=out.bq_write_method,
+    )
+    return SliOutputs(rows, dead_letters)
+
+
+def _read_jsonl(pattern):
+    rows = []
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            rows.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip())
+    return rows
+
+
+def report(result, output_dir):
+    """A short text report of a finished batch run: counts from Beam metrics, SLIs from the output files."""
+    counts = metric_counts(result, PIPELINE)
+    lines = [
+        f"records in: {counts.get('records_in', 0)}  events: {counts.get('records_parsed', 0)}  "
+        f"dead letters: {counts.get('dead_letters', 0)}  unmatched requests: {counts.get('requests_unmatched', 0)}",
+    ]
+    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    if reasons:
+        lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    if output_dir:
+        rows = [r for r in _read_jsonl(FileSystems.join(output_dir, "sli_rows*.jsonl")) if r["sli_kind"] != "unmatched"]
+        totals = {}
+        for row in rows:
+            good, total = totals.get(row["sli_id"], (0, 0))
+            totals[row["sli_id"]] = (good + row["good"], total + row["total"])
+        lines.append(f"{'SLI':<52} {'good/total':>17} {'ratio':>9}")
+        for sli_id, (good, total) in sorted(totals.items()):
+            if not sli_id.endswith("/throughput"):
+                lines.append(f"{sli_id:<52} {f'{good}/{total}':>17} {good / total:>9.4%}")
+        worst = sorted((r for r in rows if r["sli_kind"] == "availability"), key=lambda r: r["good_fraction"])[:3]
+        for row in worst:
+            lines.append(f"worst availability minute: {row['window_start']} {row['sli_id']} "
+                         f"{row['good_fraction']:.2%} of {row['total']}")
+        lines.append(f"outputs: {output_dir}/sli_rows-*.jsonl, {output_dir}/dead_letters-*.jsonl")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    options = parse_pipeline_options(argv, __doc__, [SliOptions])
+    try:
+        config = validate(options)
+    except (ValueError, SliConfigError) as e:
+        raise SystemExit(f"error: {e}") from None
+    runner = choose_local_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, config)
+    result = pipeline.run()
+    if runner in ("DataflowRunner", "dataflow"):
+        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+        return result
+    result.wait_until_finish()  # a local streaming job runs until interrupted
+    print(report(result, options.view_as(OutputOptions).output_dir))
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

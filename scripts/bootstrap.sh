@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the pipelines and tests need into two virtualenvs, from the lock files:
+#   .venv           the project (requirements.lock, then this package in editable mode)
+#   .venv-services  the BigQuery and GCS emulators (requirements-services.lock), kept apart so their pins
+#                   never constrain the project's.
+# Re-running is cheap: each venv is rebuilt only when its lock file changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip --version >/dev/null 2>&1 || { echo "bootstrap: python3 with pip is required" >&2; exit 1; }
+command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+UV="$(command -v uv || echo "python3 -m uv")"
+
+install_venv() {  # venv lock [extra pip args...]
+  local venv=$1 lock=$2; shift 2
+  local stamp="$venv/.lock.sha256" want
+  want=$(sha256sum "$lock" setup.py | sha256sum | cut -d' ' -f1)
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
+  echo "bootstrap: installing $venv from $lock"
+  $UV venv --quiet --allow-existing -p 3.11 "$venv"
+  $UV pip install --quiet -p "$venv/bin/python" -r "$lock" "$@"
+  echo "$want" > "$stamp"
+}
+
+install_venv .venv requirements.lock -e . --no-deps
+install_venv .venv-services requirements-services.lock
+# bqemulator would otherwise try to download DuckDB's spatial extension at start-up.
+.venv-services/bin/python -c "from duckdb_extensions import extension_importer as e; e.import_extension('spatial'); e.import_extension('avro')"

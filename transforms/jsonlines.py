@@ -1,0 +1,27 @@
+"""Newline-delimited JSON files: the local output format of every pipeline."""
+import json
+
+import apache_beam as beam
+
+
+def to_json_line(row):
+    return json.dumps(row, sort_keys=True, default=str)
+
+
+class WriteJsonLines(beam.PTransform):
+    """Writes dicts as JSONL shards `<prefix>-SSSSS-of-NNNNN.jsonl`; in streaming, one set of files per
+    `streaming_flush_seconds` (WriteToText needs a triggering frequency on unbounded input)."""
+
+    def __init__(self, file_path_prefix, streaming=False, streaming_flush_seconds=60):
+        super().__init__()
+        self._prefix = file_path_prefix
+        self._triggering_frequency = streaming_flush_seconds if streaming else None
+
+    def expand(self, rows):
+        return (
+            rows
+            | "ToJson" >> beam.Map(to_json_line)
+            | "Write" >> beam.io.WriteToText(
+                self._prefix, file_name_suffix=".jsonl", triggering_frequency=self._triggering_frequency
+            )
+        )

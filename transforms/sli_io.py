@@ -1,0 +1,123 @@
+"""Sources and sinks of the SLI pipeline, as composites so tests can swap them for Create/TestStream."""
+import datetime
+
+import apache_beam as beam
+from apache_beam.io.gcp.bigtableio import WriteToBigTable
+
+from transforms.deadletter import make_dead_letter
+from transforms.jsonlines import WriteJsonLines
+from transforms.sli import SLI_ROW_BQ_SCHEMA
+
+BIGTABLE_COLUMN_FAMILY = "sli"
+
+
+class ReadLogRecords(beam.PTransform):
+    """Raw log records from exactly one source: Pub/Sub subscription or topic (PubsubMessage with
+    attributes), newline-delimited JSON files (str lines; .gz read transparently; local or gs:// globs),
+    or a BigQuery table holding a Cloud Logging export (dict rows)."""
+
+    def __init__(self, subscription=None, topic=None, file_pattern=None, table=None):
+        super().__init__()
+        given = [x for x in (subscription, topic, file_pattern, table) if x]
+        if len(given) != 1:
+            raise ValueError("give exactly one of --input_subscription, --input_topic, --input_files, --input_table")
+        self._subscription, self._topic, self._files, self._table = subscription, topic, file_pattern, table
+
+    def expand(self, pbegin):
+        if self._subscription or self._topic:
+            return pbegin | "ReadPubsub" >> beam.io.ReadFromPubSub(
+                subscription=self._subscription, topic=self._topic, with_attributes=True)
+        if self._files:
+            return pbegin | "ReadFiles" >> beam.io.ReadFromText(self._files)
+        return pbegin | "ReadBigQuery" >> beam.io.ReadFromBigQuery(
+            table=self._table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ)
+
+
+def bigtable_row_key(row):
+    """`<sli_id>#<window_start as YYYY-MM-DDTHH:MM:SSZ>`: one SLI's windows are contiguous and in time
+    order, so a prefix scan returns its series and a key range returns a time range."""
+    start = datetime.datetime.fromisoformat(row["window_start"]).astimezone(datetime.timezone.utc)
+    return f"{row['sli_id']}#{start:%Y-%m-%dT%H:%M:%SZ}"
+
+
+class ToBigtableRows(beam.DoFn):
+    """SLI row dict -> DirectRow with every non-null field as a UTF-8 cell in family `sli`, cell
+    timestamp = emission time (late panes add a newer version; the family keeps only the latest).
+    Creates the table and column family on first use if they are missing."""
+
+    def __init__(self, project, instance, table):
+        self._project, self._instance, self._table = project, instance, table
+
+    def setup(self):
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud import bigtable
+        from google.cloud.bigtable import column_family
+
+        client = bigtable.Client(project=self._project, admin=True)
+        table = client.instance(self._instance).table(self._table)
+        try:
+            if not table.exists():
+                table.create(column_families={BIGTABLE_COLUMN_FAMILY: column_family.MaxVersionsGCRule(1)})
+        except AlreadyExists:
+            pass  # another worker created it first
+        client.close()
+
+    def process(self, row):
+        from google.cloud.bigtable.row import DirectRow
+
+        direct_row = DirectRow(row_key=bigtable_row_key(row).encode("utf-8"))
+        cell_time = datetime.datetime.fromisoformat(row["emitted_at"])
+        for name, value in row.items():
+            if value is not None:
+                direct_row.set_cell(BIGTABLE_COLUMN_FAMILY, name.encode(), str(value).encode("utf-8"), cell_time)
+        yield direct_row
+
+
+class WriteSliRows(beam.PTransform):
+    """Writes SLI rows to each sink configured; returns a tuple of dead-letter PCollections (rows BigQuery
+    rejected), empty when no sink can reject rows.
+
+    BigQuery: day-partitioned on window_start, clustered by sli_id, created if missing."""
+
+    def __init__(self, bigquery_table=None, bq_write_method="STREAMING_INSERTS", bigtable=None,
+                 local_prefix=None, streaming=False, pipeline_name="sli"):
+        super().__init__()
+        self._table = bigquery_table
+        self._method = bq_write_method
+        self._bigtable = bigtable  # (project, instance, table) or None
+        self._local_prefix = local_prefix
+        self._streaming = streaming
+        self._pipeline = pipeline_name
+
+    def expand(self, rows):
+        dead_letters = []
+        if self._table:
+            result = rows | "ToBigQuery" >> beam.io.WriteToBigQuery(
+                self._table,
+                schema=SLI_ROW_BQ_SCHEMA,
+                method=self._method,
+                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
+                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND,
+                additional_bq_parameters={
+                    "timePartitioning": {"type": "DAY", "field": "window_start"},
+                    "clustering": {"fields": ["sli_id"]},
+                },
+            )
+            if self._method == "STREAMING_INSERTS":
+                pipeline = self._pipeline
+                dead_letters.append(
+                    result.failed_rows_with_errors
+                    | "BigQueryFailuresToDeadLetters" >> beam.Map(
+                        lambda failed: make_dead_letter(pipeline, "WriteSliRows/ToBigQuery", failed[1],
+                                                        f"BigQuery rejected the row: {failed[2]}"))
+                )
+        if self._bigtable:
+            project, instance, table = self._bigtable
+            (
+                rows
+                | "ToBigtableRows" >> beam.ParDo(ToBigtableRows(project, instance, table))
+                | "ToBigtable" >> WriteToBigTable(project_id=project, instance_id=instance, table_id=table)
+            )
+        if self._local_prefix:
+            rows | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
+        return tuple(dead_letters)
