@@ -13,7 +13,8 @@ Row schema (one row per SLI, journey and event-time window; `SLI_ROW_BQ_SCHEMA` 
   throughput_rps   total / window_seconds
   latency_p50_ms .. latency_p99_ms   DDSketch, within 1% relative error; latency_mean_ms, latency_max_ms exact
   pane_timing      ON_TIME for the watermark pane, LATE for each update by late data (EARLY unused);
-  pane_index       0, 1, ... per window: readers take the highest; is_final when no later pane can follow
+  pane_index       0, 1, ... per window: readers take the highest; is_final when no later pane can
+                   follow (always in batch; in streaming Beam knows it only when the window expires)
   emitted_at       processing time of the pane
 
 Requests that match no journey of their service are counted in rows with journey "_unmatched" and
@@ -129,8 +130,9 @@ _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 class FormatSliRows(beam.DoFn):
     """((service, journey), stats) in a window pane -> one row per SLI of the journey."""
 
-    def __init__(self, config):
+    def __init__(self, config, bounded_input):
         self._config = config
+        self._bounded_input = bounded_input  # batch: the watermark pane is the only and final one
 
     def setup(self):
         self._slis = {
@@ -155,7 +157,7 @@ class FormatSliRows(beam.DoFn):
             "latency_max_ms": stats.latency_max_ms,
             "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
             "pane_index": pane.index,
-            "is_final": bool(pane.is_last),
+            "is_final": bool(pane.is_last) or self._bounded_input,
             "emitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
         if journey == UNMATCHED_JOURNEY:
@@ -201,5 +203,5 @@ class ComputeSliRows(beam.PTransform):
                 allowed_lateness=Duration(seconds=self._allowed_lateness),
             )
             | "AggregatePerJourney" >> beam.CombinePerKey(JourneyWindowStatsFn())
-            | "FormatSliRows" >> beam.ParDo(FormatSliRows(self._config))
+            | "FormatSliRows" >> beam.ParDo(FormatSliRows(self._config, events.is_bounded))
         )

@@ -23,7 +23,7 @@ _JOURNEYS = [
     ("POST", "/login", 0.10, 180.0),
     ("GET", "/static/app-{}.js", 0.02, 5.0),  # matches no journey
 ]
-_MALFORMED = [
+MALFORMED = [
     "{not json",
     "[1, 2, 3]",
     '{"timestamp": "2026-11-22T09:00:00Z", "httpRequest": {"requestMethod": "GET", "status": 200, "latency": "0.1s"}}',
@@ -89,17 +89,26 @@ def format_record(rng, ts, method, path, status, latency_ms):
             "method": method, "uri": path, "status": status, "request_time": round(latency_ms / 1000, 6)}
 
 
-def generate(n_events, seconds=86400, seed=7, malformed_every=4000):
-    """Yields JSON lines: n_events requests spread over `seconds` from DAY_START, plus a malformed line
-    after every `malformed_every` requests (cycling through the malformed kinds)."""
+def generate_with_truth(n_events, seconds=86400, seed=7, malformed_every=4000, start=None):
+    """Yields (JSON line, truth) pairs: n_events requests spread over `seconds` from `start` (default
+    DAY_START), truth being the request as generated ({"t", "method", "path", "status", "latency_ms"});
+    after every `malformed_every` requests a malformed line (cycling through the kinds) with truth None."""
     rng = random.Random(seed)
-    start = DAY_START.timestamp()
+    start = (start or DAY_START).timestamp()
     for i in range(n_events):
         t = seconds * i / n_events + rng.random() * seconds / n_events
         method, path, status, latency = _request(rng, t)
-        yield json.dumps(format_record(rng, start + t, method, path, status, latency), separators=(",", ":"))
+        latency = round(latency, 3)
+        line = json.dumps(format_record(rng, start + t, method, path, status, latency), separators=(",", ":"))
+        yield line, {"t": start + t, "method": method, "path": path, "status": status, "latency_ms": latency}
         if malformed_every and i % malformed_every == malformed_every - 1:
-            yield _MALFORMED[(i // malformed_every) % len(_MALFORMED)]
+            yield MALFORMED[(i // malformed_every) % len(MALFORMED)], None
+
+
+def generate(n_events, **kwargs):
+    """Just the lines of `generate_with_truth`."""
+    for line, _ in generate_with_truth(n_events, **kwargs):
+        yield line
 
 
 def main():
