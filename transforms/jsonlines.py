@@ -2,6 +2,7 @@
 import json
 
 import apache_beam as beam
+from apache_beam.transforms import window
 
 
 def to_json_line(row):
@@ -10,7 +11,8 @@ def to_json_line(row):
 
 class WriteJsonLines(beam.PTransform):
     """Writes dicts as JSONL shards `<prefix>-SSSSS-of-NNNNN.jsonl`; in streaming, one set of files per
-    `streaming_flush_seconds` (WriteToText needs a triggering frequency on unbounded input)."""
+    `streaming_flush_seconds` of event time (WriteToText needs a triggering frequency, and windows other
+    than the global one, on unbounded input)."""
 
     def __init__(self, file_path_prefix, streaming=False, streaming_flush_seconds=60):
         super().__init__()
@@ -18,6 +20,8 @@ class WriteJsonLines(beam.PTransform):
         self._triggering_frequency = streaming_flush_seconds if streaming else None
 
     def expand(self, rows):
+        if self._triggering_frequency:
+            rows = rows | "FlushWindows" >> beam.WindowInto(window.FixedWindows(self._triggering_frequency))
         return (
             rows
             | "ToJson" >> beam.Map(to_json_line)
