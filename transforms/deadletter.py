@@ -23,7 +23,7 @@ import traceback
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.jsonlines import WriteJsonLines
+from transforms.sinks import ReleaseToSinks, WriteJsonLines
 
 DEAD_LETTER_TAG = "dead_letters"
 
@@ -111,7 +111,9 @@ class WriteDeadLetters(beam.PTransform):
         self._bq_write_method = bq_write_method
 
     def expand(self, dead_letters):
-        counted = dead_letters | "Count" >> beam.ParDo(CountDeadLetters())
+        counted = (dead_letters
+                   | "Count" >> beam.ParDo(CountDeadLetters())
+                   | "ReleaseToSinks" >> ReleaseToSinks())
         if self._table:
             counted | "ToBigQuery" >> beam.io.WriteToBigQuery(
                 self._table,

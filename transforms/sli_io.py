@@ -5,7 +5,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.bigtableio import WriteToBigTable
 
 from transforms.deadletter import make_dead_letter
-from transforms.jsonlines import WriteJsonLines
+from transforms.sinks import ReleaseToSinks, WriteJsonLines
 from transforms.sli import SLI_ROW_BQ_SCHEMA
 
 BIGTABLE_COLUMN_FAMILY = "sli"
@@ -90,6 +90,7 @@ class WriteSliRows(beam.PTransform):
         self._pipeline = pipeline_name
 
     def expand(self, rows):
+        rows = rows | "ReleaseToSinks" >> ReleaseToSinks()
         dead_letters = []
         if self._table:
             result = rows | "ToBigQuery" >> beam.io.WriteToBigQuery(
