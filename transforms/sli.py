@@ -78,10 +78,14 @@ def _bad_predicate(sli):
 
 
 class MatchJourneys(beam.DoFn):
-    """RequestEvent -> ((service, journey), (latency_ms, bad flags per SLI of the journey))."""
+    """RequestEvent -> ((service, journey, window start), (latency_ms, bad flags per SLI of the journey)).
 
-    def __init__(self, config):
+    The window start in the key gives each key a single window: Beam's trigger driver handles the windows
+    of one key in time quadratic in their number, which a day-long backfill would otherwise pay."""
+
+    def __init__(self, config, window_seconds):
         self._config = config
+        self._window_seconds = window_seconds
 
     def setup(self):
         self._matcher = JourneyMatcher(self._config)
@@ -93,11 +97,11 @@ class MatchJourneys(beam.DoFn):
         journey, slis = self._matcher.match(service, event.method, event.path)
         if journey == UNMATCHED_JOURNEY:
             self._unmatched.inc()
-        key = (service, journey)
-        predicates = self._predicates.get(key)
+        predicates = self._predicates.get((service, journey))
         if predicates is None:
-            predicates = self._predicates[key] = tuple(_bad_predicate(s) for s in slis)
-        yield key, (event.latency_ms, tuple(p(event) for p in predicates))
+            predicates = self._predicates[(service, journey)] = tuple(_bad_predicate(s) for s in slis)
+        window_start = int(event.timestamp // self._window_seconds) * self._window_seconds
+        yield (service, journey, window_start), (event.latency_ms, tuple(p(event) for p in predicates))
 
 
 class JourneyWindowStatsFn(beam.CombineFn):
@@ -128,7 +132,7 @@ _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 
 
 class FormatSliRows(beam.DoFn):
-    """((service, journey), stats) in a window pane -> one row per SLI of the journey."""
+    """((service, journey, window start), stats) in a window pane -> one row per SLI of the journey."""
 
     def __init__(self, config, bounded_input):
         self._config = config
@@ -142,7 +146,7 @@ class FormatSliRows(beam.DoFn):
         }
 
     def process(self, keyed_stats, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (service, journey), stats = keyed_stats
+        (service, journey, _), stats = keyed_stats
         seconds = (win.end.micros - win.start.micros) // 1_000_000
         common = {
             "service": service,
@@ -192,16 +196,23 @@ class ComputeSliRows(beam.PTransform):
         self._window_seconds = window_seconds
         self._allowed_lateness = allowed_lateness_seconds
 
+    def _windowing(self, bounded):
+        if bounded:
+            # A backfill has one pane per window anyway; the default trigger skips the general trigger
+            # driver (about 15% faster end to end in bench/sli.py). Same rows: tests compare both paths.
+            return beam.WindowInto(window.FixedWindows(self._window_seconds))
+        return beam.WindowInto(
+            window.FixedWindows(self._window_seconds),
+            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            allowed_lateness=Duration(seconds=self._allowed_lateness),
+        )
+
     def expand(self, events):
         return (
             events
-            | "MatchJourneys" >> beam.ParDo(MatchJourneys(self._config))
-            | "FixedWindows" >> beam.WindowInto(
-                window.FixedWindows(self._window_seconds),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=Duration(seconds=self._allowed_lateness),
-            )
+            | "MatchJourneys" >> beam.ParDo(MatchJourneys(self._config, self._window_seconds))
+            | "FixedWindows" >> self._windowing(events.is_bounded)
             | "AggregatePerJourney" >> beam.CombinePerKey(JourneyWindowStatsFn())
             | "FormatSliRows" >> beam.ParDo(FormatSliRows(self._config, events.is_bounded))
         )

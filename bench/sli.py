@@ -1,0 +1,111 @@
+"""Benchmark: the SLI batch path on the local runner against DuckDB SQL doing the same per-minute work.
+
+    python -m bench.sli [--events 1000000] [--workers 1]
+
+Both read the same generated gzip JSONL file (three log formats mixed, as in the bundled sample), parse
+every format, match journeys, and compute per journey and minute: count, 5xx count, count over 100 ms
+and 500 ms, and p50/p90/p95/p99 latency. Each runs in its own process; wall time and peak RSS are that
+process's. DuckDB is the ceiling (vectorized C++ over one file); the ratio says what Beam's
+portability costs on one machine, before Dataflow spreads the work over many.
+"""
+import argparse
+import gzip
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipelines.samples.request_logs import generate
+
+DUCKDB_SQL = r"""
+WITH raw AS (SELECT json AS j FROM read_ndjson_objects('__FILE__', compression = 'gzip', ignore_errors = true)),
+req AS (
+  SELECT
+    COALESCE(TRY_CAST(j->>'timestamp' AS TIMESTAMPTZ), TRY_CAST(j->>'@timestamp' AS TIMESTAMPTZ),
+             make_timestamp(TRY_CAST(j->>'timeMillis' AS BIGINT) * 1000), TRY_CAST(j->>'time' AS TIMESTAMPTZ)) AS ts,
+    upper(COALESCE(j->'httpRequest'->>'requestMethod', j->'contextMap'->>'http.method', j->'http'->>'method', j->>'method')) AS method,
+    COALESCE(regexp_extract(j->'httpRequest'->>'requestUrl', '^(?:https?://[^/]+)?([^?]*)', 1),
+             j->'contextMap'->>'http.path', j->'http'->>'path', j->>'uri') AS path,
+    TRY_CAST(COALESCE(j->'httpRequest'->>'status', j->'contextMap'->>'http.status', j->'http'->>'status', j->>'status') AS INT) AS status,
+    COALESCE(TRY_CAST(rtrim(j->'httpRequest'->>'latency', 's') AS DOUBLE) * 1000,
+             TRY_CAST(j->'contextMap'->>'http.latency_ms' AS DOUBLE), TRY_CAST(j->'http'->>'latency_ms' AS DOUBLE),
+             TRY_CAST(j->>'request_time' AS DOUBLE) * 1000) AS latency_ms
+  FROM raw
+),
+matched AS (
+  SELECT *, CASE
+    WHEN method = 'GET' AND regexp_full_match(path, '/profile/[^/]+') THEN 'view-profile'
+    WHEN method = 'GET' AND regexp_full_match(path, '/profile/[^/]+/avatar') THEN 'view-avatar'
+    WHEN method IN ('POST', 'PUT') AND regexp_full_match(path, '/api/v1/profile/[^/]+') THEN 'update-profile'
+    WHEN method = 'POST' AND path = '/login' THEN 'login'
+    ELSE '_unmatched' END AS journey
+  FROM req WHERE ts IS NOT NULL AND status BETWEEN 100 AND 599 AND latency_ms >= 0
+)
+SELECT journey, time_bucket(INTERVAL 1 MINUTE, ts) AS minute, count(*) AS total,
+       count(*) FILTER (status >= 500) AS bad_5xx,
+       count(*) FILTER (latency_ms > 100) AS over_100ms, count(*) FILTER (latency_ms > 500) AS over_500ms,
+       quantile_cont(latency_ms, [0.5, 0.9, 0.95, 0.99]) AS percentiles
+FROM matched GROUP BY ALL
+"""
+
+
+def run_duckdb(path):
+    import duckdb
+    rows = duckdb.sql(DUCKDB_SQL.replace("__FILE__", path.replace("'", "''"))).fetchall()
+    return sum(r[2] for r in rows), len(rows)
+
+
+def run_beam(path, workers):
+    from pipelines import sli
+    out = tempfile.mkdtemp(prefix="bench-sli-")
+    argv = ["--input_files", path, "--output_dir", out]
+    if workers > 1:
+        argv += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+    sli.run(argv)
+
+
+def measure(engine, path, workers):
+    """Runs one engine in a child process; returns (seconds, peak RSS in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sli", "--engine", engine, "--file", path,
+                             "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{engine} run failed (status {status}); rerun with --engine {engine} --file {path}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="Log lines to generate. Default: 1000000.")
+    parser.add_argument("--workers", type=int, default=1, help="Beam SDK worker processes. Default: 1.")
+    parser.add_argument("--file", type=str, default=None, help="Use this JSONL(.gz) file instead of generating one.")
+    parser.add_argument("--engine", choices=["beam", "duckdb"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.engine == "beam":
+        return run_beam(args.file, args.workers)
+    if args.engine == "duckdb":
+        return print(run_duckdb(args.file))
+
+    path = args.file
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(prefix="bench-sli-"), "logs.jsonl.gz")
+        t = time.perf_counter()
+        with gzip.open(path, "wt", compresslevel=1) as f:
+            for line in generate(args.events, malformed_every=0):
+                f.write(line + "\n")
+        print(f"generated {args.events:,} lines in {time.perf_counter() - t:.0f}s: {path}")
+    lines = sum(1 for _ in gzip.open(path, "rt")) if path.endswith(".gz") else sum(1 for _ in open(path))
+    duck_s, duck_mb = measure("duckdb", path, 1)
+    beam_s, beam_mb = measure("beam", path, args.workers)
+    print(f"{'engine':<28} {'seconds':>8} {'events/s':>10} {'peak RSS MiB':>13}")
+    print(f"{'DuckDB SQL (baseline)':<28} {duck_s:>8.1f} {lines / duck_s:>10,.0f} {duck_mb:>13,.0f}")
+    print(f"{f'Beam FnApiRunner x{args.workers}':<28} {beam_s:>8.1f} {lines / beam_s:>10,.0f} {beam_mb:>13,.0f}")
+    print(f"ratio Beam/DuckDB: throughput {duck_s / beam_s:.3f}x, peak memory {beam_mb / duck_mb:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
