@@ -33,6 +33,21 @@ class OutputOptions(PipelineOptions):
                  "(fine on Dataflow). Default: STREAMING_INSERTS.")
 
 
+class UdfOptions(PipelineOptions):
+    """For pipelines that read records: a user-defined function applied to each record before parsing."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--udf_path", type=str, default=None,
+            help="Python (.py) or JavaScript (.js) file, local or gs://, holding a function applied to each "
+                 "record before parsing; it returns the new record, or None/null to filter it out.")
+        parser.add_argument(
+            "--udf_function", type=str, default="process",
+            help="Name of the function in --udf_path. Default: process (the Google-provided templates' "
+                 "JavaScript convention).")
+
+
 def parse_pipeline_options(argv, description, option_classes):
     """Parses argv into PipelineOptions; `--help` lists the pipeline's flags, the shared ones and the
     main Beam/Dataflow ones (the rest: https://cloud.google.com/dataflow/docs/reference/pipeline-options)."""

@@ -23,16 +23,19 @@ import os
 from typing import NamedTuple
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import OutputOptions, choose_local_runner, metric_counts, parse_pipeline_options
+from pipelines.common import (
+    OutputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
 from transforms.log_parsing import ParseLogRecords
 from transforms.sli import ComputeSliRows
-from transforms.sli_config import SAMPLES_DIR, SliConfigError, load_sli_config
+from transforms.sli_config import SAMPLES_DIR, load_sli_config
 from transforms.sli_io import ReadLogRecords, WriteSliRows
+from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "sli"
 SAMPLE_CONFIG = SAMPLES_DIR / "profile_service.yaml"
@@ -82,6 +85,11 @@ class SliOutputs(NamedTuple):
     dead_letters: PCollection
 
 
+def _count_record_in(record):
+    Metrics.counter(PIPELINE, "records_in").inc()
+    return record
+
+
 def validate(options):
     """Cross-flag checks, before any graph is built. Returns the loaded SLI config."""
     sli = options.view_as(SliOptions)
@@ -104,6 +112,9 @@ def validate(options):
                          "--output_dir")
     if sli.input_subscription or sli.input_topic:
         options.view_as(StandardOptions).streaming = True
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)  # fail at start-up, not on the workers
     return load_sli_config(sli.sli_config or SAMPLE_CONFIG)
 
 
@@ -118,7 +129,16 @@ def build(pipeline, options, config, source=None):
         if not (files or sli.input_subscription or sli.input_topic or sli.input_table):
             files = str(SAMPLE_LOGS)
         source = ReadLogRecords(sli.input_subscription, sli.input_topic, files, sli.input_table)
-    records = pipeline | "ReadLogRecords" >> source
+    records = (pipeline
+               | "ReadLogRecords" >> source
+               | "CountRecordsIn" >> beam.Map(_count_record_in))
+    dead_letter_sources = []
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        transformed = records | "ApplyUdf" >> beam.ParDo(
+            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
+        records = transformed.records
+        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
     parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="events")
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
@@ -132,7 +152,7 @@ def build(pipeline, options, config, source=None):
         streaming=streaming,
         pipeline_name=PIPELINE,
     )
-    dead_letters = (parsed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters = (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         bigquery_table=out.dead_letter_table,
         pubsub_topic=out.dead_letter_topic,
@@ -156,7 +176,8 @@ def report(result, output_dir):
     counts = metric_counts(result, PIPELINE)
     lines = [
         f"records in: {counts.get('records_in', 0)}  events: {counts.get('records_parsed', 0)}  "
-        f"dead letters: {counts.get('dead_letters', 0)}  unmatched requests: {counts.get('requests_unmatched', 0)}",
+        f"dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}  "
+        f"unmatched requests: {counts.get('requests_unmatched', 0)}",
     ]
     reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
     if reasons:
@@ -180,10 +201,10 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    options = parse_pipeline_options(argv, __doc__, [SliOptions])
+    options = parse_pipeline_options(argv, __doc__, [SliOptions, UdfOptions])
     try:
         config = validate(options)
-    except (ValueError, SliConfigError) as e:
+    except ValueError as e:  # SliConfigError and UdfError included: messages name the flag or field
         raise SystemExit(f"error: {e}") from None
     runner = choose_local_runner(options)
     pipeline = beam.Pipeline(options=options)

@@ -108,7 +108,7 @@ def test_sample_has_the_incident_and_the_regression(sample_run):
 def test_report_is_printed(capsys, tmp_path, subset_file):
     sli.run(["--input_files", str(subset_file[0]), "--output_dir", str(tmp_path)])
     report = capsys.readouterr().out
-    assert "records in: 5001  events: 5000  dead letters: 1" in report
+    assert "records in: 5001  events: 5000  dead letters: 1  filtered by the UDF: 0" in report
     assert "profile-web/view-profile/availability" in report
 
 

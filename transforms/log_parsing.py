@@ -219,11 +219,9 @@ class ParseLogRecords(beam.DoFn):
     def __init__(self, formats, pipeline_name):
         self._formats = formats
         self._pipeline = pipeline_name
-        self._records_in = Metrics.counter(pipeline_name, "records_in")
         self._parsed = Metrics.counter(pipeline_name, "records_parsed")
 
     def process(self, record):
-        self._records_in.inc()
         if isinstance(record, PubsubMessage):
             payload, attributes = record.data, record.attributes
         else:
