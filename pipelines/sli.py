@@ -80,6 +80,10 @@ class SliOptions(PipelineOptions):
             help="Bigtable table for the per-window time series (created with its column family if missing).")
 
 
+# The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
+OPTION_CLASSES = (SliOptions, UdfOptions)
+
+
 class SliOutputs(NamedTuple):
     sli_rows: PCollection
     dead_letters: PCollection
@@ -201,7 +205,7 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    options = parse_pipeline_options(argv, __doc__, [SliOptions, UdfOptions])
+    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
     try:
         config = validate(options)
     except ValueError as e:  # SliConfigError and UdfError included: messages name the flag or field

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the pipelines and tests need into two virtualenvs, from the lock files:
-#   .venv           the project (requirements.lock, then this package in editable mode)
+#   .venv           the project (requirements.lock), test tools (requirements-dev.txt), this package (editable)
 #   .venv-services  the BigQuery and GCS emulators (requirements-services.lock), kept apart so their pins
 #                   never constrain the project's.
 # Re-running is cheap: each venv is rebuilt only when its lock file changed.
@@ -14,7 +14,7 @@ UV="$(command -v uv || echo "python3 -m uv")"
 install_venv() {  # venv lock [extra pip args...]
   local venv=$1 lock=$2; shift 2
   local stamp="$venv/.lock.sha256" want
-  want=$(sha256sum "$lock" setup.py | sha256sum | cut -d' ' -f1)
+  want=$(cat "$lock" setup.py requirements-dev.txt | sha256sum | cut -d" " -f1)
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
   echo "bootstrap: installing $venv from $lock"
   $UV venv --quiet --allow-existing -p 3.11 "$venv"
@@ -22,7 +22,7 @@ install_venv() {  # venv lock [extra pip args...]
   echo "$want" > "$stamp"
 }
 
-install_venv .venv requirements.lock -e . --no-deps
+install_venv .venv requirements.lock -r requirements-dev.txt -e .
 install_venv .venv-services requirements-services.lock
 # bqemulator would otherwise try to download DuckDB's spatial extension at start-up.
 .venv-services/bin/python -c "from duckdb_extensions import extension_importer as e; e.import_extension('spatial'); e.import_extension('avro')"

@@ -1,0 +1,80 @@
+"""Template parameters per pipeline: generated from each pipeline's options classes plus this table of
+what argparse cannot say (regexes, parameter types, a sample value the tests check against both).
+
+Every option must have an entry here and every entry an option (tests/test_templates.py), so the
+metadata cannot drift from the flags."""
+import argparse
+
+from pipelines import common, sli
+
+PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
+PUBSUB_TOPIC = r"^projects/[^/]+/topics/[^/]+$"
+BIGQUERY_TABLE = r"^([a-z0-9.:-]+[:.])?[A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$"
+GCS_FILE = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+$"
+GCS_FOLDER = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9](/.*)?$"
+POSITIVE_INT = r"^[1-9][0-9]*$"
+NON_NEGATIVE_INT = r"^[0-9]+$"
+
+# flag -> (paramType, [regexes], sample value)
+PARAMETERS = {
+    "sli_config": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/config/profile_service.yaml"),
+    "input_subscription": ("PUBSUB_SUBSCRIPTION", [PUBSUB_SUBSCRIPTION], "projects/p/subscriptions/request-logs"),
+    "input_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/request-logs"),
+    "input_files": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/logs/2026/11/*.json.gz"),
+    "input_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:logs.run_googleapis_com_requests"),
+    "window_seconds": ("TEXT", [POSITIVE_INT], "60"),
+    "allowed_lateness_seconds": ("TEXT", [NON_NEGATIVE_INT], "3600"),
+    "output_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.sli_windows"),
+    "bigtable_instance": ("TEXT", [r"^[a-z][a-z0-9-]{4,31}[a-z0-9]$"], "sre-dashboards"),
+    "bigtable_table": ("TEXT", [r"^[-_.a-zA-Z0-9]{1,50}$"], "sli_windows"),
+    "output_dir": ("GCS_WRITE_FOLDER", [GCS_FOLDER], "gs://my-bucket/sli/output"),
+    "dead_letter_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.dead_letters"),
+    "dead_letter_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/sli-dead-letters"),
+    "bq_write_method": ("TEXT", [r"^(%s)$" % "|".join(common.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
+    "udf_path": ("GCS_READ_FILE", [r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+\.(js|py)$"], "gs://my-bucket/udf/mask_pii.py"),
+    "udf_function": ("TEXT", [r"^[A-Za-z_$][A-Za-z0-9_$]*$"], "process"),
+}
+
+PIPELINES = {
+    "sli": {
+        "module": sli,
+        "option_classes": (*sli.OPTION_CLASSES, common.OutputOptions),
+        "name": "SLIs from request logs",
+        "description": "Per-journey, per-minute availability, latency, throughput and error-rate SLIs from "
+                       "Cloud Logging and JSON request logs (Pub/Sub, files or a BigQuery export), written to "
+                       "BigQuery and Bigtable, with dead letters for bad records.",
+        "streaming": True,
+    },
+}
+
+
+def option_actions(option_classes):
+    """(dest, help, default) of every flag the option classes declare, in declaration order."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for cls in option_classes:
+        cls._add_argparse_args(parser)
+    return [(a.dest, a.help, a.default) for a in parser._actions]
+
+
+def _label(dest):
+    text = dest.replace("_", " ")
+    for word, upper in (("bq", "BigQuery"), ("udf", "UDF"), ("sli", "SLI")):
+        text = " ".join(upper if w == word else w for w in text.split())
+    return text[0].upper() + text[1:]
+
+
+def metadata(pipeline):
+    spec = PIPELINES[pipeline]
+    parameters = []
+    for dest, help_text, _ in option_actions(spec["option_classes"]):
+        param_type, regexes, _ = PARAMETERS[dest]
+        parameters.append({
+            "name": dest,
+            "label": _label(dest),
+            "helpText": help_text,
+            "isOptional": True,
+            "regexes": regexes,
+            "paramType": param_type,
+        })
+    return {"name": spec["name"], "description": spec["description"], "streaming": spec["streaming"],
+            "parameters": parameters}
