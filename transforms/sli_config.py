@@ -162,16 +162,100 @@ class Formats(_Strict):
     flat: FieldMapping = FieldMapping()
 
 
+class SloComponent(_Strict):
+    sli: str = Field(description="an sli_id: <service>/<journey>/<sli name>")
+    weight: float = Field(1.0, gt=0)
+
+
+class Slo(_Strict):
+    """An objective over one SLI (`sli`) or a weighted composite of several (`components`).
+
+    Composite ratio over a window = sum(weight_i * ratio_i) / sum(weight_i), ratio_i being component i's
+    good/total (occurrences) or good minutes/minutes with data (timeslices) over that window; components
+    without data in the window are left out of both sums."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    sli: Optional[str] = None
+    components: Optional[list[SloComponent]] = None
+    target: float = Field(gt=0, lt=1)
+    window_days: int = Field(28, ge=1, le=90)
+    method: Literal["occurrences", "timeslices"] = "occurrences"
+    timeslice_threshold: Optional[float] = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if (self.sli is None) == (self.components is None):
+            raise ValueError("give exactly one of 'sli' (one SLI) or 'components' (a weighted composite)")
+        if self.components is not None and not self.components:
+            raise ValueError("'components' needs at least one SLI")
+        if (self.method == "timeslices") != (self.timeslice_threshold is not None):
+            raise ValueError("'timeslice_threshold' (the good ratio a minute needs) goes with method: timeslices")
+        return self
+
+    def slis(self):
+        """[(sli_id, weight)]"""
+        return [(self.sli, 1.0)] if self.sli else [(c.sli, c.weight) for c in self.components]
+
+
+class BurnRateRule(_Strict):
+    """Alert when the burn rate over both windows exceeds share * compliance period / long window."""
+
+    severity: Literal["page", "ticket"]
+    long_window_minutes: int = Field(gt=0)
+    short_window_minutes: int = Field(gt=0)
+    budget_share: float = Field(gt=0, le=1, description="budget consumed over the long window at that rate")
+
+    def threshold(self, window_days):
+        return self.budget_share * window_days * 24 * 60 / self.long_window_minutes
+
+
+DEFAULT_BURN_RATE_RULES = (  # the SRE workbook's policy: 14.4, 6 and 1 for a 30-day window
+    BurnRateRule(severity="page", long_window_minutes=60, short_window_minutes=5, budget_share=0.02),
+    BurnRateRule(severity="page", long_window_minutes=360, short_window_minutes=30, budget_share=0.05),
+    BurnRateRule(severity="ticket", long_window_minutes=4320, short_window_minutes=360, budget_share=0.10),
+)
+
+
+class Alerting(_Strict):
+    min_events: int = Field(100, ge=0, description="no alert when a long window holds fewer events")
+    rules: list[BurnRateRule] = Field(default_factory=lambda: list(DEFAULT_BURN_RATE_RULES))
+
+
 class SliConfig(_Strict):
     formats: Formats = Formats()
     services: list[Service] = Field(min_length=1)
+    slos: list[Slo] = Field(default_factory=list)
+    alerting: Alerting = Alerting()
 
     @model_validator(mode="after")
     def _unique(self):
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError(f"service names must be unique: {names}")
+        slo_names = [s.name for s in self.slos]
+        if len(set(slo_names)) != len(slo_names):
+            raise ValueError(f"SLO names must be unique: {slo_names}")
         return self
+
+    def sli_ids(self):
+        return {
+            f"{service.name}/{journey.name}/{sli_short_name(sli)}"
+            for service in self.services for journey in service.journeys for sli in (journey.slis or service.slis)
+        }
+
+
+def _check_slo_references(config, source):
+    known = config.sli_ids()
+    problems = []
+    for i, slo in enumerate(config.slos):
+        for j, (sli_id, _) in enumerate(slo.slis()):
+            if sli_id not in known:
+                field = f"slos[{i}].sli" if slo.sli else f"slos[{i}].components[{j}].sli"
+                problems.append(f"  {source}: {field}: no SLI {sli_id!r} in services; known: "
+                                f"{', '.join(sorted(known))}")
+    if problems:
+        raise SliConfigError(f"invalid SLI config {source}:\n" + "\n".join(problems))
+    return config
 
 
 class SliConfigError(ValueError):
@@ -196,10 +280,11 @@ def parse_sli_config(text, source="<string>"):
     except yaml.YAMLError as e:
         raise SliConfigError(f"{source}: not valid YAML: {e}") from None
     try:
-        return SliConfig.model_validate(data)
+        config = SliConfig.model_validate(data)
     except ValidationError as e:
         problems = "\n".join(f"  {source}: {_field_path(err['loc'])}: {err['msg']}" for err in e.errors())
         raise SliConfigError(f"invalid SLI config {source}:\n{problems}") from None
+    return _check_slo_references(config, source)
 
 
 def load_sli_config(path):

@@ -1,0 +1,190 @@
+"""Rolling SLO evaluation for one SLO, minute by minute: compliance, error budget, burn rates and
+multi-window burn-rate alerts. Plain Python (no Beam): the streaming DoFn keeps one `SloEvaluator` per
+SLO in Beam state, and the backfill replays the same calls in minute order, so both give the same rows.
+
+Cost: per evaluated minute, O(alert windows x components) additions; per late update, the same. No
+window ever copies data. State: one bucket per component and minute for the longest alert window
+(3 days by default) and one per hour for the compliance window (28 days: 672).
+
+The compliance window moves by whole hours: at minute m it covers the hours (H - 24*window_days, H],
+H being m's hour, so it is up to 59 minutes longer than window_days at the old end. Alert windows are
+exact to the minute: at minute m a W-minute window covers minutes (m - W, m].
+"""
+import datetime
+
+_MINUTES_PER_HOUR = 60
+
+
+def minute_iso(minute):
+    """ISO time of the end of minute index `minute` (minutes since the epoch)."""
+    return datetime.datetime.fromtimestamp((minute + 1) * 60, datetime.timezone.utc).isoformat()
+
+
+class SloEvaluator:
+    """Feed `add(minute, component, good, total, pane_index)`; call `advance_to(minute)` to evaluate every
+    minute up to `minute` (inclusive) that has data in reach; it returns (status rows, alert transitions)."""
+
+    def __init__(self, slo, alerting):
+        self.slo = slo
+        self.weights = [w for _, w in slo.slis()]
+        self.rules = list(alerting.rules)
+        self.min_events = alerting.min_events
+        self.thresholds = [r.threshold(slo.window_days) for r in self.rules]
+        self.alert_windows = sorted({w for r in self.rules for w in (r.long_window_minutes, r.short_window_minutes)})
+        self.keep_minutes = max(self.alert_windows)
+        self.idle_minutes = max(r.short_window_minutes for r in self.rules)
+        self.compliance_hours = slo.window_days * 24
+        self.now = None  # last evaluated minute
+        self.buckets = {}  # minute -> {component: (good, total, pane_index)}
+        self.hours = {}  # hour -> [[c0, c1, events] per component], folded minutes only
+        self.window_sums = {w: self._zeros() for w in self.alert_windows}
+        self.compliance = self._zeros()
+        self.firing = [False] * len(self.rules)
+        self.last_data_minute = None
+
+    def _zeros(self):
+        return [[0.0, 0.0, 0] for _ in self.weights]
+
+    def _contribution(self, good, total):
+        """(c0, c1, events): good/total for occurrences; good minute/minute with data for timeslices."""
+        if self.slo.method == "timeslices":
+            return (1.0 if total and good / total >= self.slo.timeslice_threshold else 0.0, 1.0 if total else 0.0, total)
+        return (float(good), float(total), total)
+
+    # -- input ---------------------------------------------------------------------------------------------
+    def add(self, minute, component, good, total, pane_index=0):
+        """Records a window's counts (a later pane replaces an earlier one). Returns False for data older
+        than the longest alert window, which can no longer be applied exactly (the caller counts it)."""
+        if self.now is not None and minute <= self.now - self.keep_minutes:
+            return False
+        bucket = self.buckets.setdefault(minute, {})
+        old = bucket.get(component)
+        if old is not None and old[2] > pane_index:
+            return True  # an older pane of a window already superseded
+        bucket[component] = (good, total, pane_index)
+        if self.now is None or minute > self.now:
+            return True  # folded in when evaluation reaches that minute
+        # late data for an evaluated minute: apply the difference wherever that minute is still counted
+        before = self._contribution(*old[:2]) if old else (0.0, 0.0, 0)
+        after = self._contribution(good, total)
+        delta = [a - b for a, b in zip(after, before)]
+        for w, sums in self.window_sums.items():
+            if minute > self.now - w:
+                self._apply(sums[component], delta, 1)
+        hour = minute // _MINUTES_PER_HOUR
+        if hour in self.hours:
+            self._apply(self.hours[hour][component], delta, 1)
+            self._apply(self.compliance[component], delta, 1)
+        self.last_data_minute = max(self.last_data_minute or minute, minute)
+        return True
+
+    @staticmethod
+    def _apply(target, values, sign):
+        for i, v in enumerate(values):
+            target[i] += sign * v
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    def first_pending_minute(self):
+        pending = [m for m in self.buckets if self.now is None or m > self.now]
+        return min(pending) if pending else None
+
+    def active(self, minute):
+        """Evaluate (and emit) minute `minute`: data within the longest short window, or an alert firing."""
+        recent = self.last_data_minute is not None and minute - self.last_data_minute < self.idle_minutes
+        return recent or any(self.firing)
+
+    def advance_to(self, minute):
+        rows, alerts = [], []
+        if self.now is None:
+            first = self.first_pending_minute()
+            if first is None or first > minute:
+                return rows, alerts
+            self.now = first - 1
+        while self.now < minute:
+            self._step()
+            if self.active(self.now):
+                row, transitions = self._evaluate()
+                rows.append(row)
+                alerts.extend(transitions)
+        return rows, alerts
+
+    def _step(self):
+        """Moves evaluation one minute forward, folding that minute in and expiring what leaves."""
+        m = self.now = self.now + 1
+        contributions = {c: self._contribution(g, t) for c, (g, t, _) in self.buckets.get(m, {}).items()}
+        if contributions:
+            self.last_data_minute = m
+        hour = m // _MINUTES_PER_HOUR
+        if hour not in self.hours:
+            self.hours[hour] = self._zeros()
+            expired = hour - self.compliance_hours
+            for old_hour in [h for h in self.hours if h <= expired]:
+                for c, values in enumerate(self.hours.pop(old_hour)):
+                    self._apply(self.compliance[c], values, -1)
+        for c, values in contributions.items():
+            self._apply(self.hours[hour][c], values, 1)
+            self._apply(self.compliance[c], values, 1)
+        for w, sums in self.window_sums.items():
+            for c, values in contributions.items():
+                self._apply(sums[c], values, 1)
+            for c, (g, t, _) in self.buckets.get(m - w, {}).items():
+                self._apply(sums[c], self._contribution(g, t), -1)
+        self.buckets.pop(m - self.keep_minutes, None)
+
+    def ratio(self, sums):
+        """Weighted mean of the components' ratios; None without data."""
+        weighted = [(w, c0 / c1) for w, (c0, c1, _) in zip(self.weights, sums) if c1 > 0]
+        if not weighted:
+            return None
+        return sum(w * r for w, r in weighted) / sum(w for w, _ in weighted)
+
+    def burn_rate(self, sums):
+        ratio = self.ratio(sums)
+        return None if ratio is None else (1 - ratio) / (1 - self.slo.target)
+
+    def _evaluate(self):
+        slo, budget = self.slo, 1 - self.slo.target
+        compliance = self.ratio(self.compliance)
+        events = sum(e for _, _, e in self.compliance)
+        single_occurrences = len(self.weights) == 1 and slo.method == "occurrences"
+        consumed = None if compliance is None else (1 - compliance) / budget
+        allowed_bad = budget * events if single_occurrences else None
+        bad = events - self.compliance[0][0] if single_occurrences else None
+        burn = {w: self.burn_rate(s) for w, s in self.window_sums.items()}
+        at = minute_iso(self.now)
+        transitions = []
+        for i, (rule, threshold) in enumerate(zip(self.rules, self.thresholds)):
+            long_burn, short_burn = burn[rule.long_window_minutes], burn[rule.short_window_minutes]
+            long_events = sum(e for _, _, e in self.window_sums[rule.long_window_minutes])
+            firing = (long_events >= self.min_events and long_burn is not None and short_burn is not None
+                      and long_burn > threshold and short_burn > threshold)
+            if firing != self.firing[i]:
+                self.firing[i] = firing
+                transitions.append({
+                    "slo": slo.name, "state": "FIRING" if firing else "RESOLVED", "severity": rule.severity,
+                    "at": at, "long_window_minutes": rule.long_window_minutes,
+                    "short_window_minutes": rule.short_window_minutes, "threshold": threshold,
+                    "burn_rate_long": long_burn, "burn_rate_short": short_burn,
+                    "budget_remaining": None if consumed is None else 1 - consumed,
+                })
+        row = {
+            "slo": slo.name,
+            "evaluated_at": at,
+            "status": "NO_DATA" if compliance is None else ("ALERTING" if any(self.firing) else "OK"),
+            "method": slo.method,
+            "target": slo.target,
+            "window_days": slo.window_days,
+            "compliance": compliance,
+            "events": events,
+            "bad_events": bad,
+            "error_budget": budget,
+            "budget_consumed": consumed,
+            "budget_remaining": None if consumed is None else 1 - consumed,
+            "allowed_bad_events": allowed_bad,
+            "allowed_bad_events_left": None if allowed_bad is None else allowed_bad - bad,
+            "burn_rates": [{"window_minutes": w, "burn_rate": burn[w],
+                            "events": sum(e for _, _, e in self.window_sums[w])} for w in self.alert_windows],
+            "alerts_firing": [f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m"
+                              for r, on in zip(self.rules, self.firing) if on],
+        }
+        return row, transitions
