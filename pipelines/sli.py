@@ -30,11 +30,13 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     OutputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
-from transforms.deadletter import DEAD_LETTER_TAG, WriteDeadLetters
+from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
+from transforms.sinks import WriteDeadLetters
 from transforms.sli import ComputeSliRows
 from transforms.sli_config import SAMPLES_DIR, load_sli_config
-from transforms.sli_io import ReadLogRecords, WriteSliRows
+from transforms.sli_io import ReadLogRecords, WriteSliRows, WriteSloOutputs
+from transforms.slo import ALERTS_TAG, ComputeSloStatus
 from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "sli"
@@ -78,6 +80,14 @@ class SliOptions(PipelineOptions):
         parser.add_argument(
             "--bigtable_table", type=str, default=None,
             help="Bigtable table for the per-window time series (created with its column family if missing).")
+        parser.add_argument(
+            "--slo_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for SLO status rows, one per SLO and evaluated minute "
+                 "(created if missing, day-partitioned on evaluated_at, clustered by slo).")
+        parser.add_argument(
+            "--alerts_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T for burn-rate alert transitions (FIRING/RESOLVED), one "
+                 "JSON message each.")
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
@@ -86,6 +96,8 @@ OPTION_CLASSES = (SliOptions, UdfOptions)
 
 class SliOutputs(NamedTuple):
     sli_rows: PCollection
+    slo_status: PCollection  # None when the config defines no SLOs
+    alerts: PCollection  # None when the config defines no SLOs
     dead_letters: PCollection
 
 
@@ -119,7 +131,11 @@ def validate(options):
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)  # fail at start-up, not on the workers
-    return load_sli_config(sli.sli_config or SAMPLE_CONFIG)
+    config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
+    if config.slos and sli.window_seconds != 60:
+        raise ValueError(f"the SLOs in the config are evaluated per minute: --window_seconds must be 60 "
+                         f"(got {sli.window_seconds}), or remove 'slos' from the config")
+    return config
 
 
 def build(pipeline, options, config, source=None):
@@ -156,6 +172,18 @@ def build(pipeline, options, config, source=None):
         streaming=streaming,
         pipeline_name=PIPELINE,
     )
+    slo_status = alerts = None
+    if config.slos:
+        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, bounded=parsed.events.is_bounded)
+        slo_status, alerts = slos.status, slos[ALERTS_TAG]
+        sink_failures += slo_status | "WriteSloStatus" >> WriteSloOutputs(
+            bigquery_table=sli.slo_table, bq_write_method=out.bq_write_method, pubsub_topic=None,
+            local_prefix=FileSystems.join(out.output_dir, "slo_status") if out.output_dir else None,
+            streaming=streaming, pipeline_name=PIPELINE)
+        alerts | "WriteAlerts" >> WriteSloOutputs(
+            pubsub_topic=sli.alerts_topic,
+            local_prefix=FileSystems.join(out.output_dir, "alerts") if out.output_dir else None,
+            streaming=streaming, pipeline_name=PIPELINE)
     dead_letters = (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         bigquery_table=out.dead_letter_table,
@@ -164,7 +192,7 @@ def build(pipeline, options, config, source=None):
         streaming=streaming,
         bq_write_method=out.bq_write_method,
     )
-    return SliOutputs(rows, dead_letters)
+    return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 
 def _read_jsonl(pattern):
@@ -200,7 +228,22 @@ def report(result, output_dir):
         for row in worst:
             lines.append(f"worst availability minute: {row['window_start']} {row['sli_id']} "
                          f"{row['good_fraction']:.2%} of {row['total']}")
-        lines.append(f"outputs: {output_dir}/sli_rows-*.jsonl, {output_dir}/dead_letters-*.jsonl")
+        alerts = sorted(_read_jsonl(FileSystems.join(output_dir, "alerts*.jsonl")), key=lambda a: (a["at"], a["slo"]))
+        for alert in alerts:
+            lines.append(f"alert {alert['state']:<8} {alert['at']} {alert['slo']} {alert['severity']} "
+                         f"{alert['long_window_minutes']}m/{alert['short_window_minutes']}m "
+                         f"burn {alert['burn_rate_long']:.1f}/{alert['burn_rate_short']:.1f} "
+                         f"(threshold {alert['threshold']:.2f})")
+        status = _read_jsonl(FileSystems.join(output_dir, "slo_status*.jsonl"))
+        latest = {}
+        for row in status:
+            if row["slo"] not in latest or row["evaluated_at"] > latest[row["slo"]]["evaluated_at"]:
+                latest[row["slo"]] = row
+        for name, row in sorted(latest.items()):
+            lines.append(f"SLO {name}: {row['compliance']:.4%} vs target {row['target']:.2%} over "
+                         f"{row['window_days']}d, error budget remaining {row['budget_remaining']:.1%}")
+        lines.append(f"outputs: {output_dir}/sli_rows-*.jsonl, slo_status-*.jsonl, alerts-*.jsonl, "
+                     f"dead_letters-*.jsonl")
     return "\n".join(lines)
 
 

@@ -10,18 +10,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from google.cloud import pubsub_v1
 
 from pipelines import sli
+from tests.collect import AppendJsonLines
 from tests.test_udf import JS_SAMPLE, PY_SAMPLE
-
-
-class AppendJsonLines(beam.DoFn):
-    """Test observer: appends each element to a local file (the direct runner runs in this process)."""
-
-    def __init__(self, path):
-        self._path = path
-
-    def process(self, element):
-        with open(self._path, "a") as f:
-            f.write(json.dumps(element, default=str) + "\n")
 
 
 def _records(now):

@@ -12,18 +12,14 @@ A step that cannot handle an element emits one dead-letter record (a dict, the s
     payload_bytes   BYTES      the original payload, base64 (BigQuery's JSON encoding of BYTES)
     attributes      RECORD[]   key/value pairs, e.g. Pub/Sub message attributes
 
-All dead letters of a pipeline are flattened into one PCollection and written by `WriteDeadLetters` to a
-BigQuery table, a Pub/Sub topic (JSON) and/or local JSONL files.
+All dead letters of a pipeline are flattened into one PCollection and written by
+`transforms.sinks.WriteDeadLetters` to a BigQuery table, a Pub/Sub topic (JSON) and/or local JSONL files.
 """
 import base64
 import datetime
 import json
 import traceback
 
-import apache_beam as beam
-from apache_beam.metrics import Metrics
-
-from transforms.sinks import ReleaseToSinks, WriteJsonLines
 
 DEAD_LETTER_TAG = "dead_letters"
 
@@ -87,48 +83,3 @@ def make_dead_letter(pipeline, step, payload, error, attributes=None):
         "payload_bytes": base64.b64encode(raw).decode("ascii"),
         "attributes": [{"key": str(k), "value": str(v)} for k, v in sorted((attributes or {}).items())],
     }
-
-
-class CountDeadLetters(beam.DoFn):
-    """Counts dead letters per pipeline and reason (Beam metrics `<pipeline>:dead_letters_<reason>`)."""
-
-    def process(self, dead_letter):
-        Metrics.counter(dead_letter["pipeline"], "dead_letters").inc()
-        Metrics.counter(dead_letter["pipeline"], f"dead_letters_{dead_letter['reason']}").inc()
-        yield dead_letter
-
-
-class WriteDeadLetters(beam.PTransform):
-    """Writes dead letters to every sink configured: BigQuery table, Pub/Sub topic, local JSONL prefix."""
-
-    def __init__(self, bigquery_table=None, pubsub_topic=None, local_prefix=None, streaming=False,
-                 bq_write_method="STREAMING_INSERTS"):
-        super().__init__()
-        self._table = bigquery_table
-        self._topic = pubsub_topic
-        self._local_prefix = local_prefix
-        self._streaming = streaming
-        self._bq_write_method = bq_write_method
-
-    def expand(self, dead_letters):
-        counted = (dead_letters
-                   | "Count" >> beam.ParDo(CountDeadLetters())
-                   | "ReleaseToSinks" >> ReleaseToSinks())
-        if self._table:
-            counted | "ToBigQuery" >> beam.io.WriteToBigQuery(
-                self._table,
-                schema=DEAD_LETTER_BQ_SCHEMA,
-                method=self._bq_write_method,
-                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND,
-                additional_bq_parameters={"timePartitioning": {"type": "DAY", "field": "failed_at"}},
-            )
-        if self._topic:
-            (
-                counted
-                | "ToPubsubMessage" >> beam.Map(lambda d: json.dumps(d, sort_keys=True).encode("utf-8"))
-                | "ToPubsub" >> beam.io.WriteToPubSub(self._topic)
-            )
-        if self._local_prefix:
-            counted | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
-        return counted

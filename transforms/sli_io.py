@@ -1,12 +1,13 @@
 """Sources and sinks of the SLI pipeline, as composites so tests can swap them for Create/TestStream."""
 import datetime
+import json
 
 import apache_beam as beam
 from apache_beam.io.gcp.bigtableio import WriteToBigTable
 
-from transforms.deadletter import make_dead_letter
-from transforms.sinks import ReleaseToSinks, WriteJsonLines
+from transforms.sinks import ReleaseToSinks, WriteBigQueryRows, WriteJsonLines
 from transforms.sli import SLI_ROW_BQ_SCHEMA
+from transforms.slo import SLO_STATUS_BQ_SCHEMA
 
 BIGTABLE_COLUMN_FAMILY = "sli"
 
@@ -91,27 +92,11 @@ class WriteSliRows(beam.PTransform):
 
     def expand(self, rows):
         rows = rows | "ReleaseToSinks" >> ReleaseToSinks()
-        dead_letters = []
+        dead_letters = ()
         if self._table:
-            result = rows | "ToBigQuery" >> beam.io.WriteToBigQuery(
-                self._table,
-                schema=SLI_ROW_BQ_SCHEMA,
-                method=self._method,
-                create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND,
-                additional_bq_parameters={
-                    "timePartitioning": {"type": "DAY", "field": "window_start"},
-                    "clustering": {"fields": ["sli_id"]},
-                },
-            )
-            if self._method == "STREAMING_INSERTS":
-                pipeline = self._pipeline
-                dead_letters.append(
-                    result.failed_rows_with_errors
-                    | "BigQueryFailuresToDeadLetters" >> beam.Map(
-                        lambda failed: make_dead_letter(pipeline, "WriteSliRows/ToBigQuery", failed[1],
-                                                        f"BigQuery rejected the row: {failed[2]}"))
-                )
+            dead_letters += rows | "ToBigQuery" >> WriteBigQueryRows(
+                self._table, SLI_ROW_BQ_SCHEMA, self._method, "window_start", ["sli_id"],
+                self._pipeline, "WriteSliRows/ToBigQuery")
         if self._bigtable:
             project, instance, table = self._bigtable
             (
@@ -121,4 +106,30 @@ class WriteSliRows(beam.PTransform):
             )
         if self._local_prefix:
             rows | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
-        return tuple(dead_letters)
+        return dead_letters
+
+
+class WriteSloOutputs(beam.PTransform):
+    """SLO status rows (BigQuery, day-partitioned on evaluated_at, clustered by slo; local JSONL) or alert
+    transitions (Pub/Sub JSON; local JSONL). Returns dead letters for rows BigQuery rejected."""
+
+    def __init__(self, bigquery_table=None, bq_write_method="STREAMING_INSERTS", pubsub_topic=None,
+                 local_prefix=None, streaming=False, pipeline_name="sli"):
+        super().__init__()
+        self._table, self._method, self._topic = bigquery_table, bq_write_method, pubsub_topic
+        self._local_prefix, self._streaming, self._pipeline = local_prefix, streaming, pipeline_name
+
+    def expand(self, records):
+        records = records | "ReleaseToSinks" >> ReleaseToSinks()
+        dead_letters = ()
+        if self._table:
+            dead_letters += records | "ToBigQuery" >> WriteBigQueryRows(
+                self._table, SLO_STATUS_BQ_SCHEMA, self._method, "evaluated_at", ["slo"],
+                self._pipeline, "WriteSloStatus/ToBigQuery")
+        if self._topic:
+            (records
+             | "ToPubsubMessage" >> beam.Map(lambda r: json.dumps(r, sort_keys=True).encode("utf-8"))
+             | "ToPubsub" >> beam.io.WriteToPubSub(self._topic))
+        if self._local_prefix:
+            records | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
+        return dead_letters

@@ -47,7 +47,7 @@ def _request(rng, t):
     status = 200 if method == "GET" else 204
     if template == "/profile/{}" and INCIDENT[0] <= t < INCIDENT[1] and rng.random() < 0.3:
         status = 503
-    elif rng.random() < 0.002:
+    elif rng.random() < 0.0002:
         status = rng.choice([500, 502])
     elif rng.random() < 0.01:
         status = rng.choice([404, 429])

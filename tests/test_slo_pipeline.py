@@ -1,0 +1,102 @@
+"""SLOs inside the SLI pipeline: the sample's incident pages and resolves; streaming state and timers give
+the same status rows and alerts as the backfill replay; config and flag checks."""
+from datetime import datetime
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines import sli
+from tests.collect import AppendJsonLines, read_lines
+from tests.oracle import sample_truth
+from tests.test_sli_pipeline import read_rows
+from transforms.sli_config import SAMPLES_DIR, SliConfigError, load_sli_config, parse_sli_config
+from transforms.slo import ComputeSloStatus
+
+CONFIG = load_sli_config(SAMPLES_DIR / "profile_service.yaml")
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slo_sample")
+    sli.run(["--output_dir", str(out)])
+    return out
+
+
+def test_sample_incident_pages_once_and_resolves_once(sample_run):
+    alerts = read_rows(sample_run, "alerts")
+    page = [a for a in alerts if a["slo"] == "view-profile-availability" and a["long_window_minutes"] == 60]
+    assert [a["state"] for a in sorted(page, key=lambda a: a["at"])] == ["FIRING", "RESOLVED"]
+    fired, resolved = sorted(page, key=lambda a: a["at"])
+    # the incident runs 14:00-14:20 UTC: paged within minutes, resolved once the 5-minute window is clean
+    assert "2026-11-22T14:00" < fired["at"] < "2026-11-22T14:10"
+    assert "2026-11-22T14:20" < resolved["at"] < "2026-11-22T14:30"
+    assert fired["burn_rate_long"] > fired["threshold"] and fired["burn_rate_short"] > fired["threshold"]
+
+
+def test_sample_compliance_matches_independent_computation(sample_run):
+    _, truths = sample_truth()
+    view = [t for t in truths if t["method"] == "GET" and t["path"].count("/") == 2 and t["path"].startswith("/profile/")]
+    expected = sum(t["status"] < 500 for t in view) / len(view)
+    status = read_rows(sample_run, "slo_status")
+    last = max((r for r in status if r["slo"] == "view-profile-availability"), key=lambda r: r["evaluated_at"])
+    assert last["compliance"] == pytest.approx(expected)
+    assert last["events"] == len(view)
+    assert last["allowed_bad_events"] == pytest.approx(0.001 * len(view))
+    # one row per evaluated minute, no minute twice
+    minutes = [r["evaluated_at"] for r in status if r["slo"] == "view-profile-availability"]
+    assert len(minutes) == len(set(minutes))
+
+
+def test_streaming_state_and_timers_match_the_backfill_replay(sample_run, tmp_path):
+    rows = [r for r in read_rows(sample_run) if "2026-11-22T13:30" <= r["window_start"] < "2026-11-22T15:30"]
+
+    def evaluate(pipeline, source, bounded, name):
+        out = pipeline | source | ComputeSloStatus(CONFIG, bounded=bounded)
+        out.status | "CollectStatus" >> beam.ParDo(AppendJsonLines(tmp_path / f"{name}_status"))
+        out.alerts | "CollectAlerts" >> beam.ParDo(AppendJsonLines(tmp_path / f"{name}_alerts"))
+
+    with beam.Pipeline(options=PipelineOptions([], runner="FnApiRunner")) as p:
+        evaluate(p, beam.Create(rows), bounded=True, name="batch")
+
+    stream = TestStream()
+    for end in sorted({r["window_end"] for r in rows}):  # a minute's rows arrive as its windows close
+        ts = datetime.fromisoformat(end).timestamp()
+        stream = stream.add_elements([TimestampedValue(r, ts - 1e-6) for r in rows if r["window_end"] == end])
+        stream = stream.advance_watermark_to(ts)
+    stream = stream.advance_watermark_to_infinity()
+    with beam.Pipeline(options=PipelineOptions([], runner="BundleBasedDirectRunner", streaming=True)) as p:
+        evaluate(p, stream, bounded=False, name="stream")
+
+    batch_status = read_lines(tmp_path / "batch_status")
+    assert len(batch_status) > 100
+    assert read_lines(tmp_path / "stream_status") == batch_status
+    batch_alerts = read_lines(tmp_path / "batch_alerts")
+    assert any('"FIRING"' in a for a in batch_alerts)
+    assert read_lines(tmp_path / "stream_alerts") == batch_alerts
+
+
+@pytest.mark.parametrize("slos, field, words", [
+    ("[{name: a, sli: profile-web/view-profile/availability, target: 1.0}]", "slos[0].target", "less than 1"),
+    ("[{name: a, sli: profile-web/view-profile/availability, target: 0}]", "slos[0].target", "greater than 0"),
+    ("[{name: a, sli: profile-web/nope/availability, target: 0.9}]", "slos[0].sli", "no SLI 'profile-web/nope/availability'"),
+    ("[{name: a, target: 0.9, components: [{sli: profile-web/view-profile/availability}, {sli: x/y/z}]}]",
+     "slos[0].components[1].sli", "no SLI 'x/y/z'"),
+    ("[{name: a, sli: profile-web/view-profile/availability, target: 0.9, method: timeslices}]", "slos[0]",
+     "timeslice_threshold"),
+    ("[{name: a, target: 0.9}]", "slos[0]", "exactly one of 'sli'"),
+    ("[{name: a, sli: profile-web/view-profile/availability, target: 0.9, components: []}]", "slos[0]", "exactly one"),
+])
+def test_slo_config_errors_name_the_field(slos, field, words):
+    text = ("services: [{name: profile-web, journeys: [{name: view-profile, path: '/profile/{u}'}]}]\n"
+            f"slos: {slos}\n")
+    with pytest.raises(SliConfigError) as err:
+        parse_sli_config(text, "c.yaml")
+    assert f"c.yaml: {field}:" in str(err.value) and words in str(err.value)
+
+
+def test_slos_need_one_minute_windows():
+    with pytest.raises(SystemExit, match="--window_seconds must be 60"):
+        sli.run(["--window_seconds", "300"])
