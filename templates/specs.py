@@ -27,6 +27,8 @@ PARAMETERS = {
     "output_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.sli_windows"),
     "bigtable_instance": ("TEXT", [r"^[a-z][a-z0-9-]{4,31}[a-z0-9]$"], "sre-dashboards"),
     "bigtable_table": ("TEXT", [r"^[-_.a-zA-Z0-9]{1,50}$"], "sli_windows"),
+    "slo_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.slo_status"),
+    "alerts_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/slo-alerts"),
     "output_dir": ("GCS_WRITE_FOLDER", [GCS_FOLDER], "gs://my-bucket/sli/output"),
     "dead_letter_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.dead_letters"),
     "dead_letter_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/sli-dead-letters"),
@@ -42,7 +44,8 @@ PIPELINES = {
         "name": "SLIs from request logs",
         "description": "Per-journey, per-minute availability, latency, throughput and error-rate SLIs from "
                        "Cloud Logging and JSON request logs (Pub/Sub, files or a BigQuery export), written to "
-                       "BigQuery and Bigtable, with dead letters for bad records.",
+                       "BigQuery and Bigtable; SLO compliance, error budgets and burn-rate alerts; dead "
+                       "letters for bad records.",
         "streaming": True,
     },
 }
