@@ -84,12 +84,12 @@ def test_local_launch_runs_the_pipeline_with_template_parameters(tmp_path, capsy
     logs.write_text('{"time": "2026-11-22T10:00:01Z", "method": "POST", "uri": "/login", "status": 500, '
                     '"request_time": 0.01, "service": "profile-web"}\n{broken\n')
     params.write_text(json.dumps({"input_files": str(logs), "output_dir": str(tmp_path / "out")}))
-    launch_local.main(["sli", "--parameters_file", str(params), "--parameters", "window_seconds=300",
+    launch_local.main(["sli", "--parameters_file", str(params), "--parameters", "bq_write_method=FILE_LOADS",
                        "--local_paths"])
     assert "records in: 2  events: 1  dead letters: 1" in capsys.readouterr().out
     rows = [json.loads(line) for f in (tmp_path / "out").glob("sli_rows-*.jsonl") for line in f.read_text().splitlines()]
     [avail] = [r for r in rows if r["sli_id"] == "profile-web/login/availability"]
-    assert (avail["window_seconds"], avail["total"], avail["bad"]) == (300, 1, 1)
+    assert (avail["window_start"], avail["total"], avail["bad"]) == ("2026-11-22T10:00:00+00:00", 1, 1)
 
 
 @pytest.mark.parametrize("argv, words", [
