@@ -101,9 +101,9 @@ class SliOutputs(NamedTuple):
     dead_letters: PCollection
 
 
-def _count_record_in(record):
-    Metrics.counter(PIPELINE, "records_in").inc()
-    return record
+def _count(element, counter):
+    counter.inc()
+    return element
 
 
 def validate(options):
@@ -132,6 +132,8 @@ def validate(options):
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)  # fail at start-up, not on the workers
     config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
+    if not config.slos and (sli.slo_table or sli.alerts_topic):
+        raise ValueError("--slo_table and --alerts_topic need SLOs: add a 'slos' section to --sli_config")
     if config.slos and sli.window_seconds != 60:
         raise ValueError(f"the SLOs in the config are evaluated per minute: --window_seconds must be 60 "
                          f"(got {sli.window_seconds}), or remove 'slos' from the config")
@@ -151,7 +153,7 @@ def build(pipeline, options, config, source=None):
         source = ReadLogRecords(sli.input_subscription, sli.input_topic, files, sli.input_table)
     records = (pipeline
                | "ReadLogRecords" >> source
-               | "CountRecordsIn" >> beam.Map(_count_record_in))
+               | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
     if udf.udf_path:

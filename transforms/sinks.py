@@ -50,6 +50,19 @@ class WriteJsonLines(beam.PTransform):
         )
 
 
+class WriteJsonToPubSub(beam.PTransform):
+    """One Pub/Sub message per dict, its JSON as the body."""
+
+    def __init__(self, topic):
+        super().__init__()
+        self._topic = topic
+
+    def expand(self, records):
+        return (records
+                | "ToMessage" >> beam.Map(lambda r: to_json_line(r).encode("utf-8"))
+                | "Publish" >> beam.io.WriteToPubSub(self._topic))
+
+
 class WriteBigQueryRows(beam.PTransform):
     """WriteToBigQuery into a day-partitioned (and optionally clustered) table created if missing.
     Returns the dead letters of rows BigQuery rejected (streaming inserts report them; other methods fail
@@ -114,11 +127,7 @@ class WriteDeadLetters(beam.PTransform):
                     self._table, DEAD_LETTER_BQ_SCHEMA, self._bq_write_method, "failed_at"):
                 rejected | "LogRejected" >> beam.Map(_log_rejected_dead_letter)  # nowhere left to send them
         if self._topic:
-            (
-                counted
-                | "ToPubsubMessage" >> beam.Map(lambda d: json.dumps(d, sort_keys=True).encode("utf-8"))
-                | "ToPubsub" >> beam.io.WriteToPubSub(self._topic)
-            )
+            counted | "ToPubsub" >> WriteJsonToPubSub(self._topic)
         if self._local_prefix:
             counted | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
         return counted

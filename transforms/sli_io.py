@@ -1,11 +1,10 @@
 """Sources and sinks of the SLI pipeline, as composites so tests can swap them for Create/TestStream."""
 import datetime
-import json
 
 import apache_beam as beam
 from apache_beam.io.gcp.bigtableio import WriteToBigTable
 
-from transforms.sinks import ReleaseToSinks, WriteBigQueryRows, WriteJsonLines
+from transforms.sinks import ReleaseToSinks, WriteBigQueryRows, WriteJsonLines, WriteJsonToPubSub
 from transforms.sli import SLI_ROW_BQ_SCHEMA
 from transforms.slo import SLO_STATUS_BQ_SCHEMA
 
@@ -127,9 +126,7 @@ class WriteSloOutputs(beam.PTransform):
                 self._table, SLO_STATUS_BQ_SCHEMA, self._method, "evaluated_at", ["slo"],
                 self._pipeline, "WriteSloStatus/ToBigQuery")
         if self._topic:
-            (records
-             | "ToPubsubMessage" >> beam.Map(lambda r: json.dumps(r, sort_keys=True).encode("utf-8"))
-             | "ToPubsub" >> beam.io.WriteToPubSub(self._topic))
+            records | "ToPubsub" >> WriteJsonToPubSub(self._topic)
         if self._local_prefix:
             records | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
         return dead_letters
