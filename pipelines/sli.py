@@ -165,11 +165,13 @@ def build(pipeline, options, config, source=None):
         DEAD_LETTER_TAG, main="events")
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
         config, sli.window_seconds, sli.allowed_lateness_seconds)
-    bigtable = (options.view_as(GoogleCloudOptions).project, sli.bigtable_instance, sli.bigtable_table)
+    bigtable = None
+    if sli.bigtable_instance:
+        bigtable = (options.view_as(GoogleCloudOptions).project, sli.bigtable_instance, sli.bigtable_table)
     sink_failures = rows | "WriteSliRows" >> WriteSliRows(
         bigquery_table=sli.output_table,
         bq_write_method=out.bq_write_method,
-        bigtable=bigtable if sli.bigtable_instance else None,
+        bigtable=bigtable,
         local_prefix=FileSystems.join(out.output_dir, "sli_rows") if out.output_dir else None,
         streaming=streaming,
         pipeline_name=PIPELINE,
@@ -179,7 +181,7 @@ def build(pipeline, options, config, source=None):
         slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, bounded=parsed.events.is_bounded)
         slo_status, alerts = slos.status, slos[ALERTS_TAG]
         sink_failures += slo_status | "WriteSloStatus" >> WriteSloOutputs(
-            bigquery_table=sli.slo_table, bq_write_method=out.bq_write_method, pubsub_topic=None,
+            bigquery_table=sli.slo_table, bq_write_method=out.bq_write_method, bigtable=bigtable,
             local_prefix=FileSystems.join(out.output_dir, "slo_status") if out.output_dir else None,
             streaming=streaming, pipeline_name=PIPELINE)
         alerts | "WriteAlerts" >> WriteSloOutputs(

@@ -119,13 +119,21 @@ def test_bigtable_latest_cells_match(streamed, project):
     client = bigtable.Client(project=project, admin=True)
     table = client.instance("sre").table("sli_windows")
     expected = streamed["expected"]
-    found = {}
+    found, slo_rows = {}, {}
     for row in table.read_rows():
+        if row.row_key.startswith(b"~slo#"):
+            slo_rows[row.row_key.decode()] = {q.decode(): c[0].value.decode() for q, c in row.cells["sli"].items()}
+            continue
         cells = {q.decode(): c[0].value.decode() for q, c in row.cells["sli"].items()}
         sli_id, _, start = row.row_key.decode().rpartition("#")
         assert cells["sli_id"] == sli_id
         found[(sli_id, _iso_utc(datetime.datetime.fromisoformat(cells["window_start"])))] = int(cells["total"])
     assert found == {k: v["total"] for k, v in expected.items()}
+    # the SLOs of the sample config keep their latest status in one row each
+    assert set(slo_rows) == {f"~slo#{slo.name}" for slo in sli.load_sli_config(sli.SAMPLE_CONFIG).slos}
+    view = slo_rows["~slo#view-profile-availability"]
+    assert view["status"] in ("OK", "ALERTING") and 0 < float(view["compliance"]) <= 1
+    assert json.loads(view["burn_rates"])[0]["window_minutes"] == 5
     # a prefix scan returns one SLI's series, in time order
     some_sli = sorted(expected)[0][0]
     keys = [r.row_key.decode() for r in table.read_rows(start_key=f"{some_sli}#".encode(), end_key=f"{some_sli}$".encode())]

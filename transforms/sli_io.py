@@ -4,7 +4,7 @@ import datetime
 import apache_beam as beam
 from apache_beam.io.gcp.bigtableio import WriteToBigTable
 
-from transforms.sinks import ReleaseToSinks, WriteBigQueryRows, WriteJsonLines, WriteJsonToPubSub
+from transforms.sinks import ReleaseToSinks, WriteBigQueryRows, WriteJsonLines, WriteJsonToPubSub, to_json_line
 from transforms.sli import SLI_ROW_BQ_SCHEMA
 from transforms.slo import SLO_STATUS_BQ_SCHEMA
 
@@ -40,13 +40,20 @@ def bigtable_row_key(row):
     return f"{row['sli_id']}#{start:%Y-%m-%dT%H:%M:%SZ}"
 
 
-class ToBigtableRows(beam.DoFn):
-    """SLI row dict -> DirectRow with every non-null field as a UTF-8 cell in family `sli`, cell
-    timestamp = emission time (late panes add a newer version; the family keeps only the latest).
-    Creates the table and column family on first use if they are missing."""
+def slo_status_row_key(row):
+    """`~slo#<slo name>`: one row per SLO holding its latest status ('~' sorts after every service name,
+    which starts with a letter or digit, so SLO rows never interleave with SLI series)."""
+    return f"~slo#{row['slo']}"
 
-    def __init__(self, project, instance, table):
+
+class ToBigtableRows(beam.DoFn):
+    """Row dict -> DirectRow under `row_key(row)`, every non-null field a UTF-8 cell in family `sli`
+    (lists as JSON), cell timestamp from `time_field`: a newer pane or evaluation replaces the cell (the
+    family keeps one version). Creates the table and column family on first use if they are missing."""
+
+    def __init__(self, project, instance, table, row_key=bigtable_row_key, time_field="emitted_at"):
         self._project, self._instance, self._table = project, instance, table
+        self._row_key, self._time_field = row_key, time_field
 
     def setup(self):
         from google.api_core.exceptions import AlreadyExists
@@ -65,12 +72,28 @@ class ToBigtableRows(beam.DoFn):
     def process(self, row):
         from google.cloud.bigtable.row import DirectRow
 
-        direct_row = DirectRow(row_key=bigtable_row_key(row).encode("utf-8"))
-        cell_time = datetime.datetime.fromisoformat(row["emitted_at"])
+        direct_row = DirectRow(row_key=self._row_key(row).encode("utf-8"))
+        cell_time = datetime.datetime.fromisoformat(row[self._time_field])
         for name, value in row.items():
             if value is not None:
-                direct_row.set_cell(BIGTABLE_COLUMN_FAMILY, name.encode(), str(value).encode("utf-8"), cell_time)
+                text = to_json_line(value) if isinstance(value, (list, dict)) else str(value)
+                direct_row.set_cell(BIGTABLE_COLUMN_FAMILY, name.encode(), text.encode("utf-8"), cell_time)
         yield direct_row
+
+
+class WriteBigtableRows(beam.PTransform):
+    """Rows to Bigtable through ToBigtableRows; `bigtable` is (project, instance, table)."""
+
+    def __init__(self, bigtable, row_key=bigtable_row_key, time_field="emitted_at"):
+        super().__init__()
+        self._bigtable, self._row_key, self._time_field = bigtable, row_key, time_field
+
+    def expand(self, rows):
+        project, instance, table = self._bigtable
+        return (rows
+                | "ToDirectRows" >> beam.ParDo(ToBigtableRows(project, instance, table, self._row_key,
+                                                              self._time_field))
+                | "Write" >> WriteToBigTable(project_id=project, instance_id=instance, table_id=table))
 
 
 class WriteSliRows(beam.PTransform):
@@ -97,25 +120,22 @@ class WriteSliRows(beam.PTransform):
                 self._table, SLI_ROW_BQ_SCHEMA, self._method, "window_start", ["sli_id"],
                 self._pipeline, "WriteSliRows/ToBigQuery")
         if self._bigtable:
-            project, instance, table = self._bigtable
-            (
-                rows
-                | "ToBigtableRows" >> beam.ParDo(ToBigtableRows(project, instance, table))
-                | "ToBigtable" >> WriteToBigTable(project_id=project, instance_id=instance, table_id=table)
-            )
+            rows | "ToBigtable" >> WriteBigtableRows(self._bigtable)
         if self._local_prefix:
             rows | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
         return dead_letters
 
 
 class WriteSloOutputs(beam.PTransform):
-    """SLO status rows (BigQuery, day-partitioned on evaluated_at, clustered by slo; local JSONL) or alert
-    transitions (Pub/Sub JSON; local JSONL). Returns dead letters for rows BigQuery rejected."""
+    """SLO status rows (BigQuery, day-partitioned on evaluated_at, clustered by slo; Bigtable latest status;
+    local JSONL) or alert transitions (Pub/Sub JSON; local JSONL). Returns dead letters for rows BigQuery
+    rejected."""
 
     def __init__(self, bigquery_table=None, bq_write_method="STREAMING_INSERTS", pubsub_topic=None,
-                 local_prefix=None, streaming=False, pipeline_name="sli"):
+                 bigtable=None, local_prefix=None, streaming=False, pipeline_name="sli"):
         super().__init__()
         self._table, self._method, self._topic = bigquery_table, bq_write_method, pubsub_topic
+        self._bigtable = bigtable  # (project, instance, table): latest status per SLO
         self._local_prefix, self._streaming, self._pipeline = local_prefix, streaming, pipeline_name
 
     def expand(self, records):
@@ -127,6 +147,8 @@ class WriteSloOutputs(beam.PTransform):
                 self._pipeline, "WriteSloStatus/ToBigQuery")
         if self._topic:
             records | "ToPubsub" >> WriteJsonToPubSub(self._topic)
+        if self._bigtable:
+            records | "ToBigtable" >> WriteBigtableRows(self._bigtable, slo_status_row_key, "evaluated_at")
         if self._local_prefix:
             records | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
         return dead_letters
