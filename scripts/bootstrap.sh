@@ -22,6 +22,16 @@ install_venv() {  # venv lock [extra pip args...]
   echo "$want" > "$stamp"
 }
 
+# Headless Chromium (Debian's package) for the tests of HTML reports.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: Chromium is missing: install Debian's chromium package (apt-get install chromium)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing chromium"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 install_venv .venv requirements.lock -r requirements-dev.txt -e .
 install_venv .venv-services requirements-services.lock
 # bqemulator would otherwise try to download DuckDB's spatial extension at start-up.
