@@ -1,4 +1,6 @@
 """SLO arithmetic with worked numbers (SRE workbook style), on the evaluator alone."""
+import datetime
+
 import pytest
 
 from transforms.sli_config import Alerting, Slo
@@ -25,8 +27,22 @@ def feed(ev, minutes, per_minute, bad_per_minute=0, start=None):
 
 
 def test_default_thresholds_for_30_and_28_days():
-    assert evaluator(window_days=30).thresholds == pytest.approx([14.4, 6.0, 1.0])
-    assert evaluator(window_days=28).thresholds == pytest.approx([13.44, 5.6, 0.9333333])
+    for days, expected in ((30, [14.4, 6.0, 1.0]), (28, [13.44, 5.6, 0.9333333])):
+        assert [r.threshold(days) for r in Alerting().rules] == pytest.approx(expected)
+
+
+def test_calendar_month_starts_over_and_scales_thresholds_to_the_month():
+    ev = evaluator(window="calendar_month", min_events=0)
+    oct31 = int(datetime.datetime(2026, 10, 31, 23, 0, tzinfo=datetime.timezone.utc).timestamp()) // 60
+    october, fired = feed(ev, 60, 100, bad_per_minute=50, start=oct31)  # a bad last hour of October
+    assert october[-1]["window_days"] == 31 and october[-1]["compliance"] == pytest.approx(0.5)
+    page = next(a for a in fired if a["long_window_minutes"] == 60)
+    assert page["threshold"] == pytest.approx(0.02 * 31 * 1440 / 60)  # 14.88 in a 31-day month
+    november, _ = feed(ev, 30, 100)  # a clean first half hour of November
+    assert november[-1]["window_days"] == 30
+    assert november[-1]["compliance"] == pytest.approx(1.0) and november[-1]["events"] == 3000
+    # the alert windows still reach back into October: only the 6 h window holds the bad hour
+    assert november[-1]["alerts_firing"] == ["ticket:4320m/360m"]
 
 
 def test_999_over_30_days_with_a_million_requests_allows_1000_bad():

@@ -178,7 +178,8 @@ class Slo(_Strict):
     sli: Optional[str] = None
     components: Optional[list[SloComponent]] = None
     target: float = Field(gt=0, lt=1)
-    window_days: int = Field(28, ge=1, le=90)
+    window: Literal["rolling", "calendar_month"] = "rolling"
+    window_days: int = Field(28, ge=1, le=90, description="rolling windows: their length")
     method: Literal["occurrences", "timeslices"] = "occurrences"
     timeslice_threshold: Optional[float] = Field(None, gt=0, le=1)
 

@@ -22,6 +22,7 @@ SLO_STATUS_BQ_SCHEMA = {
         {"name": "status", "type": "STRING", "mode": "REQUIRED"},
         {"name": "method", "type": "STRING", "mode": "REQUIRED"},
         {"name": "target", "type": "FLOAT64", "mode": "REQUIRED"},
+        {"name": "window", "type": "STRING", "mode": "REQUIRED"},
         {"name": "window_days", "type": "INT64", "mode": "REQUIRED"},
         {"name": "compliance", "type": "FLOAT64", "mode": "NULLABLE"},
         {"name": "events", "type": "INT64", "mode": "REQUIRED"},

@@ -7,12 +7,22 @@ window ever copies data. State: one bucket per component and minute for the long
 (3 days by default) and one per hour for the compliance window (28 days: 672).
 
 The compliance window moves by whole hours: at minute m it covers the hours (H - 24*window_days, H],
-H being m's hour, so it is up to 59 minutes longer than window_days at the old end. Alert windows are
-exact to the minute: at minute m a W-minute window covers minutes (m - W, m].
+H being m's hour, so it is up to 59 minutes longer than window_days at the old end. A calendar-month
+SLO covers the hours of m's month (UTC) up to H instead, and its period for the alert thresholds is that
+month's length. Alert windows are exact to the minute: at minute m a W-minute window covers minutes
+(m - W, m].
 """
+import calendar
 import datetime
 
 _MINUTES_PER_HOUR = 60
+
+
+def _month(minute):
+    """(first hour index of the minute's UTC month, days in that month)"""
+    dt = datetime.datetime.fromtimestamp(minute * 60, datetime.timezone.utc)
+    start = datetime.datetime(dt.year, dt.month, 1, tzinfo=datetime.timezone.utc)
+    return int(start.timestamp()) // 3600, calendar.monthrange(dt.year, dt.month)[1]
 
 
 def minute_iso(minute):
@@ -29,11 +39,11 @@ class SloEvaluator:
         self.weights = [w for _, w in slo.slis()]
         self.rules = list(alerting.rules)
         self.min_events = alerting.min_events
-        self.thresholds = [r.threshold(slo.window_days) for r in self.rules]
+        self.calendar_month = slo.window == "calendar_month"
         self.alert_windows = sorted({w for r in self.rules for w in (r.long_window_minutes, r.short_window_minutes)})
         self.keep_minutes = max(self.alert_windows)
         self.idle_minutes = max(r.short_window_minutes for r in self.rules)
-        self.compliance_hours = slo.window_days * 24
+        self.compliance_hours = slo.window_days * 24  # rolling windows only
         self.now = None  # last evaluated minute
         self.buckets = {}  # minute -> {component: (good, total, pane_index)}
         self.hours = {}  # hour -> [[c0, c1, events] per component], folded minutes only
@@ -117,7 +127,7 @@ class SloEvaluator:
         hour = m // _MINUTES_PER_HOUR
         if hour not in self.hours:
             self.hours[hour] = self._zeros()
-            expired = hour - self.compliance_hours
+            expired = _month(m)[0] - 1 if self.calendar_month else hour - self.compliance_hours
             for old_hour in [h for h in self.hours if h <= expired]:
                 for c, values in enumerate(self.hours.pop(old_hour)):
                     self._apply(self.compliance[c], values, -1)
@@ -144,6 +154,7 @@ class SloEvaluator:
 
     def _evaluate(self):
         slo, budget = self.slo, 1 - self.slo.target
+        period_days = _month(self.now)[1] if self.calendar_month else slo.window_days
         compliance = self.ratio(self.compliance)
         events = sum(e for _, _, e in self.compliance)
         single_occurrences = len(self.weights) == 1 and slo.method == "occurrences"
@@ -153,7 +164,8 @@ class SloEvaluator:
         burn = {w: self.burn_rate(s) for w, s in self.window_sums.items()}
         at = minute_iso(self.now)
         transitions = []
-        for i, (rule, threshold) in enumerate(zip(self.rules, self.thresholds)):
+        for i, rule in enumerate(self.rules):
+            threshold = rule.threshold(period_days)
             long_burn, short_burn = burn[rule.long_window_minutes], burn[rule.short_window_minutes]
             long_events = sum(e for _, _, e in self.window_sums[rule.long_window_minutes])
             firing = (long_events >= self.min_events and long_burn is not None and short_burn is not None
@@ -173,7 +185,8 @@ class SloEvaluator:
             "status": "NO_DATA" if compliance is None else ("ALERTING" if any(self.firing) else "OK"),
             "method": slo.method,
             "target": slo.target,
-            "window_days": slo.window_days,
+            "window": slo.window,
+            "window_days": period_days,
             "compliance": compliance,
             "events": events,
             "bad_events": bad,
