@@ -1,7 +1,9 @@
-"""SLIs from request logs: per-journey, per-window availability, latency, throughput and error rate.
+"""SLIs from request logs: per-journey, per-window availability, latency, throughput and error rate; and,
+when the config defines them, SLOs: compliance, error budgets and burn-rate alerts, every minute.
 
 Local default (bundled sample: one day of a profile web service in every supported log format, with a
-short 5xx incident and a latency regression; rows and dead letters land in output/sli, then a report):
+short 5xx incident and a latency regression; rows, SLO status, alerts and dead letters land in
+output/sli, then a report):
 
     python -m pipelines.sli
 
@@ -32,11 +34,11 @@ from pipelines.common import (
     OutputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
-from transforms.sinks import WriteDeadLetters
-from transforms.sli import ComputeSliRows
+from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.sli import SLI_ROW_BQ_SCHEMA, ComputeSliRows
 from transforms.sli_config import SAMPLES_DIR, load_sli_config
-from transforms.sli_io import ReadLogRecords, WriteSliRows, WriteSloOutputs
-from transforms.slo import ALERTS_TAG, ComputeSloStatus
+from transforms.sli_io import BIGTABLE_COLUMN_FAMILY, ReadLogRecords, bigtable_row_key, slo_status_row_key
+from transforms.slo import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus
 from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "sli"
@@ -165,37 +167,36 @@ def build(pipeline, options, config, source=None):
         DEAD_LETTER_TAG, main="events")
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
         config, sli.window_seconds, sli.allowed_lateness_seconds)
-    bigtable = None
-    if sli.bigtable_instance:
-        bigtable = (options.view_as(GoogleCloudOptions).project, sli.bigtable_instance, sli.bigtable_table)
-    sink_failures = rows | "WriteSliRows" >> WriteSliRows(
-        bigquery_table=sli.output_table,
-        bq_write_method=out.bq_write_method,
-        bigtable=bigtable,
-        local_prefix=FileSystems.join(out.output_dir, "sli_rows") if out.output_dir else None,
-        streaming=streaming,
-        pipeline_name=PIPELINE,
-    )
+    project = options.view_as(GoogleCloudOptions).project
+
+    def local(name):
+        return FileSystems.join(out.output_dir, name) if out.output_dir else None
+
+    def bigtable(row_key, time_field):
+        if not sli.bigtable_instance:
+            return None
+        return BigtableTarget(project, sli.bigtable_instance, sli.bigtable_table, BIGTABLE_COLUMN_FAMILY,
+                              row_key, time_field)
+
+    def bigquery(table, schema, partition_field, clustering_field):
+        return BigQueryTarget(table, schema, partition_field, [clustering_field]) if table else None
+
+    sink_failures = rows | "WriteSliRows" >> WriteRecords(
+        PIPELINE, bigquery(sli.output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
+        bigtable(bigtable_row_key, "emitted_at"), local_prefix=local("sli_rows"), streaming=streaming)
     slo_status = alerts = None
     if config.slos:
         slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, bounded=parsed.events.is_bounded)
         slo_status, alerts = slos.status, slos[ALERTS_TAG]
-        sink_failures += slo_status | "WriteSloStatus" >> WriteSloOutputs(
-            bigquery_table=sli.slo_table, bq_write_method=out.bq_write_method, bigtable=bigtable,
-            local_prefix=FileSystems.join(out.output_dir, "slo_status") if out.output_dir else None,
-            streaming=streaming, pipeline_name=PIPELINE)
-        alerts | "WriteAlerts" >> WriteSloOutputs(
-            pubsub_topic=sli.alerts_topic,
-            local_prefix=FileSystems.join(out.output_dir, "alerts") if out.output_dir else None,
-            streaming=streaming, pipeline_name=PIPELINE)
+        sink_failures += slo_status | "WriteSloStatus" >> WriteRecords(
+            PIPELINE, bigquery(sli.slo_table, SLO_STATUS_BQ_SCHEMA, "evaluated_at", "slo"), out.bq_write_method,
+            bigtable(slo_status_row_key, "evaluated_at"), local_prefix=local("slo_status"), streaming=streaming)
+        alerts | "WriteAlerts" >> WriteRecords(
+            PIPELINE, pubsub_topic=sli.alerts_topic, local_prefix=local("alerts"), streaming=streaming)
     dead_letters = (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        bigquery_table=out.dead_letter_table,
-        pubsub_topic=out.dead_letter_topic,
-        local_prefix=FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None,
-        streaming=streaming,
-        bq_write_method=out.bq_write_method,
-    )
+        PIPELINE, out.dead_letter_table, out.dead_letter_topic, local("dead_letters"), streaming,
+        out.bq_write_method)
     return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 

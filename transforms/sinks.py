@@ -1,9 +1,13 @@
-"""Pieces every sink shares: re-windowing for output, JSONL files, BigQuery tables, the dead-letter sink."""
+"""Sinks every pipeline shares: `WriteRecords` (BigQuery, Bigtable, Pub/Sub, JSONL files) and the
+dead-letter sink built on it."""
+import datetime
 import json
 import logging
 import time
+from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
+from apache_beam.io.gcp.bigtableio import WriteToBigTable
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
@@ -92,6 +96,101 @@ class WriteBigQueryRows(beam.PTransform):
             lambda failed: make_dead_letter(pipeline, step, failed[1], f"BigQuery rejected the row: {failed[2]}")),)
 
 
+class ToBigtableRows(beam.DoFn):
+    """Row dict -> DirectRow under `target.row_key(row)`, every non-null field a UTF-8 cell in the target's
+    column family (lists as JSON), cell timestamp from `target.time_field`: a newer pane or evaluation
+    replaces the cell (the family keeps one version). Creates the table and column family on first use
+    if they are missing."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def setup(self):
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud import bigtable
+        from google.cloud.bigtable import column_family
+
+        t = self._target
+        client = bigtable.Client(project=t.project, admin=True)
+        table = client.instance(t.instance).table(t.table)
+        try:
+            if not table.exists():
+                table.create(column_families={t.column_family: column_family.MaxVersionsGCRule(1)})
+        except AlreadyExists:
+            pass  # another worker created it first
+        client.close()
+
+    def process(self, row):
+        from google.cloud.bigtable.row import DirectRow
+
+        t = self._target
+        direct_row = DirectRow(row_key=t.row_key(row).encode("utf-8"))
+        cell_time = datetime.datetime.fromisoformat(row[t.time_field])
+        for name, value in row.items():
+            if value is not None:
+                text = to_json_line(value) if isinstance(value, (list, dict)) else str(value)
+                direct_row.set_cell(t.column_family, name.encode(), text.encode("utf-8"), cell_time)
+        yield direct_row
+
+
+class WriteBigtableRows(beam.PTransform):
+    """Rows to Bigtable through ToBigtableRows (pure-Python WriteToBigTable)."""
+
+    def __init__(self, target):
+        super().__init__()
+        self._target = target
+
+    def expand(self, rows):
+        t = self._target
+        return (rows
+                | "ToDirectRows" >> beam.ParDo(ToBigtableRows(t))
+                | "Write" >> WriteToBigTable(project_id=t.project, instance_id=t.instance, table_id=t.table))
+
+
+class BigQueryTarget(NamedTuple):
+    table: str  # PROJECT:DATASET.TABLE
+    schema: dict
+    partition_field: str  # day partitions
+    clustering_fields: Optional[list] = None
+
+
+class BigtableTarget(NamedTuple):
+    project: str
+    instance: str
+    table: str
+    column_family: str
+    row_key: Callable  # row dict -> str
+    time_field: str  # the row field holding the cell timestamp
+
+
+class WriteRecords(beam.PTransform):
+    """Writes dicts to every destination given: BigQuery, Bigtable, a Pub/Sub topic (JSON), local JSONL.
+    Returns a tuple with the dead letters of rows BigQuery rejected (empty when nothing can reject)."""
+
+    def __init__(self, pipeline_name, bigquery=None, bq_write_method="STREAMING_INSERTS", bigtable=None,
+                 pubsub_topic=None, local_prefix=None, streaming=False):
+        super().__init__()
+        self._pipeline, self._bigquery, self._method = pipeline_name, bigquery, bq_write_method
+        self._bigtable, self._topic = bigtable, pubsub_topic
+        self._local_prefix, self._streaming = local_prefix, streaming
+
+    def expand(self, records):
+        records = records | "ReleaseToSinks" >> ReleaseToSinks()
+        dead_letters = ()
+        if self._bigquery:
+            b = self._bigquery
+            dead_letters = records | "ToBigQuery" >> WriteBigQueryRows(
+                b.table, b.schema, self._method, b.partition_field, b.clustering_fields, self._pipeline,
+                f"{self.label}/ToBigQuery")
+        if self._bigtable:
+            records | "ToBigtable" >> WriteBigtableRows(self._bigtable)
+        if self._topic:
+            records | "ToPubsub" >> WriteJsonToPubSub(self._topic)
+        if self._local_prefix:
+            records | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
+        return dead_letters
+
+
 def _log_rejected_dead_letter(dead_letter):
     Metrics.counter(dead_letter["pipeline"], "dead_letters_rejected_by_bigquery").inc()
     logging.error("BigQuery rejected a dead letter; its content: %s", to_json_line(dead_letter))
@@ -107,27 +206,20 @@ class CountDeadLetters(beam.DoFn):
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Writes dead letters to every sink configured: BigQuery table, Pub/Sub topic, local JSONL prefix."""
+    """Counts dead letters, then writes them to every sink configured: BigQuery table, Pub/Sub topic,
+    local JSONL prefix. Dead letters BigQuery rejects are logged and counted: nowhere is left to send them."""
 
-    def __init__(self, bigquery_table=None, pubsub_topic=None, local_prefix=None, streaming=False,
-                 bq_write_method="STREAMING_INSERTS"):
+    def __init__(self, pipeline_name, bigquery_table=None, pubsub_topic=None, local_prefix=None,
+                 streaming=False, bq_write_method="STREAMING_INSERTS"):
         super().__init__()
-        self._table = bigquery_table
-        self._topic = pubsub_topic
-        self._local_prefix = local_prefix
-        self._streaming = streaming
-        self._bq_write_method = bq_write_method
+        self._write = WriteRecords(
+            pipeline_name,
+            bigquery=BigQueryTarget(bigquery_table, DEAD_LETTER_BQ_SCHEMA, "failed_at") if bigquery_table else None,
+            bq_write_method=bq_write_method, pubsub_topic=pubsub_topic, local_prefix=local_prefix,
+            streaming=streaming)
 
     def expand(self, dead_letters):
-        counted = (dead_letters
-                   | "Count" >> beam.ParDo(CountDeadLetters())
-                   | "ReleaseToSinks" >> ReleaseToSinks())
-        if self._table:
-            for rejected in counted | "ToBigQuery" >> WriteBigQueryRows(
-                    self._table, DEAD_LETTER_BQ_SCHEMA, self._bq_write_method, "failed_at"):
-                rejected | "LogRejected" >> beam.Map(_log_rejected_dead_letter)  # nowhere left to send them
-        if self._topic:
-            counted | "ToPubsub" >> WriteJsonToPubSub(self._topic)
-        if self._local_prefix:
-            counted | "ToFiles" >> WriteJsonLines(self._local_prefix, streaming=self._streaming)
+        counted = dead_letters | "Count" >> beam.ParDo(CountDeadLetters())
+        for rejected in counted | "Write" >> self._write:
+            rejected | "LogRejected" >> beam.Map(_log_rejected_dead_letter)
         return counted
