@@ -19,6 +19,7 @@ Streaming on Dataflow, from a Cloud Logging sink's Pub/Sub subscription to BigQu
 Backfill: the same with `--input_files 'gs://B/logs/*.json.gz'` or `--input_table P:logs.requests_export`
 instead of the subscription (and no --streaming).
 """
+import datetime
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from transforms.sli import SLI_ROW_BQ_SCHEMA, ComputeSliRows
 from transforms.sli_config import SAMPLES_DIR, load_sli_config
 from transforms.sli_io import BIGTABLE_COLUMN_FAMILY, ReadLogRecords, bigtable_row_key, slo_status_row_key
 from transforms.slo import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus
+from transforms.tensorboard import WriteSliSummaries
 from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "sli"
@@ -82,6 +84,14 @@ class SliOptions(PipelineOptions):
         parser.add_argument(
             "--bigtable_table", type=str, default=None,
             help="Bigtable table for the per-window time series (created with its column family if missing).")
+        parser.add_argument(
+            "--tensorboard_dir", type=str, default=None,
+            help="Write TensorBoard event files (local or gs://) under <dir>/<--tensorboard_run>: per SLI "
+                 "its value and per journey p50/p99 latency, at the window end.")
+        parser.add_argument(
+            "--tensorboard_run", type=str, default=None,
+            help="Run name (sub-directory of --tensorboard_dir), so runs sit side by side. Default: "
+                 "sli-<UTC start time>.")
         parser.add_argument(
             "--slo_table", type=str, default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for SLO status rows, one per SLO and evaluated minute "
@@ -134,6 +144,10 @@ def validate(options):
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)  # fail at start-up, not on the workers
     config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
+    if sli.tensorboard_run and not sli.tensorboard_dir:
+        raise ValueError("--tensorboard_run needs --tensorboard_dir")
+    if sli.tensorboard_dir and not sli.tensorboard_run:
+        sli.tensorboard_run = f"sli-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     if not config.slos and (sli.slo_table or sli.alerts_topic):
         raise ValueError("--slo_table and --alerts_topic need SLOs: add a 'slos' section to --sli_config")
     if config.slos and sli.window_seconds != 60:
@@ -184,6 +198,9 @@ def build(pipeline, options, config, source=None):
     sink_failures = rows | "WriteSliRows" >> WriteRecords(
         PIPELINE, bigquery(sli.output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
         bigtable(bigtable_row_key, "emitted_at"), local_prefix=local("sli_rows"), streaming=streaming)
+    if sli.tensorboard_dir:
+        rows | "WriteTensorBoard" >> beam.ParDo(
+            WriteSliSummaries(config, FileSystems.join(sli.tensorboard_dir, sli.tensorboard_run)))
     slo_status = alerts = None
     if config.slos:
         slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, bounded=parsed.events.is_bounded)

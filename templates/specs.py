@@ -27,6 +27,8 @@ PARAMETERS = {
     "output_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.sli_windows"),
     "bigtable_instance": ("TEXT", [r"^[a-z][a-z0-9-]{4,31}[a-z0-9]$"], "sre-dashboards"),
     "bigtable_table": ("TEXT", [r"^[-_.a-zA-Z0-9]{1,50}$"], "sli_windows"),
+    "tensorboard_dir": ("GCS_WRITE_FOLDER", [GCS_FOLDER], "gs://my-bucket/tensorboard"),
+    "tensorboard_run": ("TEXT", [r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"], "sli-backfill-2026-11"),
     "slo_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.slo_status"),
     "alerts_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/slo-alerts"),
     "output_dir": ("GCS_WRITE_FOLDER", [GCS_FOLDER], "gs://my-bucket/sli/output"),

@@ -143,7 +143,7 @@ def test_help_lists_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--sli_config", "--input_subscription", "--input_topic", "--input_files", "--input_table",
                  "--window_seconds", "--allowed_lateness_seconds", "--output_table", "--bigtable_instance",
-                 "--bigtable_table", "--slo_table", "--alerts_topic", "--output_dir", "--dead_letter_table", "--dead_letter_topic",
+                 "--bigtable_table", "--tensorboard_dir", "--tensorboard_run", "--slo_table", "--alerts_topic", "--output_dir", "--dead_letter_table", "--dead_letter_topic",
                  "--bq_write_method", "--runner", "--project", "--streaming"):
         assert flag in text, flag
 
