@@ -1,0 +1,315 @@
+"""Image ingestion: labelled images from Pub/Sub or files to validated, deduplicated, resized, split
+TFRecords of `tf.train.Example`, with a manifest accounting for every input, a label map and a per-label
+report.
+
+Local default (a bundled folder of small labelled images, with duplicates, a corrupt file, a non-image
+and an unlabelled file; outputs in output/image_ingest, then a report):
+
+    python -m pipelines.image_ingest
+
+Batch on Dataflow, from a folder tree gs://B/images/<label>/<file>:
+
+    python -m pipelines.image_ingest --runner DataflowRunner --project P --region us-central1 \\
+        --temp_location gs://B/tmp --setup_file ./setup.py \\
+        --input_dir gs://B/images --output_dir gs://B/datasets/flowers-v1 --image_size 224x224 \\
+        --manifest_table P:ml.image_manifest --dead_letter_table P:ml.dead_letters
+
+Streaming (the label map of an earlier batch run fixes the label ids):
+
+    python -m pipelines.image_ingest --runner DataflowRunner ... --streaming \\
+        --input_subscription projects/P/subscriptions/images \\
+        --label_map gs://B/datasets/flowers-v1/label_map.txt --output_dir gs://B/datasets/flowers-stream
+"""
+import json
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.pvalue import PCollection
+
+from pipelines.common import OutputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options
+from transforms.deadletter import DEAD_LETTER_TAG
+from transforms.image_ingest import (
+    MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
+    LabelReportFn, ProcessImages, ReadImageSources, ToImageInputs, WriteTfRecordSplits, manifest_row,
+    manifest_row_from_dead_letter, utc_now_iso)
+from transforms.images import ENCODINGS, RESIZE_METHODS, parse_image_size, parse_label_map, parse_splits
+from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from transforms.udf import ApplyUdf, load_udf
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "images"
+
+
+class ImageIngestOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_subscription", type=str, default=None,
+            help="Pub/Sub subscription projects/P/subscriptions/S (streaming). Bodies: JSON "
+                 "{\"image_bytes\": {\"b64\": ...}, \"label\": ..., \"id\": ...}, {\"b64\": ...}, "
+                 "{\"instances\": [...]}, or raw image bytes with 'label' and 'id' attributes.")
+        parser.add_argument(
+            "--input_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T, read through a temporary subscription (streaming).")
+        parser.add_argument(
+            "--input_dir", type=str, default=None,
+            help="Folder tree <root>/<label>/<file> (local or gs://), for a batch run. Default: the bundled "
+                 "sample images.")
+        parser.add_argument(
+            "--input_manifest", type=str, default=None,
+            help="CSV (uri,label) or JSONL ({\"uri\", \"label\"}) manifest, local or gs://; relative uris are "
+                 "read from the manifest's folder.")
+        parser.add_argument(
+            "--image_size", type=str, default="224x224",
+            help="Output size WIDTHxHEIGHT (or one number for both). Default: 224x224.")
+        parser.add_argument(
+            "--resize_method", type=str, default="pad", choices=RESIZE_METHODS,
+            help="pad: keep the aspect ratio, black borders; crop: keep it, cut the centre; stretch: ignore "
+                 "it. Bilinear, antialiased when shrinking. Default: pad.")
+        parser.add_argument(
+            "--encoding", type=str, default="jpeg", choices=ENCODINGS,
+            help="How image/encoded is stored: jpeg, png, or raw (HxWx3 uint8 bytes). Default: jpeg.")
+        parser.add_argument(
+            "--jpeg_quality", type=int, default=90, help="JPEG quality 1-95 with --encoding jpeg. Default: 90.")
+        parser.add_argument(
+            "--max_image_bytes", type=int, default=20 * 1024 * 1024,
+            help="Larger inputs are dead letters (too_large). Default: 20971520 (20 MiB).")
+        parser.add_argument(
+            "--max_image_pixels", type=int, default=40_000_000,
+            help="Images declaring more pixels (width x height) are dead letters (too_many_pixels), rejected "
+                 "from the header before decoding, so decompression bombs never expand. Default: 40000000.")
+        parser.add_argument(
+            "--label_map", type=str, default=None,
+            help="Label map (one label per line, id = line number from 0) written by an earlier run, to keep "
+                 "ids stable. Required in streaming. Without it a batch run numbers the labels it finds in "
+                 "sorted order and writes <output_dir>/label_map.txt.")
+        parser.add_argument(
+            "--unknown_label", type=str, default="dead_letter", choices=("dead_letter", "fail"),
+            help="An image whose label is not in --label_map: dead-letter it, or fail the job. "
+                 "Default: dead_letter.")
+        parser.add_argument(
+            "--splits", type=str, default="train=0.7,eval=0.3",
+            help="Split names and fractions, summing to 1, e.g. train=0.8,eval=0.1,test=0.1. Assigned by content "
+                 "hash: exactly stratified per label in batch, in expectation in streaming. Default: "
+                 "train=0.7,eval=0.3.")
+        parser.add_argument(
+            "--max_per_label", type=int, default=None,
+            help="Batch: keep at most this many images per label (chosen by content hash), to limit class "
+                 "imbalance; the rest are listed in the manifest as over_cap.")
+        parser.add_argument(
+            "--imbalance_ratio", type=float, default=3.0,
+            help="The label report warns when the largest class has more than this many times the images of "
+                 "another. Default: 3.")
+        parser.add_argument(
+            "--dedup_retention_seconds", type=int, default=7 * 24 * 3600,
+            help="Streaming: how long (event time) a content hash is remembered for deduplication. Batch runs "
+                 "deduplicate across the whole input. Default: 604800 (7 days).")
+        parser.add_argument(
+            "--num_shards", type=int, default=0,
+            help="TFRecord files per split (per window in streaming); 0 lets the runner decide. Default: 0.")
+        parser.add_argument(
+            "--compression", type=str, default="gzip", choices=("gzip", "none"),
+            help="TFRecord compression. Default: gzip.")
+        parser.add_argument(
+            "--window_seconds", type=int, default=60,
+            help="Streaming: a new set of TFRecord shards every this many seconds. Default: 60.")
+        parser.add_argument(
+            "--manifest_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the manifest (one row per input: accepted with its "
+                 "split, duplicate, over_cap or rejected with the reason), created if missing.")
+
+
+OPTION_CLASSES = (ImageIngestOptions, UdfOptions)
+
+
+class Settings(NamedTuple):
+    """Flags after validation, parsed."""
+    image_size: tuple
+    splits: list
+    labels: list  # None: found in the data (batch)
+
+
+class ImageIngestOutputs(NamedTuple):
+    split_images: PCollection  # (split, ProcessedImage, label id)
+    manifest: PCollection
+    dead_letters: PCollection
+    label_report: PCollection  # None in streaming
+
+
+def _read_text(path):
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read().decode("utf-8")
+
+
+def validate(options):
+    """Cross-flag checks before any graph is built; returns the parsed Settings."""
+    opts = options.view_as(ImageIngestOptions)
+    out = options.view_as(OutputOptions)
+    inputs = [f for f in ("input_subscription", "input_topic", "input_dir", "input_manifest") if getattr(opts, f)]
+    if len(inputs) > 1:
+        raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
+    streaming = bool(opts.input_subscription or opts.input_topic)
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
+    for flag in ("max_image_bytes", "max_image_pixels", "window_seconds", "dedup_retention_seconds"):
+        if getattr(opts, flag) <= 0:
+            raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
+    if not 1 <= opts.jpeg_quality <= 95:
+        raise ValueError(f"--jpeg_quality must be within 1-95, got {opts.jpeg_quality}")
+    if opts.num_shards < 0:
+        raise ValueError(f"--num_shards must be >= 0, got {opts.num_shards}")
+    if opts.max_per_label is not None and (opts.max_per_label <= 0 or streaming):
+        raise ValueError("--max_per_label must be positive, and applies to batch runs only")
+    if opts.imbalance_ratio < 1:
+        raise ValueError(f"--imbalance_ratio must be >= 1, got {opts.imbalance_ratio}")
+    if streaming and not opts.label_map:
+        raise ValueError("streaming needs --label_map (label ids must not depend on which images came first): "
+                         "use the label_map.txt of a batch run, or write one label per line")
+    if opts.input_dir and options.view_as(UdfOptions).udf_path:
+        raise ValueError("--udf_path reshapes Pub/Sub messages and manifest lines; it does not apply to --input_dir")
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
+    out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
+    labels = None
+    if opts.label_map:
+        try:
+            labels = parse_label_map(_read_text(opts.label_map), opts.label_map)
+        except OSError as e:
+            raise ValueError(f"--label_map: cannot read {opts.label_map}: {e}") from None
+    return Settings(parse_image_size(opts.image_size), parse_splits(opts.splits), labels)
+
+
+def _count_manifest(row):
+    Metrics.counter(PIPELINE, "inputs").inc()
+    Metrics.counter(PIPELINE, f"manifest_{row['status']}").inc()
+    if row["split"]:
+        Metrics.counter(PIPELINE, f"split_{row['split']}").inc()
+    return row
+
+
+def build(pipeline, options, settings, source=None):
+    """Wires the graph. `source` replaces the input (Create/TestStream in tests): PubsubMessage,
+    ImageInput, or manifest lines."""
+    opts = options.view_as(ImageIngestOptions)
+    out = options.view_as(OutputOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    if source is None:
+        input_dir = opts.input_dir
+        if not (input_dir or opts.input_subscription or opts.input_topic or opts.input_manifest):
+            input_dir = str(SAMPLE_DIR)
+        source = ReadImageSources(opts.input_subscription, opts.input_topic, input_dir, opts.input_manifest)
+    raw = pipeline | "ReadImageSources" >> source
+    dead_letter_sources = []
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        transformed = raw | "ApplyUdf" >> beam.ParDo(
+            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
+        raw = transformed.records
+        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    inputs = raw | "ToImageInputs" >> beam.ParDo(ToImageInputs(opts.input_manifest)).with_outputs(
+        DEAD_LETTER_TAG, main="images")
+    width, height = settings.image_size
+    processed = inputs.images | "ProcessImages" >> beam.ParDo(ProcessImages(dict(
+        width=width, height=height, method=opts.resize_method, encoding=opts.encoding,
+        jpeg_quality=opts.jpeg_quality, max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels,
+    ))).with_outputs(DEAD_LETTER_TAG, main="images")
+    unique = processed.images | "DeduplicateByContent" >> DeduplicateByContent(
+        opts.dedup_retention_seconds if streaming else None)
+    if settings.labels is None:
+        labels = (unique.images
+                  | "Labels" >> beam.Map(lambda image: image.label)
+                  | "DistinctLabels" >> beam.Distinct()
+                  | "LabelList" >> beam.combiners.ToList()
+                  | "SortLabels" >> beam.Map(sorted))
+        (labels
+         | "LabelMapText" >> beam.Map("\n".join)
+         | "WriteLabelMap" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_map"), ".txt",
+                                                  shard_name_template=""))
+    else:
+        labels = pipeline | "LabelMap" >> beam.Create([settings.labels])
+    labelled = unique.images | "AssignLabelIds" >> beam.ParDo(
+        AssignLabelIds(opts.unknown_label == "fail"), beam.pvalue.AsSingleton(labels)).with_outputs(
+        DEAD_LETTER_TAG, main="labelled")
+    split = labelled.labelled | "AssignSplits" >> AssignSplits(settings.splits, opts.max_per_label, streaming)
+    split.split | "WriteTfRecords" >> WriteTfRecordSplits(
+        out.output_dir, [name for name, _ in settings.splits], opts.compression == "gzip", opts.num_shards,
+        opts.window_seconds if streaming else None)
+
+    dead_letters = ((*dead_letter_sources, inputs[DEAD_LETTER_TAG], processed[DEAD_LETTER_TAG],
+                     labelled[DEAD_LETTER_TAG])
+                    | "FlattenDeadLetters" >> beam.Flatten())
+    accepted = split.split | "AcceptedRows" >> beam.Map(
+        lambda s: manifest_row("accepted", s[1].source_id, s[1].source, s[1].label, utc_now_iso(), split=s[0], md5=s[1].md5))
+    rejected = dead_letters | "RejectedRows" >> beam.Map(manifest_row_from_dead_letter)
+    manifest = ((accepted, unique[MANIFEST_TAG], split[MANIFEST_TAG], rejected)
+                | "FlattenManifest" >> beam.Flatten()
+                | "CountManifest" >> beam.Map(_count_manifest))
+    manifest_bq = BigQueryTarget(opts.manifest_table, MANIFEST_BQ_SCHEMA, "recorded_at", ["status"]) \
+        if opts.manifest_table else None
+    sink_failures = manifest | "WriteManifest" >> WriteRecords(
+        PIPELINE, manifest_bq, out.bq_write_method, local_prefix=FileSystems.join(out.output_dir, "manifest"),
+        streaming=streaming)
+    label_report = None
+    if not streaming:
+        label_report = manifest | "LabelReport" >> beam.CombineGlobally(LabelReportFn(opts.imbalance_ratio))
+        (label_report
+         | "LabelReportJson" >> beam.Map(lambda r: json.dumps(r, indent=2, sort_keys=True))
+         | "WriteLabelReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_report"), ".json",
+                                                     shard_name_template=""))
+    (dead_letters, *sink_failures) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(
+        PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
+        streaming, out.bq_write_method)
+    return ImageIngestOutputs(split.split, manifest, dead_letters, label_report)
+
+
+def report(result, output_dir):
+    """Counts from Beam metrics, then the label report's table and warnings (batch)."""
+    counts = metric_counts(result, PIPELINE)
+    lines = [f"inputs: {counts.get('inputs', 0)}  accepted: {counts.get('manifest_accepted', 0)}  "
+             f"duplicates: {counts.get('manifest_duplicate', 0)}  over the cap: {counts.get('manifest_over_cap', 0)}  "
+             f"rejected (dead letters): {counts.get('manifest_rejected', 0)}"]
+    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    if reasons:
+        lines.append("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    report_path = FileSystems.join(output_dir, "label_report.json")
+    if FileSystems.exists(report_path):
+        label_report = json.loads(_read_text(report_path))
+        splits = sorted({k for c in label_report["labels"].values() for k in c} - {"accepted", "duplicate",
+                                                                                   "over_cap", "rejected"})
+        columns = [*splits, "accepted", "duplicate", "over_cap", "rejected"]
+        lines.append(f"{'label':<16}" + "".join(f"{c:>10}" for c in columns))
+        for label, c in label_report["labels"].items():
+            lines.append(f"{label:<16}" + "".join(f"{c.get(k, 0):>10}" for k in columns))
+        lines.extend(f"warning: {w}" for w in label_report["warnings"])
+    lines.append(f"outputs: {output_dir}/<split>/images-*.tfrecord*, label_map.txt, label_report.json, "
+                 f"manifest-*.jsonl, dead_letters-*.jsonl")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
+    try:
+        settings = validate(options)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    runner = choose_local_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if runner in ("DataflowRunner", "dataflow"):
+        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+        return result
+    result.wait_until_finish()
+    print(report(result, options.view_as(OutputOptions).output_dir))
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
