@@ -53,7 +53,7 @@ def manifest_row(status, source_id, source, label, recorded_at, split=None, reas
 def manifest_row_from_dead_letter(dead_letter):
     attributes = {a["key"]: a["value"] for a in dead_letter["attributes"]}
     return manifest_row("rejected", attributes.get("image.source_id"), attributes.get("image.source"),
-                        attributes.get("image.label"), dead_letter["failed_at"],
+                        attributes.get("image.label") or None, dead_letter["failed_at"],
                         reason=f"{dead_letter['step']}: {dead_letter['reason']}")
 
 
@@ -314,7 +314,7 @@ class WriteTfRecordSplits(beam.PTransform):
 
 def add_to_label_report(report, row):
     """Counts one manifest row into {label: {status or split: count}}."""
-    counts = report.setdefault(row["label"] or "", {})
+    counts = report.setdefault(row["label"] or "", {})  # "": no label
     key = row["split"] if row["status"] == "accepted" else row["status"]
     counts[key] = counts.get(key, 0) + 1
     return report

@@ -134,6 +134,8 @@ def decode_image(data, max_bytes, max_pixels):
                                                      f"--max_image_pixels={max_pixels}; not decoded")
             image.seek(0)
             return image.convert("RGB"), fmt  # convert() decodes: truncated data raises here
+    except RecordError:
+        raise
     except Image.DecompressionBombError as e:
         raise RecordError("too_many_pixels", f"decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for corrupt or truncated files
