@@ -33,6 +33,20 @@ class OutputOptions(PipelineOptions):
                  "(fine on Dataflow). Default: STREAMING_INSERTS.")
 
 
+class PubsubInputOptions(PipelineOptions):
+    """For streaming pipelines. Each flag is declared once for all pipelines: Beam parses every options
+    class it has seen, so two classes declaring one flag would conflict."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_subscription", type=str, default=None,
+            help="Pub/Sub subscription projects/P/subscriptions/S to read from (streaming).")
+        parser.add_argument(
+            "--input_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
+
+
 class UdfOptions(PipelineOptions):
     """For pipelines that read records: a user-defined function applied to each record before parsing."""
 

@@ -32,7 +32,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import OutputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options
+from pipelines.common import (
+    OutputOptions, PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
@@ -48,14 +49,6 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "images"
 class ImageIngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--input_subscription", type=str, default=None,
-            help="Pub/Sub subscription projects/P/subscriptions/S (streaming). Bodies: JSON "
-                 "{\"image_bytes\": {\"b64\": ...}, \"label\": ..., \"id\": ...}, {\"b64\": ...}, "
-                 "{\"instances\": [...]}, or raw image bytes with 'label' and 'id' attributes.")
-        parser.add_argument(
-            "--input_topic", type=str, default=None,
-            help="Pub/Sub topic projects/P/topics/T, read through a temporary subscription (streaming).")
         parser.add_argument(
             "--input_dir", type=str, default=None,
             help="Folder tree <root>/<label>/<file> (local or gs://), for a batch run. Default: the bundled "
@@ -116,7 +109,7 @@ class ImageIngestOptions(PipelineOptions):
             "--compression", type=str, default="gzip", choices=("gzip", "none"),
             help="TFRecord compression. Default: gzip.")
         parser.add_argument(
-            "--window_seconds", type=int, default=60,
+            "--shard_seconds", type=int, default=60,
             help="Streaming: a new set of TFRecord shards every this many seconds. Default: 60.")
         parser.add_argument(
             "--manifest_table", type=str, default=None,
@@ -124,7 +117,7 @@ class ImageIngestOptions(PipelineOptions):
                  "split, duplicate, over_cap or rejected with the reason), created if missing.")
 
 
-OPTION_CLASSES = (ImageIngestOptions, UdfOptions)
+OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
@@ -150,13 +143,15 @@ def validate(options):
     """Cross-flag checks before any graph is built; returns the parsed Settings."""
     opts = options.view_as(ImageIngestOptions)
     out = options.view_as(OutputOptions)
-    inputs = [f for f in ("input_subscription", "input_topic", "input_dir", "input_manifest") if getattr(opts, f)]
+    pubsub = options.view_as(PubsubInputOptions)
+    inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
+    inputs += [f for f in ("input_dir", "input_manifest") if getattr(opts, f)]
     if len(inputs) > 1:
         raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
-    streaming = bool(opts.input_subscription or opts.input_topic)
+    streaming = bool(pubsub.input_subscription or pubsub.input_topic)
     if streaming:
         options.view_as(StandardOptions).streaming = True
-    for flag in ("max_image_bytes", "max_image_pixels", "window_seconds", "dedup_retention_seconds"):
+    for flag in ("max_image_bytes", "max_image_pixels", "shard_seconds", "dedup_retention_seconds"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
     if not 1 <= opts.jpeg_quality <= 95:
@@ -200,10 +195,10 @@ def build(pipeline, options, settings, source=None):
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     if source is None:
-        input_dir = opts.input_dir
-        if not (input_dir or opts.input_subscription or opts.input_topic or opts.input_manifest):
+        input_dir, pubsub = opts.input_dir, options.view_as(PubsubInputOptions)
+        if not (input_dir or pubsub.input_subscription or pubsub.input_topic or opts.input_manifest):
             input_dir = str(SAMPLE_DIR)
-        source = ReadImageSources(opts.input_subscription, opts.input_topic, input_dir, opts.input_manifest)
+        source = ReadImageSources(pubsub.input_subscription, pubsub.input_topic, input_dir, opts.input_manifest)
     raw = pipeline | "ReadImageSources" >> source
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
@@ -239,7 +234,7 @@ def build(pipeline, options, settings, source=None):
     split = labelled.labelled | "AssignSplits" >> AssignSplits(settings.splits, opts.max_per_label, streaming)
     split.split | "WriteTfRecords" >> WriteTfRecordSplits(
         out.output_dir, [name for name, _ in settings.splits], opts.compression == "gzip", opts.num_shards,
-        opts.window_seconds if streaming else None)
+        opts.shard_seconds if streaming else None)
 
     dead_letters = ((*dead_letter_sources, inputs[DEAD_LETTER_TAG], processed[DEAD_LETTER_TAG],
                      labelled[DEAD_LETTER_TAG])

@@ -32,7 +32,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    OutputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+    OutputOptions, PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -55,12 +55,6 @@ class SliOptions(PipelineOptions):
             "--sli_config", type=str, default=None,
             help=f"YAML file (local or gs://) defining services, journeys and SLIs. Default: the bundled "
                  f"sample {SAMPLE_CONFIG.name}.")
-        parser.add_argument(
-            "--input_subscription", type=str, default=None,
-            help="Pub/Sub subscription projects/P/subscriptions/S to read log entries from (streaming).")
-        parser.add_argument(
-            "--input_topic", type=str, default=None,
-            help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
         parser.add_argument(
             "--input_files", type=str, default=None,
             help="Newline-delimited JSON log files (glob, local or gs://; .gz is decompressed) for a backfill.")
@@ -103,7 +97,7 @@ class SliOptions(PipelineOptions):
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
-OPTION_CLASSES = (SliOptions, UdfOptions)
+OPTION_CLASSES = (SliOptions, PubsubInputOptions, UdfOptions)
 
 
 class SliOutputs(NamedTuple):
@@ -122,7 +116,9 @@ def validate(options):
     """Cross-flag checks, before any graph is built. Returns the loaded SLI config."""
     sli = options.view_as(SliOptions)
     out = options.view_as(OutputOptions)
-    inputs = [f for f in ("input_subscription", "input_topic", "input_files", "input_table") if getattr(sli, f)]
+    pubsub = options.view_as(PubsubInputOptions)
+    inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
+    inputs += [f for f in ("input_files", "input_table") if getattr(sli, f)]
     if len(inputs) > 1:
         raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
     if sli.window_seconds <= 0:
@@ -138,7 +134,7 @@ def validate(options):
     if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
         raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
                          "--output_dir")
-    if sli.input_subscription or sli.input_topic:
+    if pubsub.input_subscription or pubsub.input_topic:
         options.view_as(StandardOptions).streaming = True
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
@@ -164,9 +160,10 @@ def build(pipeline, options, config, source=None):
     streaming = options.view_as(StandardOptions).streaming
     if source is None:
         files = sli.input_files
-        if not (files or sli.input_subscription or sli.input_topic or sli.input_table):
+        pubsub = options.view_as(PubsubInputOptions)
+        if not (files or pubsub.input_subscription or pubsub.input_topic or sli.input_table):
             files = str(SAMPLE_LOGS)
-        source = ReadLogRecords(sli.input_subscription, sli.input_topic, files, sli.input_table)
+        source = ReadLogRecords(pubsub.input_subscription, pubsub.input_topic, files, sli.input_table)
     records = (pipeline
                | "ReadLogRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))

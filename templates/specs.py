@@ -5,7 +5,8 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import common, sli
+from pipelines import common, image_ingest, sli
+from transforms import images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
 PUBSUB_TOPIC = r"^projects/[^/]+/topics/[^/]+$"
@@ -14,6 +15,11 @@ GCS_FILE = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+$"
 GCS_FOLDER = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9](/.*)?$"
 POSITIVE_INT = r"^[1-9][0-9]*$"
 NON_NEGATIVE_INT = r"^[0-9]+$"
+
+
+def one_of(choices):
+    return r"^(%s)$" % "|".join(choices)
+
 
 # flag -> (paramType, [regexes], sample value)
 PARAMETERS = {
@@ -34,9 +40,27 @@ PARAMETERS = {
     "output_dir": ("GCS_WRITE_FOLDER", [GCS_FOLDER], "gs://my-bucket/sli/output"),
     "dead_letter_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.dead_letters"),
     "dead_letter_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/sli-dead-letters"),
-    "bq_write_method": ("TEXT", [r"^(%s)$" % "|".join(common.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
+    "bq_write_method": ("TEXT", [one_of(common.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
     "udf_path": ("GCS_READ_FILE", [r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+\.(js|py)$"], "gs://my-bucket/udf/mask_pii.py"),
     "udf_function": ("TEXT", [r"^[A-Za-z_$][A-Za-z0-9_$]*$"], "process"),
+    "input_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/images"),
+    "input_manifest": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/images/manifest.csv"),
+    "image_size": ("TEXT", [r"^[1-9][0-9]*(x[1-9][0-9]*)?$"], "224x224"),
+    "resize_method": ("TEXT", [one_of(images.RESIZE_METHODS)], "crop"),
+    "encoding": ("TEXT", [one_of(images.ENCODINGS)], "png"),
+    "jpeg_quality": ("TEXT", [POSITIVE_INT], "85"),
+    "max_image_bytes": ("TEXT", [POSITIVE_INT], "10485760"),
+    "max_image_pixels": ("TEXT", [POSITIVE_INT], "25000000"),
+    "label_map": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/datasets/flowers-v1/label_map.txt"),
+    "unknown_label": ("TEXT", [one_of(("dead_letter", "fail"))], "fail"),
+    "splits": ("TEXT", [r"^[A-Za-z_][A-Za-z0-9_]*=[0-9.]+(,[A-Za-z_][A-Za-z0-9_]*=[0-9.]+)*$"], "train=0.8,eval=0.1,test=0.1"),
+    "max_per_label": ("TEXT", [POSITIVE_INT], "5000"),
+    "imbalance_ratio": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "2.5"),
+    "dedup_retention_seconds": ("TEXT", [POSITIVE_INT], "86400"),
+    "num_shards": ("TEXT", [NON_NEGATIVE_INT], "16"),
+    "compression": ("TEXT", [one_of(("gzip", "none"))], "none"),
+    "shard_seconds": ("TEXT", [POSITIVE_INT], "300"),
+    "manifest_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.image_manifest"),
 }
 
 PIPELINES = {
@@ -48,6 +72,16 @@ PIPELINES = {
                        "Cloud Logging and JSON request logs (Pub/Sub, files or a BigQuery export), written to "
                        "BigQuery and Bigtable; SLO compliance, error budgets and burn-rate alerts; dead "
                        "letters for bad records.",
+        "streaming": True,
+    },
+    "image_ingest": {
+        "module": image_ingest,
+        "option_classes": (*image_ingest.OPTION_CLASSES, common.OutputOptions),
+        "name": "Image ingestion to TFRecords",
+        "description": "Labelled images from Pub/Sub (TensorFlow Serving base64 JSON or raw bytes), a folder "
+                       "tree or a manifest: validated, decoded with a pixel cap, resized, deduplicated by "
+                       "content hash, split per label and written as TFRecords of tf.train.Example, with a "
+                       "manifest of every input, a label map and dead letters for bad images.",
         "streaming": True,
     },
 }

@@ -50,6 +50,9 @@ def test_each_sample_value_passes_the_regexes_and_the_parser(pipeline):
     ("window_seconds", "0"),
     ("bq_write_method", "FAST"),
     ("udf_path", "gs://bucket/udf.rb"),
+    ("image_size", "224x"),
+    ("splits", "train:0.7"),
+    ("resize_method", "squash"),
 ])
 def test_regexes_reject_wrong_values(name, value):
     assert not all(re.match(r, value) for r in PARAMETERS[name][1])
@@ -90,6 +93,14 @@ def test_local_launch_runs_the_pipeline_with_template_parameters(tmp_path, capsy
     rows = [json.loads(line) for f in (tmp_path / "out").glob("sli_rows-*.jsonl") for line in f.read_text().splitlines()]
     [avail] = [r for r in rows if r["sli_id"] == "profile-web/login/availability"]
     assert (avail["window_start"], avail["total"], avail["bad"]) == ("2026-11-22T10:00:00+00:00", 1, 1)
+
+
+def test_local_launch_of_the_image_template(tmp_path, capsys):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "not-an-image.jpg").write_bytes(b"text")
+    launch_local.main(["image_ingest", "--parameters",
+                       f"input_dir={tmp_path},output_dir={tmp_path / 'out'},image_size=64x48", "--local_paths"])
+    assert "inputs: 1  accepted: 0  duplicates: 0  over the cap: 0  rejected (dead letters): 1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, words", [
