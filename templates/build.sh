@@ -32,7 +32,5 @@ Template spec: ${SPEC}
 Run it (parameters as in templates/${PIPELINE}/metadata.json; the image doubles as the worker image):
   gcloud dataflow flex-template run "${PIPELINE}-\$(date +%Y%m%d-%H%M%S)" --project ${PROJECT} --region ${REGION} \\
     --template-file-gcs-location ${SPEC} \\
-    --parameters sdk_container_image=${IMAGE} \\
-    --parameters input_subscription=projects/${PROJECT}/subscriptions/request-logs \\
-    --parameters output_table=${PROJECT}:sre.sli_windows,dead_letter_table=${PROJECT}:sre.dead_letters
+    --parameters sdk_container_image=${IMAGE},NAME=VALUE,...
 EOT

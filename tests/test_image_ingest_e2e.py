@@ -2,6 +2,7 @@
 a duplicate) through the Pub/Sub emulator, the pipeline on the direct runner, the manifest in the
 BigQuery emulator, dead letters on a Pub/Sub topic and windowed TFRecord shards read back with TF."""
 import base64
+import collections
 import glob
 import hashlib
 import json
@@ -12,11 +13,11 @@ import apache_beam as beam
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
-from google.cloud import pubsub_v1
+from google.cloud import bigquery, pubsub_v1
 
 from pipelines import image_ingest
 from pipelines.samples.images import image_bytes
-from tests.test_sli_e2e import bq_client
+from tests.test_sli_e2e import ROOT, bq_client
 
 
 def _messages():
@@ -137,3 +138,14 @@ def test_dead_letters_name_the_reason_and_keep_the_payload(streamed):
     assert base64.b64decode(by_reason["corrupt_image"]["payload_bytes"]) == b"GIF89a but not really"
     assert by_reason["unknown_label"]["step"] == "AssignLabelIds"
     assert {a["key"]: a["value"] for a in by_reason["unknown_label"]["attributes"]}["image.source_id"] == "dog"
+
+
+def test_readme_manifest_query(streamed, services, project):
+    sql = (ROOT / "sql" / "image_manifest_summary.sql").read_text()
+    assert sql.strip() in (ROOT / "README.md").read_text()
+    since = min(row["recorded_at"] for row in streamed["manifest"])
+    job_config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
+    got = {(r["label"], r["status"], r["split"], r["reason"]): r["images"]
+           for r in bq_client(services, project).query(sql, job_config=job_config).result()}
+    want = collections.Counter((r["label"], r["status"], r["split"], r["reason"]) for r in streamed["manifest"])
+    assert got == want
