@@ -47,6 +47,59 @@ class PubsubInputOptions(PipelineOptions):
             help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
 
 
+class BatchInputOptions(PipelineOptions):
+    """For pipelines that read records from files or BigQuery in batch."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_files", type=str, default=None,
+            help="Newline-delimited JSON files (glob, local or gs://; .gz is decompressed), for a batch run.")
+        parser.add_argument(
+            "--input_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API).")
+
+
+class ImageFolderInputOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_dir", type=str, default=None,
+            help="Folder of image files (local or gs://, read recursively), for a batch run. Image ingestion "
+                 "takes each image's label from its first sub-folder: <root>/<label>/<file>.")
+
+
+class LabelMapOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--label_map", type=str, default=None,
+            help="Label map (local or gs://): one class label per line, its id the line number from 0, as image "
+                 "ingestion writes to label_map.txt. Image ingestion: fixes the ids (required in streaming; "
+                 "without it a batch run numbers the labels it finds in sorted order and writes one). Scoring: "
+                 "names a classifier's scores, for the top-k labels.")
+
+
+class BigQueryOutputOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--output_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the pipeline's main rows (created if missing, "
+                 "day-partitioned and clustered).")
+
+
+class BigtableOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--bigtable_instance", type=str, default=None,
+            help="Bigtable instance for the serving rows (with --bigtable_table; project: --project).")
+        parser.add_argument(
+            "--bigtable_table", type=str, default=None,
+            help="Bigtable table for the serving rows (created with its column family if missing).")
+
+
 class UdfOptions(PipelineOptions):
     """For pipelines that read records: a user-defined function applied to each record before parsing."""
 

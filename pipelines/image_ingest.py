@@ -33,7 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    OutputOptions, PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+    ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts,
+    parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
@@ -49,10 +50,6 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "images"
 class ImageIngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--input_dir", type=str, default=None,
-            help="Folder tree <root>/<label>/<file> (local or gs://), for a batch run. Default: the bundled "
-                 "sample images.")
         parser.add_argument(
             "--input_manifest", type=str, default=None,
             help="CSV (uri,label) or JSONL ({\"uri\", \"label\"}) manifest, local or gs://; relative uris are "
@@ -76,11 +73,6 @@ class ImageIngestOptions(PipelineOptions):
             "--max_image_pixels", type=int, default=40_000_000,
             help="Images declaring more pixels (width x height) are dead letters (too_many_pixels), rejected "
                  "from the header before decoding, so decompression bombs never expand. Default: 40000000.")
-        parser.add_argument(
-            "--label_map", type=str, default=None,
-            help="Label map (one label per line, id = line number from 0) written by an earlier run, to keep "
-                 "ids stable. Required in streaming. Without it a batch run numbers the labels it finds in "
-                 "sorted order and writes <output_dir>/label_map.txt.")
         parser.add_argument(
             "--unknown_label", type=str, default="dead_letter", choices=("dead_letter", "fail"),
             help="An image whose label is not in --label_map: dead-letter it, or fail the job. "
@@ -117,7 +109,7 @@ class ImageIngestOptions(PipelineOptions):
                  "split, duplicate, over_cap or rejected with the reason), created if missing.")
 
 
-OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, UdfOptions)
+OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, ImageFolderInputOptions, LabelMapOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
@@ -145,7 +137,8 @@ def validate(options):
     out = options.view_as(OutputOptions)
     pubsub = options.view_as(PubsubInputOptions)
     inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
-    inputs += [f for f in ("input_dir", "input_manifest") if getattr(opts, f)]
+    input_dir = options.view_as(ImageFolderInputOptions).input_dir
+    inputs += [f for f, given in (("input_dir", input_dir), ("input_manifest", opts.input_manifest)) if given]
     if len(inputs) > 1:
         raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
     streaming = bool(pubsub.input_subscription or pubsub.input_topic)
@@ -162,21 +155,22 @@ def validate(options):
         raise ValueError("--max_per_label must be positive, and applies to batch runs only")
     if opts.imbalance_ratio < 1:
         raise ValueError(f"--imbalance_ratio must be >= 1, got {opts.imbalance_ratio}")
-    if streaming and not opts.label_map:
+    label_map = options.view_as(LabelMapOptions).label_map
+    if streaming and not label_map:
         raise ValueError("streaming needs --label_map (label ids must not depend on which images came first): "
                          "use the label_map.txt of a batch run, or write one label per line")
-    if opts.input_dir and options.view_as(UdfOptions).udf_path:
+    if input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes Pub/Sub messages and manifest lines; it does not apply to --input_dir")
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     labels = None
-    if opts.label_map:
+    if label_map:
         try:
-            labels = parse_label_map(_read_text(opts.label_map), opts.label_map)
+            labels = parse_label_map(_read_text(label_map), label_map)
         except OSError as e:
-            raise ValueError(f"--label_map: cannot read {opts.label_map}: {e}") from None
+            raise ValueError(f"--label_map: cannot read {label_map}: {e}") from None
     return Settings(parse_image_size(opts.image_size), parse_splits(opts.splits), labels)
 
 
@@ -195,7 +189,7 @@ def build(pipeline, options, settings, source=None):
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     if source is None:
-        input_dir, pubsub = opts.input_dir, options.view_as(PubsubInputOptions)
+        input_dir, pubsub = options.view_as(ImageFolderInputOptions).input_dir, options.view_as(PubsubInputOptions)
         if not (input_dir or pubsub.input_subscription or pubsub.input_topic or opts.input_manifest):
             input_dir = str(SAMPLE_DIR)
         source = ReadImageSources(pubsub.input_subscription, pubsub.input_topic, input_dir, opts.input_manifest)

@@ -32,7 +32,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    OutputOptions, PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, UdfOptions,
+    choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -56,28 +57,12 @@ class SliOptions(PipelineOptions):
             help=f"YAML file (local or gs://) defining services, journeys and SLIs. Default: the bundled "
                  f"sample {SAMPLE_CONFIG.name}.")
         parser.add_argument(
-            "--input_files", type=str, default=None,
-            help="Newline-delimited JSON log files (glob, local or gs://; .gz is decompressed) for a backfill.")
-        parser.add_argument(
-            "--input_table", type=str, default=None,
-            help="BigQuery table PROJECT:DATASET.TABLE holding a Cloud Logging export, for a backfill.")
-        parser.add_argument(
             "--window_seconds", type=int, default=60,
             help="Length of the event-time fixed windows, in seconds. Default: 60.")
         parser.add_argument(
             "--allowed_lateness_seconds", type=int, default=3600,
             help="How late (event time behind the watermark) a record may arrive and still update its "
                  "window with a LATE pane. Default: 3600.")
-        parser.add_argument(
-            "--output_table", type=str, default=None,
-            help="BigQuery table PROJECT:DATASET.TABLE for the per-window SLI rows (created if missing, "
-                 "day-partitioned on window_start, clustered by sli_id).")
-        parser.add_argument(
-            "--bigtable_instance", type=str, default=None,
-            help="Bigtable instance for the per-window time series (with --bigtable_table; project: --project).")
-        parser.add_argument(
-            "--bigtable_table", type=str, default=None,
-            help="Bigtable table for the per-window time series (created with its column family if missing).")
         parser.add_argument(
             "--tensorboard_dir", type=str, default=None,
             help="Write TensorBoard event files (local or gs://) under <dir>/<--tensorboard_run>: per SLI "
@@ -97,7 +82,8 @@ class SliOptions(PipelineOptions):
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
-OPTION_CLASSES = (SliOptions, PubsubInputOptions, UdfOptions)
+OPTION_CLASSES = (SliOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions, BigtableOptions,
+                  UdfOptions)
 
 
 class SliOutputs(NamedTuple):
@@ -118,18 +104,20 @@ def validate(options):
     out = options.view_as(OutputOptions)
     pubsub = options.view_as(PubsubInputOptions)
     inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
-    inputs += [f for f in ("input_files", "input_table") if getattr(sli, f)]
+    batch = options.view_as(BatchInputOptions)
+    inputs += [f for f in ("input_files", "input_table") if getattr(batch, f)]
     if len(inputs) > 1:
         raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
     if sli.window_seconds <= 0:
         raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
     if sli.allowed_lateness_seconds < 0:
         raise ValueError(f"--allowed_lateness_seconds must be >= 0, got {sli.allowed_lateness_seconds}")
-    if bool(sli.bigtable_instance) != bool(sli.bigtable_table):
+    bt = options.view_as(BigtableOptions)
+    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
         raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
-    if sli.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
+    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
         raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
-    if not (sli.output_table or sli.bigtable_instance or out.output_dir):
+    if not (options.view_as(BigQueryOutputOptions).output_table or bt.bigtable_instance or out.output_dir):
         out.output_dir = os.path.join("output", PIPELINE)
     if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
         raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
@@ -159,11 +147,11 @@ def build(pipeline, options, config, source=None):
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     if source is None:
-        files = sli.input_files
-        pubsub = options.view_as(PubsubInputOptions)
-        if not (files or pubsub.input_subscription or pubsub.input_topic or sli.input_table):
+        pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
+        files = batch.input_files
+        if not (files or pubsub.input_subscription or pubsub.input_topic or batch.input_table):
             files = str(SAMPLE_LOGS)
-        source = ReadLogRecords(pubsub.input_subscription, pubsub.input_topic, files, sli.input_table)
+        source = ReadLogRecords(pubsub.input_subscription, pubsub.input_topic, files, batch.input_table)
     records = (pipeline
                | "ReadLogRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
@@ -184,16 +172,17 @@ def build(pipeline, options, config, source=None):
         return FileSystems.join(out.output_dir, name) if out.output_dir else None
 
     def bigtable(row_key, time_field):
-        if not sli.bigtable_instance:
+        bt = options.view_as(BigtableOptions)
+        if not bt.bigtable_instance:
             return None
-        return BigtableTarget(project, sli.bigtable_instance, sli.bigtable_table, BIGTABLE_COLUMN_FAMILY,
+        return BigtableTarget(project, bt.bigtable_instance, bt.bigtable_table, BIGTABLE_COLUMN_FAMILY,
                               row_key, time_field)
 
     def bigquery(table, schema, partition_field, clustering_field):
         return BigQueryTarget(table, schema, partition_field, [clustering_field]) if table else None
 
     sink_failures = rows | "WriteSliRows" >> WriteRecords(
-        PIPELINE, bigquery(sli.output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
+        PIPELINE, bigquery(options.view_as(BigQueryOutputOptions).output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
         bigtable(bigtable_row_key, "emitted_at"), local_prefix=local("sli_rows"), streaming=streaming)
     if sli.tensorboard_dir:
         rows | "WriteTensorBoard" >> beam.ParDo(

@@ -113,9 +113,13 @@ class ToBigtableRows(beam.DoFn):
         t = self._target
         client = bigtable.Client(project=t.project, admin=True)
         table = client.instance(t.instance).table(t.table)
+        gc_rule = column_family.MaxVersionsGCRule(1)
+        if t.max_age_hours:
+            gc_rule = column_family.GCRuleUnion([gc_rule, column_family.MaxAgeGCRule(
+                datetime.timedelta(hours=t.max_age_hours))])
         try:
             if not table.exists():
-                table.create(column_families={t.column_family: column_family.MaxVersionsGCRule(1)})
+                table.create(column_families={t.column_family: gc_rule})
         except AlreadyExists:
             pass  # another worker created it first
         client.close()
@@ -161,6 +165,7 @@ class BigtableTarget(NamedTuple):
     column_family: str
     row_key: Callable  # row dict -> str
     time_field: str  # the row field holding the cell timestamp
+    max_age_hours: Optional[float] = None  # garbage-collect cells older than this (set when creating the table)
 
 
 class WriteRecords(beam.PTransform):

@@ -1,0 +1,391 @@
+"""Model scoring: a TensorFlow SavedModel (through its serving signature) or a `.keras` file applied to
+requests through Beam's RunInference, in batch or near real time, with predictions written to BigQuery,
+Pub/Sub and files, and Bigtable as a serving cache.
+
+Local default (the bundled image classifier, trained on the sample shapes, over bundled requests with a
+repeated image and malformed lines; predictions in output/score, then a report):
+
+    python -m pipelines.score
+
+Batch on Dataflow, from JSONL requests to a BigQuery predictions table:
+
+    python -m pipelines.score --runner DataflowRunner --project P --region us-central1 \\
+        --temp_location gs://B/tmp --setup_file ./setup.py \\
+        --model_path gs://B/models/shapes/3 --label_map gs://B/models/shapes/labels.txt \\
+        --input_files 'gs://B/requests/*.jsonl' --output_table P:ml.predictions \\
+        --dead_letter_table P:ml.dead_letters
+
+Near real time, from Pub/Sub to a predictions topic and the Bigtable cache, picking up new model versions
+written under gs://B/models/shapes/<version>/:
+
+    python -m pipelines.score --runner DataflowRunner ... --streaming \\
+        --input_subscription projects/P/subscriptions/score-requests \\
+        --model_path gs://B/models/shapes/3 --model_watch_pattern 'gs://B/models/shapes/*/saved_model.pb' \\
+        --predictions_topic projects/P/topics/predictions --output_table P:ml.predictions \\
+        --bigtable_instance serving --bigtable_table predictions
+"""
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.utils import WatchFilePattern
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.pvalue import PCollection
+
+from pipelines.common import (
+    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
+    PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.image_ingest import ReadImageSources
+from transforms.images import ImageInput, parse_label_map
+from transforms.scoring import (
+    CACHE_COLUMN_FAMILY, INFERENCE_ERROR, PREDICTION_BQ_SCHEMA, LoadedModel, ScoringRequest, TfModelHandler,
+    content_row_key, model_directory, model_version, prediction_row, prepare_example, request_row_key)
+from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.udf import ApplyUdf, load_udf
+
+PIPELINE = "score"
+SAMPLES = Path(__file__).resolve().parent / "samples" / "score"
+SAMPLE_MODEL = SAMPLES / "model" / "1"
+SAMPLE_LABELS = SAMPLES / "labels.txt"
+SAMPLE_REQUESTS = SAMPLES / "requests.jsonl"
+
+
+class ScoreOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--model_path", type=str, default=None,
+            help="SavedModel folder or .keras file, local or gs://. Its last path component is the model "
+                 "version recorded with each prediction (e.g. gs://B/models/shapes/3 -> 3). Default: the "
+                 "bundled sample classifier.")
+        parser.add_argument(
+            "--signature", type=str, default="serving_default",
+            help="SavedModel signature to call. Default: serving_default.")
+        parser.add_argument(
+            "--top_k", type=int, default=3, help="How many labels to list per prediction with --label_map. Default: 3.")
+        parser.add_argument(
+            "--model_watch_pattern", type=str, default=None,
+            help="Streaming: glob of model files to watch, e.g. 'gs://B/models/shapes/*/saved_model.pb'; the "
+                 "newest match replaces the model without a restart.")
+        parser.add_argument(
+            "--model_watch_interval_seconds", type=int, default=300,
+            help="How often --model_watch_pattern is checked. Default: 300.")
+        parser.add_argument(
+            "--min_batch_size", type=int, default=1, help="Smallest batch handed to the model. Default: 1.")
+        parser.add_argument(
+            "--max_batch_size", type=int, default=256, help="Largest batch handed to the model. Default: 256.")
+        parser.add_argument(
+            "--max_batch_duration_secs", type=int, default=None,
+            help="Streaming: wait at most this long to fill a batch, across bundles (stateful batching).")
+        parser.add_argument(
+            "--predictions_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T for predictions, one JSON message each, with the "
+                 "request id as the 'request_id' attribute.")
+        parser.add_argument(
+            "--cache_ttl_hours", type=float, default=24.0,
+            help="With --bigtable_instance: cached predictions are garbage-collected after this many hours "
+                 "(set when the table is created). Default: 24.")
+
+
+OPTION_CLASSES = (ScoreOptions, PubsubInputOptions, BatchInputOptions, ImageFolderInputOptions, LabelMapOptions,
+                  BigQueryOutputOptions, BigtableOptions, UdfOptions)
+
+
+class Settings(NamedTuple):
+    model_path: str
+    inputs: list  # the model's InputSpecs, read at start-up
+    labels: list  # or None
+
+
+class ScoreOutputs(NamedTuple):
+    predictions: PCollection  # rows, from the model and from the cache
+    dead_letters: PCollection
+
+
+def validate(options):
+    """Cross-flag checks and the model's signature, before any graph is built."""
+    opts = options.view_as(ScoreOptions)
+    pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
+    bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
+    inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
+    inputs += [f for f in ("input_files", "input_table") if getattr(batch, f)]
+    input_dir = options.view_as(ImageFolderInputOptions).input_dir
+    inputs += ["input_dir"] if input_dir else []
+    if len(inputs) > 1:
+        raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
+    streaming = bool(pubsub.input_subscription or pubsub.input_topic)
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
+    if opts.model_watch_pattern and not streaming:
+        raise ValueError("--model_watch_pattern needs a streaming input (--input_subscription or --input_topic)")
+    if not 1 <= opts.min_batch_size <= opts.max_batch_size:
+        raise ValueError(f"need 1 <= --min_batch_size <= --max_batch_size, got {opts.min_batch_size} and "
+                         f"{opts.max_batch_size}")
+    for flag in ("top_k", "model_watch_interval_seconds"):
+        if getattr(opts, flag) <= 0:
+            raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
+    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
+        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
+    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
+        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
+    if input_dir and options.view_as(UdfOptions).udf_path:
+        raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
+    if not (options.view_as(BigQueryOutputOptions).output_table or opts.predictions_topic or out.output_dir):
+        out.output_dir = os.path.join("output", PIPELINE)
+    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
+        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or --output_dir")
+    default_model = opts.model_path is None
+    model_path = str(SAMPLE_MODEL) if default_model else opts.model_path
+    try:
+        model = LoadedModel(model_directory(model_path), opts.signature)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--model_path: cannot load {model_path}: {str(e).splitlines()[0]}") from None
+    label_map = options.view_as(LabelMapOptions).label_map
+    labels_path = str(SAMPLE_LABELS) if default_model and not label_map else label_map
+    labels = None
+    if labels_path:
+        with FileSystems.open(labels_path, compression_type="uncompressed") as f:
+            labels = parse_label_map(f.read().decode("utf-8"), labels_path)
+        if len(model.output_names) != 1:
+            raise ValueError(f"--label_map: the model has {len(model.output_names)} outputs {model.output_names}; "
+                             f"top-k labels need a classifier with one output")
+    return Settings(model_path, model.inputs, labels)
+
+
+class ParseRequests(beam.DoFn):
+    """Raw request (PubsubMessage, JSON line, BigQuery row, image file) -> (ScoringRequest, model
+    example), or a dead letter naming the field at fault."""
+
+    STEP = "ParseRequests"
+
+    def __init__(self, inputs):
+        self._inputs = inputs
+
+    def process(self, raw, timestamp=beam.DoFn.TimestampParam):
+        received_at = timestamp.micros / 1e6 if timestamp.micros > 0 else time.time()  # publish time
+        payload, attributes = raw, {}
+        try:
+            if isinstance(raw, PubsubMessage):
+                payload, attributes = raw.data, dict(raw.attributes or {})
+                record = _json(raw.data) if raw.data.lstrip()[:1] == b"{" else {"image_data": raw.data}
+                record.setdefault("id", attributes.get("request_id") or attributes.get("id") or raw.message_id)
+            elif isinstance(raw, ImageInput):
+                payload, record = raw.data, {"id": raw.source_id, "image_data": raw.data}
+            else:
+                record = raw if isinstance(raw, dict) else _json(raw)
+            request_id, content_key, example = prepare_example(record, self._inputs)
+        except RecordError as e:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
+            return
+        yield ScoringRequest(request_id, content_key, received_at), example
+
+
+def _json(text):
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise RecordError("invalid_json", f"the request is not JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise RecordError("invalid_json", f"the request must be a JSON object, got {type(record).__name__}")
+    return record
+
+
+class LookupCache(beam.DoFn):
+    """Before scoring: a request whose content (model input) was already scored by this model version is
+    answered from the Bigtable cache (main output, counted as `cache_hits`); the others go on to the model
+    (`misses`). The version is the watched model's newest when --model_watch_pattern is set."""
+
+    MISSES = "misses"
+
+    def __init__(self, project, instance, table, version):
+        self._project, self._instance, self._table, self._version = project, instance, table, version
+
+    def setup(self):
+        from google.cloud import bigtable
+        self._client = bigtable.Client(project=self._project)
+        self._bt = self._client.instance(self._instance).table(self._table)
+        self._hits = Metrics.counter(PIPELINE, "cache_hits")
+
+    def process(self, keyed, model_updates=None):
+        request, example = keyed
+        version = model_version(model_updates[-1].model_id) if model_updates else self._version
+        row = self._bt.read_row(content_row_key(version, request.content_key).encode())
+        if row is None:
+            yield beam.pvalue.TaggedOutput(self.MISSES, keyed)
+            return
+        cells = {q.decode(): c[0].value.decode() for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
+        self._hits.inc()
+        now = time.time()
+        yield {**prediction_row(request, {}, version, scored_at=now), "outputs": cells["outputs"],
+               "top_k": json.loads(cells["top_k"]), "cache_hit": True}
+
+    def teardown(self):
+        self._client.close()
+
+
+class ToPredictionRows(beam.DoFn):
+    """(ScoringRequest, PredictionResult) -> prediction row; an example the model failed on -> dead letter."""
+
+    STEP = "RunInference"
+
+    def __init__(self, labels, top_k):
+        self._labels, self._top_k = labels, top_k
+
+    def process(self, keyed):
+        request, result = keyed
+        if INFERENCE_ERROR in result.inference:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(
+                PIPELINE, self.STEP, {"request_id": request.request_id, "content_key": request.content_key},
+                RecordError("inference_failed", result.inference[INFERENCE_ERROR])))
+            return
+        Metrics.counter(PIPELINE, "scored").inc()
+        yield prediction_row(request, result.inference, result.model_id, self._labels, self._top_k)
+
+
+def _failed_batch_dead_letters(failed):
+    """RunInference's own dead-letter output: (batch of keyed examples, exception)."""
+    batch, error = failed
+    for request, _ in batch if isinstance(batch, list) else [batch]:
+        yield make_dead_letter(PIPELINE, "RunInference", {"request_id": request.request_id}, error)
+
+
+def cache_rows(row):
+    """The Bigtable rows of one prediction: by request id, and (when scored, not served from the cache)
+    by model version + content hash."""
+    yield {**row, "cache_key": request_row_key(row["request_id"])}
+    if not row["cache_hit"]:
+        yield {**row, "cache_key": content_row_key(row["model_version"], row["content_key"])}
+
+
+def _cache_key(row):
+    return row["cache_key"]
+
+
+def build(pipeline, options, settings, source=None):
+    """Wires the graph. `source` replaces the input (Create/TestStream in tests): PubsubMessage, JSON lines,
+    dicts or ImageInput."""
+    opts = options.view_as(ScoreOptions)
+    pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
+    bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    project = options.view_as(GoogleCloudOptions).project
+    if source is None:
+        source = _source(pubsub, batch, options.view_as(ImageFolderInputOptions).input_dir)
+    raw = pipeline | "ReadRequests" >> source
+    dead_letter_sources = []
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        transformed = raw | "ApplyUdf" >> beam.ParDo(
+            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
+        raw = transformed.records
+        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs)).with_outputs(
+        DEAD_LETTER_TAG, main="requests")
+    dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
+    requests = parsed.requests
+    model_updates = None
+    if opts.model_watch_pattern:
+        model_updates = pipeline | "WatchModel" >> WatchFilePattern(
+            opts.model_watch_pattern, interval=opts.model_watch_interval_seconds)
+    predictions = []
+    if bt.bigtable_instance:
+        side = [beam.pvalue.AsList(model_updates)] if model_updates is not None else []
+        looked_up = requests | "LookupCache" >> beam.ParDo(
+            LookupCache(project, bt.bigtable_instance, bt.bigtable_table, model_version(settings.model_path)),
+            *side).with_outputs(LookupCache.MISSES, main="hits")
+        predictions.append(looked_up.hits)
+        requests = looked_up[LookupCache.MISSES]
+    handler = KeyedModelHandler(TfModelHandler(
+        settings.model_path, opts.signature, opts.min_batch_size, opts.max_batch_size,
+        opts.max_batch_duration_secs if streaming else None))
+    inference, failed = requests | "RunInference" >> RunInference(
+        handler, model_metadata_pcoll=model_updates).with_exception_handling()
+    scored = inference | "ToPredictionRows" >> beam.ParDo(ToPredictionRows(settings.labels, opts.top_k)).with_outputs(
+        DEAD_LETTER_TAG, main="rows")
+    predictions.append(scored.rows)
+    dead_letter_sources += [scored[DEAD_LETTER_TAG],
+                            failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_dead_letters)]
+    rows = predictions | "AllPredictions" >> beam.Flatten()
+    output_table = options.view_as(BigQueryOutputOptions).output_table
+    sink_failures = rows | "WritePredictions" >> WriteRecords(
+        PIPELINE, BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"])
+        if output_table else None, out.bq_write_method, pubsub_topic=opts.predictions_topic,
+        local_prefix=FileSystems.join(out.output_dir, "predictions") if out.output_dir else None, streaming=streaming)
+    if bt.bigtable_instance:
+        (rows
+         | "CacheRows" >> beam.FlatMap(cache_rows)
+         | "WriteCache" >> WriteRecords(PIPELINE, bigtable=BigtableTarget(
+                project, bt.bigtable_instance, bt.bigtable_table, CACHE_COLUMN_FAMILY, _cache_key, "scored_at",
+                opts.cache_ttl_hours), streaming=streaming))
+    dead_letters = (*dead_letter_sources, *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+        PIPELINE, out.dead_letter_table, out.dead_letter_topic,
+        FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None, streaming, out.bq_write_method)
+    return ScoreOutputs(rows, dead_letters)
+
+
+def _source(pubsub, batch, input_dir):
+    if pubsub.input_subscription or pubsub.input_topic:
+        return beam.io.ReadFromPubSub(subscription=pubsub.input_subscription, topic=pubsub.input_topic,
+                                      with_attributes=True)
+    if input_dir:
+        return ReadImageSources(input_dir=input_dir)
+    if batch.input_table:
+        return beam.io.ReadFromBigQuery(table=batch.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ)
+    return beam.io.ReadFromText(batch.input_files or str(SAMPLE_REQUESTS))
+
+
+def report(result, output_dir):
+    counts = metric_counts(result, PIPELINE)
+    lines = [f"scored: {counts.get('scored', 0)}  from the cache: {counts.get('cache_hits', 0)}  "
+             f"dead letters: {counts.get('dead_letters', 0)}"]
+    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    if reasons:
+        lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    if output_dir:
+        rows = []
+        for match in FileSystems.match([FileSystems.join(output_dir, "predictions*.jsonl")])[0].metadata_list:
+            with FileSystems.open(match.path) as f:
+                rows += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+        for row in sorted(rows, key=lambda r: r["request_id"])[:5]:
+            best = row["top_k"][0] if row["top_k"] else None
+            lines.append(f"{row['request_id']:<28} model {row['model_version']}: "
+                         + (f"{best['label']} {best['score']:.3f}" if best else row["outputs"][:60]))
+        if len(rows) > 5:
+            lines.append(f"... {len(rows) - 5} more in {output_dir}/predictions-*.jsonl")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
+    try:
+        settings = validate(options)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    runner = choose_local_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if runner in ("DataflowRunner", "dataflow"):
+        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+        return result
+    result.wait_until_finish()
+    print(report(result, options.view_as(OutputOptions).output_dir))
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
