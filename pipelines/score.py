@@ -88,8 +88,8 @@ class ScoreOptions(PipelineOptions):
             help="Streaming: wait at most this long to fill a batch, across bundles (stateful batching).")
         parser.add_argument(
             "--predictions_topic", type=str, default=None,
-            help="Pub/Sub topic projects/P/topics/T for predictions, one JSON message each, with the "
-                 "request id as the 'request_id' attribute.")
+            help="Pub/Sub topic projects/P/topics/T for predictions, one JSON message each (its request_id "
+                 "lets callers correlate).")
         parser.add_argument(
             "--cache_ttl_hours", type=float, default=24.0,
             help="With --bigtable_instance: cached predictions are garbage-collected after this many hours "
@@ -161,6 +161,9 @@ def validate(options):
         if len(model.output_names) != 1:
             raise ValueError(f"--label_map: the model has {len(model.output_names)} outputs {model.output_names}; "
                              f"top-k labels need a classifier with one output")
+        if model.output_shapes[0] and model.output_shapes[0][-1] not in (None, len(labels)):
+            raise ValueError(f"--label_map: {labels_path} has {len(labels)} labels but the model's output "
+                             f"'{model.output_names[0]}' has {model.output_shapes[0][-1]} scores per example")
     return Settings(model_path, model.inputs, labels)
 
 

@@ -37,6 +37,7 @@ class LoadedModel:
             self.inputs = [InputSpec(t.name.split(":")[0], np.dtype(t.dtype).name, tuple(t.shape[1:]))
                            for t in self._keras.inputs]
             self.output_names = [f"output_{i}" for i in range(len(self._keras.outputs))]
+            self.output_shapes = [tuple(t.shape[1:]) for t in self._keras.outputs]
             return
         loaded = tf.saved_model.load(path)
         if signature_name not in loaded.signatures:
@@ -48,10 +49,12 @@ class LoadedModel:
         self.inputs = [InputSpec(name, "string" if s.dtype == tf.string else s.dtype.as_numpy_dtype.__name__,
                                  tuple(s.shape[1:])) for name, s in sorted(specs.items())]
         self.output_names = sorted(self._signature.structured_outputs)
+        self.output_shapes = [tuple(self._signature.structured_outputs[n].shape[1:]) for n in self.output_names]
 
     def __call__(self, batch):
         if self._signature is None:
-            outputs = self._keras(*(batch[spec.name] for spec in self.inputs), training=False)
+            arrays = [batch[spec.name] for spec in self.inputs]
+            outputs = self._keras(arrays if len(arrays) > 1 else arrays[0], training=False)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             return {name: np.asarray(o) for name, o in zip(self.output_names, outputs)}
         tensors = {name: tf.constant(value) for name, value in batch.items()}

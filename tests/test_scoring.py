@@ -1,0 +1,127 @@
+"""Scoring: the model handler against direct model calls, inputs checked against the signature, and the
+batch pipeline end to end into the BigQuery emulator. The models are trained here, in the test."""
+import base64
+import json
+import random
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import score
+from pipelines.samples.images import LABELS
+from pipelines.samples.score_model import encoded_image, export_serving, sample_requests, train_classifier
+from transforms.deadletter import RecordError
+from transforms.scoring import INFERENCE_ERROR, LoadedModel, TfModelHandler, prepare_example, prediction_row, ScoringRequest
+from tests.test_sli_e2e import bq_client
+
+
+@pytest.fixture(scope="session")
+def image_model(tmp_path_factory):
+    """A SavedModel folder .../models/1 whose signature takes encoded image bytes, plus its labels file."""
+    root = tmp_path_factory.mktemp("models")
+    export_serving(train_classifier(epochs=3, count=240, seed=1), root / "models" / "1")
+    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    return root
+
+
+def direct_scores(model_dir, images):
+    """The SavedModel's signature called directly, outside Beam."""
+    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    return signature(image_bytes=tf.constant(images))["scores"].numpy()
+
+
+def test_handler_scores_a_batch_in_one_call_and_isolates_a_bad_image(image_model):
+    rng = random.Random(8)
+    images = [encoded_image(LABELS[i % 3], rng) for i in range(5)]
+    model_dir = image_model / "models" / "1"
+    handler = TfModelHandler(str(model_dir))
+    model = handler.load_model()
+    examples = [{"image_bytes": np.array(b, dtype=object)} for b in images]
+    bad = {"image_bytes": np.array(b"GIF89a and nothing else", dtype=object)}
+    results = list(handler.run_inference(examples[:2] + [bad] + examples[2:], model))
+    expected = direct_scores(model_dir, images)
+    good = [r for r in results if INFERENCE_ERROR not in r.inference]
+    assert len(results) == 6 and len(good) == 5 and INFERENCE_ERROR in results[2].inference
+    np.testing.assert_allclose(np.stack([r.inference["scores"] for r in good]), expected, rtol=1e-5, atol=1e-6)
+    assert {r.model_id for r in results} == {"1"}
+
+
+def test_examples_are_checked_against_the_signature(tmp_path):
+    inputs = [tf.keras.Input((), name="age"), tf.keras.Input((3,), name="history")]
+    joined = tf.keras.layers.Concatenate()([tf.keras.layers.Reshape((1,))(inputs[0]), inputs[1]])
+    keras_path = tmp_path / "tabular.keras"
+    tf.keras.Model(inputs, tf.keras.layers.Dense(1)(joined)).save(keras_path)
+    model = LoadedModel(str(keras_path))
+    assert [(s.name, s.shape) for s in model.inputs] == [("age", ()), ("history", (3,))]
+    request_id, key, example = prepare_example({"id": "r1", "features": {"age": 31, "history": [1, 2, 3]}}, model.inputs)
+    assert request_id == "r1" and example["history"].dtype == np.float32 and example["history"].shape == (3,)
+    same_key = prepare_example({"id": "r2", "features": {"history": [1, 2, 3], "age": 31}}, model.inputs)[1]
+    assert same_key == key  # the content key ignores the request id and field order
+    handler = TfModelHandler(str(keras_path))
+    [result] = handler.run_inference([example], handler.load_model())
+    direct = tf.keras.models.load_model(keras_path)([np.array([31.0]), np.array([[1.0, 2.0, 3.0]])]).numpy()
+    np.testing.assert_allclose(result.inference["output_0"], direct[0], rtol=1e-5)
+    for record, reason in [({"id": "r", "features": {"age": 1}}, "missing_feature"),
+                           ({"id": "r", "features": {"age": 1, "history": [1, 2]}}, "bad_feature"),
+                           ({"id": "r", "features": {"age": "old", "history": [1, 2, 3]}}, "bad_feature"),
+                           ({"features": {"age": 1, "history": [1, 2, 3]}}, "missing_field")]:
+        with pytest.raises(RecordError) as e:
+            prepare_example(record, model.inputs)
+        assert e.value.reason == reason
+
+
+def test_top_k_lists_labels_by_score():
+    row = prediction_row(ScoringRequest("r", "k", 100.0), {"scores": np.array([0.2, 0.7, 0.1])}, "3",
+                         ["a", "b", "c"], top_k=2, scored_at=100.25)
+    assert row["top_k"] == [{"label": "b", "score": pytest.approx(0.7)}, {"label": "a", "score": pytest.approx(0.2)}]
+    assert (row["model_version"], row["latency_ms"]) == ("3", 250.0)
+
+
+def test_start_up_errors_name_the_flag(image_model, tmp_path):
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    for flags, words in [(["--model_path", str(tmp_path / "nothing")], "--model_path: cannot load"),
+                         (["--model_path", str(image_model / "models" / "1"), "--label_map", str(tmp_path / "two.txt")],
+                          "has 2 labels but the model's output 'scores' has 3"),
+                         (["--model_path", str(image_model / "models" / "1"), "--signature", "predict"],
+                          "has no signature 'predict'"),
+                         (["--model_watch_pattern", "x/*"], "--model_watch_pattern needs a streaming input")]:
+        with pytest.raises(ValueError, match=words):
+            score.validate(PipelineOptions(flags))
+
+
+def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
+    lines, truth = sample_requests(count=12, seed=5)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(lines) + "\n")
+    bq = bq_client(services, project)
+    bq.create_dataset("ml", exists_ok=True)
+    options = PipelineOptions([
+        "--runner", "FnApiRunner", "--project", project, "--temp_location", str(tmp_path),
+        "--model_path", str(image_model / "models" / "1"), "--label_map", str(image_model / "labels.txt"),
+        "--input_files", str(requests), "--output_table", f"{project}:ml.batch_predictions",
+        "--output_dir", str(tmp_path / "out"), "--max_batch_size", "4",
+    ])
+    settings = score.validate(options)
+    with beam.Pipeline(options=options) as pipeline:
+        score.build(pipeline, options, settings)
+    rows = {r["request_id"]: dict(r) for r in bq.query("SELECT * FROM ml.batch_predictions").result()}
+    assert set(rows) == set(truth)
+    images = {}
+    for line in lines:
+        record = json.loads(line) if line.endswith("}") else None
+        if record and record.get("id") in truth:
+            images[record["id"]] = base64.b64decode(record["image_bytes"]["b64"])
+    ids = sorted(images)
+    expected = direct_scores(image_model / "models" / "1", [images[i] for i in ids])
+    for request_id, scores in zip(ids, expected):
+        row = rows[request_id]
+        got = row["outputs"] if isinstance(row["outputs"], dict) else json.loads(row["outputs"])
+        np.testing.assert_allclose(got["scores"], scores, rtol=1e-5, atol=1e-6)
+        assert [t["label"] for t in row["top_k"]] == [LABELS[i] for i in np.argsort(-scores, kind="stable")]
+        assert row["model_version"] == "1" and row["cache_hit"] is False and row["latency_ms"] >= 0
+    dead = [json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(d["reason"] for d in dead) == ["bad_base64", "invalid_json", "missing_field", "not_an_image"]
+    assert len(rows) + len(dead) == len(lines)  # every request is a prediction or a dead letter
