@@ -49,7 +49,7 @@ from transforms.images import ImageInput, parse_label_map
 from transforms.scoring import (
     CACHE_COLUMN_FAMILY, INFERENCE_ERROR, PREDICTION_BQ_SCHEMA, LoadedModel, ScoringRequest, TfModelHandler,
     content_row_key, model_directory, model_version, prediction_row, prepare_example, request_row_key)
-from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords, ensure_bigtable_table
 from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "score"
@@ -212,13 +212,14 @@ class LookupCache(beam.DoFn):
 
     MISSES = "misses"
 
-    def __init__(self, project, instance, table, version):
-        self._project, self._instance, self._table, self._version = project, instance, table, version
+    def __init__(self, target, version):
+        self._target, self._version = target, version  # the cache's BigtableTarget
 
     def setup(self):
         from google.cloud import bigtable
-        self._client = bigtable.Client(project=self._project)
-        self._bt = self._client.instance(self._instance).table(self._table)
+        ensure_bigtable_table(self._target)  # the first lookups come before the first write
+        self._client = bigtable.Client(project=self._target.project)
+        self._bt = self._client.instance(self._target.instance).table(self._target.table)
         self._hits = Metrics.counter(PIPELINE, "cache_hits")
 
     def process(self, keyed, model_updates=None):
@@ -276,9 +277,9 @@ def _cache_key(row):
     return row["cache_key"]
 
 
-def build(pipeline, options, settings, source=None):
+def build(pipeline, options, settings, source=None, model_updates=None):
     """Wires the graph. `source` replaces the input (Create/TestStream in tests): PubsubMessage, JSON lines,
-    dicts or ImageInput."""
+    dicts or ImageInput. `model_updates` (ModelMetadata) replaces the --model_watch_pattern watcher."""
     opts = options.view_as(ScoreOptions)
     pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
     bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
@@ -298,16 +299,16 @@ def build(pipeline, options, settings, source=None):
         DEAD_LETTER_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
     requests = parsed.requests
-    model_updates = None
-    if opts.model_watch_pattern:
+    if model_updates is None and opts.model_watch_pattern:
         model_updates = pipeline | "WatchModel" >> WatchFilePattern(
             opts.model_watch_pattern, interval=opts.model_watch_interval_seconds)
     predictions = []
-    if bt.bigtable_instance:
+    cache = BigtableTarget(project, bt.bigtable_instance, bt.bigtable_table, CACHE_COLUMN_FAMILY, _cache_key,
+                           "scored_at", opts.cache_ttl_hours) if bt.bigtable_instance else None
+    if cache:
         side = [beam.pvalue.AsList(model_updates)] if model_updates is not None else []
         looked_up = requests | "LookupCache" >> beam.ParDo(
-            LookupCache(project, bt.bigtable_instance, bt.bigtable_table, model_version(settings.model_path)),
-            *side).with_outputs(LookupCache.MISSES, main="hits")
+            LookupCache(cache, model_version(settings.model_path)), *side).with_outputs(LookupCache.MISSES, main="hits")
         predictions.append(looked_up.hits)
         requests = looked_up[LookupCache.MISSES]
     handler = KeyedModelHandler(TfModelHandler(
@@ -326,12 +327,9 @@ def build(pipeline, options, settings, source=None):
         PIPELINE, BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"])
         if output_table else None, out.bq_write_method, pubsub_topic=opts.predictions_topic,
         local_prefix=FileSystems.join(out.output_dir, "predictions") if out.output_dir else None, streaming=streaming)
-    if bt.bigtable_instance:
-        (rows
-         | "CacheRows" >> beam.FlatMap(cache_rows)
-         | "WriteCache" >> WriteRecords(PIPELINE, bigtable=BigtableTarget(
-                project, bt.bigtable_instance, bt.bigtable_table, CACHE_COLUMN_FAMILY, _cache_key, "scored_at",
-                opts.cache_ttl_hours), streaming=streaming))
+    if cache:
+        rows | "CacheRows" >> beam.FlatMap(cache_rows) | "WriteCache" >> WriteRecords(
+            PIPELINE, bigtable=cache, streaming=streaming)
     dead_letters = (*dead_letter_sources, *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic,

@@ -8,7 +8,10 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that
+from apache_beam.transforms import window
 
 from pipelines import score
 from pipelines.samples.images import LABELS
@@ -125,3 +128,55 @@ def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
     dead = [json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
     assert sorted(d["reason"] for d in dead) == ["bad_base64", "invalid_json", "missing_field", "not_an_image"]
     assert len(rows) + len(dead) == len(lines)  # every request is a prediction or a dead letter
+
+
+class _WindowedRequests(beam.PTransform):
+    """JSON requests at given event times, in 10 s fixed windows (grouped, so each window is complete)."""
+
+    def __init__(self, timed_lines):
+        super().__init__()
+        self._timed = timed_lines
+
+    def expand(self, pbegin):
+        return (pbegin
+                | beam.Create(self._timed)
+                | "Stamp" >> beam.Map(lambda x: window.TimestampedValue(x[1], x[0]))
+                | "Window" >> beam.WindowInto(window.FixedWindows(10))
+                | "Key" >> beam.Map(lambda x: ("k", x))
+                | "Group" >> beam.GroupByKey()
+                | "Emit" >> beam.FlatMap(lambda kv: kv[1]))
+
+
+def test_predictions_switch_to_a_new_model_version_from_the_side_input(image_model, tmp_path):
+    """RunInference's model-refresh side input, as --model_watch_pattern feeds it on Dataflow: requests of
+    the first window are scored by version 1, those of the second by version 2, in one running job."""
+    v1, v2 = image_model / "models" / "1", tmp_path / "models" / "2"
+    export_serving(train_classifier(epochs=1, count=90, seed=9), v2)
+    rng, t0 = random.Random(4), 1_800_000_000
+    images = {f"r{i}": encoded_image(LABELS[i % 3], rng) for i in range(4)}
+    timed = [(t0 + 2 + 10 * (i // 2), request_line(rid, data)) for i, (rid, data) in enumerate(images.items())]
+    expected = {}
+    for version, model_dir, ids in (("1", v1, ["r0", "r1"]), ("2", v2, ["r2", "r3"])):
+        for rid, scores in zip(ids, direct_scores(model_dir, [images[i] for i in ids])):
+            expected[rid] = (version, scores)
+
+    def check(rows):
+        assert {r["request_id"]: r["model_version"] for r in rows} == {k: v[0] for k, v in expected.items()}
+        for row in rows:
+            np.testing.assert_allclose(json.loads(row["outputs"])["scores"], expected[row["request_id"]][1],
+                                       rtol=1e-5, atol=1e-6)
+
+    options = PipelineOptions(["--runner", "FnApiRunner", "--model_path", str(v1), "--output_dir", str(tmp_path / "out")])
+    settings = score.validate(options)
+    with beam.Pipeline(options=options) as pipeline:
+        updates = (pipeline
+                   | "Versions" >> beam.Create([(t0 + 1, str(v1)), (t0 + 11, str(v2))])
+                   | "StampVersions" >> beam.Map(lambda x: window.TimestampedValue(
+                       ModelMetadata(model_id=x[1], model_name=x[1]), x[0]))
+                   | "WindowVersions" >> beam.WindowInto(window.FixedWindows(10)))
+        outputs = score.build(pipeline, options, settings, source=_WindowedRequests(timed), model_updates=updates)
+        assert_that(outputs.predictions, check)
+
+
+def request_line(request_id, image):
+    return json.dumps({"id": request_id, "image_bytes": {"b64": base64.b64encode(image).decode()}})

@@ -220,6 +220,15 @@ def content_row_key(version, content_key):
 
 
 def lookup_prediction(table, request_id):
-    """The cached prediction row of a request id, or None: the helper for callers reading the cache."""
+    """The prediction row cached for a request id (as written to BigQuery), or None. For callers:
+
+        table = bigtable.Client(project=P).instance("serving").table("predictions")
+        lookup_prediction(table, "req-42")["top_k"]
+    """
     row = table.read_row(request_row_key(request_id).encode())
-    return None if row is None else json.loads(row.cells[CACHE_COLUMN_FAMILY][b"prediction"][0].value)
+    if row is None:
+        return None
+    cells = {q.decode(): c[0].value.decode("utf-8") for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
+    cells.pop("cache_key", None)
+    return {**cells, "top_k": json.loads(cells["top_k"]), "latency_ms": float(cells["latency_ms"]),
+            "cache_hit": cells["cache_hit"] == "True"}

@@ -96,33 +96,39 @@ class WriteBigQueryRows(beam.PTransform):
             lambda failed: make_dead_letter(pipeline, step, failed[1], f"BigQuery rejected the row: {failed[2]}")),)
 
 
+def ensure_bigtable_table(target):
+    """Creates the target's table and column family (one version per cell, and a max age when the target
+    has one) if they are missing."""
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import bigtable
+    from google.cloud.bigtable import column_family
+
+    t = target
+    client = bigtable.Client(project=t.project, admin=True)
+    table = client.instance(t.instance).table(t.table)
+    gc_rule = column_family.MaxVersionsGCRule(1)
+    if t.max_age_hours:
+        gc_rule = column_family.GCRuleUnion([gc_rule, column_family.MaxAgeGCRule(
+            datetime.timedelta(hours=t.max_age_hours))])
+    try:
+        if not table.exists():
+            table.create(column_families={t.column_family: gc_rule})
+    except AlreadyExists:
+        pass  # another worker created it first
+    client.close()
+
+
 class ToBigtableRows(beam.DoFn):
     """Row dict -> DirectRow under `target.row_key(row)`, every non-null field a UTF-8 cell in the target's
     column family (lists as JSON), cell timestamp from `target.time_field`: a newer pane or evaluation
     replaces the cell (the family keeps one version). Creates the table and column family on first use
-    if they are missing."""
+    if they are missing (ensure_bigtable_table)."""
 
     def __init__(self, target):
         self._target = target
 
     def setup(self):
-        from google.api_core.exceptions import AlreadyExists
-        from google.cloud import bigtable
-        from google.cloud.bigtable import column_family
-
-        t = self._target
-        client = bigtable.Client(project=t.project, admin=True)
-        table = client.instance(t.instance).table(t.table)
-        gc_rule = column_family.MaxVersionsGCRule(1)
-        if t.max_age_hours:
-            gc_rule = column_family.GCRuleUnion([gc_rule, column_family.MaxAgeGCRule(
-                datetime.timedelta(hours=t.max_age_hours))])
-        try:
-            if not table.exists():
-                table.create(column_families={t.column_family: gc_rule})
-        except AlreadyExists:
-            pass  # another worker created it first
-        client.close()
+        ensure_bigtable_table(self._target)
 
     def process(self, row):
         from google.cloud.bigtable.row import DirectRow
