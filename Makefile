@@ -18,3 +18,4 @@ services: bootstrap  ## start the local emulators for manual runs; prints the en
 bench: bootstrap
 	$(PY) -m bench.sli
 	$(PY) -m bench.images
+	$(PY) -m bench.score
