@@ -5,7 +5,7 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import common, image_ingest, sli
+from pipelines import common, image_ingest, score, sli
 from transforms import images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -61,6 +61,16 @@ PARAMETERS = {
     "compression": ("TEXT", [one_of(("gzip", "none"))], "none"),
     "shard_seconds": ("TEXT", [POSITIVE_INT], "300"),
     "manifest_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.image_manifest"),
+    "model_path": ("TEXT", [GCS_FILE], "gs://my-bucket/models/shapes/3"),
+    "signature": ("TEXT", [r"^[A-Za-z0-9_.-]+$"], "serving_default"),
+    "top_k": ("TEXT", [POSITIVE_INT], "5"),
+    "model_watch_pattern": ("TEXT", [GCS_FILE], "gs://my-bucket/models/shapes/*/saved_model.pb"),
+    "model_watch_interval_seconds": ("TEXT", [POSITIVE_INT], "600"),
+    "min_batch_size": ("TEXT", [POSITIVE_INT], "8"),
+    "max_batch_size": ("TEXT", [POSITIVE_INT], "128"),
+    "max_batch_duration_secs": ("TEXT", [POSITIVE_INT], "2"),
+    "predictions_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/predictions"),
+    "cache_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "48.0"),
 }
 
 PIPELINES = {
@@ -82,6 +92,16 @@ PIPELINES = {
                        "tree or a manifest: validated, decoded with a pixel cap, resized, deduplicated by "
                        "content hash, split per label and written as TFRecords of tf.train.Example, with a "
                        "manifest of every input, a label map and dead letters for bad images.",
+        "streaming": True,
+    },
+    "score": {
+        "module": score,
+        "option_classes": (*score.OPTION_CLASSES, common.OutputOptions),
+        "name": "Model scoring",
+        "description": "TensorFlow SavedModels (serving signature) or .keras models scored through RunInference "
+                       "on requests from Pub/Sub, files, BigQuery or an image folder: predictions with the "
+                       "model version to BigQuery, Pub/Sub and files, Bigtable as a serving cache, new model "
+                       "versions picked up from a watched path, dead letters for bad requests.",
         "streaming": True,
     },
 }
