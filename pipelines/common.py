@@ -80,6 +80,19 @@ class LabelMapOptions(PipelineOptions):
                  "names a classifier's scores, for the top-k labels.")
 
 
+class TfRecordOutputOptions(PipelineOptions):
+    """For pipelines writing TFRecord shards per split under --output_dir."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--num_shards", type=int, default=0,
+            help="TFRecord files per split (per window in streaming); 0 lets the runner decide. Default: 0.")
+        parser.add_argument(
+            "--compression", type=str, default="gzip", choices=("gzip", "none"),
+            help="TFRecord compression. Default: gzip.")
+
+
 class BigQueryOutputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

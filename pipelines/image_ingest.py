@@ -33,8 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts,
-    parse_pipeline_options)
+    ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
+    choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
@@ -95,12 +95,6 @@ class ImageIngestOptions(PipelineOptions):
             help="Streaming: how long (event time) a content hash is remembered for deduplication. Batch runs "
                  "deduplicate across the whole input. Default: 604800 (7 days).")
         parser.add_argument(
-            "--num_shards", type=int, default=0,
-            help="TFRecord files per split (per window in streaming); 0 lets the runner decide. Default: 0.")
-        parser.add_argument(
-            "--compression", type=str, default="gzip", choices=("gzip", "none"),
-            help="TFRecord compression. Default: gzip.")
-        parser.add_argument(
             "--shard_seconds", type=int, default=60,
             help="Streaming: a new set of TFRecord shards every this many seconds. Default: 60.")
         parser.add_argument(
@@ -109,7 +103,8 @@ class ImageIngestOptions(PipelineOptions):
                  "split, duplicate, over_cap or rejected with the reason), created if missing.")
 
 
-OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, ImageFolderInputOptions, LabelMapOptions, UdfOptions)
+OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, ImageFolderInputOptions, LabelMapOptions,
+                  TfRecordOutputOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
@@ -149,8 +144,8 @@ def validate(options):
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
     if not 1 <= opts.jpeg_quality <= 95:
         raise ValueError(f"--jpeg_quality must be within 1-95, got {opts.jpeg_quality}")
-    if opts.num_shards < 0:
-        raise ValueError(f"--num_shards must be >= 0, got {opts.num_shards}")
+    if options.view_as(TfRecordOutputOptions).num_shards < 0:
+        raise ValueError(f"--num_shards must be >= 0, got {options.view_as(TfRecordOutputOptions).num_shards}")
     if opts.max_per_label is not None and (opts.max_per_label <= 0 or streaming):
         raise ValueError("--max_per_label must be positive, and applies to batch runs only")
     if opts.imbalance_ratio < 1:
@@ -226,8 +221,9 @@ def build(pipeline, options, settings, source=None):
         AssignLabelIds(opts.unknown_label == "fail"), beam.pvalue.AsSingleton(labels)).with_outputs(
         DEAD_LETTER_TAG, main="labelled")
     split = labelled.labelled | "AssignSplits" >> AssignSplits(settings.splits, opts.max_per_label, streaming)
+    tfrecords = options.view_as(TfRecordOutputOptions)
     split.split | "WriteTfRecords" >> WriteTfRecordSplits(
-        out.output_dir, [name for name, _ in settings.splits], opts.compression == "gzip", opts.num_shards,
+        out.output_dir, [name for name, _ in settings.splits], tfrecords.compression == "gzip", tfrecords.num_shards,
         opts.shard_seconds if streaming else None)
 
     dead_letters = ((*dead_letter_sources, inputs[DEAD_LETTER_TAG], processed[DEAD_LETTER_TAG],

@@ -1,0 +1,229 @@
+"""Full-pass feature preprocessing, tf.Transform style: cleanse records against a feature spec, split
+them deterministically by a key hash, compute statistics per split, analyze the training split only,
+transform every split with the training statistics, and write TFRecords, the transform function and
+the statistics.
+
+Local default (bundled churn-like sample with missing values, outliers and bad rows; outputs in
+output/feature_stats, then a report):
+
+    python -m pipelines.feature_stats
+
+On Dataflow, from a BigQuery query (filter and sample in SQL):
+
+    python -m pipelines.feature_stats --runner DataflowRunner --project P --region us-central1 \\
+        --temp_location gs://B/tmp --setup_file ./setup.py \\
+        --feature_spec gs://B/specs/churn.yaml \\
+        --input_query 'SELECT * FROM `P.crm.customers` WHERE RAND() < 0.1' \\
+        --output_dir gs://B/datasets/churn-v3 --stats_table P:ml.feature_statistics
+"""
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.pvalue import PCollection
+
+from pipelines.common import (
+    BatchInputOptions, OutputOptions, TfRecordOutputOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+from transforms.deadletter import DEAD_LETTER_TAG
+from transforms.feature_spec import FeatureSpecError, load_feature_spec, make_preprocessing_fn, tf_feature_spec
+from transforms.feature_stats import ComputeStatistics
+from transforms.features import (
+    FORMATS, PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, ReadFeatureRecords, detect_format,
+    read_statistics, stats_rows)
+from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+
+SAMPLES = Path(__file__).resolve().parent / "samples" / "features"
+SAMPLE_SPEC = SAMPLES / "churn.yaml"
+SAMPLE_DATA = SAMPLES / "customers.jsonl"
+
+
+class FeatureStatsOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--feature_spec", type=str, default=None,
+            help=f"YAML feature spec (local or gs://): key, label, splits, features with types, cleansing and "
+                 f"transforms. Default: the bundled sample {SAMPLE_SPEC.name}.")
+        parser.add_argument(
+            "--input_format", type=str, default=None, choices=FORMATS,
+            help="Format of --input_files. Default: from the extension (.csv, .jsonl/.json, .parquet, .tfrecord; "
+                 "optionally .gz).")
+        parser.add_argument(
+            "--input_query", type=str, default=None,
+            help="BigQuery standard SQL query whose rows are the records (filter and sample here).")
+        parser.add_argument(
+            "--stats_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the statistics, one row per split and feature "
+                 "(created if missing, day-partitioned on computed_at).")
+
+
+OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, TfRecordOutputOptions)
+
+
+class Settings(NamedTuple):
+    spec: object  # FeatureSpec
+    run_id: str
+    temp_dir: str
+
+
+class FeatureStatsOutputs(NamedTuple):
+    statistics: PCollection  # one artifact per split
+    transformed: dict  # split -> PCollection of transformed dicts
+    dead_letters: PCollection
+
+
+def _read_text(path):
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read().decode("utf-8")
+
+
+def validate(options):
+    opts = options.view_as(FeatureStatsOptions)
+    batch, out = options.view_as(BatchInputOptions), options.view_as(OutputOptions)
+    given = [f"--{n}" for n, v in (("input_files", batch.input_files), ("input_table", batch.input_table),
+                                   ("input_query", opts.input_query)) if v]
+    if len(given) > 1:
+        raise ValueError(f"give only one input flag, got {' and '.join(given)}")
+    if batch.input_files and not opts.input_format:
+        detect_format(batch.input_files)
+    if options.view_as(TfRecordOutputOptions).num_shards < 0:
+        raise ValueError("--num_shards must be >= 0")
+    out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
+    spec = load_feature_spec(opts.feature_spec or SAMPLE_SPEC, read=_read_text)
+    temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
+    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Settings(spec, run_id, temp_dir)
+
+
+def _count(element, counter):
+    counter.inc()
+    return element
+
+
+def build(pipeline, options, settings, source=None):
+    """Wires the graph. `source` replaces the input (Create in tests): dicts or JSON lines."""
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    spec, opts = settings.spec, options.view_as(FeatureStatsOptions)
+    batch, out = options.view_as(BatchInputOptions), options.view_as(OutputOptions)
+    tfrecords = options.view_as(TfRecordOutputOptions)
+    if source is None:
+        files = batch.input_files or (None if batch.input_table or opts.input_query else str(SAMPLE_DATA))
+        source = ReadFeatureRecords(files, opts.input_format, batch.input_table, opts.input_query)
+    records = (pipeline
+               | "ReadRecords" >> source
+               | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
+    cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
+    rows = cleansed.rows
+    if spec.stratify:
+        rows = rows | "AssignStratifiedSplits" >> AssignStratifiedSplits(spec)
+    splits = list(spec.splits)
+    rows = rows | "CountRowsPerSplit" >> beam.Map(
+        lambda r: _count(r, Metrics.counter(PIPELINE, f"rows_{r.split}")))
+
+    numeric = [f.name for f in spec.inputs if f.type == "numeric" or (f.type == "label" and f.label_dtype == "float")]
+    strings = [f.name for f in spec.inputs if f.name not in numeric]
+    statistics = (rows
+                  | "RawBySplit" >> beam.Map(lambda r: (r.split, r.raw))
+                  | "ComputeStatistics" >> ComputeStatistics(splits, numeric, strings))
+    (statistics
+     | "AllSplits" >> beam.combiners.ToList()
+     | "StatisticsJson" >> beam.Map(lambda artifacts: json.dumps(
+         {"run_id": settings.run_id, **{a["split"]: a for a in artifacts}}, indent=1, sort_keys=True))
+     | "WriteStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "statistics"), ".json",
+                                                shard_name_template=""))
+    sink_failures = ()
+    if opts.stats_table:
+        computed_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        sink_failures = (statistics
+                         | "StatisticsRows" >> beam.FlatMap(stats_rows, settings.run_id, computed_at)
+                         | "WriteStatisticsTable" >> WriteRecords(
+                             PIPELINE, BigQueryTarget(opts.stats_table, STATS_BQ_SCHEMA, "computed_at", ["feature"]),
+                             out.bq_write_method))
+
+    raw_metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(tf_feature_spec(spec)))
+    by_split = rows | "PartitionBySplit" >> beam.Partition(lambda r, n: splits.index(r.split), len(splits))
+    transformed = {}
+    compress = tfrecords.compression == "gzip"
+    with tft_beam.Context(temp_dir=settings.temp_dir):
+        inputs = {name: part | f"Filled[{name}]" >> beam.Map(lambda r: r.filled) for name, part in zip(splits, by_split)}
+        (transformed["train"], train_metadata), transform_fn = (
+            (inputs["train"], raw_metadata)
+            | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(make_preprocessing_fn(spec)))
+        for name in splits:
+            if name != "train":
+                transformed[name], _ = (((inputs[name], raw_metadata), transform_fn)
+                                        | f"Transform[{name}]" >> tft_beam.TransformDataset())
+        coder = tft.coders.ExampleProtoCoder(train_metadata.schema)
+        for name in splits:
+            (transformed[name]
+             | f"Encode[{name}]" >> beam.Map(coder.encode)
+             | f"Write[{name}]" >> beam.io.WriteToTFRecord(
+                    FileSystems.join(out.output_dir, name, "examples"),
+                    file_name_suffix=".tfrecord.gz" if compress else ".tfrecord",
+                    compression_type=CompressionTypes.GZIP if compress else CompressionTypes.UNCOMPRESSED,
+                    num_shards=tfrecords.num_shards))
+        transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out.output_dir)
+
+    dead_letters = (cleansed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+        PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
+        False, out.bq_write_method)
+    return FeatureStatsOutputs(statistics, transformed, dead_letters)
+
+
+def report(result, output_dir, spec):
+    counts = metric_counts(result, PIPELINE)
+    lines = [f"records in: {counts.get('records_in', 0)}  rows: "
+             + ", ".join(f"{s}={counts.get(f'rows_{s}', 0)}" for s in spec.splits)
+             + f"  dead letters: {counts.get('dead_letters', 0)}"]
+    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    if reasons:
+        lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    stats = read_statistics(output_dir)
+    lines.append(f"{'feature':<14}{'split':<7}{'missing':>8}{'min':>12}{'mean':>12}{'max':>12}  top values")
+    for name, feature in stats["train"]["features"].items():
+        for split in spec.splits:
+            f = stats[split]["features"][name]
+            if f["type"] == "numeric":
+                cells = "".join(f"{v:>12.4g}" if v is not None else f"{'-':>12}" for v in (f["min"], f["mean"], f["max"]))
+                lines.append(f"{name:<14}{split:<7}{f['missing']:>8}{cells}")
+            else:
+                top = ", ".join(f"{t['value'][:12]}={t['count']}" for t in f["top_values"][:3])
+                lines.append(f"{name:<14}{split:<7}{f['missing']:>8}{'':>36}  {top}")
+    lines.append(f"outputs: {output_dir}/<split>/examples-*.tfrecord*, transform_fn/, transformed_metadata/, "
+                 f"statistics.json, dead_letters-*.jsonl")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
+    try:
+        settings = validate(options)
+    except (ValueError, FeatureSpecError) as e:
+        raise SystemExit(f"error: {e}") from None
+    runner = choose_local_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if runner in ("DataflowRunner", "dataflow"):
+        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+        return result
+    result.wait_until_finish()
+    print(report(result, options.view_as(OutputOptions).output_dir, settings.spec))
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
