@@ -198,5 +198,5 @@ def stats_rows(artifact, run_id, computed_at):
 
 def read_statistics(output_dir):
     """{split: artifact} from a run's statistics.json (for the skew check, reports and tests)."""
-    with FileSystems.open(FileSystems.join(output_dir, "statistics.json"), compression_type="uncompressed") as f:
+    with FileSystems.open(FileSystems.join(str(output_dir), "statistics.json"), compression_type="uncompressed") as f:
         return json.loads(f.read())

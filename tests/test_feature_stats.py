@@ -1,0 +1,100 @@
+"""The statistics accumulator without Beam, against numpy: one accumulator, merged partial accumulators,
+and merged-then-merged-again (tree) accumulators; empty, all-missing, single-value and very large data."""
+import random
+
+import numpy as np
+import pytest
+
+from transforms.feature_stats import NumericAccumulator, SplitStats, histogram, histogram_bin
+
+
+def _values(seed, n=5000, scale=1.0, missing=0.1):
+    rng = random.Random(seed)
+    return [None if rng.random() < missing else rng.gauss(3.0, 2.0) * scale for _ in range(n)]
+
+
+def _one(values):
+    acc = NumericAccumulator()
+    for v in values:
+        acc.add(v)
+    return acc.extract()
+
+
+def _merged(values, parts):
+    accs = [NumericAccumulator() for _ in range(parts)]
+    for i, v in enumerate(values):
+        accs[i % parts].add(v)
+    first = accs[0]
+    for acc in accs[1:]:
+        first.merge(acc)
+    return first.extract()
+
+
+def _tree(values):
+    leaves = [NumericAccumulator() for _ in range(8)]
+    for i, v in enumerate(values):
+        leaves[i % 8].add(v)
+    while len(leaves) > 1:
+        leaves = [leaves[i].merge(leaves[i + 1]) for i in range(0, len(leaves), 2)]
+    return leaves[0].extract()
+
+
+@pytest.mark.parametrize("combine", [_one, lambda v: _merged(v, 7), _tree])
+@pytest.mark.parametrize("scale", [1.0, 1e12])
+def test_numeric_statistics_match_numpy(combine, scale):
+    values = _values(1, scale=scale)
+    present = np.array([v for v in values if v is not None])
+    stats = combine(values)
+    assert (stats["count"], stats["missing"]) == (len(values), len(values) - len(present))
+    assert stats["min"] == present.min() and stats["max"] == present.max()
+    assert stats["mean"] == pytest.approx(present.mean(), rel=1e-12)
+    assert stats["std"] == pytest.approx(present.std(), rel=1e-9)
+    ordered = np.sort(present)
+    for q, value in stats["quantiles"].items():
+        exact = ordered[int(float(q) * (len(ordered) - 1))]  # the value at rank q (n - 1), as DDSketch ranks
+        assert abs(value - exact) <= 0.01 * abs(exact) * (1 + 1e-9), (q, value, exact)  # 1% relative accuracy
+
+
+def test_empty_all_missing_and_single_value():
+    assert _one([]) == {"type": "numeric", "count": 0, "missing": 0, "min": None, "max": None, "mean": None,
+                        "std": None, "quantiles": {}}
+    all_missing = _one([None] * 5)
+    assert (all_missing["count"], all_missing["missing"], all_missing["mean"]) == (5, 5, None)
+    single = _tree([7.5] * 40)
+    assert (single["min"], single["max"], single["mean"], single["std"]) == (7.5, 7.5, 7.5, 0.0)
+    assert all(v == pytest.approx(7.5, rel=0.01) for v in single["quantiles"].values())
+    assert histogram({0: 40}, 7.5, 7.5) == [{"low": 7.5, "high": 7.5, "count": 40}]
+
+
+def test_merging_with_an_empty_accumulator_changes_nothing():
+    values = _values(2, n=100)
+    full = NumericAccumulator()
+    for v in values:
+        full.add(v)
+    before = full.extract()
+    assert full.merge(NumericAccumulator()).extract() == before
+    assert NumericAccumulator().merge(full).extract() == before
+
+
+def test_histogram_bins_cover_min_to_max():
+    values = np.random.default_rng(3).uniform(-5, 5, 1000)
+    low, high = values.min(), values.max()
+    counts = {}
+    for v in values:
+        i = histogram_bin(v, low, high)
+        counts[i] = counts.get(i, 0) + 1
+    bins = histogram(counts, low, high)
+    expected, edges = np.histogram(values, bins=10, range=(low, high))
+    assert [b["count"] for b in bins] == expected.tolist()
+    assert [b["low"] for b in bins] == pytest.approx(edges[:-1].tolist())
+    assert bins[-1]["high"] == high
+
+
+def test_split_stats_counts_rows_and_strings():
+    stats = SplitStats(["x"], ["c"])
+    for row in ({"x": 1.0, "c": "a"}, {"x": None, "c": None}, {"c": "b"}):
+        stats.add(row)
+    out = stats.extract()
+    assert out["rows"] == 3
+    assert (out["features"]["x"]["count"], out["features"]["x"]["missing"]) == (3, 2)
+    assert out["features"]["c"] == {"type": "string", "count": 3, "missing": 1}
