@@ -5,7 +5,7 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import common, image_ingest, score, sli
+from pipelines import common, feature_stats, image_ingest, score, sli
 from transforms import images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -71,6 +71,10 @@ PARAMETERS = {
     "max_batch_duration_secs": ("TEXT", [POSITIVE_INT], "2"),
     "predictions_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/predictions"),
     "cache_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "48.0"),
+    "feature_spec": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/specs/churn.yaml"),
+    "input_format": ("TEXT", [one_of(("csv", "jsonl", "parquet", "tfrecord"))], "parquet"),
+    "input_query": ("TEXT", [r"(?is)^\s*(SELECT|WITH)\b.+"], "SELECT * FROM `my-project.crm.customers` WHERE RAND() < 0.1"),
+    "stats_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.feature_statistics"),
 }
 
 PIPELINES = {
@@ -93,6 +97,16 @@ PIPELINES = {
                        "content hash, split per label and written as TFRecords of tf.train.Example, with a "
                        "manifest of every input, a label map and dead letters for bad images.",
         "streaming": True,
+    },
+    "feature_stats": {
+        "module": feature_stats,
+        "option_classes": (*feature_stats.OPTION_CLASSES, common.OutputOptions),
+        "name": "Feature statistics and preprocessing",
+        "description": "Records from BigQuery (table or query) or files (CSV, JSONL, Parquet, TFRecord) cleansed "
+                       "against a feature spec, split by a key hash, statistics per split, tf.Transform analysis "
+                       "of the training split applied to every split, written as TFRecords with the transform "
+                       "function and the statistics (JSON and BigQuery).",
+        "streaming": False,
     },
     "score": {
         "module": score,
