@@ -16,7 +16,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import feature_stats
 from transforms.features import read_statistics
-from tests.test_sli_e2e import bq_client
+from google.cloud import bigquery
+
+from tests.test_sli_e2e import ROOT, bq_client
 
 SPEC = """
 key: id
@@ -203,6 +205,15 @@ def test_bundled_sample_is_stratified_and_statistics_reach_bigquery(services, pr
     for split in ("train", "eval"):
         assert age[split]["missing"] == stats[split]["features"]["age"]["missing"]
         assert age[split]["mean"] == pytest.approx(stats[split]["features"]["age"]["mean"])
+    sql = (ROOT / "sql" / "feature_statistics_by_split.sql").read_text()
+    assert sql.strip() in (ROOT / "README.md").read_text()
+    job_config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("run_id", "STRING", stats["run_id"])])
+    report = [dict(r) for r in bq.query(sql, job_config=job_config).result()]
+    assert [(r["feature"], r["split"]) for r in report] == sorted(
+        (f, s) for s in ("train", "eval") for f in stats["train"]["features"])
+    for r in report:
+        f = stats[r["split"]]["features"][r["feature"]]
+        assert r["missing_rate"] == pytest.approx(f["missing"] / f["count"])
 
 
 def test_spec_errors_name_the_field(tmp_path):

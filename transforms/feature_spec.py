@@ -176,7 +176,8 @@ def load_feature_spec(path_or_text, read=None):
         return FeatureSpec(**(data or {}))
     except (ValidationError, TypeError) as e:
         if isinstance(e, ValidationError):
-            details = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in e.errors())
+            details = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: "
+                                f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
         else:
             details = str(e)
         raise FeatureSpecError(f"{where}: {details}") from None
@@ -224,7 +225,7 @@ def make_preprocessing_fn(spec):
                 else:
                     tokens = tf.strings.split(x) if f.type == "text" else x
                     index = tft.compute_and_apply_vocabulary(
-                        tokens, top_k=t.vocabulary.top_k, frequency_threshold=t.vocabulary.frequency_threshold,
+                        tokens, top_k=t.vocabulary.top_k, frequency_threshold=t.vocabulary.frequency_threshold or None,
                         vocab_filename=f"vocab_{f.name}")
                     if f.type == "text":
                         index = index.to_sparse() if isinstance(index, tf.RaggedTensor) else index

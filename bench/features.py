@@ -1,0 +1,153 @@
+"""Benchmark: the feature pipeline (cleanse, split, statistics, tf.Transform analyze on train, transform
+every split, write TFRecords) on the local runner, against
+
+(a) pyarrow + numpy computing the same per-split statistics in one process over the same file: the
+    ceiling for the statistics alone;
+(b) a plain tf.Transform AnalyzeDataset over the same rows with the same preprocessing function, on
+    the same runner: what tf.Transform itself costs, before the pipeline's own statistics and writes.
+
+    python -m bench.features [--rows 1000000]
+
+The input is a generated Parquet file of --rows rows x 20 columns (a key, a label, 10 numeric and 8
+categorical features). Each measurement runs in its own process; wall time and peak RSS are that
+process's (the runner's SDK harness runs in the same process).
+"""
+import argparse
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NUMERIC = [f"n{i}" for i in range(10)]
+CATEGORICAL = [f"c{i}" for i in range(8)]
+SPEC = "\n".join([
+    "key: id", "label: y", "splits: {train: 0.7, eval: 0.3}", "features:",
+    *[f"  - {{name: {n}, type: numeric, default: 0, transforms: [scale_to_0_1, z_score]}}" for n in NUMERIC],
+    *[f"  - {{name: {c}, type: categorical, default: '', transforms: [{{vocabulary: {{top_k: 100}}}}]}}"
+      for c in CATEGORICAL],
+    "  - {name: y, type: label}",
+]) + "\n"
+
+
+def make_file(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    columns = {"id": [f"k{i}" for i in range(rows)], "y": rng.choice(["no", "yes"], rows, p=[0.8, 0.2])}
+    for i, name in enumerate(NUMERIC):
+        values = rng.normal(i, 1 + i, rows)
+        columns[name] = pa.array(values, mask=rng.random(rows) < 0.02)
+    for i, name in enumerate(CATEGORICAL):
+        columns[name] = rng.choice([f"v{j}" for j in range(5 + 40 * i)], rows)
+    pq.write_table(pa.table(columns), path, row_group_size=100_000)
+
+
+def ceiling(path):
+    """pyarrow + numpy: count, missing, min, max, mean, std, quantiles and histograms per numeric column,
+    top values and distinct counts per categorical, for each split."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    keys = table.column("id").to_pylist()
+    train = np.fromiter((int(hashlib.md5(k.encode()).hexdigest()[:15], 16) / 16 ** 15 < 0.7 for k in keys), bool,
+                        len(keys))
+    for mask in (train, ~train):
+        part = table.filter(mask)
+        for name in NUMERIC:
+            column = part.column(name)
+            values = column.drop_null().to_numpy()
+            _ = (len(column), column.null_count, values.min(), values.max(), values.mean(), values.std(),
+                 np.quantile(values, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]), np.histogram(values, 10))
+        for name in [*CATEGORICAL, "y"]:
+            counts = pc.value_counts(part.column(name))
+            _ = (len(counts), sorted(counts.to_pylist(), key=lambda vc: -vc["counts"])[:10])
+    return table.num_rows
+
+
+def plain_tft(path, tmp):
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
+
+    spec = load_feature_spec(SPEC)
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(tf_feature_spec(spec)))
+
+    def filled(row):
+        return {k: (0.0 if v is None and k in NUMERIC else v) for k, v in row.items()}
+
+    with beam.Pipeline(options=PipelineOptions(["--runner", "FnApiRunner"])) as pipeline:
+        with tft_beam.Context(temp_dir=str(tmp)):
+            rows = pipeline | beam.io.ReadFromParquet(str(path)) | beam.Map(filled)
+            _ = (rows, metadata) | tft_beam.AnalyzeDataset(make_preprocessing_fn(spec))
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def full_pipeline(path, tmp):
+    from pipelines import feature_stats
+    from pipelines.common import metric_counts
+
+    (Path(tmp) / "spec.yaml").write_text(SPEC)
+    result = feature_stats.run(["--feature_spec", str(Path(tmp) / "spec.yaml"), "--input_files", str(path),
+                                "--output_dir", str(Path(tmp) / "out"), "--runner", "FnApiRunner"])
+    return metric_counts(result, "feature_stats").get("records_in", 0)
+
+
+def _child(kind, path, tmp):
+    start = time.perf_counter()
+    rows = {"ceiling": ceiling, "tft": plain_tft, "pipeline": full_pipeline}[kind](
+        *((path,) if kind == "ceiling" else (path, tmp)))
+    seconds = time.perf_counter() - start
+    print(f"RESULT {rows} {seconds:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", flush=True)
+    os._exit(0)  # TensorFlow and pyarrow can crash while tearing down at exit; the result is out
+
+
+def measure(kind, path, tmp):
+    proc = subprocess.run([sys.executable, "-m", "bench.features", "--child", kind, "--path", str(path),
+                           "--tmp", str(tmp)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    rows, seconds, rss = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1].split()[1:]
+    return int(rows), float(seconds), float(rss)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="Rows in the generated file. Default: 1000000.")
+    parser.add_argument("--child", choices=("ceiling", "tft", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child, args.path, args.tmp)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.parquet"
+        make_file(path, args.rows)
+        print(f"{args.rows:,} rows x 20 columns (Parquet); statistics per split; 10 numeric features scaled to "
+              f"[0, 1] and z-scored, 8 vocabularies (top 100)")
+        results = {kind: measure(kind, path, Path(tmp) / kind) for kind in ("ceiling", "tft", "pipeline")}
+        print(f"{'run':<48}{'rows/s':>10}{'seconds':>9}{'peak RSS MiB':>14}")
+        names = {"ceiling": "(a) pyarrow + numpy statistics (ceiling)", "tft": "(b) plain tf.Transform analyze",
+                 "pipeline": "pipeline: statistics + analyze + transform + write"}
+        for kind, (rows, seconds, rss) in results.items():
+            assert rows == args.rows, (kind, rows)
+            print(f"{names[kind]:<48}{rows / seconds:>10,.0f}{seconds:>9.1f}{rss:>14,.0f}")
+        pipeline_s = results["pipeline"][1]
+        print(f"pipeline / ceiling throughput: {results['ceiling'][1] / pipeline_s:.3f}x; "
+              f"pipeline / plain tf.Transform analyze: {results['tft'][1] / pipeline_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
