@@ -31,7 +31,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    BatchInputOptions, OutputOptions, TfRecordOutputOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+    BatchInputOptions, OutputOptions, TfRecordOutputOptions, UdfOptions, choose_local_runner, metric_counts,
+    parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.feature_spec import FeatureSpecError, load_feature_spec, make_preprocessing_fn, tf_feature_spec
 from transforms.feature_stats import ComputeStatistics
@@ -39,6 +40,7 @@ from transforms.features import (
     FORMATS, PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, ReadFeatureRecords, detect_format,
     read_statistics, stats_rows)
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from transforms.udf import ApplyUdf, load_udf
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "features"
 SAMPLE_SPEC = SAMPLES / "churn.yaml"
@@ -65,7 +67,7 @@ class FeatureStatsOptions(PipelineOptions):
                  "(created if missing, day-partitioned on computed_at).")
 
 
-OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, TfRecordOutputOptions)
+OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, TfRecordOutputOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
@@ -96,6 +98,9 @@ def validate(options):
         detect_format(batch.input_files)
     if options.view_as(TfRecordOutputOptions).num_shards < 0:
         raise ValueError("--num_shards must be >= 0")
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     spec = load_feature_spec(opts.feature_spec or SAMPLE_SPEC, read=_read_text)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
@@ -123,6 +128,13 @@ def build(pipeline, options, settings, source=None):
     records = (pipeline
                | "ReadRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
+    dead_letter_sources = []
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        transformed_records = records | "ApplyUdf" >> beam.ParDo(
+            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
+        records = transformed_records.records
+        dead_letter_sources.append(transformed_records[DEAD_LETTER_TAG])
     cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
     rows = cleansed.rows
     if spec.stratify:
@@ -175,7 +187,7 @@ def build(pipeline, options, settings, source=None):
                     num_shards=tfrecords.num_shards))
         transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out.output_dir)
 
-    dead_letters = (cleansed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters = (*dead_letter_sources, cleansed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
         False, out.bq_write_method)
@@ -186,7 +198,7 @@ def report(result, output_dir, spec):
     counts = metric_counts(result, PIPELINE)
     lines = [f"records in: {counts.get('records_in', 0)}  rows: "
              + ", ".join(f"{s}={counts.get(f'rows_{s}', 0)}" for s in spec.splits)
-             + f"  dead letters: {counts.get('dead_letters', 0)}"]
+             + f"  dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}"]
     reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
     if reasons:
         lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))

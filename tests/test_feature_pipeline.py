@@ -234,3 +234,20 @@ def test_spec_errors_name_the_field(tmp_path):
             load_feature_spec(path)
         assert words in str(e.value) and str(path) in str(e.value)
     assert load_feature_spec(Path(feature_stats.SAMPLE_SPEC)).label == "churned"
+
+
+def test_a_udf_reshapes_and_filters_records_first(jsonl_run, tmp_path):
+    tmp, frame = jsonl_run
+    udf = tmp_path / "udf.py"
+    udf.write_text("def process(record):\n"
+                   "    import json\n"
+                   "    row = json.loads(record)\n"
+                   "    if row.get('c') == 'e':\n"
+                   "        return None\n"
+                   "    row['x'] = row.pop('x_old', row.get('x'))\n"
+                   "    return row\n")
+    run_pipeline(tmp / "spec.yaml", tmp_path / "out", "--input_files", str(tmp / "data.jsonl"), "--udf_path", str(udf))
+    stats = read_statistics(tmp_path / "out")
+    kept = frame[frame["c"] != "e"]
+    assert stats["train"]["rows"] + stats["eval"]["rows"] == len(kept)
+    assert {t["value"] for t in stats["train"]["features"]["c"]["top_values"]} == {"a", "b", "c", "d"}
