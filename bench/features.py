@@ -98,6 +98,7 @@ def full_pipeline(path, tmp):
     from pipelines import feature_stats
     from pipelines.common import metric_counts
 
+    Path(tmp).mkdir(parents=True, exist_ok=True)
     (Path(tmp) / "spec.yaml").write_text(SPEC)
     result = feature_stats.run(["--feature_spec", str(Path(tmp) / "spec.yaml"), "--input_files", str(path),
                                 "--output_dir", str(Path(tmp) / "out"), "--runner", "FnApiRunner"])
@@ -137,13 +138,14 @@ def main(argv=None):
         make_file(path, args.rows)
         print(f"{args.rows:,} rows x 20 columns (Parquet); statistics per split; 10 numeric features scaled to "
               f"[0, 1] and z-scored, 8 vocabularies (top 100)")
-        results = {kind: measure(kind, path, Path(tmp) / kind) for kind in ("ceiling", "tft", "pipeline")}
-        print(f"{'run':<48}{'rows/s':>10}{'seconds':>9}{'peak RSS MiB':>14}")
+        print(f"{'run':<52}{'rows/s':>10}{'seconds':>9}{'peak RSS MiB':>14}", flush=True)
         names = {"ceiling": "(a) pyarrow + numpy statistics (ceiling)", "tft": "(b) plain tf.Transform analyze",
                  "pipeline": "pipeline: statistics + analyze + transform + write"}
-        for kind, (rows, seconds, rss) in results.items():
+        results = {}
+        for kind, name in names.items():
+            rows, seconds, rss = results[kind] = measure(kind, path, Path(tmp) / kind)
             assert rows == args.rows, (kind, rows)
-            print(f"{names[kind]:<48}{rows / seconds:>10,.0f}{seconds:>9.1f}{rss:>14,.0f}")
+            print(f"{name:<52}{rows / seconds:>10,.0f}{seconds:>9.1f}{rss:>14,.0f}", flush=True)
         pipeline_s = results["pipeline"][1]
         print(f"pipeline / ceiling throughput: {results['ceiling'][1] / pipeline_s:.3f}x; "
               f"pipeline / plain tf.Transform analyze: {results['tft'][1] / pipeline_s:.2f}x")

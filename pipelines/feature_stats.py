@@ -70,8 +70,12 @@ class FeatureStatsOptions(PipelineOptions):
 OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, TfRecordOutputOptions, UdfOptions)
 
 
+SPEC_FILE = "feature_spec.yaml"  # written next to transform_fn/: scoring reads it with --transform_dir
+
+
 class Settings(NamedTuple):
     spec: object  # FeatureSpec
+    spec_text: str
     run_id: str
     temp_dir: str
 
@@ -102,10 +106,11 @@ def validate(options):
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
-    spec = load_feature_spec(opts.feature_spec or SAMPLE_SPEC, read=_read_text)
+    spec_path = opts.feature_spec or str(SAMPLE_SPEC)
+    spec = load_feature_spec(spec_path, read=_read_text)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Settings(spec, run_id, temp_dir)
+    return Settings(spec, _read_text(spec_path), run_id, temp_dir)
 
 
 def _count(element, counter):
@@ -186,6 +191,9 @@ def build(pipeline, options, settings, source=None):
                     compression_type=CompressionTypes.GZIP if compress else CompressionTypes.UNCOMPRESSED,
                     num_shards=tfrecords.num_shards))
         transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out.output_dir)
+    (pipeline
+     | "SpecText" >> beam.Create([settings.spec_text])
+     | "WriteSpec" >> beam.io.WriteToText(FileSystems.join(out.output_dir, SPEC_FILE), shard_name_template=""))
 
     dead_letters = (*dead_letter_sources, cleansed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
@@ -214,7 +222,7 @@ def report(result, output_dir, spec):
                 top = ", ".join(f"{t['value'][:12]}={t['count']}" for t in f["top_values"][:3])
                 lines.append(f"{name:<14}{split:<7}{f['missing']:>8}{'':>36}  {top}")
     lines.append(f"outputs: {output_dir}/<split>/examples-*.tfrecord*, transform_fn/, transformed_metadata/, "
-                 f"statistics.json, dead_letters-*.jsonl")
+                 f"{SPEC_FILE}, statistics.json, dead_letters-*.jsonl")
     return "\n".join(lines)
 
 

@@ -39,11 +39,13 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
+from tensorflow import errors as tf_errors
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
     PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.features import serving_features
 from transforms.image_ingest import ReadImageSources
 from transforms.images import ImageInput, parse_label_map
 from transforms.scoring import (
@@ -87,6 +89,11 @@ class ScoreOptions(PipelineOptions):
             "--max_batch_duration_secs", type=int, default=None,
             help="Streaming: wait at most this long to fill a batch, across bundles (stateful batching).")
         parser.add_argument(
+            "--transform_dir", type=str, default=None,
+            help="Output folder of a feature pipeline run (holding transform_fn/ and feature_spec.yaml): "
+                 "requests carry the raw features, which get the spec's defaults and clipping and the exported "
+                 "tf.Transform function before the model, exactly as in training.")
+        parser.add_argument(
             "--predictions_topic", type=str, default=None,
             help="Pub/Sub topic projects/P/topics/T for predictions, one JSON message each (its request_id "
                  "lets callers correlate).")
@@ -102,8 +109,9 @@ OPTION_CLASSES = (ScoreOptions, PubsubInputOptions, BatchInputOptions, ImageFold
 
 class Settings(NamedTuple):
     model_path: str
-    inputs: list  # the model's InputSpecs, read at start-up
+    inputs: list  # what a request carries: the model's InputSpecs (or the raw features with --transform_dir)
     labels: list  # or None
+    feature_spec: object  # the FeatureSpec of --transform_dir, or None
 
 
 class ScoreOutputs(NamedTuple):
@@ -152,6 +160,12 @@ def validate(options):
         model = LoadedModel(model_directory(model_path), opts.signature)
     except (OSError, ValueError) as e:
         raise ValueError(f"--model_path: cannot load {model_path}: {str(e).splitlines()[0]}") from None
+    if opts.transform_dir:
+        try:
+            model.attach_transform(opts.transform_dir)
+        except (OSError, tf_errors.OpError) as e:
+            raise ValueError(f"--transform_dir: cannot load a transform from {opts.transform_dir}: "
+                             f"{str(e).splitlines()[0]}") from None
     label_map = options.view_as(LabelMapOptions).label_map
     labels_path = str(SAMPLE_LABELS) if default_model and not label_map else label_map
     labels = None
@@ -164,7 +178,7 @@ def validate(options):
         if model.output_shapes[0] and model.output_shapes[0][-1] not in (None, len(labels)):
             raise ValueError(f"--label_map: {labels_path} has {len(labels)} labels but the model's output "
                              f"'{model.output_names[0]}' has {model.output_shapes[0][-1]} scores per example")
-    return Settings(model_path, model.inputs, labels)
+    return Settings(model_path, model.inputs, labels, getattr(model, "feature_spec", None))
 
 
 class ParseRequests(beam.DoFn):
@@ -173,8 +187,8 @@ class ParseRequests(beam.DoFn):
 
     STEP = "ParseRequests"
 
-    def __init__(self, inputs):
-        self._inputs = inputs
+    def __init__(self, inputs, feature_spec=None):
+        self._inputs, self._feature_spec = inputs, feature_spec
 
     def process(self, raw, timestamp=beam.DoFn.TimestampParam):
         received_at = timestamp.micros / 1e6 if timestamp.micros > 0 else time.time()  # publish time
@@ -188,7 +202,9 @@ class ParseRequests(beam.DoFn):
                 payload, record = raw.data, {"id": raw.source_id, "image_data": raw.data}
             else:
                 record = raw if isinstance(raw, dict) else _json(raw)
-            request_id, content_key, example = prepare_example(record, self._inputs)
+            if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
+                record = {**record, "features": serving_features(record.get("features", record), self._feature_spec)}
+            request_id, content_key, example = prepare_example(record, self._inputs, self._feature_spec is not None)
         except RecordError as e:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
             return
@@ -259,10 +275,11 @@ class ToPredictionRows(beam.DoFn):
 
 
 def _failed_batch_dead_letters(failed):
-    """RunInference's own dead-letter output: (batch of keyed examples, exception)."""
-    batch, error = failed
+    """RunInference's own dead-letter output: (batch of keyed examples, (type, message, traceback lines))."""
+    batch, (_, message, _) = failed
     for request, _ in batch if isinstance(batch, list) else [batch]:
-        yield make_dead_letter(PIPELINE, "RunInference", {"request_id": request.request_id}, error)
+        yield make_dead_letter(PIPELINE, "RunInference", {"request_id": request.request_id},
+                               RecordError("inference_failed", f"the model failed on the batch: {message}"))
 
 
 def cache_rows(row):
@@ -295,7 +312,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
             ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
         raw = transformed.records
         dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
-    parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs)).with_outputs(
+    parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs, settings.feature_spec)).with_outputs(
         DEAD_LETTER_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
     requests = parsed.requests
@@ -313,7 +330,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         requests = looked_up[LookupCache.MISSES]
     handler = KeyedModelHandler(TfModelHandler(
         settings.model_path, opts.signature, opts.min_batch_size, opts.max_batch_size,
-        opts.max_batch_duration_secs if streaming else None))
+        opts.max_batch_duration_secs if streaming else None, opts.transform_dir))
     inference, failed = requests | "RunInference" >> RunInference(
         handler, model_metadata_pcoll=model_updates).with_exception_handling()
     scored = inference | "ToPredictionRows" >> beam.ParDo(ToPredictionRows(settings.labels, opts.top_k)).with_outputs(

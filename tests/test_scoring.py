@@ -180,3 +180,41 @@ def test_predictions_switch_to_a_new_model_version_from_the_side_input(image_mod
 
 def request_line(request_id, image):
     return json.dumps({"id": request_id, "image_bytes": {"b64": base64.b64encode(image).decode()}})
+
+
+def test_tabular_requests_get_the_training_transform(tmp_path):
+    """Raw features at serving time go through the feature pipeline's exported transform: predictions
+    equal the model applied to the transformed training examples of the same keys."""
+    from pipelines import feature_stats
+    from tests.test_feature_pipeline import read_examples, run_pipeline
+
+    run_pipeline(feature_stats.SAMPLE_SPEC, tmp_path / "features")
+    names = ["age_z", "income_z", "tenure_days_scaled"]
+    tf.keras.utils.set_random_seed(2)
+    inputs = [tf.keras.Input((), name=name) for name in names]
+    joined = tf.keras.layers.Concatenate()([tf.keras.layers.Reshape((1,))(i) for i in inputs])
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1, activation="sigmoid")(joined))
+    model.save(tmp_path / "churn.keras")
+
+    examples = {e["user_id"][0].decode(): e for e in read_examples(tmp_path / "features", "eval")}
+    records = {r["user_id"]: r for r in map(json.loads, feature_stats.SAMPLE_DATA.read_text().splitlines()[:2000])}
+    keys = sorted(examples)[:40]
+    assert any("age" not in records[k] for k in keys)  # some requests rely on the spec's default
+    lines = [json.dumps({"id": k, "features": {f: v for f, v in records[k].items() if f != "churned"}}) for k in keys]
+    lines.append(json.dumps({"id": "no-tenure", "features": {"age": 30, "country": "DE"}}))
+    (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    options = PipelineOptions(["--runner", "FnApiRunner", "--model_path", str(tmp_path / "churn.keras"),
+                               "--transform_dir", str(tmp_path / "features"), "--input_files",
+                               str(tmp_path / "requests.jsonl"), "--output_dir", str(tmp_path / "out")])
+    settings = score.validate(options)
+    assert [s.name for s in settings.inputs] == ["age", "income", "tenure_days", "country", "device", "review"]
+    with beam.Pipeline(options=options) as pipeline:
+        score.build(pipeline, options, settings)
+    rows = {r["request_id"]: r for f in (tmp_path / "out").glob("predictions-*.jsonl")
+            for r in map(json.loads, f.read_text().splitlines())}
+    assert sorted(rows) == keys
+    expected = model([np.array([examples[k][n][0] for k in keys], dtype=np.float32) for n in names]).numpy()
+    for key, want in zip(keys, expected):
+        assert json.loads(rows[key]["outputs"])["output_0"] == pytest.approx(want.tolist(), abs=1e-5)
+    dead = [json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
+    assert [(d["reason"], "tenure_days" in d["error_message"]) for d in dead] == [("missing_feature", True)]

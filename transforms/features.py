@@ -80,32 +80,41 @@ def _missing(value):
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
+def clean_value(feature, value, required_reason="missing_required"):
+    """(value as read or None, value for tf.Transform): defaults filled, numbers clipped; RecordError for a
+    wrong type or a missing required value. The same function prepares training and serving inputs."""
+    numeric = feature.type == "numeric" or (feature.type == "label" and feature.label_dtype == "float")
+    if _missing(value):
+        if feature.required or feature.type == "label":
+            raise RecordError(required_reason, f"required feature '{feature.name}' is missing")
+        return None, feature.default
+    if numeric:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isinf(value):
+            raise RecordError("wrong_type", f"feature '{feature.name}' must be a finite number, got {value!r}")
+        value = float(value)
+        return value, min(max(value, feature.clip[0]), feature.clip[1]) if feature.clip else value
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise RecordError("wrong_type", f"feature '{feature.name}' must be a string, got {value!r}")
+    return str(value), str(value)
+
+
 def cleanse(record, spec):
     """One record -> Cleansed, or RecordError: wrong type, missing required value, missing key."""
     if _missing(record.get(spec.key)):
         raise RecordError("missing_key", f"the key column '{spec.key}' is missing")
     raw, filled = {}, {}
     for f in spec.inputs:
-        value = record.get(f.name)
-        numeric = f.type == "numeric" or (f.type == "label" and f.label_dtype == "float")
-        if _missing(value):
-            if f.required or f.type == "label":
-                raise RecordError("missing_required", f"required feature '{f.name}' is missing")
-            raw[f.name], filled[f.name] = None, f.default
-            continue
-        if numeric:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isinf(value):
-                raise RecordError("wrong_type", f"feature '{f.name}' must be a finite number, got {value!r}")
-            value = float(value)
-            raw[f.name] = value
-            filled[f.name] = min(max(value, f.clip[0]), f.clip[1]) if f.clip else value
-        else:
-            if not isinstance(value, (str, int)) or isinstance(value, bool):
-                raise RecordError("wrong_type", f"feature '{f.name}' must be a string, got {value!r}")
-            raw[f.name] = filled[f.name] = str(value)
+        raw[f.name], filled[f.name] = clean_value(f, record.get(f.name))
     key = str(record[spec.key])
     filled[spec.key] = key
     return Cleansed(None, raw, filled, hashlib.md5(key.encode("utf-8")).hexdigest())
+
+
+def serving_features(features, spec):
+    """A scoring request's features -> what tf.Transform got in training (defaults, clipping, types);
+    the label is not needed, and missing required features are `missing_feature`."""
+    return {f.name: clean_value(f, features.get(f.name), "missing_feature")[1]
+            for f in spec.inputs if f.type != "label"}
 
 
 class CleanseRecords(beam.DoFn):

@@ -27,16 +27,58 @@ class InputSpec(NamedTuple):
 
 
 class LoadedModel:
-    """A model called with {input name: batch array} and returning {output name: numpy array}."""
+    """A model called with {input name: batch array} and returning {output name: numpy array}.
 
-    def __init__(self, path, signature_name="serving_default"):
+    With `transform_dir` (a feature pipeline's output folder), `inputs` are the raw features of its spec
+    (the label aside) and each batch goes through the exported tf.Transform function before the model,
+    which takes the transformed features by name: the transformation trained on is the one served."""
+
+    def __init__(self, path, signature_name="serving_default", transform_dir=None):
         self.path = path
+        self._load(path, signature_name)
+        self._model_inputs = self.inputs  # what the model itself takes
+        self._transform = None
+        if transform_dir:
+            self.attach_transform(transform_dir)
+
+    def attach_transform(self, transform_dir):
+        import tensorflow_transform as tft
+
+        from transforms.feature_spec import load_feature_spec, tf_feature_spec
+
+        spec_path = posixpath.join(transform_dir, "feature_spec.yaml")
+        self.feature_spec = load_feature_spec(spec_path, read=lambda p: tf.io.gfile.GFile(p).read())
+        output = tft.TFTransformOutput(transform_dir)
+        produced = output.transformed_feature_spec()
+        missing = [s.name for s in self.inputs if s.name not in produced]
+        if missing:
+            raise ValueError(f"--transform_dir: the model takes {missing}, which the transform in {transform_dir} "
+                             f"does not produce (it produces {sorted(produced)})")
+        self._transform = output.transform_features_layer()
+        self._raw_spec = tf_feature_spec(self.feature_spec)
+        self.inputs = [InputSpec(f.name, "float32" if self._raw_spec[f.name].dtype == tf.float32 else "string", ())
+                       for f in self.feature_spec.inputs if f.type != "label"]
+
+    def _transformed(self, batch):
+        """Raw feature arrays -> the model's inputs; the key and label the transform also reads get
+        placeholders (their outputs are not used)."""
+        size = len(next(iter(batch.values())))
+        raw = {}
+        for name, feature in self._raw_spec.items():
+            if name in batch:
+                raw[name] = tf.constant(batch[name], dtype=feature.dtype)
+            else:
+                raw[name] = tf.zeros([size], feature.dtype) if feature.dtype != tf.string else tf.fill([size], "")
+        transformed = self._transform(raw)
+        return {spec.name: transformed[spec.name].numpy() for spec in self._model_inputs}
+
+    def _load(self, path, signature_name):
         if path.endswith(".keras"):
             self._keras = tf.keras.models.load_model(path, compile=False)
             # one traced graph per input shape: eager Keras calls cost ~20 ms each on small models
             self._keras_call = tf.function(lambda x: self._keras(x, training=False), reduce_retracing=True)
             self._signature = None
-            self.inputs = [InputSpec(t.name.split(":")[0], np.dtype(t.dtype).name, tuple(t.shape[1:]))
+            self.inputs = [InputSpec(t.name.split(":")[0], tf.as_dtype(t.dtype).name, tuple(t.shape[1:]))
                            for t in self._keras.inputs]
             self.output_names = [f"output_{i}" for i in range(len(self._keras.outputs))]
             self.output_shapes = [tuple(t.shape[1:]) for t in self._keras.outputs]
@@ -54,8 +96,10 @@ class LoadedModel:
         self.output_shapes = [tuple(self._signature.structured_outputs[n].shape[1:]) for n in self.output_names]
 
     def __call__(self, batch):
+        if self._transform is not None:
+            batch = self._transformed(batch)
         if self._signature is None:
-            arrays = [batch[spec.name] for spec in self.inputs]
+            arrays = [batch[spec.name] for spec in self._model_inputs]
             outputs = self._keras_call(arrays if len(arrays) > 1 else arrays[0])
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             return {name: np.asarray(o) for name, o in zip(self.output_names, outputs)}
@@ -69,15 +113,15 @@ class TfModelHandler(ModelHandler):
     swapped while running (RunInference's model-metadata side input calls `update_model_path`)."""
 
     def __init__(self, model_path, signature_name="serving_default", min_batch_size=1, max_batch_size=256,
-                 max_batch_duration_secs=None):
-        self._model_path, self._signature_name = model_path, signature_name
+                 max_batch_duration_secs=None, transform_dir=None):
+        self._model_path, self._signature_name, self._transform_dir = model_path, signature_name, transform_dir
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         if max_batch_duration_secs:
             self._batching["max_batch_duration_secs"] = max_batch_duration_secs
         super().__init__()
 
     def load_model(self):
-        return LoadedModel(model_directory(self._model_path), self._signature_name)
+        return LoadedModel(model_directory(self._model_path), self._signature_name, self._transform_dir)
 
     def update_model_path(self, model_path=None):
         if model_path:
@@ -126,7 +170,7 @@ class ScoringRequest(NamedTuple):
     received_at: float  # epoch seconds: publish time in streaming, read time in batch
 
 
-def prepare_example(record, inputs, image_size=None):
+def prepare_example(record, inputs, tabular=False):
     """A JSON record -> (request id, content key, {input name: numpy value}) for the model's inputs.
 
     One string input takes the image bytes as they are (the model decodes them). One image-shaped input
@@ -136,7 +180,7 @@ def prepare_example(record, inputs, image_size=None):
     request_id = record.get("id") or record.get("request_id")
     if not request_id:
         raise RecordError("missing_field", "the record has no 'id' (or 'request_id') to return predictions under")
-    image_input = len(inputs) == 1 and (inputs[0].dtype == "string" or len(inputs[0].shape) == 3)
+    image_input = not tabular and len(inputs) == 1 and (inputs[0].dtype == "string" or len(inputs[0].shape) == 3)
     if image_input:
         spec = inputs[0]
         data = _image_bytes(record)
