@@ -19,3 +19,4 @@ bench: bootstrap
 	$(PY) -m bench.sli
 	$(PY) -m bench.images
 	$(PY) -m bench.score
+	$(PY) -m bench.features
