@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
 
 from pipelines.samples.images import LABELS, draw
 

@@ -2,6 +2,7 @@
 import argparse
 import logging
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
@@ -58,6 +59,20 @@ class BatchInputOptions(PipelineOptions):
         parser.add_argument(
             "--input_table", type=str, default=None,
             help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API).")
+
+
+class RecordInputOptions(PipelineOptions):
+    """For pipelines reading feature records: the format of --input_files, or a BigQuery query."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_format", type=str, default=None, choices=("csv", "jsonl", "parquet", "tfrecord"),
+            help="Format of --input_files. Default: from the extension (.csv, .jsonl/.json, .parquet, .tfrecord; "
+                 "optionally .gz).")
+        parser.add_argument(
+            "--input_query", type=str, default=None,
+            help="BigQuery standard SQL query whose rows are the records (filter and sample here).")
 
 
 class ImageFolderInputOptions(PipelineOptions):
@@ -161,3 +176,24 @@ def metric_counts(result, namespace):
             value = counter.committed if counter.committed is not None else counter.attempted
             counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + value
     return counts
+
+
+def run_pipeline(argv, description, option_classes, validate, build, report):
+    """What every `python -m pipelines.<name>` does: parse (--help lists the flags), validate (errors exit
+    naming the flag), build and run; on Dataflow return once submitted, locally wait and print
+    `report(result, options, settings)`."""
+    options = parse_pipeline_options(argv, description, option_classes)
+    try:
+        settings = validate(options)
+    except ValueError as e:  # config, spec and UDF errors included: their messages name the flag or field
+        raise SystemExit(f"error: {e}") from None
+    runner = choose_local_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if runner in ("DataflowRunner", "dataflow"):
+        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+        return result
+    result.wait_until_finish()  # a local streaming job runs until interrupted
+    print(report(result, options, settings))
+    return result

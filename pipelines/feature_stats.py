@@ -31,14 +31,14 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    BatchInputOptions, OutputOptions, TfRecordOutputOptions, UdfOptions, choose_local_runner, metric_counts,
-    parse_pipeline_options)
+    BatchInputOptions, OutputOptions, RecordInputOptions, TfRecordOutputOptions, UdfOptions,
+    metric_counts, run_pipeline)
+from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.feature_spec import FeatureSpecError, load_feature_spec, make_preprocessing_fn, tf_feature_spec
+from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
 from transforms.feature_stats import ComputeStatistics
 from transforms.features import (
-    FORMATS, PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, ReadFeatureRecords, detect_format,
-    read_statistics, stats_rows)
+    PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, read_statistics, stats_rows)
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.udf import ApplyUdf, load_udf
 
@@ -55,19 +55,12 @@ class FeatureStatsOptions(PipelineOptions):
             help=f"YAML feature spec (local or gs://): key, label, splits, features with types, cleansing and "
                  f"transforms. Default: the bundled sample {SAMPLE_SPEC.name}.")
         parser.add_argument(
-            "--input_format", type=str, default=None, choices=FORMATS,
-            help="Format of --input_files. Default: from the extension (.csv, .jsonl/.json, .parquet, .tfrecord; "
-                 "optionally .gz).")
-        parser.add_argument(
-            "--input_query", type=str, default=None,
-            help="BigQuery standard SQL query whose rows are the records (filter and sample here).")
-        parser.add_argument(
             "--stats_table", type=str, default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for the statistics, one row per split and feature "
                  "(created if missing, day-partitioned on computed_at).")
 
 
-OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, TfRecordOutputOptions, UdfOptions)
+OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, RecordInputOptions, TfRecordOutputOptions, UdfOptions)
 
 
 SPEC_FILE = "feature_spec.yaml"  # written next to transform_fn/: scoring reads it with --transform_dir
@@ -93,13 +86,8 @@ def _read_text(path):
 
 def validate(options):
     opts = options.view_as(FeatureStatsOptions)
-    batch, out = options.view_as(BatchInputOptions), options.view_as(OutputOptions)
-    given = [f"--{n}" for n, v in (("input_files", batch.input_files), ("input_table", batch.input_table),
-                                   ("input_query", opts.input_query)) if v]
-    if len(given) > 1:
-        raise ValueError(f"give only one input flag, got {' and '.join(given)}")
-    if batch.input_files and not opts.input_format:
-        detect_format(batch.input_files)
+    out = options.view_as(OutputOptions)
+    check_record_inputs(options)
     if options.view_as(TfRecordOutputOptions).num_shards < 0:
         raise ValueError("--num_shards must be >= 0")
     udf = options.view_as(UdfOptions)
@@ -125,11 +113,10 @@ def build(pipeline, options, settings, source=None):
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
     spec, opts = settings.spec, options.view_as(FeatureStatsOptions)
-    batch, out = options.view_as(BatchInputOptions), options.view_as(OutputOptions)
+    out = options.view_as(OutputOptions)
     tfrecords = options.view_as(TfRecordOutputOptions)
     if source is None:
-        files = batch.input_files or (None if batch.input_table or opts.input_query else str(SAMPLE_DATA))
-        source = ReadFeatureRecords(files, opts.input_format, batch.input_table, opts.input_query)
+        source = record_source(options, SAMPLE_DATA)
     records = (pipeline
                | "ReadRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
@@ -227,21 +214,8 @@ def report(result, output_dir, spec):
 
 
 def run(argv=None):
-    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
-    try:
-        settings = validate(options)
-    except (ValueError, FeatureSpecError) as e:
-        raise SystemExit(f"error: {e}") from None
-    runner = choose_local_runner(options)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, options, settings)
-    result = pipeline.run()
-    if runner in ("DataflowRunner", "dataflow"):
-        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
-        return result
-    result.wait_until_finish()
-    print(report(result, options.view_as(OutputOptions).output_dir, settings.spec))
-    return result
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, lambda result, options, settings: report(
+        result, options.view_as(OutputOptions).output_dir, settings.spec))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
-    choose_local_runner, metric_counts, parse_pipeline_options)
+    metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
@@ -278,21 +278,8 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
-    try:
-        settings = validate(options)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    runner = choose_local_runner(options)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, options, settings)
-    result = pipeline.run()
-    if runner in ("DataflowRunner", "dataflow"):
-        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
-        return result
-    result.wait_until_finish()
-    print(report(result, options.view_as(OutputOptions).output_dir))
-    return result
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build,
+                        lambda result, options, _: report(result, options.view_as(OutputOptions).output_dir))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from tensorflow import errors as tf_errors
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
-    PubsubInputOptions, UdfOptions, choose_local_runner, metric_counts, parse_pipeline_options)
+    PubsubInputOptions, UdfOptions, metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import serving_features
 from transforms.image_ingest import ReadImageSources
@@ -387,21 +387,8 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
-    try:
-        settings = validate(options)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    runner = choose_local_runner(options)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, options, settings)
-    result = pipeline.run()
-    if runner in ("DataflowRunner", "dataflow"):
-        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
-        return result
-    result.wait_until_finish()
-    print(report(result, options.view_as(OutputOptions).output_dir))
-    return result
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build,
+                        lambda result, options, _: report(result, options.view_as(OutputOptions).output_dir))
 
 
 if __name__ == "__main__":

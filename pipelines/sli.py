@@ -33,7 +33,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, UdfOptions,
-    choose_local_runner, metric_counts, parse_pipeline_options)
+    metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -256,21 +256,8 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    options = parse_pipeline_options(argv, __doc__, OPTION_CLASSES)
-    try:
-        config = validate(options)
-    except ValueError as e:  # SliConfigError and UdfError included: messages name the flag or field
-        raise SystemExit(f"error: {e}") from None
-    runner = choose_local_runner(options)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, options, config)
-    result = pipeline.run()
-    if runner in ("DataflowRunner", "dataflow"):
-        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
-        return result
-    result.wait_until_finish()  # a local streaming job runs until interrupted
-    print(report(result, options.view_as(OutputOptions).output_dir))
-    return result
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build,
+                        lambda result, options, _: report(result, options.view_as(OutputOptions).output_dir))
 
 
 if __name__ == "__main__":

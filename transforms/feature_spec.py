@@ -80,6 +80,7 @@ class Feature(_Strict):
     clip: Optional[tuple[float, float]] = None
     label_dtype: Literal["string", "float"] = "string"  # labels only: a class name, or a number (regression, 0/1)
     transforms: list[Transform] = []
+    skew: dict[Literal["js_divergence", "linf", "psi", "out_of_range", "missing_change"], float] = {}  # thresholds
 
     @field_validator("transforms", mode="before")
     @classmethod

@@ -110,6 +110,13 @@ def cleanse(record, spec):
     return Cleansed(None, raw, filled, hashlib.md5(key.encode("utf-8")).hexdigest())
 
 
+def serving_raw_values(record, spec):
+    """A serving record -> {feature: value as read, None when missing} (the label aside), for skew checks:
+    a missing value is counted, a wrong type is a RecordError."""
+    return {f.name: None if _missing(record.get(f.name)) else clean_value(f, record[f.name])[0]
+            for f in spec.inputs if f.type != "label"}
+
+
 def serving_features(features, spec):
     """A scoring request's features -> what tf.Transform got in training (defaults, clipping, types);
     the label is not needed, and missing required features are `missing_feature`."""

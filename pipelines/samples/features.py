@@ -1,7 +1,9 @@
 """Generates the feature pipeline's bundled sample: customer records for a churn model, with missing
-values, outliers, a high-cardinality text field and a few bad records:
+values, outliers, a high-cardinality text field and a few bad records; and drifted serving records for
+the skew check's sample:
 
     python -m pipelines.samples.features pipelines/samples/features/customers.jsonl
+    python -c "from pipelines.samples.features import write_serving_sample as w; w('pipelines/samples/skew/serving.jsonl')"
 """
 import json
 import random
@@ -18,19 +20,21 @@ BAD_RECORDS = [
 ]
 
 
-def generate(count=2000, seed=17):
-    """Records as dicts; the last few are the bad ones, as text."""
+def generate(count=2000, seed=17, drift=False):
+    """Records as dicts. With `drift` (serving data for the skew check): customers 10 years older, a new
+    country (MX) for a fifth of them, and the device missing for a fifth."""
     rng = random.Random(seed)
     records = []
     for n in range(count):
         churned = rng.random() < 0.25
         record = {
             "user_id": f"u-{n:05d}",
-            "age": None if rng.random() < 0.05 else round(rng.gauss(45 if churned else 38, 12)),
+            "age": None if rng.random() < 0.05 else round(rng.gauss(45 if churned else 38, 12)) + (10 if drift else 0),
             "income": round(rng.lognormvariate(10.5, 0.8), 2) if rng.random() > 0.02 else 5.0e7,  # rare outliers
             "tenure_days": rng.randrange(1, 3000),
-            "country": rng.choice(COUNTRIES[:3]) if rng.random() < 0.7 else rng.choice(COUNTRIES),
-            "device": None if rng.random() < 0.03 else rng.choice(DEVICES),
+            "country": "MX" if drift and rng.random() < 0.2 else (
+                rng.choice(COUNTRIES[:3]) if rng.random() < 0.7 else rng.choice(COUNTRIES)),
+            "device": None if rng.random() < (0.2 if drift else 0.03) else rng.choice(DEVICES),
             "review": " ".join(rng.choice(WORDS) for _ in range(rng.randrange(0, 6))),
             "churned": "yes" if churned else "no",
         }
@@ -44,6 +48,14 @@ def write_sample(path):
             f.write(json.dumps(record) + "\n")
         for line in BAD_RECORDS:
             f.write(line + "\n")
+
+
+def write_serving_sample(path, count=1000, seed=23):
+    """Drifted serving records for the skew check's bundled default, without labels."""
+    with open(path, "w") as f:
+        for record in generate(count, seed, drift=True):
+            record.pop("churned")
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

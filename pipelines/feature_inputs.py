@@ -1,0 +1,22 @@
+"""The record inputs shared by the feature pipeline and the skew check: files in any supported format,
+a BigQuery table or a query."""
+from pipelines.common import BatchInputOptions, RecordInputOptions
+from transforms.features import ReadFeatureRecords, detect_format
+
+
+def check_record_inputs(options):
+    """At most one of --input_files, --input_table, --input_query, and a known file format."""
+    batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
+    given = [f"--{n}" for n, v in (("input_files", batch.input_files), ("input_table", batch.input_table),
+                                   ("input_query", records.input_query)) if v]
+    if len(given) > 1:
+        raise ValueError(f"give only one input flag, got {' and '.join(given)}")
+    if batch.input_files and not records.input_format:
+        detect_format(batch.input_files)
+
+
+def record_source(options, default_files):
+    """ReadFeatureRecords for the input flags; `default_files` when none is given."""
+    batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
+    files = batch.input_files or (None if batch.input_table or records.input_query else str(default_files))
+    return ReadFeatureRecords(files, records.input_format, batch.input_table, records.input_query)
