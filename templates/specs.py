@@ -5,7 +5,7 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import common, feature_stats, image_ingest, score, sli
+from pipelines import common, feature_stats, image_ingest, score, skew, sli
 from transforms import images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -75,6 +75,11 @@ PARAMETERS = {
     "input_format": ("TEXT", [one_of(("csv", "jsonl", "parquet", "tfrecord"))], "parquet"),
     "input_query": ("TEXT", [r"(?is)^\s*(SELECT|WITH)\b.+"], "SELECT * FROM `my-project.crm.customers` WHERE RAND() < 0.1"),
     "stats_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.feature_statistics"),
+    "training_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/datasets/churn-v3"),
+    "transform_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/datasets/churn-v3"),
+    "training_split": ("TEXT", [r"^[A-Za-z_][A-Za-z0-9_]*$"], "eval"),
+    "anomalies_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.skew_anomalies"),
+    "anomalies_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/feature-anomalies"),
 }
 
 PIPELINES = {
@@ -106,6 +111,16 @@ PIPELINES = {
                        "against a feature spec, split by a key hash, statistics per split, tf.Transform analysis "
                        "of the training split applied to every split, written as TFRecords with the transform "
                        "function and the statistics (JSON and BigQuery).",
+        "streaming": False,
+    },
+    "skew": {
+        "module": skew,
+        "option_classes": (*skew.OPTION_CLASSES, common.OutputOptions),
+        "name": "Training/serving skew and drift",
+        "description": "Serving records (files, a BigQuery table or query) compared per feature with the training "
+                       "statistics of a feature pipeline run: Jensen-Shannon divergence, PSI, out-of-range rate, "
+                       "L-infinity distance, new categories, missing-rate change; anomalies to JSON, BigQuery and "
+                       "Pub/Sub.",
         "streaming": False,
     },
     "score": {
