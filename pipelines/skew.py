@@ -29,7 +29,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import BatchInputOptions, OutputOptions, RecordInputOptions, metric_counts, run_pipeline
+from pipelines.common import (
+    BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, metric_counts, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
@@ -38,6 +39,7 @@ from transforms.feature_stats import ComputeStatistics
 from transforms.features import serving_raw_values
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.skew import DEFAULT_THRESHOLDS, CountInTrainingBins, skew_report
+from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "skew"
 SAMPLES = Path(__file__).resolve().parent / "samples" / "skew"
@@ -62,7 +64,7 @@ class SkewOptions(PipelineOptions):
             help="Pub/Sub topic projects/P/topics/T: one JSON message per feature with anomalies.")
 
 
-OPTION_CLASSES = (SkewOptions, BatchInputOptions, RecordInputOptions)
+OPTION_CLASSES = (SkewOptions, BatchInputOptions, RecordInputOptions, UdfOptions)
 
 ANOMALY_BQ_SCHEMA = {"fields": [
     {"name": "checked_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
@@ -97,6 +99,9 @@ def _read_text(path):
 def validate(options):
     opts, out = options.view_as(SkewOptions), options.view_as(OutputOptions)
     check_record_inputs(options)
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     training_dir = opts.training_dir or str(SAMPLES / "training")
     try:
@@ -148,6 +153,13 @@ def build(pipeline, options, settings, source=None):
     strings = [f.name for f in features if f.name not in numeric]
     texts = {f.name for f in features if f.type == "text"}
     records = pipeline | "ReadServing" >> (source or record_source(options, SAMPLES / "serving.jsonl"))
+    dead_letter_sources = []
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        transformed = records | "ApplyUdf" >> beam.ParDo(
+            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
+        records = transformed.records
+        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
     values = records | "ServingValues" >> beam.ParDo(ServingValues(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
     statistics = (values.rows
                   | "AsServingSplit" >> beam.Map(lambda row: ("serving", row))
@@ -173,7 +185,7 @@ def build(pipeline, options, settings, source=None):
             (rows
              | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
              | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic))
-    dead_letters = (values[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters = (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
         False, out.bq_write_method)

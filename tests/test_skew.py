@@ -135,3 +135,12 @@ def test_drifted_serving_data_raises_anomalies_to_bigquery_and_pubsub(tmp_path, 
     messages = subscriber.pull(subscription=sub, max_messages=20, timeout=10).received_messages
     published = sorted(json.loads(m.message.data)["feature"] for m in messages)
     assert published == sorted(f for f, v in by_feature.items() if v["anomalies"])
+
+
+def test_a_udf_reshapes_serving_records_first(tmp_path):
+    udf = tmp_path / "older.js"
+    udf.write_text("function process(inJson) { var r = JSON.parse(inJson); if (r.age) { r.age = r.age + 30; }"
+                   " return JSON.stringify(r); }")
+    report = _run(tmp_path, "--udf_path", str(udf))
+    age = {f["feature"]: f for f in report["features"]}["age"]
+    assert age["measures"]["out_of_range"] > 0.3  # most customers now older than any in training
