@@ -169,6 +169,10 @@ def build(pipeline, options, settings, source=None):
     report = statistics | "SkewReport" >> beam.Map(
         lambda serving, bins_: skew_report(training, serving, bins_, settings.thresholds, texts),
         beam.pvalue.AsSingleton(bins))
+    (statistics
+     | "ServingStatisticsJson" >> beam.Map(lambda artifact: json.dumps(artifact, indent=1, sort_keys=True))
+     | "WriteServingStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "serving_statistics"),
+                                                       ".json", shard_name_template=""))
     (report
      | "ReportJson" >> beam.Map(lambda r: json.dumps(r, indent=1, sort_keys=True))
      | "WriteReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "anomalies"), ".json",
@@ -203,7 +207,7 @@ def report(result, options, settings):
         new = f["measures"].get("new_categories")
         lines.append(f"{f['feature']:<14}{measures}" + (f", new: {new}" if new else ""))
         lines.extend(f"  ANOMALY {a['measure']} {a['value']:.3f} > {a['threshold']:g}" for a in f["anomalies"])
-    lines.append(f"report: {output_dir}/anomalies.json")
+    lines.append(f"report: {output_dir}/anomalies.json, serving statistics: {output_dir}/serving_statistics.json")
     return "\n".join(lines)
 
 
