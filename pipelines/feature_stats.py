@@ -31,6 +31,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
+    add_progress,
     BatchInputOptions, OutputOptions, RecordInputOptions, TfRecordOutputOptions, UdfOptions,
     metric_counts, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
@@ -120,6 +121,7 @@ def build(pipeline, options, settings, source=None):
     records = (pipeline
                | "ReadRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
+    read = records
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
@@ -186,6 +188,7 @@ def build(pipeline, options, settings, source=None):
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
         False, out.bq_write_method)
+    add_progress(options, PIPELINE, read, dead_letters)
     return FeatureStatsOutputs(statistics, transformed, dead_letters)
 
 

@@ -33,6 +33,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
+    add_progress,
     ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
     metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
@@ -188,7 +189,7 @@ def build(pipeline, options, settings, source=None):
         if not (input_dir or pubsub.input_subscription or pubsub.input_topic or opts.input_manifest):
             input_dir = str(SAMPLE_DIR)
         source = ReadImageSources(pubsub.input_subscription, pubsub.input_topic, input_dir, opts.input_manifest)
-    raw = pipeline | "ReadImageSources" >> source
+    raw = read = pipeline | "ReadImageSources" >> source
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
@@ -250,6 +251,7 @@ def build(pipeline, options, settings, source=None):
     (dead_letters, *sink_failures) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
         streaming, out.bq_write_method)
+    add_progress(options, PIPELINE, read, dead_letters)
     return ImageIngestOutputs(split.split, manifest, dead_letters, label_report)
 
 

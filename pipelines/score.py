@@ -42,6 +42,7 @@ from apache_beam.pvalue import PCollection
 from tensorflow import errors as tf_errors
 
 from pipelines.common import (
+    add_progress,
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
     PubsubInputOptions, UdfOptions, metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
@@ -304,7 +305,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     project = options.view_as(GoogleCloudOptions).project
     if source is None:
         source = _source(pubsub, batch, options.view_as(ImageFolderInputOptions).input_dir)
-    raw = pipeline | "ReadRequests" >> source
+    raw = read = pipeline | "ReadRequests" >> source
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
@@ -351,6 +352,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic,
         FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None, streaming, out.bq_write_method)
+    add_progress(options, PIPELINE, read, dead_letters)
     return ScoreOutputs(rows, dead_letters)
 
 

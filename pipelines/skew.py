@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
+    add_progress,
     BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, metric_counts, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
@@ -152,7 +153,7 @@ def build(pipeline, options, settings, source=None):
     numeric = [f.name for f in features if training["features"][f.name]["type"] == "numeric"]
     strings = [f.name for f in features if f.name not in numeric]
     texts = {f.name for f in features if f.type == "text"}
-    records = pipeline | "ReadServing" >> (source or record_source(options, SAMPLES / "serving.jsonl"))
+    records = read = pipeline | "ReadServing" >> (source or record_source(options, SAMPLES / "serving.jsonl"))
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
@@ -193,6 +194,7 @@ def build(pipeline, options, settings, source=None):
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
         False, out.bq_write_method)
+    add_progress(options, PIPELINE, read, dead_letters)
     return SkewOutputs(report, dead_letters)
 
 

@@ -32,6 +32,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
+    add_progress,
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, UdfOptions,
     metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
@@ -155,6 +156,7 @@ def build(pipeline, options, config, source=None):
     records = (pipeline
                | "ReadLogRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
+    read = records
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
@@ -200,6 +202,7 @@ def build(pipeline, options, config, source=None):
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, local("dead_letters"), streaming,
         out.bq_write_method)
+    add_progress(options, PIPELINE, read, dead_letters)
     return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 

@@ -41,6 +41,7 @@ PARAMETERS = {
     "dead_letter_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.dead_letters"),
     "dead_letter_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/sli-dead-letters"),
     "bq_write_method": ("TEXT", [one_of(common.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
+    "progress": ("TEXT", [one_of(("auto", "off"))], "off"),
     "udf_path": ("GCS_READ_FILE", [r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+\.(js|py)$"], "gs://my-bucket/udf/mask_pii.py"),
     "udf_function": ("TEXT", [r"^[A-Za-z_$][A-Za-z0-9_$]*$"], "process"),
     "input_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/images"),
