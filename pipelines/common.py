@@ -112,6 +112,29 @@ class TfRecordOutputOptions(PipelineOptions):
             help="TFRecord compression. Default: gzip.")
 
 
+class TensorBoardOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--tensorboard_dir", type=str, default=None,
+            help="Write TensorBoard event files (local or gs://) under <dir>/<--tensorboard_run>; several runs "
+                 "side by side in one TensorBoard.")
+        parser.add_argument(
+            "--tensorboard_run", type=str, default=None,
+            help="Run name (sub-directory of --tensorboard_dir). Default: <pipeline>-<UTC start time>.")
+
+
+def resolve_tensorboard_run(options, pipeline_name):
+    """Checks the TensorBoard flags and fills in the default run name."""
+    import datetime
+
+    tb = options.view_as(TensorBoardOptions)
+    if tb.tensorboard_run and not tb.tensorboard_dir:
+        raise ValueError("--tensorboard_run needs --tensorboard_dir")
+    if tb.tensorboard_dir and not tb.tensorboard_run:
+        tb.tensorboard_run = f"{pipeline_name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+
+
 class BigQueryOutputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -31,9 +31,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    add_progress,
-    BatchInputOptions, OutputOptions, RecordInputOptions, TfRecordOutputOptions, UdfOptions,
-    metric_counts, run_pipeline)
+    BatchInputOptions, OutputOptions, RecordInputOptions, TensorBoardOptions, TfRecordOutputOptions, UdfOptions,
+    add_progress, metric_counts, resolve_tensorboard_run, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
@@ -41,6 +40,7 @@ from transforms.feature_stats import ComputeStatistics
 from transforms.features import (
     PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, read_statistics, stats_rows)
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from transforms.tensorboard import WriteFeatureSummaries
 from transforms.udf import ApplyUdf, load_udf
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "features"
@@ -61,7 +61,8 @@ class FeatureStatsOptions(PipelineOptions):
                  "(created if missing, day-partitioned on computed_at).")
 
 
-OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, RecordInputOptions, TfRecordOutputOptions, UdfOptions)
+OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, RecordInputOptions, TfRecordOutputOptions,
+                  TensorBoardOptions, UdfOptions)
 
 
 SPEC_FILE = "feature_spec.yaml"  # written next to transform_fn/: scoring reads it with --transform_dir
@@ -95,6 +96,7 @@ def validate(options):
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
+    resolve_tensorboard_run(options, PIPELINE)
     spec_path = opts.feature_spec or str(SAMPLE_SPEC)
     spec = load_feature_spec(spec_path, read=_read_text)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
@@ -148,6 +150,10 @@ def build(pipeline, options, settings, source=None):
          {"run_id": settings.run_id, **{a["split"]: a for a in artifacts}}, indent=1, sort_keys=True))
      | "WriteStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "statistics"), ".json",
                                                 shard_name_template=""))
+    tb = options.view_as(TensorBoardOptions)
+    if tb.tensorboard_dir:
+        statistics | "WriteTensorBoard" >> beam.ParDo(
+            WriteFeatureSummaries(FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run)))
     sink_failures = ()
     if opts.stats_table:
         computed_at = datetime.datetime.now(datetime.timezone.utc).isoformat()

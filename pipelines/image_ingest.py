@@ -33,9 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    add_progress,
     ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
-    metric_counts, run_pipeline)
+    add_progress, metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,

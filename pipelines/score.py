@@ -42,9 +42,8 @@ from apache_beam.pvalue import PCollection
 from tensorflow import errors as tf_errors
 
 from pipelines.common import (
-    add_progress,
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
-    PubsubInputOptions, UdfOptions, metric_counts, run_pipeline)
+    PubsubInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import serving_features
 from transforms.image_ingest import ReadImageSources

@@ -30,8 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    add_progress,
-    BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, metric_counts, run_pipeline)
+    BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter

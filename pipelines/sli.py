@@ -19,7 +19,6 @@ Streaming on Dataflow, from a Cloud Logging sink's Pub/Sub subscription to BigQu
 Backfill: the same with `--input_files 'gs://B/logs/*.json.gz'` or `--input_table P:logs.requests_export`
 instead of the subscription (and no --streaming).
 """
-import datetime
 import json
 import logging
 import os
@@ -32,9 +31,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    add_progress,
-    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, UdfOptions,
-    metric_counts, run_pipeline)
+    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, TensorBoardOptions,
+    UdfOptions, add_progress, metric_counts, resolve_tensorboard_run, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -65,14 +63,6 @@ class SliOptions(PipelineOptions):
             help="How late (event time behind the watermark) a record may arrive and still update its "
                  "window with a LATE pane. Default: 3600.")
         parser.add_argument(
-            "--tensorboard_dir", type=str, default=None,
-            help="Write TensorBoard event files (local or gs://) under <dir>/<--tensorboard_run>: per SLI "
-                 "its value and per journey p50/p99 latency, at the window end.")
-        parser.add_argument(
-            "--tensorboard_run", type=str, default=None,
-            help="Run name (sub-directory of --tensorboard_dir), so runs sit side by side. Default: "
-                 "sli-<UTC start time>.")
-        parser.add_argument(
             "--slo_table", type=str, default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for SLO status rows, one per SLO and evaluated minute "
                  "(created if missing, day-partitioned on evaluated_at, clustered by slo).")
@@ -84,7 +74,7 @@ class SliOptions(PipelineOptions):
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
 OPTION_CLASSES = (SliOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions, BigtableOptions,
-                  UdfOptions)
+                  TensorBoardOptions, UdfOptions)
 
 
 class SliOutputs(NamedTuple):
@@ -129,10 +119,7 @@ def validate(options):
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)  # fail at start-up, not on the workers
     config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
-    if sli.tensorboard_run and not sli.tensorboard_dir:
-        raise ValueError("--tensorboard_run needs --tensorboard_dir")
-    if sli.tensorboard_dir and not sli.tensorboard_run:
-        sli.tensorboard_run = f"sli-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    resolve_tensorboard_run(options, PIPELINE)
     if not config.slos and (sli.slo_table or sli.alerts_topic):
         raise ValueError("--slo_table and --alerts_topic need SLOs: add a 'slos' section to --sli_config")
     if config.slos and sli.window_seconds != 60:
@@ -186,9 +173,10 @@ def build(pipeline, options, config, source=None):
     sink_failures = rows | "WriteSliRows" >> WriteRecords(
         PIPELINE, bigquery(options.view_as(BigQueryOutputOptions).output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
         bigtable(bigtable_row_key, "emitted_at"), local_prefix=local("sli_rows"), streaming=streaming)
-    if sli.tensorboard_dir:
+    tb = options.view_as(TensorBoardOptions)
+    if tb.tensorboard_dir:
         rows | "WriteTensorBoard" >> beam.ParDo(
-            WriteSliSummaries(config, FileSystems.join(sli.tensorboard_dir, sli.tensorboard_run)))
+            WriteSliSummaries(config, FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run)))
     slo_status = alerts = None
     if config.slos:
         slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, bounded=parsed.events.is_bounded)

@@ -147,7 +147,8 @@ def main(argv=None):
     if not FileSystems.exists(args.statistics):
         raise SystemExit(f"error: --statistics {args.statistics} does not exist; run python -m pipelines.feature_stats first")
     statistics = _read_json(args.statistics)
-    skew_dir = args.skew_dir or (os.path.join("output", "skew") if os.path.isdir(os.path.join("output", "skew")) else None)
+    default_skew_dir = os.path.join("output", "skew")
+    skew_dir = args.skew_dir or (default_skew_dir if os.path.isdir(default_skew_dir) else None)
     anomalies = None
     if skew_dir:
         statistics = {**statistics, "serving": _read_json(FileSystems.join(skew_dir, "serving_statistics.json"))}

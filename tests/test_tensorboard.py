@@ -1,6 +1,7 @@
 """TensorBoard event files written by the SLI pipeline, read back with TensorFlow's summary iterator and
 checked against the pipeline's own rows."""
 import datetime
+import json
 
 import pytest
 
@@ -50,3 +51,34 @@ def test_summaries_match_the_rows(subset_file, tmp_path):  # noqa: F811
 def test_run_name_needs_a_directory():
     with pytest.raises(SystemExit, match="--tensorboard_run needs --tensorboard_dir"):
         sli.run(["--tensorboard_run", "x"])
+
+
+def test_feature_statistics_summaries(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines import feature_stats
+    from tests.test_feature_pipeline import run_pipeline
+
+    run_pipeline(feature_stats.SAMPLE_SPEC, tmp_path / "out", "--tensorboard_dir", str(tmp_path / "tb"),
+                 "--tensorboard_run", "churn-v1")
+    stats = json.loads((tmp_path / "out" / "statistics.json").read_text())
+    for split in ("train", "eval"):
+        scalars, histograms = {}, {}
+        for path in (tmp_path / "tb" / "churn-v1" / split).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    if value.HasField("tensor"):
+                        histograms[value.tag] = tf.make_ndarray(value.tensor)
+                        assert value.metadata.plugin_data.plugin_name == "histograms"
+                    else:
+                        scalars[value.tag] = value.simple_value
+        for name, f in stats[split]["features"].items():
+            assert scalars[f"{name}/count"] == f["count"]
+            assert scalars[f"{name}/missing_rate"] == pytest.approx(f["missing"] / f["count"])
+            if f["type"] == "numeric":
+                assert scalars[f"{name}/mean"] == pytest.approx(f["mean"], rel=1e-6)
+                np.testing.assert_allclose(histograms[f"{name}/histogram"],
+                                           [[b["low"], b["high"], b["count"]] for b in f["histogram"]])
+            else:
+                assert scalars[f"{name}/distinct"] == f["distinct"]
