@@ -9,7 +9,8 @@ TensorFlow on the same rows in large batches (the ceiling), for two models:
     python -m bench.score [--rows 8000] [--batch_sizes 32,256]
 
 The pipeline reads JSONL requests, parses and checks each against the signature, batches, scores through
-RunInference, and writes prediction rows to JSONL. The ceiling calls the model on the rows already
+RunInference, and writes prediction rows to JSONL; their latency_ms (read to prediction) gives the
+latency percentiles. Publish-to-prediction latency in streaming is measured by tests/test_score_e2e.py. The ceiling calls the model on the rows already
 decoded in memory: model time only. Each run is its own process.
 """
 import argparse
@@ -104,6 +105,13 @@ def pipeline(model_path, requests, out, batch_size):
     return metric_counts(result, "score").get("scored", 0), time.perf_counter() - start
 
 
+def latency_percentiles(out):
+    """p50 and p99 of the rows' latency_ms: from reading the request to its prediction."""
+    latencies = [json.loads(line)["latency_ms"] for path in Path(out).glob("predictions-*.jsonl")
+                 for line in path.read_text().splitlines()]
+    return tuple(np.percentile(latencies, [50, 99]))
+
+
 def _child(args):
     if args.child == "ceiling":
         done, seconds = ceiling(args.model, args.requests, args.batch_size)
@@ -140,7 +148,8 @@ def main(argv=None):
         print(f"{args.rows} requests per model. Ceiling: the faster of plain TF at each batch size. Pipeline "
               f"seconds include the runner's start and the model load; 'steady' subtracts a {STARTUP_ROWS}-row "
               f"run's time (start-up) and counts the rest")
-        print(f"{'model':<9}{'run':<26}{'rows/s':>8}{'seconds':>9}{'vs ceiling':>12}{'steady':>9}{'overhead/row':>14}")
+        print(f"{'model':<9}{'run':<26}{'rows/s':>8}{'seconds':>9}{'vs ceiling':>12}{'steady':>9}{'overhead/row':>14}"
+              f"{'latency p50/p99 ms':>20}")
         for kind, make in (("cnn", make_cnn), ("tabular", make_tabular)):
             model_path, requests, small = make(root), root / f"{kind}.jsonl", root / f"{kind}-small.jsonl"
             make_requests(kind, args.rows, requests)
@@ -161,8 +170,10 @@ def main(argv=None):
                 assert scored == done == args.rows, (scored, done)
                 steady = (scored - STARTUP_ROWS) / (seconds - startup_s)
                 overhead_us = (1 / steady - ceiling_s / scored) * 1e6
+                p50, p99 = latency_percentiles(root / f"out-{kind}-{batch_size}")
                 print(f"{kind:<9}{f'pipeline, batch {batch_size}':<26}{scored / seconds:>8.0f}{seconds:>9.2f}"
-                      f"{ceiling_s / seconds:>11.2f}x{steady * ceiling_s / scored:>8.2f}x{overhead_us:>11.0f} us")
+                      f"{ceiling_s / seconds:>11.2f}x{steady * ceiling_s / scored:>8.2f}x{overhead_us:>11.0f} us"
+                      f"{f'{p50:,.0f} / {p99:,.0f}':>20}")
 
 
 if __name__ == "__main__":

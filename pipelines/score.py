@@ -43,7 +43,8 @@ from tensorflow import errors as tf_errors
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
-    PubsubInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
+    PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
+from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import serving_features
 from transforms.image_ingest import ReadImageSources
@@ -103,7 +104,8 @@ class ScoreOptions(PipelineOptions):
                  "(set when the table is created). Default: 24.")
 
 
-OPTION_CLASSES = (ScoreOptions, PubsubInputOptions, BatchInputOptions, ImageFolderInputOptions, LabelMapOptions,
+OPTION_CLASSES = (ScoreOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, ImageFolderInputOptions,
+                  LabelMapOptions,
                   BigQueryOutputOptions, BigtableOptions, UdfOptions)
 
 
@@ -126,10 +128,12 @@ def validate(options):
     bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
     inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
     inputs += [f for f in ("input_files", "input_table") if getattr(batch, f)]
+    inputs += ["input_query"] if options.view_as(RecordInputOptions).input_query else []
     input_dir = options.view_as(ImageFolderInputOptions).input_dir
     inputs += ["input_dir"] if input_dir else []
     if len(inputs) > 1:
         raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
+    check_record_inputs(options)
     streaming = bool(pubsub.input_subscription or pubsub.input_topic)
     if streaming:
         options.view_as(StandardOptions).streaming = True
@@ -202,6 +206,8 @@ class ParseRequests(beam.DoFn):
                 payload, record = raw.data, {"id": raw.source_id, "image_data": raw.data}
             else:
                 record = raw if isinstance(raw, dict) else _json(raw)
+                if "image/encoded" in record:  # a tf.train.Example of the image-ingestion pipeline
+                    record = {"id": record.get("image/source_id"), "image_data": record["image/encoded"]}
             if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
                 record = {**record, "features": serving_features(record.get("features", record), self._feature_spec)}
             request_id, content_key, example = prepare_example(record, self._inputs, self._feature_spec is not None)
@@ -298,12 +304,11 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     """Wires the graph. `source` replaces the input (Create/TestStream in tests): PubsubMessage, JSON lines,
     dicts or ImageInput. `model_updates` (ModelMetadata) replaces the --model_watch_pattern watcher."""
     opts = options.view_as(ScoreOptions)
-    pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
     bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     project = options.view_as(GoogleCloudOptions).project
     if source is None:
-        source = _source(pubsub, batch, options.view_as(ImageFolderInputOptions).input_dir)
+        source = _source(options)
     raw = read = pipeline | "ReadRequests" >> source
     dead_letter_sources = []
     udf = options.view_as(UdfOptions)
@@ -355,15 +360,15 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     return ScoreOutputs(rows, dead_letters)
 
 
-def _source(pubsub, batch, input_dir):
+def _source(options):
+    pubsub = options.view_as(PubsubInputOptions)
     if pubsub.input_subscription or pubsub.input_topic:
         return beam.io.ReadFromPubSub(subscription=pubsub.input_subscription, topic=pubsub.input_topic,
                                       with_attributes=True)
+    input_dir = options.view_as(ImageFolderInputOptions).input_dir
     if input_dir:
         return ReadImageSources(input_dir=input_dir)
-    if batch.input_table:
-        return beam.io.ReadFromBigQuery(table=batch.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ)
-    return beam.io.ReadFromText(batch.input_files or str(SAMPLE_REQUESTS))
+    return record_source(options, SAMPLE_REQUESTS)  # files (JSONL, CSV, Parquet, TFRecord), table or query
 
 
 def report(result, output_dir):

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms import window
 
-from pipelines import score
+from pipelines import image_ingest, score
 from pipelines.samples.images import LABELS
 from pipelines.samples.score_model import encoded_image, export_serving, sample_requests, train_classifier
 from transforms.deadletter import RecordError
@@ -218,3 +218,25 @@ def test_tabular_requests_get_the_training_transform(tmp_path):
         assert json.loads(rows[key]["outputs"])["output_0"] == pytest.approx(want.tolist(), abs=1e-5)
     dead = [json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
     assert [(d["reason"], "tenure_days" in d["error_message"]) for d in dead] == [("missing_feature", True)]
+
+
+def test_batch_scoring_of_the_image_pipelines_tfrecords(image_model, tmp_path):
+    """The image-ingestion pipeline's TFRecords scored as they are: one prediction per example, equal to
+    the model called on the example's encoded image."""
+    from tests.test_image_ingest_pipeline import read_examples, run_pipeline as ingest
+
+    ingest("--input_dir", str(image_ingest.SAMPLE_DIR), "--output_dir", str(tmp_path / "images"))
+    examples = read_examples(tmp_path / "images", "train")
+    options = PipelineOptions(["--runner", "FnApiRunner", "--model_path", str(image_model / "models" / "1"),
+                               "--input_files", str(tmp_path / "images" / "train" / "images-*.tfrecord.gz"),
+                               "--output_dir", str(tmp_path / "out")])
+    settings = score.validate(options)
+    with beam.Pipeline(options=options) as pipeline:
+        score.build(pipeline, options, settings)
+    rows = {r["request_id"]: r for f in (tmp_path / "out").glob("predictions-*.jsonl")
+            for r in map(json.loads, f.read_text().splitlines())}
+    ids = [e["image/source_id"].decode() for e in examples]
+    assert sorted(rows) == sorted(ids)
+    expected = direct_scores(image_model / "models" / "1", [e["image/encoded"] for e in examples])
+    for source_id, scores in zip(ids, expected):
+        np.testing.assert_allclose(json.loads(rows[source_id]["outputs"])["scores"], scores, rtol=1e-5, atol=1e-6)

@@ -26,7 +26,8 @@ def detect_format(pattern):
 
 
 def example_to_dict(serialized):
-    """A tf.train.Example -> {feature: first value} (bytes decoded as UTF-8; empty lists are missing)."""
+    """A tf.train.Example -> {feature: first value} (UTF-8 bytes decoded to text, other bytes kept, such as
+    encoded images; empty lists are missing)."""
     import tensorflow as tf
 
     example = tf.train.Example.FromString(serialized)
@@ -35,7 +36,12 @@ def example_to_dict(serialized):
         values = feature.bytes_list.value or feature.float_list.value or feature.int64_list.value
         if values:
             value = values[0]
-            row[name] = value.decode("utf-8") if isinstance(value, bytes) else value
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+            row[name] = value
     return row
 
 
