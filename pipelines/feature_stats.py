@@ -198,7 +198,8 @@ def build(pipeline, options, settings, source=None):
     return FeatureStatsOutputs(statistics, transformed, dead_letters)
 
 
-def report(result, output_dir, spec):
+def report(result, options, settings):
+    output_dir, spec = options.view_as(OutputOptions).output_dir, settings.spec
     counts = metric_counts(result, PIPELINE)
     lines = [f"records in: {counts.get('records_in', 0)}  rows: "
              + ", ".join(f"{s}={counts.get(f'rows_{s}', 0)}" for s in spec.splits)
@@ -223,8 +224,7 @@ def report(result, output_dir, spec):
 
 
 def run(argv=None):
-    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, lambda result, options, settings: report(
-        result, options.view_as(OutputOptions).output_dir, settings.spec))
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, report)
 
 
 if __name__ == "__main__":

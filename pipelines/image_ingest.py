@@ -254,8 +254,9 @@ def build(pipeline, options, settings, source=None):
     return ImageIngestOutputs(split.split, manifest, dead_letters, label_report)
 
 
-def report(result, output_dir):
+def report(result, options, _settings):
     """Counts from Beam metrics, then the label report's table and warnings (batch)."""
+    output_dir = options.view_as(OutputOptions).output_dir
     counts = metric_counts(result, PIPELINE)
     lines = [f"inputs: {counts.get('inputs', 0)}  accepted: {counts.get('manifest_accepted', 0)}  "
              f"duplicates: {counts.get('manifest_duplicate', 0)}  over the cap: {counts.get('manifest_over_cap', 0)}  "
@@ -279,8 +280,7 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build,
-                        lambda result, options, _: report(result, options.view_as(OutputOptions).output_dir))
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, report)
 
 
 if __name__ == "__main__":

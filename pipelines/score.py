@@ -46,7 +46,7 @@ from pipelines.common import (
     PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
-from transforms.features import serving_features
+from transforms.features import record_dict, serving_features
 from transforms.image_ingest import ReadImageSources
 from transforms.images import ImageInput, parse_label_map
 from transforms.scoring import (
@@ -200,12 +200,12 @@ class ParseRequests(beam.DoFn):
         try:
             if isinstance(raw, PubsubMessage):
                 payload, attributes = raw.data, dict(raw.attributes or {})
-                record = _json(raw.data) if raw.data.lstrip()[:1] == b"{" else {"image_data": raw.data}
+                record = record_dict(raw.data) if raw.data.lstrip()[:1] == b"{" else {"image_data": raw.data}
                 record.setdefault("id", attributes.get("request_id") or attributes.get("id") or raw.message_id)
             elif isinstance(raw, ImageInput):
                 payload, record = raw.data, {"id": raw.source_id, "image_data": raw.data}
             else:
-                record = raw if isinstance(raw, dict) else _json(raw)
+                record = record_dict(raw)
                 if "image/encoded" in record:  # a tf.train.Example of the image-ingestion pipeline
                     record = {"id": record.get("image/source_id"), "image_data": record["image/encoded"]}
             if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
@@ -215,16 +215,6 @@ class ParseRequests(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
             return
         yield ScoringRequest(request_id, content_key, received_at), example
-
-
-def _json(text):
-    try:
-        record = json.loads(text)
-    except ValueError as e:
-        raise RecordError("invalid_json", f"the request is not JSON: {e}") from None
-    if not isinstance(record, dict):
-        raise RecordError("invalid_json", f"the request must be a JSON object, got {type(record).__name__}")
-    return record
 
 
 class LookupCache(beam.DoFn):
@@ -371,7 +361,8 @@ def _source(options):
     return record_source(options, SAMPLE_REQUESTS)  # files (JSONL, CSV, Parquet, TFRecord), table or query
 
 
-def report(result, output_dir):
+def report(result, options, _settings):
+    output_dir = options.view_as(OutputOptions).output_dir
     counts = metric_counts(result, PIPELINE)
     lines = [f"scored: {counts.get('scored', 0)}  from the cache: {counts.get('cache_hits', 0)}  "
              f"dead letters: {counts.get('dead_letters', 0)}"]
@@ -393,8 +384,7 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build,
-                        lambda result, options, _: report(result, options.view_as(OutputOptions).output_dir))
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, report)
 
 
 if __name__ == "__main__":

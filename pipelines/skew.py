@@ -36,7 +36,7 @@ from pipelines.feature_stats import SPEC_FILE
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.feature_spec import load_feature_spec
 from transforms.feature_stats import ComputeStatistics
-from transforms.features import serving_raw_values
+from transforms.features import record_dict, serving_raw_values
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.skew import DEFAULT_THRESHOLDS, CountInTrainingBins, skew_report
 from transforms.udf import ApplyUdf, load_udf
@@ -126,13 +126,9 @@ class ServingValues(beam.DoFn):
 
     def process(self, record):
         try:
-            row = record if isinstance(record, dict) else json.loads(record)
-            if not isinstance(row, dict):
-                raise RecordError("invalid_json", "a record must be a JSON object")
-            values = serving_raw_values(row, self._spec)
-        except ValueError as e:
-            error = e if isinstance(e, RecordError) else RecordError("invalid_json", f"not JSON: {e}")
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, record, error))
+            values = serving_raw_values(record_dict(record), self._spec)
+        except RecordError as e:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, record, e))
             return
         Metrics.counter(PIPELINE, "serving_rows").inc()
         yield values

@@ -202,8 +202,9 @@ def _read_jsonl(pattern):
     return rows
 
 
-def report(result, output_dir):
+def report(result, options, _settings):
     """A short text report of a finished batch run: counts from Beam metrics, SLIs from the output files."""
+    output_dir = options.view_as(OutputOptions).output_dir
     counts = metric_counts(result, PIPELINE)
     lines = [
         f"records in: {counts.get('records_in', 0)}  events: {counts.get('records_parsed', 0)}  "
@@ -247,8 +248,7 @@ def report(result, output_dir):
 
 
 def run(argv=None):
-    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build,
-                        lambda result, options, _: report(result, options.view_as(OutputOptions).output_dir))
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, report)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,19 @@ def serving_features(features, spec):
             for f in spec.inputs if f.type != "label"}
 
 
+def record_dict(record):
+    """A record as read (dict, or JSON text/bytes) -> dict; RecordError("invalid_json") otherwise."""
+    if isinstance(record, dict):
+        return record
+    try:
+        row = json.loads(record)
+    except ValueError as e:
+        raise RecordError("invalid_json", f"not JSON: {e}") from None
+    if not isinstance(row, dict):
+        raise RecordError("invalid_json", f"a record must be a JSON object, got {type(row).__name__}")
+    return row
+
+
 class CleanseRecords(beam.DoFn):
     """Raw record -> Cleansed with its split (by key hash; left to AssignSplits when stratified) or a
     dead letter with the reason."""
@@ -141,13 +154,9 @@ class CleanseRecords(beam.DoFn):
 
     def process(self, record):
         try:
-            row = record if isinstance(record, dict) else json.loads(record)
-            if not isinstance(row, dict):
-                raise RecordError("invalid_json", "a record must be a JSON object")
-            cleansed = cleanse(row, self._spec)
-        except ValueError as e:  # RecordError, and JSON errors
-            error = e if isinstance(e, RecordError) else RecordError("invalid_json", f"not JSON: {e}")
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, record, error))
+            cleansed = cleanse(record_dict(record), self._spec)
+        except RecordError as e:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, record, e))
             return
         if not self._spec.stratify:
             cleansed = cleansed._replace(split=streaming_split(cleansed.split_hash, self._spec.split_fractions))
