@@ -17,6 +17,7 @@ from google.cloud import bigquery, pubsub_v1
 
 from pipelines import image_ingest
 from pipelines.samples.images import image_bytes
+from tests.pubsub_wait import wait_for_messages
 from tests.test_sli_e2e import ROOT, bq_client
 
 
@@ -84,10 +85,9 @@ def streamed(services, project, tmp_path_factory):
                 manifest = [dict(r) for r in bq.query("SELECT * FROM ml.image_manifest").result()]
             except Exception:  # noqa: BLE001 - the table appears with the first write
                 manifest = []
+        dead = wait_for_messages(subscriber, dead_sub, 6)  # the 6 rejected inputs
     finally:
         result.cancel()
-    dead = [json.loads(m.message.data) for m in
-            subscriber.pull(subscription=dead_sub, max_messages=100, timeout=10).received_messages]
     return {"accepted": accepted, "examples": examples, "manifest": manifest, "dead": dead}
 
 

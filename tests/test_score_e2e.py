@@ -19,6 +19,7 @@ from pipelines import score
 from pipelines.samples.images import LABELS
 from pipelines.samples.score_model import encoded_image
 from tests.test_scoring import direct_scores, image_model  # noqa: F401 - the model fixture
+from tests.pubsub_wait import wait_for_messages
 from tests.test_sli_e2e import bq_client
 from transforms.scoring import content_row_key, lookup_prediction
 
@@ -85,10 +86,9 @@ def streamed(image_model, services, project, tmp_path_factory):  # noqa: F811
         for source in ("a0", "a1"):
             publisher.publish(topics["score-requests"], request(f"again-{source}", images[source])).result(timeout=30)
         again = predictions.wait_for(["again-a0", "again-a1"])
+        dead = wait_for_messages(subscriber, subs["score-dead-letters"], 2)  # the 2 malformed requests
     finally:
         result.cancel()
-    dead = [json.loads(m.message.data) for m in
-            subscriber.pull(subscription=subs["score-dead-letters"], max_messages=10, timeout=10).received_messages]
     return {"models": models, "images": images, "first": first, "again": again, "all": predictions.rows,
             "dead": dead}
 
