@@ -1,8 +1,10 @@
 """What every pipeline shares: output/dead-letter flags, --help, runner defaults, the local report."""
 import argparse
+import json
 import logging
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
@@ -193,6 +195,27 @@ def choose_local_runner(options):
         standard.runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
         logging.info("No --runner given: using %s", standard.runner)
     return standard.runner
+
+
+def read_text(path):
+    """A whole text file, local or gs://."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read().decode("utf-8")
+
+
+def read_jsonl(pattern):
+    """Every JSON line of the files matching `pattern` (local or gs://; .gz read transparently)."""
+    rows = []
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            rows.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip())
+    return rows
+
+
+def dead_letters_by_reason(counts, title="dead letters by reason"):
+    """The report line of the `dead_letters_<reason>` counters, or None when there were none."""
+    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    return f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) if reasons else None
 
 
 def metric_counts(result, namespace):

@@ -32,7 +32,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, OutputOptions, RecordInputOptions, TensorBoardOptions, TfRecordOutputOptions, UdfOptions,
-    add_progress, metric_counts, resolve_tensorboard_run, run_pipeline)
+    add_progress, dead_letters_by_reason, metric_counts, read_text, resolve_tensorboard_run, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
@@ -81,11 +81,6 @@ class FeatureStatsOutputs(NamedTuple):
     dead_letters: PCollection
 
 
-def _read_text(path):
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read().decode("utf-8")
-
-
 def validate(options):
     opts = options.view_as(FeatureStatsOptions)
     out = options.view_as(OutputOptions)
@@ -98,10 +93,14 @@ def validate(options):
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     resolve_tensorboard_run(options, PIPELINE)
     spec_path = opts.feature_spec or str(SAMPLE_SPEC)
-    spec = load_feature_spec(spec_path, read=_read_text)
+    try:
+        spec_text = read_text(spec_path)
+    except OSError as e:
+        raise ValueError(f"--feature_spec: cannot read {spec_path}: {e}") from None
+    spec = load_feature_spec(spec_path, read=lambda _: spec_text)  # read once: it is also written beside transform_fn/
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Settings(spec, _read_text(spec_path), run_id, temp_dir)
+    return Settings(spec, spec_text, run_id, temp_dir)
 
 
 def _count(element, counter):
@@ -204,9 +203,9 @@ def report(result, options, settings):
     lines = [f"records in: {counts.get('records_in', 0)}  rows: "
              + ", ".join(f"{s}={counts.get(f'rows_{s}', 0)}" for s in spec.splits)
              + f"  dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}"]
-    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
-    if reasons:
-        lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    by_reason = dead_letters_by_reason(counts)
+    if by_reason:
+        lines.append(by_reason)
     stats = read_statistics(output_dir)
     lines.append(f"{'feature':<14}{'split':<7}{'missing':>8}{'min':>12}{'mean':>12}{'max':>12}  top values")
     for name, feature in stats["train"]["features"].items():

@@ -34,7 +34,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
-    add_progress, metric_counts, run_pipeline)
+    add_progress, dead_letters_by_reason, metric_counts, read_text, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
@@ -121,11 +121,6 @@ class ImageIngestOutputs(NamedTuple):
     label_report: PCollection  # None in streaming
 
 
-def _read_text(path):
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read().decode("utf-8")
-
-
 def validate(options):
     """Cross-flag checks before any graph is built; returns the parsed Settings."""
     opts = options.view_as(ImageIngestOptions)
@@ -163,7 +158,7 @@ def validate(options):
     labels = None
     if label_map:
         try:
-            labels = parse_label_map(_read_text(label_map), label_map)
+            labels = parse_label_map(read_text(label_map), label_map)
         except OSError as e:
             raise ValueError(f"--label_map: cannot read {label_map}: {e}") from None
     return Settings(parse_image_size(opts.image_size), parse_splits(opts.splits), labels)
@@ -261,12 +256,12 @@ def report(result, options, _settings):
     lines = [f"inputs: {counts.get('inputs', 0)}  accepted: {counts.get('manifest_accepted', 0)}  "
              f"duplicates: {counts.get('manifest_duplicate', 0)}  over the cap: {counts.get('manifest_over_cap', 0)}  "
              f"rejected (dead letters): {counts.get('manifest_rejected', 0)}"]
-    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
-    if reasons:
-        lines.append("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    by_reason = dead_letters_by_reason(counts, "rejected by reason")
+    if by_reason:
+        lines.append(by_reason)
     report_path = FileSystems.join(output_dir, "label_report.json")
     if FileSystems.exists(report_path):
-        label_report = json.loads(_read_text(report_path))
+        label_report = json.loads(read_text(report_path))
         splits = sorted({k for c in label_report["labels"].values() for k in c} - {"accepted", "duplicate",
                                                                                    "over_cap", "rejected"})
         columns = [*splits, "accepted", "duplicate", "over_cap", "rejected"]

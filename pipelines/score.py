@@ -42,8 +42,9 @@ from apache_beam.pvalue import PCollection
 from tensorflow import errors as tf_errors
 
 from pipelines.common import (
-    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions, OutputOptions,
-    PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
+    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions,
+    OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, dead_letters_by_reason,
+    metric_counts, read_jsonl, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import record_dict, serving_features
@@ -174,8 +175,7 @@ def validate(options):
     labels_path = str(SAMPLE_LABELS) if default_model and not label_map else label_map
     labels = None
     if labels_path:
-        with FileSystems.open(labels_path, compression_type="uncompressed") as f:
-            labels = parse_label_map(f.read().decode("utf-8"), labels_path)
+        labels = parse_label_map(read_text(labels_path), labels_path)
         if len(model.output_names) != 1:
             raise ValueError(f"--label_map: the model has {len(model.output_names)} outputs {model.output_names}; "
                              f"top-k labels need a classifier with one output")
@@ -366,14 +366,11 @@ def report(result, options, _settings):
     counts = metric_counts(result, PIPELINE)
     lines = [f"scored: {counts.get('scored', 0)}  from the cache: {counts.get('cache_hits', 0)}  "
              f"dead letters: {counts.get('dead_letters', 0)}"]
-    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
-    if reasons:
-        lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    by_reason = dead_letters_by_reason(counts)
+    if by_reason:
+        lines.append(by_reason)
     if output_dir:
-        rows = []
-        for match in FileSystems.match([FileSystems.join(output_dir, "predictions*.jsonl")])[0].metadata_list:
-            with FileSystems.open(match.path) as f:
-                rows += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
+        rows = read_jsonl(FileSystems.join(output_dir, "predictions*.jsonl"))
         for row in sorted(rows, key=lambda r: r["request_id"])[:5]:
             best = row["top_k"][0] if row["top_k"] else None
             lines.append(f"{row['request_id']:<28} model {row['model_version']}: "

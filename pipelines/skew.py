@@ -30,7 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, run_pipeline)
+    BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, read_text,
+    run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
@@ -91,11 +92,6 @@ class SkewOutputs(NamedTuple):
     dead_letters: PCollection
 
 
-def _read_text(path):
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read().decode("utf-8")
-
-
 def validate(options):
     opts, out = options.view_as(SkewOptions), options.view_as(OutputOptions)
     check_record_inputs(options)
@@ -105,8 +101,8 @@ def validate(options):
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     training_dir = opts.training_dir or str(SAMPLES / "training")
     try:
-        spec = load_feature_spec(FileSystems.join(training_dir, SPEC_FILE), read=_read_text)
-        statistics = json.loads(_read_text(FileSystems.join(training_dir, "statistics.json")))
+        spec = load_feature_spec(FileSystems.join(training_dir, SPEC_FILE), read=read_text)
+        statistics = json.loads(read_text(FileSystems.join(training_dir, "statistics.json")))
     except OSError as e:
         raise ValueError(f"--training_dir: {training_dir} must hold a feature pipeline's {SPEC_FILE} and "
                          f"statistics.json: {e}") from None
@@ -196,7 +192,7 @@ def build(pipeline, options, settings, source=None):
 def report(result, options, settings):
     counts = metric_counts(result, PIPELINE)
     output_dir = options.view_as(OutputOptions).output_dir
-    skew = json.loads(_read_text(FileSystems.join(output_dir, "anomalies.json")))
+    skew = json.loads(read_text(FileSystems.join(output_dir, "anomalies.json")))
     lines = [f"training rows: {skew['training_rows']}  serving rows: {counts.get('serving_rows', 0)}  "
              f"dead letters: {counts.get('dead_letters', 0)}  anomalies: {skew['anomalies']}"]
     for f in skew["features"]:

@@ -19,7 +19,6 @@ Streaming on Dataflow, from a Cloud Logging sink's Pub/Sub subscription to BigQu
 Backfill: the same with `--input_files 'gs://B/logs/*.json.gz'` or `--input_table P:logs.requests_export`
 instead of the subscription (and no --streaming).
 """
-import json
 import logging
 import os
 from typing import NamedTuple
@@ -32,7 +31,8 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, TensorBoardOptions,
-    UdfOptions, add_progress, metric_counts, resolve_tensorboard_run, run_pipeline)
+    UdfOptions, add_progress, dead_letters_by_reason, metric_counts, read_jsonl, resolve_tensorboard_run,
+    run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -194,14 +194,6 @@ def build(pipeline, options, config, source=None):
     return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 
-def _read_jsonl(pattern):
-    rows = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path) as f:
-            rows.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip())
-    return rows
-
-
 def report(result, options, _settings):
     """A short text report of a finished batch run: counts from Beam metrics, SLIs from the output files."""
     output_dir = options.view_as(OutputOptions).output_dir
@@ -211,11 +203,11 @@ def report(result, options, _settings):
         f"dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}  "
         f"unmatched requests: {counts.get('requests_unmatched', 0)}",
     ]
-    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
-    if reasons:
-        lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())))
+    by_reason = dead_letters_by_reason(counts)
+    if by_reason:
+        lines.append(by_reason)
     if output_dir:
-        rows = [r for r in _read_jsonl(FileSystems.join(output_dir, "sli_rows*.jsonl")) if r["sli_kind"] != "unmatched"]
+        rows = [r for r in read_jsonl(FileSystems.join(output_dir, "sli_rows*.jsonl")) if r["sli_kind"] != "unmatched"]
         totals = {}
         for row in rows:
             good, total = totals.get(row["sli_id"], (0, 0))
@@ -228,13 +220,13 @@ def report(result, options, _settings):
         for row in worst:
             lines.append(f"worst availability minute: {row['window_start']} {row['sli_id']} "
                          f"{row['good_fraction']:.2%} of {row['total']}")
-        alerts = sorted(_read_jsonl(FileSystems.join(output_dir, "alerts*.jsonl")), key=lambda a: (a["at"], a["slo"]))
+        alerts = sorted(read_jsonl(FileSystems.join(output_dir, "alerts*.jsonl")), key=lambda a: (a["at"], a["slo"]))
         for alert in alerts:
             lines.append(f"alert {alert['state']:<8} {alert['at']} {alert['slo']} {alert['severity']} "
                          f"{alert['long_window_minutes']}m/{alert['short_window_minutes']}m "
                          f"burn {alert['burn_rate_long']:.1f}/{alert['burn_rate_short']:.1f} "
                          f"(threshold {alert['threshold']:.2f})")
-        status = _read_jsonl(FileSystems.join(output_dir, "slo_status*.jsonl"))
+        status = read_jsonl(FileSystems.join(output_dir, "slo_status*.jsonl"))
         latest = {}
         for row in status:
             if row["slo"] not in latest or row["evaluated_at"] > latest[row["slo"]]["evaluated_at"]:

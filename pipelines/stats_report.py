@@ -14,13 +14,14 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.common import read_text
+
 _BAR_W, _BAR_H = 260, 90
 QUANTILE_LABELS = {"0.01": "p1", "0.25": "p25", "0.5": "p50", "0.75": "p75", "0.99": "p99"}
 
 
 def _read_json(path):
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return json.loads(f.read())
+    return json.loads(read_text(path))
 
 
 def _number(value):
