@@ -54,6 +54,23 @@ class PubsubInputOptions(PipelineOptions):
             help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
 
 
+class EventTimeOptions(PipelineOptions):
+    """For pipelines aggregating in event-time windows."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--allowed_lateness_seconds", type=int, default=3600,
+            help="How late (event time behind the watermark) a record may arrive and still update its "
+                 "window with a LATE pane. Default: 3600.")
+
+
+def check_allowed_lateness(options):
+    lateness = options.view_as(EventTimeOptions).allowed_lateness_seconds
+    if lateness < 0:
+        raise ValueError(f"--allowed_lateness_seconds must be >= 0, got {lateness}")
+
+
 class BatchInputOptions(PipelineOptions):
     """For pipelines that read records from files or BigQuery in batch."""
 

@@ -1,14 +1,18 @@
 """The record inputs shared by the feature pipeline and the skew check: files in any supported format,
 a BigQuery table or a query."""
-from pipelines.common import BatchInputOptions, RecordInputOptions
+from pipelines.common import BatchInputOptions, PubsubInputOptions, RecordInputOptions
 from transforms.features import ReadFeatureRecords, detect_format
 
 
 def check_record_inputs(options):
-    """At most one of --input_files, --input_table, --input_query, and a known file format."""
+    """At most one of --input_files, --input_table, --input_query (and, for streaming pipelines,
+    --input_subscription, --input_topic), and a known file format."""
     batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
+    pubsub = options.view_as(PubsubInputOptions)
     given = [f"--{n}" for n, v in (("input_files", batch.input_files), ("input_table", batch.input_table),
-                                   ("input_query", records.input_query)) if v]
+                                   ("input_query", records.input_query),
+                                   ("input_subscription", pubsub.input_subscription),
+                                   ("input_topic", pubsub.input_topic)) if v]
     if len(given) > 1:
         raise ValueError(f"give only one input flag, got {' and '.join(given)}")
     if batch.input_files and not records.input_format:

@@ -30,9 +30,9 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
-    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, OutputOptions, PubsubInputOptions, TensorBoardOptions,
-    UdfOptions, add_progress, dead_letters_by_reason, metric_counts, read_jsonl, resolve_tensorboard_run,
-    run_pipeline)
+    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
+    TensorBoardOptions, UdfOptions, add_progress, check_allowed_lateness, dead_letters_by_reason, metric_counts,
+    read_jsonl, resolve_tensorboard_run, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -59,10 +59,6 @@ class SliOptions(PipelineOptions):
             "--window_seconds", type=int, default=60,
             help="Length of the event-time fixed windows, in seconds. Default: 60.")
         parser.add_argument(
-            "--allowed_lateness_seconds", type=int, default=3600,
-            help="How late (event time behind the watermark) a record may arrive and still update its "
-                 "window with a LATE pane. Default: 3600.")
-        parser.add_argument(
             "--slo_table", type=str, default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for SLO status rows, one per SLO and evaluated minute "
                  "(created if missing, day-partitioned on evaluated_at, clustered by slo).")
@@ -73,8 +69,8 @@ class SliOptions(PipelineOptions):
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
-OPTION_CLASSES = (SliOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions, BigtableOptions,
-                  TensorBoardOptions, UdfOptions)
+OPTION_CLASSES = (SliOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions,
+                  BigtableOptions, TensorBoardOptions, UdfOptions)
 
 
 class SliOutputs(NamedTuple):
@@ -101,8 +97,7 @@ def validate(options):
         raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
     if sli.window_seconds <= 0:
         raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
-    if sli.allowed_lateness_seconds < 0:
-        raise ValueError(f"--allowed_lateness_seconds must be >= 0, got {sli.allowed_lateness_seconds}")
+    check_allowed_lateness(options)
     bt = options.view_as(BigtableOptions)
     if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
         raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
@@ -154,7 +149,7 @@ def build(pipeline, options, config, source=None):
     parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="events")
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
-        config, sli.window_seconds, sli.allowed_lateness_seconds)
+        config, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds)
     project = options.view_as(GoogleCloudOptions).project
 
     def local(name):

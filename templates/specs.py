@@ -5,7 +5,7 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import common, feature_stats, image_ingest, score, skew, sli
+from pipelines import common, feature_stats, image_ingest, score, skew, sli, window_features
 from transforms import images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -81,6 +81,9 @@ PARAMETERS = {
     "training_split": ("TEXT", [r"^[A-Za-z_][A-Za-z0-9_]*$"], "eval"),
     "anomalies_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.skew_anomalies"),
     "anomalies_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/feature-anomalies"),
+    "skew_window_seconds": ("TEXT", [POSITIVE_INT], "3600"),
+    "window_spec": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/config/transactions.yaml"),
+    "feature_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "72"),
 }
 
 PIPELINES = {
@@ -122,7 +125,7 @@ PIPELINES = {
                        "statistics of a feature pipeline run: Jensen-Shannon divergence, PSI, out-of-range rate, "
                        "L-infinity distance, new categories, missing-rate change; anomalies to JSON, BigQuery and "
                        "Pub/Sub.",
-        "streaming": False,
+        "streaming": True,
     },
     "score": {
         "module": score,
@@ -132,6 +135,16 @@ PIPELINES = {
                        "on requests from Pub/Sub, files, BigQuery or an image folder: predictions with the "
                        "model version to BigQuery, Pub/Sub and files, Bigtable as a serving cache, new model "
                        "versions picked up from a watched path, dead letters for bad requests.",
+        "streaming": True,
+    },
+    "window_features": {
+        "module": window_features,
+        "option_classes": (*window_features.OPTION_CLASSES, common.OutputOptions),
+        "name": "Window-aggregation features",
+        "description": "Per-entity features over sliding or fixed event-time windows (count, sum, mean, min, max, "
+                       "last, distinct count) from Pub/Sub, files or BigQuery: rows of entity, time index (window "
+                       "end) and features to a Bigtable online store (one row per entity, cell timestamp = window "
+                       "end, max-age garbage collection) and a BigQuery offline store for point-in-time joins.",
         "streaming": True,
     },
 }

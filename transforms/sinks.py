@@ -97,8 +97,8 @@ class WriteBigQueryRows(beam.PTransform):
 
 
 def ensure_bigtable_table(target):
-    """Creates the target's table and column family (one version per cell, and a max age when the target
-    has one) if they are missing."""
+    """Creates the target's table and column family (garbage collection: the target's max versions per
+    cell and max age) if they are missing."""
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import bigtable
     from google.cloud.bigtable import column_family
@@ -106,10 +106,10 @@ def ensure_bigtable_table(target):
     t = target
     client = bigtable.Client(project=t.project, admin=True)
     table = client.instance(t.instance).table(t.table)
-    gc_rule = column_family.MaxVersionsGCRule(1)
+    rules = [column_family.MaxVersionsGCRule(t.max_versions)] if t.max_versions else []
     if t.max_age_hours:
-        gc_rule = column_family.GCRuleUnion([gc_rule, column_family.MaxAgeGCRule(
-            datetime.timedelta(hours=t.max_age_hours))])
+        rules.append(column_family.MaxAgeGCRule(datetime.timedelta(hours=t.max_age_hours)))
+    gc_rule = rules[0] if len(rules) == 1 else column_family.GCRuleUnion(rules)
     try:
         if not table.exists():
             table.create(column_families={t.column_family: gc_rule})
@@ -119,9 +119,9 @@ def ensure_bigtable_table(target):
 
 
 class ToBigtableRows(beam.DoFn):
-    """Row dict -> DirectRow under `target.row_key(row)`, every non-null field a UTF-8 cell in the target's
-    column family (lists as JSON), cell timestamp from `target.time_field`: a newer pane or evaluation
-    replaces the cell (the family keeps one version). Creates the table and column family on first use
+    """Row dict -> DirectRow under `target.row_key(row)`, every non-null field (or each of `target.cells(row)`)
+    a UTF-8 cell in the target's column family (lists as JSON), cell timestamp from `target.time_field`: a
+    newer pane or evaluation replaces the cell. Creates the table and column family on first use
     if they are missing (ensure_bigtable_table)."""
 
     def __init__(self, target):
@@ -136,7 +136,7 @@ class ToBigtableRows(beam.DoFn):
         t = self._target
         direct_row = DirectRow(row_key=t.row_key(row).encode("utf-8"))
         cell_time = datetime.datetime.fromisoformat(row[t.time_field])
-        for name, value in row.items():
+        for name, value in (t.cells(row) if t.cells else row).items():
             if value is not None:
                 text = to_json_line(value) if isinstance(value, (list, dict)) else str(value)
                 direct_row.set_cell(t.column_family, name.encode(), text.encode("utf-8"), cell_time)
@@ -172,6 +172,8 @@ class BigtableTarget(NamedTuple):
     row_key: Callable  # row dict -> str
     time_field: str  # the row field holding the cell timestamp
     max_age_hours: Optional[float] = None  # garbage-collect cells older than this (set when creating the table)
+    max_versions: Optional[int] = 1  # versions kept per cell; None: every version until max_age_hours
+    cells: Optional[Callable] = None  # row dict -> {column: value}; default: every field of the row
 
 
 class WriteRecords(beam.PTransform):

@@ -1,0 +1,181 @@
+"""Window-aggregation features per entity in event time: count, sum, mean, min, max, last and distinct
+count over sliding or fixed windows, one row per entity, window and window end (the time index), to a
+Bigtable online store and a BigQuery offline store for point-in-time training joins.
+
+Local default (bundled sample: a day of card transactions, features over 10 minutes every minute, an
+hour and a day; rows and dead letters in output/window_features, then a report):
+
+    python -m pipelines.window_features
+
+Streaming on Dataflow, from Pub/Sub to Bigtable (online) and BigQuery (offline):
+
+    python -m pipelines.window_features --runner DataflowRunner --project P --region us-central1 \\
+        --temp_location gs://B/tmp --setup_file ./setup.py --streaming \\
+        --window_spec gs://B/config/transactions.yaml \\
+        --input_subscription projects/P/subscriptions/transactions \\
+        --bigtable_instance features --bigtable_table card_features \\
+        --output_table P:features.card_windows --dead_letter_table P:features.dead_letters
+
+Backfill through the same transforms: `--input_files 'gs://B/transactions/*.jsonl'` (or CSV, Parquet,
+TFRecord), `--input_table` or `--input_query` instead of the subscription, and no --streaming.
+"""
+import logging
+import os
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.pvalue import PCollection
+
+from pipelines.common import (
+    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
+    RecordInputOptions, UdfOptions, add_progress, check_allowed_lateness, dead_letters_by_reason, metric_counts,
+    read_jsonl, read_text, run_pipeline)
+from pipelines.feature_inputs import check_record_inputs, record_source
+from transforms.deadletter import DEAD_LETTER_TAG
+from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.udf import ApplyUdf, load_udf
+from transforms.window_features import (
+    BIGTABLE_COLUMN_FAMILY, PIPELINE, WINDOW_FEATURES_BQ_SCHEMA, ComputeWindowFeatures, ParseEvents, bigtable_cells)
+from transforms.window_spec import load_window_spec
+
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", "window_features")
+SAMPLE_SPEC = os.path.join(SAMPLES, "transactions.yaml")
+SAMPLE_EVENTS = os.path.join(SAMPLES, "transactions.jsonl")
+
+
+class WindowFeaturesOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--window_spec", type=str, default=None,
+            help="YAML file (local or gs://): entity and event-time fields, windows and aggregates (see "
+                 "transforms/window_spec.py). Default: the bundled card-transactions sample.")
+        parser.add_argument(
+            "--feature_ttl_hours", type=float, default=48.0,
+            help="Bigtable online store: cells (one per feature and window end) older than this are "
+                 "garbage-collected (max-age policy of the column family, set when the table is created). "
+                 "Default: 48.")
+
+
+OPTION_CLASSES = (WindowFeaturesOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions,
+                  BigQueryOutputOptions, BigtableOptions, UdfOptions)
+
+
+class WindowFeaturesOutputs(NamedTuple):
+    rows: PCollection
+    dead_letters: PCollection
+
+
+def entity_row_key(row):
+    """The online store's row key: the entity id, one row per entity."""
+    return row["entity"]
+
+
+def validate(options):
+    """Cross-flag checks before any graph is built. Returns the loaded window spec."""
+    out, pubsub = options.view_as(OutputOptions), options.view_as(PubsubInputOptions)
+    check_record_inputs(options)
+    if pubsub.input_subscription or pubsub.input_topic:
+        options.view_as(StandardOptions).streaming = True
+    check_allowed_lateness(options)
+    opts = options.view_as(WindowFeaturesOptions)
+    if opts.feature_ttl_hours <= 0:
+        raise ValueError(f"--feature_ttl_hours must be positive, got {opts.feature_ttl_hours}")
+    bt = options.view_as(BigtableOptions)
+    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
+        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
+    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
+        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
+    if not (options.view_as(BigQueryOutputOptions).output_table or bt.bigtable_instance or out.output_dir):
+        out.output_dir = os.path.join("output", PIPELINE)
+    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
+        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
+                         "--output_dir")
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
+    return load_window_spec(opts.window_spec or SAMPLE_SPEC, read=read_text)
+
+
+def _count(element, counter):
+    counter.inc()
+    return element
+
+
+def build(pipeline, options, spec, source=None):
+    """Wires the graph. `source` replaces the input (Create or TestStream in tests): dicts, JSON text or
+    PubsubMessages."""
+    out, pubsub = options.view_as(OutputOptions), options.view_as(PubsubInputOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    if source is None and (pubsub.input_subscription or pubsub.input_topic):
+        source = beam.io.ReadFromPubSub(
+            subscription=pubsub.input_subscription, topic=pubsub.input_topic, with_attributes=True)
+    records = read = (pipeline
+                      | "ReadEvents" >> (source or record_source(options, SAMPLE_EVENTS))
+                      | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
+    dead_letter_sources = []
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        transformed = records | "ApplyUdf" >> beam.ParDo(
+            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
+        records = transformed.records
+        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec)).with_outputs(DEAD_LETTER_TAG, main="events")
+    rows = events.events | "ComputeWindowFeatures" >> ComputeWindowFeatures(
+        spec, options.view_as(EventTimeOptions).allowed_lateness_seconds)
+
+    table, bt = options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions)
+    online = BigtableTarget(
+        options.view_as(GoogleCloudOptions).project, bt.bigtable_instance, bt.bigtable_table, BIGTABLE_COLUMN_FAMILY,
+        entity_row_key, "time_index", max_age_hours=options.view_as(WindowFeaturesOptions).feature_ttl_hours,
+        max_versions=None, cells=bigtable_cells) if bt.bigtable_instance else None
+    sink_failures = rows | "WriteFeatureRows" >> WriteRecords(
+        PIPELINE, BigQueryTarget(table, WINDOW_FEATURES_BQ_SCHEMA, "time_index", ["entity", "window"]) if table
+        else None, out.bq_write_method, online,
+        local_prefix=FileSystems.join(out.output_dir, "feature_rows") if out.output_dir else None, streaming=streaming)
+    dead_letters = ((*dead_letter_sources, events[DEAD_LETTER_TAG], *sink_failures)
+                    | "FlattenDeadLetters" >> beam.Flatten())
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+        PIPELINE, out.dead_letter_table, out.dead_letter_topic,
+        FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None, streaming, out.bq_write_method)
+    add_progress(options, PIPELINE, read, dead_letters)
+    return WindowFeaturesOutputs(rows, dead_letters)
+
+
+def report(result, options, spec):
+    """Counts from Beam metrics; per window, the entity and window end with the most events."""
+    counts = metric_counts(result, PIPELINE)
+    output_dir = options.view_as(OutputOptions).output_dir
+    lines = [f"records in: {counts.get('records_in', 0)}  events: {counts.get('events', 0)}  "
+             f"dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}  "
+             f"feature rows: {counts.get('feature_rows', 0)}"]
+    by_reason = dead_letters_by_reason(counts)
+    if by_reason:
+        lines.append(by_reason)
+    if output_dir:
+        rows = read_jsonl(FileSystems.join(output_dir, "feature_rows*.jsonl"))
+        first_count = {w.name: next((name for name, _, agg in spec.aggregations_in(w) if agg == "count"), None)
+                       for w in spec.windows}
+        for w in spec.windows:
+            mine = [r for r in rows if r["window"] == w.name]
+            lines.append(f"window {w.name}: {len(mine)} rows, {len({r['entity'] for r in mine})} entities")
+            if first_count[w.name] and mine:
+                busiest = max(mine, key=lambda r: next(f["value"] for f in r["features"]
+                                                       if f["name"] == first_count[w.name]))
+                features = ", ".join(f"{f['name']}={f['value']:.4g}" for f in busiest["features"]
+                                     if f["value"] is not None)
+                lines.append(f"  busiest: {busiest['entity']} at {busiest['time_index']}: {features}")
+        lines.append(f"outputs: {output_dir}/feature_rows-*.jsonl, dead_letters-*.jsonl")
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    return run_pipeline(argv, __doc__, OPTION_CLASSES, validate, build, report)
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

@@ -1,0 +1,8 @@
+"""Flex Template entry point of the window-features pipeline (FLEX_TEMPLATE_PYTHON_PY_FILE in the image)."""
+import logging
+
+from pipelines.window_features import run
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
