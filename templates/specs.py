@@ -83,7 +83,7 @@ PARAMETERS = {
     "anomalies_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/feature-anomalies"),
     "skew_window_seconds": ("TEXT", [POSITIVE_INT], "3600"),
     "window_spec": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/config/transactions.yaml"),
-    "feature_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "72"),
+    "feature_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "72.0"),
 }
 
 PIPELINES = {
