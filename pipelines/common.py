@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import os
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -187,6 +188,22 @@ class UdfOptions(PipelineOptions):
             "--udf_function", type=str, default="process",
             help="Name of the function in --udf_path. Default: process (the Google-provided templates' "
                  "JavaScript convention).")
+
+
+def check_outputs(options, pipeline_name, main_sinks):
+    """Bigtable flags given together (and --project with them); --output_dir defaults to output/<pipeline>
+    when none of `main_sinks` (the values of the pipeline's other main-output flags) is given; dead letters
+    need a destination."""
+    bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
+    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
+        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
+    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
+        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
+    if not (any(main_sinks) or out.output_dir):
+        out.output_dir = os.path.join("output", pipeline_name)
+    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
+        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
+                         "--output_dir")
 
 
 def parse_pipeline_options(argv, description, option_classes):

@@ -26,7 +26,6 @@ written under gs://B/models/shapes/<version>/:
 """
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -43,8 +42,8 @@ from tensorflow import errors as tf_errors
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions,
-    OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, dead_letters_by_reason,
-    metric_counts, read_jsonl, read_text, run_pipeline)
+    OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, check_outputs,
+    dead_letters_by_reason, metric_counts, read_jsonl, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import record_dict, serving_features
@@ -126,7 +125,6 @@ def validate(options):
     """Cross-flag checks and the model's signature, before any graph is built."""
     opts = options.view_as(ScoreOptions)
     pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
-    bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
     inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
     inputs += [f for f in ("input_files", "input_table") if getattr(batch, f)]
     inputs += ["input_query"] if options.view_as(RecordInputOptions).input_query else []
@@ -146,19 +144,13 @@ def validate(options):
     for flag in ("top_k", "model_watch_interval_seconds"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
-    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
-        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
-    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
-        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
     if input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
-    if not (options.view_as(BigQueryOutputOptions).output_table or opts.predictions_topic or out.output_dir):
-        out.output_dir = os.path.join("output", PIPELINE)
-    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
-        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or --output_dir")
+    # the Bigtable cache is not a main output
+    check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table, opts.predictions_topic))
     default_model = opts.model_path is None
     model_path = str(SAMPLE_MODEL) if default_model else opts.model_path
     try:

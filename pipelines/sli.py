@@ -20,7 +20,6 @@ Backfill: the same with `--input_files 'gs://B/logs/*.json.gz'` or `--input_tabl
 instead of the subscription (and no --streaming).
 """
 import logging
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -31,7 +30,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
-    TensorBoardOptions, UdfOptions, add_progress, check_allowed_lateness, dead_letters_by_reason, metric_counts,
+    TensorBoardOptions, UdfOptions, add_progress, check_allowed_lateness, check_outputs, dead_letters_by_reason, metric_counts,
     read_jsonl, resolve_tensorboard_run, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
@@ -88,7 +87,6 @@ def _count(element, counter):
 def validate(options):
     """Cross-flag checks, before any graph is built. Returns the loaded SLI config."""
     sli = options.view_as(SliOptions)
-    out = options.view_as(OutputOptions)
     pubsub = options.view_as(PubsubInputOptions)
     inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
     batch = options.view_as(BatchInputOptions)
@@ -98,16 +96,8 @@ def validate(options):
     if sli.window_seconds <= 0:
         raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
     check_allowed_lateness(options)
-    bt = options.view_as(BigtableOptions)
-    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
-        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
-    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
-        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
-    if not (options.view_as(BigQueryOutputOptions).output_table or bt.bigtable_instance or out.output_dir):
-        out.output_dir = os.path.join("output", PIPELINE)
-    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
-        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
-                         "--output_dir")
+    check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
+                                      options.view_as(BigtableOptions).bigtable_instance))
     if pubsub.input_subscription or pubsub.input_topic:
         options.view_as(StandardOptions).streaming = True
     udf = options.view_as(UdfOptions)

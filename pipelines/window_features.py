@@ -31,7 +31,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
-    RecordInputOptions, UdfOptions, add_progress, check_allowed_lateness, dead_letters_by_reason, metric_counts,
+    RecordInputOptions, UdfOptions, add_progress, check_allowed_lateness, check_outputs, dead_letters_by_reason, metric_counts,
     read_jsonl, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG
@@ -76,7 +76,7 @@ def entity_row_key(row):
 
 def validate(options):
     """Cross-flag checks before any graph is built. Returns the loaded window spec."""
-    out, pubsub = options.view_as(OutputOptions), options.view_as(PubsubInputOptions)
+    pubsub = options.view_as(PubsubInputOptions)
     check_record_inputs(options)
     if pubsub.input_subscription or pubsub.input_topic:
         options.view_as(StandardOptions).streaming = True
@@ -84,16 +84,8 @@ def validate(options):
     opts = options.view_as(WindowFeaturesOptions)
     if opts.feature_ttl_hours <= 0:
         raise ValueError(f"--feature_ttl_hours must be positive, got {opts.feature_ttl_hours}")
-    bt = options.view_as(BigtableOptions)
-    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
-        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
-    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
-        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
-    if not (options.view_as(BigQueryOutputOptions).output_table or bt.bigtable_instance or out.output_dir):
-        out.output_dir = os.path.join("output", PIPELINE)
-    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
-        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
-                         "--output_dir")
+    check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
+                                      options.view_as(BigtableOptions).bigtable_instance))
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)

@@ -11,16 +11,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
-from google.cloud import bigquery, bigtable
+from google.cloud import bigtable
 
 from pipelines import window_features
 from pipelines.common import metric_counts
 from tests.test_sli_e2e import ROOT, bq_client
-from tests.test_slo_queries import _schema
 from tests.window_oracle import expected_features, valid_events
 from transforms.deadletter import RecordError
 from transforms.window_features import (
-    WINDOW_FEATURES_BQ_SCHEMA, ComputeWindowFeatures, Event, WindowAggregates, lookup_features, parse_event)
+    ComputeWindowFeatures, Event, WindowAggregates, lookup_features, parse_event)
 from transforms.window_spec import WindowFeatureSpec, WindowSpecError, load_window_spec
 
 SAMPLE_LINES = Path(window_features.SAMPLE_EVENTS).read_text().splitlines()

@@ -82,7 +82,8 @@ class Cleansed(NamedTuple):
     split_hash: str  # MD5 of the key
 
 
-def _missing(value):
+def is_missing(value):
+    """None, NaN or empty text: a value the record does not have."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
@@ -90,7 +91,7 @@ def clean_value(feature, value, required_reason="missing_required"):
     """(value as read or None, value for tf.Transform): defaults filled, numbers clipped; RecordError for a
     wrong type or a missing required value. The same function prepares training and serving inputs."""
     numeric = feature.type == "numeric" or (feature.type == "label" and feature.label_dtype == "float")
-    if _missing(value):
+    if is_missing(value):
         if feature.required or feature.type == "label":
             raise RecordError(required_reason, f"required feature '{feature.name}' is missing")
         return None, feature.default
@@ -106,7 +107,7 @@ def clean_value(feature, value, required_reason="missing_required"):
 
 def cleanse(record, spec):
     """One record -> Cleansed, or RecordError: wrong type, missing required value, missing key."""
-    if _missing(record.get(spec.key)):
+    if is_missing(record.get(spec.key)):
         raise RecordError("missing_key", f"the key column '{spec.key}' is missing")
     raw, filled = {}, {}
     for f in spec.inputs:
@@ -119,7 +120,7 @@ def cleanse(record, spec):
 def serving_raw_values(record, spec):
     """A serving record -> {feature: value as read, None when missing} (the label aside), for skew checks:
     a missing value is counted, a wrong type is a RecordError."""
-    return {f.name: None if _missing(record.get(f.name)) else clean_value(f, record[f.name])[0]
+    return {f.name: None if is_missing(record.get(f.name)) else clean_value(f, record[f.name])[0]
             for f in spec.inputs if f.type != "label"}
 
 

@@ -28,7 +28,7 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
-from transforms.features import record_dict
+from transforms.features import is_missing, record_dict
 
 PIPELINE = "window_features"
 BIGTABLE_COLUMN_FAMILY = "features"
@@ -56,10 +56,6 @@ class Event(NamedTuple):
     values: dict  # aggregated field -> value (missing fields left out)
 
 
-def _missing(value):
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
 def event_seconds(value, epoch_unit):
     """Event time in seconds since the epoch from RFC 3339 text, a datetime (naive: UTC) or an epoch number."""
     if isinstance(value, datetime.datetime):
@@ -82,15 +78,15 @@ def parse_event(record, spec):
     where a numeric aggregate needs one."""
     row = record_dict(record)
     entity = row.get(spec.entity_field)
-    if _missing(entity) or isinstance(entity, (dict, list)):
+    if is_missing(entity) or isinstance(entity, (dict, list)):
         raise RecordError("missing_entity", f"the entity field '{spec.entity_field}' is missing or not a value")
-    if _missing(row.get(spec.time_field)):
+    if is_missing(row.get(spec.time_field)):
         raise RecordError("missing_event_time", f"the event time field '{spec.time_field}' is missing")
     timestamp = event_seconds(row[spec.time_field], spec.epoch_unit)
     values = {}
     for field in spec.fields:
         value = row.get(field)
-        if _missing(value):
+        if is_missing(value):
             continue
         if isinstance(value, (dict, list)):
             raise RecordError("wrong_type", f"field '{field}' must be a single value, got {value!r}")
