@@ -14,6 +14,7 @@ Durations are seconds or text such as 90s, 10m, 1h, 1d. `count` and `distinct_co
 the other aggregates need numbers.
 """
 import re
+from functools import cached_property
 from typing import Literal, Optional
 
 import yaml
@@ -104,15 +105,16 @@ class WindowFeatureSpec(_Strict):
         return [(f"{a.field}_{agg}_{window.name}", a.field, agg) for a in self.aggregations if a.windows is None or window.name in a.windows
                 for agg in a.aggregates]
 
-    @property
+    # cached: read for every event
+    @cached_property
     def numeric_fields(self):
         return sorted({a.field for a in self.aggregations if set(a.aggregates) & set(NUMERIC_AGGREGATES)})
 
-    @property
+    @cached_property
     def distinct_fields(self):
         return sorted({a.field for a in self.aggregations if "distinct_count" in a.aggregates})
 
-    @property
+    @cached_property
     def fields(self):
         return sorted({a.field for a in self.aggregations})
 
