@@ -1,5 +1,7 @@
-"""The record inputs shared by the feature pipeline and the skew check: files in any supported format,
-a BigQuery table or a query."""
+"""The record inputs shared by the feature, skew and window-features pipelines: files in any supported
+format, a BigQuery table or a query, and (for the streaming ones) Pub/Sub."""
+import apache_beam as beam
+
 from pipelines.common import BatchInputOptions, PubsubInputOptions, RecordInputOptions
 from transforms.features import ReadFeatureRecords, detect_format
 
@@ -20,7 +22,12 @@ def check_record_inputs(options):
 
 
 def record_source(options, default_files):
-    """ReadFeatureRecords for the input flags; `default_files` when none is given."""
+    """Pub/Sub messages (PubsubMessage, with attributes) for --input_subscription/--input_topic, else
+    ReadFeatureRecords for the batch input flags; `default_files` when no input flag is given."""
+    pubsub = options.view_as(PubsubInputOptions)
+    if pubsub.input_subscription or pubsub.input_topic:
+        return beam.io.ReadFromPubSub(subscription=pubsub.input_subscription, topic=pubsub.input_topic,
+                                      with_attributes=True)
     batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
     files = batch.input_files or (None if batch.input_table or records.input_query else str(default_files))
     return ReadFeatureRecords(files, records.input_format, batch.input_table, records.input_query)

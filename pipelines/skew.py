@@ -1,6 +1,7 @@
-"""Training/serving skew and drift: statistics of serving data (files, a BigQuery table or query) against
-the training statistics of a feature pipeline run, per feature, with thresholds from its feature spec;
-an anomalies report as JSON, a BigQuery table and Pub/Sub messages.
+"""Training/serving skew and drift: statistics of serving data (files, a BigQuery table or query, or
+fixed windows of a Pub/Sub stream) against the training statistics of a feature pipeline run, per feature,
+with thresholds from its feature spec; an anomalies report as JSON, a BigQuery table and Pub/Sub messages
+(in streaming: one report per window, and an alert message per feature with anomalies).
 
 Local default (bundled training statistics of the churn sample, and serving records where age has
 shifted, a new country appears and the device is missing more often; report in output/skew):
@@ -15,6 +16,15 @@ On Dataflow, yesterday's serving requests against the training run:
         --input_query 'SELECT * FROM `P.serving.requests` WHERE DATE(ts) = CURRENT_DATE() - 1' \\
         --output_dir gs://B/skew/churn-v3 --anomalies_table P:ml.skew_anomalies \\
         --anomalies_topic projects/P/topics/feature-anomalies
+
+Streaming on Dataflow, serving requests from Pub/Sub checked every hour (windows by publish time):
+
+    python -m pipelines.skew --runner DataflowRunner --project P --region us-central1 \\
+        --temp_location gs://B/tmp --setup_file ./setup.py \\
+        --training_dir gs://B/datasets/churn-v3 \\
+        --input_subscription projects/P/subscriptions/serving-requests-skew --skew_window_seconds 3600 \\
+        --output_dir gs://B/skew/churn-v3 --anomalies_table P:ml.skew_anomalies \\
+        --anomalies_topic projects/P/topics/feature-anomalies --dead_letter_table P:ml.dead_letters
 """
 import datetime
 import json
@@ -26,12 +36,14 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
+from apache_beam.transforms import window
 
 from pipelines.common import (
-    BatchInputOptions, OutputOptions, RecordInputOptions, UdfOptions, add_progress, metric_counts, read_text,
-    run_pipeline)
+    BatchInputOptions, OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress,
+    metric_counts, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
@@ -62,13 +74,20 @@ class SkewOptions(PipelineOptions):
                  "day-partitioned on checked_at).")
         parser.add_argument(
             "--anomalies_topic", type=str, default=None,
-            help="Pub/Sub topic projects/P/topics/T: one JSON message per feature with anomalies.")
+            help="Pub/Sub topic projects/P/topics/T: one JSON message per feature with anomalies (per window "
+                 "in streaming: an alert).")
+        parser.add_argument(
+            "--skew_window_seconds", type=int, default=3600,
+            help="Streaming (--input_subscription or --input_topic): length of the fixed windows, by publish "
+                 "time, each compared with the training statistics on its own. Default: 3600.")
 
 
-OPTION_CLASSES = (SkewOptions, BatchInputOptions, RecordInputOptions, UdfOptions)
+OPTION_CLASSES = (SkewOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, UdfOptions)
 
 ANOMALY_BQ_SCHEMA = {"fields": [
     {"name": "checked_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+    {"name": "window_start", "type": "TIMESTAMP", "mode": "NULLABLE"},  # streaming; NULL in batch
+    {"name": "window_end", "type": "TIMESTAMP", "mode": "NULLABLE"},
     {"name": "training_dir", "type": "STRING", "mode": "REQUIRED"},
     {"name": "feature", "type": "STRING", "mode": "REQUIRED"},
     {"name": "type", "type": "STRING", "mode": "REQUIRED"},
@@ -88,13 +107,19 @@ class Settings(NamedTuple):
 
 
 class SkewOutputs(NamedTuple):
-    report: PCollection
+    report: PCollection  # one skew report per window (batch: one)
+    rows: PCollection  # the reports' rows, one per feature and window
     dead_letters: PCollection
 
 
 def validate(options):
     opts, out = options.view_as(SkewOptions), options.view_as(OutputOptions)
+    pubsub = options.view_as(PubsubInputOptions)
     check_record_inputs(options)
+    if opts.skew_window_seconds <= 0:
+        raise ValueError(f"--skew_window_seconds must be positive, got {opts.skew_window_seconds}")
+    if pubsub.input_subscription or pubsub.input_topic:
+        options.view_as(StandardOptions).streaming = True
     udf = options.view_as(UdfOptions)
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
@@ -113,7 +138,8 @@ def validate(options):
 
 
 class ServingValues(beam.DoFn):
-    """Record (dict or JSON text) -> {feature: value or None}; a wrong type is a dead letter."""
+    """Record (dict, JSON text, or PubsubMessage with a JSON body) -> {feature: value or None}; invalid JSON
+    or a wrong type is a dead letter (with the message attributes)."""
 
     STEP = "ServingValues"
 
@@ -121,24 +147,37 @@ class ServingValues(beam.DoFn):
         self._spec = spec
 
     def process(self, record):
+        payload, attributes = (record.data, record.attributes) if isinstance(record, PubsubMessage) else (record, None)
         try:
-            values = serving_raw_values(record_dict(record), self._spec)
+            values = serving_raw_values(record_dict(payload), self._spec)
         except RecordError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, record, e))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG,
+                                           make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
             return
         Metrics.counter(PIPELINE, "serving_rows").inc()
         yield values
 
 
-def _report_rows(report, training_dir, checked_at):
+def _iso(timestamp):
+    return timestamp.to_utc_datetime(has_tz=True).isoformat()
+
+
+def _report_rows(report, training_dir, win=beam.DoFn.WindowParam):
+    """One row per feature of a report, with its window (NULL in the global window of a batch run)."""
+    checked_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    interval = isinstance(win, window.IntervalWindow)
     for f in report["features"]:
-        yield {"checked_at": checked_at, "training_dir": training_dir, "feature": f["feature"], "type": f["type"],
-               "measures": json.dumps(f["measures"]), "anomalies": f["anomalies"]}
+        yield {"checked_at": checked_at, "window_start": _iso(win.start) if interval else None,
+               "window_end": _iso(win.end) if interval else None, "training_dir": training_dir,
+               "feature": f["feature"], "type": f["type"], "measures": json.dumps(f["measures"]),
+               "anomalies": f["anomalies"]}
 
 
 def build(pipeline, options, settings, source=None):
-    """Wires the graph. `source` replaces the input (Create in tests): dicts or JSON lines."""
+    """Wires the graph. `source` replaces the input (Create/TestStream in tests): dicts, JSON lines or
+    PubsubMessages. In streaming, each fixed window of --skew_window_seconds gets its own report."""
     opts, out = options.view_as(SkewOptions), options.view_as(OutputOptions)
+    streaming = options.view_as(StandardOptions).streaming
     spec, training = settings.spec, settings.training
     features = [f for f in spec.inputs if f.type != "label"]
     numeric = [f.name for f in features if training["features"][f.name]["type"] == "numeric"]
@@ -153,40 +192,44 @@ def build(pipeline, options, settings, source=None):
         records = transformed.records
         dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
     values = records | "ServingValues" >> beam.ParDo(ServingValues(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
-    statistics = (values.rows
+    rows = values.rows
+    if streaming:
+        rows = rows | "SkewWindows" >> beam.WindowInto(window.FixedWindows(opts.skew_window_seconds))
+    statistics = (rows
                   | "AsServingSplit" >> beam.Map(lambda row: ("serving", row))
-                  | "ServingStatistics" >> ComputeStatistics(["serving"], numeric, strings))
-    bins = values.rows | "CountInTrainingBins" >> CountInTrainingBins(
+                  | "ServingStatistics" >> ComputeStatistics(  # the serving histograms go to the batch JSON only
+                      ["serving"], numeric, strings, histograms=not streaming))
+    bins = rows | "CountInTrainingBins" >> CountInTrainingBins(
         {name: training["features"][name]["histogram"] for name in numeric})
     report = statistics | "SkewReport" >> beam.Map(
         lambda serving, bins_: skew_report(training, serving, bins_, settings.thresholds, texts),
-        beam.pvalue.AsSingleton(bins))
-    (statistics
-     | "ServingStatisticsJson" >> beam.Map(lambda artifact: json.dumps(artifact, indent=1, sort_keys=True))
-     | "WriteServingStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "serving_statistics"),
-                                                       ".json", shard_name_template=""))
-    (report
-     | "ReportJson" >> beam.Map(lambda r: json.dumps(r, indent=1, sort_keys=True))
-     | "WriteReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "anomalies"), ".json",
-                                            shard_name_template=""))
-    checked_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        beam.pvalue.AsSingleton(bins, default_value={}))
+    if not streaming:  # one JSON file each; streaming writes the report rows as JSONL below
+        (statistics
+         | "ServingStatisticsJson" >> beam.Map(lambda artifact: json.dumps(artifact, indent=1, sort_keys=True))
+         | "WriteServingStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "serving_statistics"),
+                                                           ".json", shard_name_template=""))
+        (report
+         | "ReportJson" >> beam.Map(lambda r: json.dumps(r, indent=1, sort_keys=True))
+         | "WriteReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "anomalies"), ".json",
+                                                shard_name_template=""))
+    report_rows = report | "ReportRows" >> beam.FlatMap(_report_rows, settings.training_dir)
     sink_failures = ()
-    if opts.anomalies_table or opts.anomalies_topic:
-        rows = report | "ReportRows" >> beam.FlatMap(_report_rows, settings.training_dir, checked_at)
-        if opts.anomalies_table:
-            sink_failures = rows | "WriteAnomaliesTable" >> WriteRecords(
-                PIPELINE, BigQueryTarget(opts.anomalies_table, ANOMALY_BQ_SCHEMA, "checked_at", ["feature"]),
-                out.bq_write_method)
-        if opts.anomalies_topic:
-            (rows
-             | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
-             | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic))
+    if opts.anomalies_table or streaming:
+        sink_failures = report_rows | "WriteReportRows" >> WriteRecords(
+            PIPELINE, BigQueryTarget(opts.anomalies_table, ANOMALY_BQ_SCHEMA, "checked_at", ["feature"])
+            if opts.anomalies_table else None, out.bq_write_method,
+            local_prefix=FileSystems.join(out.output_dir, "anomalies") if streaming else None, streaming=streaming)
+    if opts.anomalies_topic:
+        (report_rows
+         | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
+         | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic))
     dead_letters = (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
-        False, out.bq_write_method)
+        streaming, out.bq_write_method)
     add_progress(options, PIPELINE, read, dead_letters)
-    return SkewOutputs(report, dead_letters)
+    return SkewOutputs(report, report_rows, dead_letters)
 
 
 def report(result, options, settings):

@@ -100,11 +100,7 @@ def _count(element, counter):
 def build(pipeline, options, spec, source=None):
     """Wires the graph. `source` replaces the input (Create or TestStream in tests): dicts, JSON text or
     PubsubMessages."""
-    out, pubsub = options.view_as(OutputOptions), options.view_as(PubsubInputOptions)
-    streaming = options.view_as(StandardOptions).streaming
-    if source is None and (pubsub.input_subscription or pubsub.input_topic):
-        source = beam.io.ReadFromPubSub(
-            subscription=pubsub.input_subscription, topic=pubsub.input_topic, with_attributes=True)
+    out, streaming = options.view_as(OutputOptions), options.view_as(StandardOptions).streaming
     records = read = (pipeline
                       | "ReadEvents" >> (source or record_source(options, SAMPLE_EVENTS))
                       | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))

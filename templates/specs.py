@@ -121,8 +121,8 @@ PIPELINES = {
         "module": skew,
         "option_classes": (*skew.OPTION_CLASSES, common.OutputOptions),
         "name": "Training/serving skew and drift",
-        "description": "Serving records (files, a BigQuery table or query) compared per feature with the training "
-                       "statistics of a feature pipeline run: Jensen-Shannon divergence, PSI, out-of-range rate, "
+        "description": "Serving records (files, a BigQuery table or query, or fixed windows of a Pub/Sub stream) "
+                       "compared per feature with the training statistics of a feature pipeline run: Jensen-Shannon divergence, PSI, out-of-range rate, "
                        "L-infinity distance, new categories, missing-rate change; anomalies to JSON, BigQuery and "
                        "Pub/Sub.",
         "streaming": True,

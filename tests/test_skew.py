@@ -96,16 +96,20 @@ def _train_rows():
     return rows
 
 
-def test_a_copy_of_the_training_data_has_no_anomaly(tmp_path):
-    stats = json.loads((skew.SAMPLES / "training" / "statistics.json").read_text())
-    rows = _train_rows()
-    keys = {hashlib.md5(r["user_id"].encode()).hexdigest(): r for r in rows}
-    # the stratified split: per label, the first 70% by key hash
+def train_split():
+    """The rows of the bundled training statistics' train split: per label, the first 70% by key hash."""
+    keys = {hashlib.md5(r["user_id"].encode()).hexdigest(): r for r in _train_rows()}
     train = []
     for label in ("yes", "no"):
         ordered = sorted((h for h, r in keys.items() if r["churned"] == label),
                          key=lambda h: (int(h[:15], 16) / 16 ** 15, h))
         train += [keys[h] for h in ordered[:round(0.7 * len(ordered))]]
+    return train
+
+
+def test_a_copy_of_the_training_data_has_no_anomaly(tmp_path):
+    stats = json.loads((skew.SAMPLES / "training" / "statistics.json").read_text())
+    train = train_split()
     assert len(train) == stats["train"]["rows"]
     report = _run(tmp_path, source=beam.Create(train))
     assert report["anomalies"] == 0

@@ -9,6 +9,7 @@ accuracy; histograms have equal-width bins between the split's min and max (a se
 import math
 
 import apache_beam as beam
+from apache_beam.transforms import window
 from ddsketch import DDSketch
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -160,18 +161,20 @@ def _string_values(split_row, strings):
             yield (split, name, row[name])
 
 
-def _assemble(split_and_parts):
-    """(split, {"stats": [...], "bins": [...], "values": [...]}) -> the split's statistics artifact."""
+def _assemble(split_and_parts, histograms=True):
+    """(split, {"stats": [...], "bins": [...], "values": [...]}) -> the split's statistics artifact (numeric
+    features without "histogram" when `histograms` is off: then there are no "bins")."""
     split, parts = split_and_parts
     [stats] = parts["stats"]
     bins, values = {}, {}
-    for (name, index), count in parts["bins"]:
+    for (name, index), count in parts.get("bins", ()):
         bins.setdefault(name, {})[index] = count
     for name, top, distinct in parts["values"]:
         values[name] = (top, distinct)
     for name, feature in stats["features"].items():
         if feature["type"] == "numeric":
-            feature["histogram"] = histogram(bins.get(name, {}), feature["min"], feature["max"])
+            if histograms:
+                feature["histogram"] = histogram(bins.get(name, {}), feature["min"], feature["max"])
         else:
             top, distinct = values.get(name, ([], 0))
             feature["distinct"] = distinct
@@ -187,34 +190,44 @@ def _top_and_distinct(keyed):
 
 
 class ComputeStatistics(beam.PTransform):
-    """(split, row with None for missing values) -> one statistics artifact per split (every split of
-    `splits`, also when it is empty)."""
+    """(split, row with None for missing values) -> one statistics artifact per split and window. In the
+    global window (batch) every split of `splits` gets one, also when it is empty; in other windows only
+    the splits with rows do (an empty split has no window to belong to).
 
-    def __init__(self, splits, numeric_features, string_features, top_k=TOP_VALUES):
+    `histograms=False` leaves out the numeric histograms: their second pass needs each split's (window's)
+    min and max as a side input, so it holds back all of a window's rows until the window closes (and
+    the local BundleBasedDirectRunner fails when a bundle without elements reaches a ParDo with a
+    windowed side input)."""
+
+    def __init__(self, splits, numeric_features, string_features, top_k=TOP_VALUES, histograms=True):
         super().__init__()
         self._splits, self._numeric, self._strings, self._top_k = list(splits), list(numeric_features), \
             list(string_features), top_k
+        self._histograms = histograms
 
     def expand(self, rows):
         numeric, strings = self._numeric, self._strings
-        empty = SplitStats(numeric, strings).extract()
-        stats = ((rows | "StatsPerSplit" >> beam.CombinePerKey(SplitStatsFn(numeric, strings)),
-                  rows.pipeline | "AllSplits" >> beam.Create([(s, empty) for s in self._splits]))
-                 | "WithEmptySplits" >> beam.Flatten()
-                 | "OnePerSplit" >> beam.CombinePerKey(lambda found: max(found, key=lambda s: s["rows"])))
-        bins = (rows
-                | "HistogramBins" >> beam.FlatMap(_histogram_keys, numeric, beam.pvalue.AsDict(stats))
-                | "CountBins" >> beam.combiners.Count.PerElement()
-                | "BinsBySplit" >> beam.Map(lambda kc: (kc[0][0], ((kc[0][1], kc[0][2]), kc[1]))))
+        stats = rows | "StatsPerSplit" >> beam.CombinePerKey(SplitStatsFn(numeric, strings))
+        if isinstance(rows.windowing.windowfn, window.GlobalWindows):
+            empty = SplitStats(numeric, strings).extract()
+            stats = ((stats, rows.pipeline | "AllSplits" >> beam.Create([(s, empty) for s in self._splits]))
+                     | "WithEmptySplits" >> beam.Flatten()
+                     | "OnePerSplit" >> beam.CombinePerKey(lambda found: max(found, key=lambda s: s["rows"])))
+        parts = {"stats": stats}
+        if self._histograms:
+            parts["bins"] = (rows
+                             | "HistogramBins" >> beam.FlatMap(_histogram_keys, numeric, beam.pvalue.AsDict(stats))
+                             | "CountBins" >> beam.combiners.Count.PerElement()
+                             | "BinsBySplit" >> beam.Map(lambda kc: (kc[0][0], ((kc[0][1], kc[0][2]), kc[1]))))
         counted = (rows
                    | "StringValues" >> beam.FlatMap(_string_values, strings)
                    | "CountValues" >> beam.combiners.Count.PerElement()
                    | "ByFeature" >> beam.Map(lambda kc: ((kc[0][0], kc[0][1]), (kc[1], kc[0][2]))))
         top = counted | "TopValues" >> beam.combiners.Top.PerKey(self._top_k, key=lambda cv: cv[0])
         distinct = counted | "DistinctValues" >> beam.combiners.Count.PerKey()
-        values = ({"top": top, "distinct": distinct}
-                  | "JoinByFeature" >> beam.CoGroupByKey()
-                  | "ValuesBySplit" >> beam.Map(_top_and_distinct))
-        return ({"stats": stats, "bins": bins, "values": values}
+        parts["values"] = ({"top": top, "distinct": distinct}
+                           | "JoinByFeature" >> beam.CoGroupByKey()
+                           | "ValuesBySplit" >> beam.Map(_top_and_distinct))
+        return (parts
                 | "JoinBySplit" >> beam.CoGroupByKey()
-                | "Assemble" >> beam.Map(_assemble))
+                | "Assemble" >> beam.Map(_assemble, self._histograms))

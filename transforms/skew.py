@@ -126,7 +126,8 @@ def _bin_keys(row, histograms):
 
 
 class CountInTrainingBins(beam.PTransform):
-    """Rows (raw values) -> one {(feature, training bin): count} dict."""
+    """Rows (raw values) -> one {(feature, training bin): count} dict per window with values (none for a
+    window without any: read it with `AsSingleton(..., default_value={})`)."""
 
     def __init__(self, histograms):
         super().__init__()
@@ -136,5 +137,5 @@ class CountInTrainingBins(beam.PTransform):
         return (rows
                 | "BinKeys" >> beam.FlatMap(_bin_keys, self._histograms)
                 | "CountBins" >> beam.combiners.Count.PerElement()
-                | "AsOneDict" >> beam.combiners.ToDict())
+                | "AsOneDict" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults())
 
