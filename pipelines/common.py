@@ -13,6 +13,9 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from transforms.deadletter import DEAD_LETTER_TAG
+from transforms.udf import ApplyUdf, load_udf
+
 BQ_WRITE_METHODS = ("STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API")
 
 
@@ -204,6 +207,23 @@ def check_outputs(options, pipeline_name, main_sinks):
     if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
         raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
                          "--output_dir")
+
+
+def check_udf(options):
+    """Loads --udf_path's function once at start-up, so a broken UDF fails the launch, not the workers."""
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
+
+
+def apply_udf(options, records, pipeline_name):
+    """`records` through --udf_path's function when one is given: (records, [the UDF's dead letters])."""
+    udf = options.view_as(UdfOptions)
+    if not udf.udf_path:
+        return records, []
+    transformed = records | "ApplyUdf" >> beam.ParDo(
+        ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name)).with_outputs(DEAD_LETTER_TAG, main="records")
+    return transformed.records, [transformed[DEAD_LETTER_TAG]]
 
 
 def parse_pipeline_options(argv, description, option_classes):

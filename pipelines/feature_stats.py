@@ -32,7 +32,8 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, OutputOptions, RecordInputOptions, TensorBoardOptions, TfRecordOutputOptions, UdfOptions,
-    add_progress, dead_letters_by_reason, metric_counts, read_text, resolve_tensorboard_run, run_pipeline)
+    add_progress, apply_udf, check_udf, dead_letters_by_reason, metric_counts, read_text, resolve_tensorboard_run,
+    run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
@@ -41,7 +42,6 @@ from transforms.features import (
     PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, read_statistics, stats_rows)
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.tensorboard import WriteFeatureSummaries
-from transforms.udf import ApplyUdf, load_udf
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "features"
 SAMPLE_SPEC = SAMPLES / "churn.yaml"
@@ -87,9 +87,7 @@ def validate(options):
     check_record_inputs(options)
     if options.view_as(TfRecordOutputOptions).num_shards < 0:
         raise ValueError("--num_shards must be >= 0")
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        load_udf(udf.udf_path, udf.udf_function)
+    check_udf(options)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     resolve_tensorboard_run(options, PIPELINE)
     spec_path = opts.feature_spec or str(SAMPLE_SPEC)
@@ -123,13 +121,7 @@ def build(pipeline, options, settings, source=None):
                | "ReadRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
     read = records
-    dead_letter_sources = []
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        transformed_records = records | "ApplyUdf" >> beam.ParDo(
-            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
-        records = transformed_records.records
-        dead_letter_sources.append(transformed_records[DEAD_LETTER_TAG])
+    records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
     rows = cleansed.rows
     if spec.stratify:

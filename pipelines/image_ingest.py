@@ -34,7 +34,7 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
-    add_progress, dead_letters_by_reason, metric_counts, read_text, run_pipeline)
+    add_progress, apply_udf, check_udf, dead_letters_by_reason, metric_counts, read_text, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.image_ingest import (
     MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
@@ -42,7 +42,6 @@ from transforms.image_ingest import (
     manifest_row_from_dead_letter, utc_now_iso)
 from transforms.images import ENCODINGS, RESIZE_METHODS, parse_image_size, parse_label_map, parse_splits
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
-from transforms.udf import ApplyUdf, load_udf
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "images"
 
@@ -151,9 +150,7 @@ def validate(options):
                          "use the label_map.txt of a batch run, or write one label per line")
     if input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes Pub/Sub messages and manifest lines; it does not apply to --input_dir")
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        load_udf(udf.udf_path, udf.udf_function)
+    check_udf(options)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     labels = None
     if label_map:
@@ -184,13 +181,7 @@ def build(pipeline, options, settings, source=None):
             input_dir = str(SAMPLE_DIR)
         source = ReadImageSources(pubsub.input_subscription, pubsub.input_topic, input_dir, opts.input_manifest)
     raw = read = pipeline | "ReadImageSources" >> source
-    dead_letter_sources = []
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        transformed = raw | "ApplyUdf" >> beam.ParDo(
-            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
-        raw = transformed.records
-        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
     inputs = raw | "ToImageInputs" >> beam.ParDo(ToImageInputs(opts.input_manifest)).with_outputs(
         DEAD_LETTER_TAG, main="images")
     width, height = settings.image_size

@@ -42,8 +42,8 @@ from tensorflow import errors as tf_errors
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions,
-    OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, check_outputs,
-    dead_letters_by_reason, metric_counts, read_jsonl, read_text, run_pipeline)
+    OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, apply_udf, check_outputs,
+    check_udf, dead_letters_by_reason, metric_counts, read_jsonl, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import record_dict, serving_features
@@ -53,7 +53,6 @@ from transforms.scoring import (
     CACHE_COLUMN_FAMILY, INFERENCE_ERROR, PREDICTION_BQ_SCHEMA, LoadedModel, ScoringRequest, TfModelHandler,
     content_row_key, model_directory, model_version, prediction_row, prepare_example, request_row_key)
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords, ensure_bigtable_table
-from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "score"
 SAMPLES = Path(__file__).resolve().parent / "samples" / "score"
@@ -146,9 +145,7 @@ def validate(options):
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
     if input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        load_udf(udf.udf_path, udf.udf_function)
+    check_udf(options)
     # the Bigtable cache is not a main output
     check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table, opts.predictions_topic))
     default_model = opts.model_path is None
@@ -292,13 +289,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     if source is None:
         source = _source(options)
     raw = read = pipeline | "ReadRequests" >> source
-    dead_letter_sources = []
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        transformed = raw | "ApplyUdf" >> beam.ParDo(
-            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
-        raw = transformed.records
-        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
     parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs, settings.feature_spec)).with_outputs(
         DEAD_LETTER_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])

@@ -42,8 +42,8 @@ from apache_beam.pvalue import PCollection
 from apache_beam.transforms import window
 
 from pipelines.common import (
-    BatchInputOptions, OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress,
-    metric_counts, read_text, run_pipeline)
+    BatchInputOptions, OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, apply_udf,
+    check_udf, metric_counts, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
@@ -52,7 +52,6 @@ from transforms.feature_stats import ComputeStatistics
 from transforms.features import record_dict, serving_raw_values
 from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.skew import DEFAULT_THRESHOLDS, CountInTrainingBins, skew_report
-from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "skew"
 SAMPLES = Path(__file__).resolve().parent / "samples" / "skew"
@@ -120,9 +119,7 @@ def validate(options):
         raise ValueError(f"--skew_window_seconds must be positive, got {opts.skew_window_seconds}")
     if pubsub.input_subscription or pubsub.input_topic:
         options.view_as(StandardOptions).streaming = True
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        load_udf(udf.udf_path, udf.udf_function)
+    check_udf(options)
     out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
     training_dir = opts.training_dir or str(SAMPLES / "training")
     try:
@@ -184,13 +181,7 @@ def build(pipeline, options, settings, source=None):
     strings = [f.name for f in features if f.name not in numeric]
     texts = {f.name for f in features if f.type == "text"}
     records = read = pipeline | "ReadServing" >> (source or record_source(options, SAMPLES / "serving.jsonl"))
-    dead_letter_sources = []
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        transformed = records | "ApplyUdf" >> beam.ParDo(
-            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
-        records = transformed.records
-        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     values = records | "ServingValues" >> beam.ParDo(ServingValues(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
     rows = values.rows
     if streaming:

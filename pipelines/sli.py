@@ -30,8 +30,8 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
-    TensorBoardOptions, UdfOptions, add_progress, check_allowed_lateness, check_outputs, dead_letters_by_reason, metric_counts,
-    read_jsonl, resolve_tensorboard_run, run_pipeline)
+    TensorBoardOptions, UdfOptions, add_progress, apply_udf, check_allowed_lateness, check_outputs, check_udf,
+    dead_letters_by_reason, metric_counts, read_jsonl, resolve_tensorboard_run, run_pipeline)
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.log_parsing import ParseLogRecords
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
@@ -40,7 +40,6 @@ from transforms.sli_config import SAMPLES_DIR, load_sli_config
 from transforms.sli_io import BIGTABLE_COLUMN_FAMILY, ReadLogRecords, bigtable_row_key, slo_status_row_key
 from transforms.slo import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus
 from transforms.tensorboard import WriteSliSummaries
-from transforms.udf import ApplyUdf, load_udf
 
 PIPELINE = "sli"
 SAMPLE_CONFIG = SAMPLES_DIR / "profile_service.yaml"
@@ -100,9 +99,7 @@ def validate(options):
                                       options.view_as(BigtableOptions).bigtable_instance))
     if pubsub.input_subscription or pubsub.input_topic:
         options.view_as(StandardOptions).streaming = True
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        load_udf(udf.udf_path, udf.udf_function)  # fail at start-up, not on the workers
+    check_udf(options)
     config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
     resolve_tensorboard_run(options, PIPELINE)
     if not config.slos and (sli.slo_table or sli.alerts_topic):
@@ -129,13 +126,7 @@ def build(pipeline, options, config, source=None):
                | "ReadLogRecords" >> source
                | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
     read = records
-    dead_letter_sources = []
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        transformed = records | "ApplyUdf" >> beam.ParDo(
-            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
-        records = transformed.records
-        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="events")
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(

@@ -31,12 +31,11 @@ from apache_beam.pvalue import PCollection
 
 from pipelines.common import (
     BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
-    RecordInputOptions, UdfOptions, add_progress, check_allowed_lateness, check_outputs, dead_letters_by_reason, metric_counts,
-    read_jsonl, read_text, run_pipeline)
+    RecordInputOptions, UdfOptions, add_progress, apply_udf, check_allowed_lateness, check_outputs, check_udf,
+    dead_letters_by_reason, metric_counts, read_jsonl, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
-from transforms.udf import ApplyUdf, load_udf
 from transforms.window_features import (
     BIGTABLE_COLUMN_FAMILY, PIPELINE, WINDOW_FEATURES_BQ_SCHEMA, ComputeWindowFeatures, ParseEvents, bigtable_cells)
 from transforms.window_spec import load_window_spec
@@ -86,9 +85,7 @@ def validate(options):
         raise ValueError(f"--feature_ttl_hours must be positive, got {opts.feature_ttl_hours}")
     check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
                                       options.view_as(BigtableOptions).bigtable_instance))
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        load_udf(udf.udf_path, udf.udf_function)
+    check_udf(options)
     return load_window_spec(opts.window_spec or SAMPLE_SPEC, read=read_text)
 
 
@@ -104,13 +101,7 @@ def build(pipeline, options, spec, source=None):
     records = read = (pipeline
                       | "ReadEvents" >> (source or record_source(options, SAMPLE_EVENTS))
                       | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
-    dead_letter_sources = []
-    udf = options.view_as(UdfOptions)
-    if udf.udf_path:
-        transformed = records | "ApplyUdf" >> beam.ParDo(
-            ApplyUdf(udf.udf_path, udf.udf_function, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="records")
-        records = transformed.records
-        dead_letter_sources.append(transformed[DEAD_LETTER_TAG])
+    records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec)).with_outputs(DEAD_LETTER_TAG, main="events")
     rows = events.events | "ComputeWindowFeatures" >> ComputeWindowFeatures(
         spec, options.view_as(EventTimeOptions).allowed_lateness_seconds)
