@@ -219,8 +219,8 @@ class WindowFromKey(window.NonMergingWindowFn):
         return coders.IntervalWindowCoder()
 
 
-def _iso(ts):
-    return ts.to_utc_datetime(has_tz=True).isoformat()
+def _iso_seconds(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat()
 
 
 _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
@@ -229,26 +229,27 @@ _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 class FormatFeatureRows(beam.DoFn):
     """((entity, window name, start), WindowAggregates) in a pane -> one feature row (see the module doc)."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, bounded_input):
         self._spec = spec
+        self._bounded_input = bounded_input  # a backfill: one final pane per window, not windowed by Beam
 
     def setup(self):
-        self._features = {w.name: (w.step, self._spec.aggregations_in(w)) for w in self._spec.windows}
+        self._windows = {w.name: (w.size, w.step, self._spec.aggregations_in(w)) for w in self._spec.windows}
         self._rows = Metrics.counter(PIPELINE, "feature_rows")
 
-    def process(self, keyed, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (entity, name, _), aggregates = keyed
-        step, features = self._features[name]
+    def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
+        (entity, name, start), aggregates = keyed
+        size, step, features = self._windows[name]
         self._rows.inc()
         yield {
             "entity": entity,
             "window": name,
-            "window_start": _iso(win.start),
-            "time_index": _iso(win.end),
-            "valid_until": _iso(win.end + Duration(seconds=step)),
+            "window_start": _iso_seconds(start),
+            "time_index": _iso_seconds(start + size),
+            "valid_until": _iso_seconds(start + size + step),
             "features": [{"name": feature, "value": aggregates.value(field, agg)} for feature, field, agg in features],
-            "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
-            "pane_index": pane.index,
+            "pane_timing": "ON_TIME" if self._bounded_input else _PANE_TIMING.get(pane.timing, "UNKNOWN"),
+            "pane_index": 0 if self._bounded_input else pane.index,
             "emitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
 
@@ -258,35 +259,32 @@ class ComputeWindowFeatures(beam.PTransform):
 
     In streaming the watermark pane is ON_TIME, then every late event within `allowed_lateness_seconds`
     fires a LATE pane with the updated (accumulated) aggregates; later events are dropped by Beam (the
-    runner counts them). A backfill has one pane per window."""
+    runner counts them). A backfill needs no Beam windows: the window is in the key, and combining per
+    key in the global window skips Beam's trigger driver (about 2.5x faster in bench/window_features.py);
+    the tests check both paths give the same values."""
 
     def __init__(self, spec, allowed_lateness_seconds=3600):
         super().__init__()
         self._spec = spec
         self._allowed_lateness = allowed_lateness_seconds
 
-    def _windowing(self, bounded):
-        window_fn = WindowFromKey({w.name: w.size for w in self._spec.windows})
-        if bounded:
-            return beam.WindowInto(window_fn)
-        return beam.WindowInto(
-            window_fn,
-            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-            allowed_lateness=Duration(seconds=self._allowed_lateness),
-        )
-
     def expand(self, events):
-        return (
-            events
-            | "KeyByWindow" >> beam.ParDo(KeyByWindow(self._spec))
-            | "Windows" >> self._windowing(events.is_bounded)
-            | "AggregatePerEntity" >> beam.CombinePerKey(
-                WindowAggregatesFn(self._spec.numeric_fields, self._spec.distinct_fields))
-            | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec))
-            # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.
-            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-        )
+        keyed = events | "KeyByWindow" >> beam.ParDo(KeyByWindow(self._spec))
+        if not events.is_bounded:
+            keyed = keyed | "Windows" >> beam.WindowInto(
+                WindowFromKey({w.name: w.size for w in self._spec.windows}),
+                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=Duration(seconds=self._allowed_lateness),
+            )
+        rows = (keyed
+                | "AggregatePerEntity" >> beam.CombinePerKey(
+                    WindowAggregatesFn(self._spec.numeric_fields, self._spec.distinct_fields))
+                | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, events.is_bounded)))
+        if events.is_bounded:
+            return rows
+        # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.
+        return rows | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
 
 
 def bigtable_cells(row):
