@@ -20,3 +20,4 @@ bench: bootstrap
 	$(PY) -m bench.images
 	$(PY) -m bench.score
 	$(PY) -m bench.features
+	$(PY) -m bench.window_features
