@@ -100,6 +100,9 @@ def test_event_times(value, unit, seconds):
     ({"card_id": "", "event_time": T0}, "missing_entity"),
     ({"card_id": "c", "amount": 1}, "missing_event_time"),
     ({"card_id": "c", "event_time": "last tuesday"}, "invalid_event_time"),
+    ({"card_id": "c", "event_time": T0 * 1000 * 1000}, "invalid_event_time"),  # microseconds read as seconds
+    ({"card_id": "c", "event_time": -5}, "invalid_event_time"),
+    ({"card_id": "c", "event_time": float("nan")}, "missing_event_time"),
     ({"card_id": "c", "event_time": T0, "amount": "12"}, "wrong_type"),
     ({"card_id": "c", "event_time": T0, "amount": True}, "wrong_type"),
     ({"card_id": "c", "event_time": T0, "merchant": ["a", "b"]}, "wrong_type"),

@@ -56,12 +56,20 @@ class Event(NamedTuple):
     values: dict  # aggregated field -> value (missing fields left out)
 
 
+_LAST_SECOND = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()
+
+
 def event_seconds(value, epoch_unit):
-    """Event time in seconds since the epoch from RFC 3339 text, a datetime (naive: UTC) or an epoch number."""
+    """Event time in seconds since the epoch from RFC 3339 text, a datetime (naive: UTC) or an epoch number
+    (in `epoch_unit`, up to the year 9999: larger numbers are usually a wrong unit)."""
     if isinstance(value, datetime.datetime):
         return (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).timestamp()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value / _EPOCH_UNITS[epoch_unit]
+        seconds = value / _EPOCH_UNITS[epoch_unit]
+        if not 0 <= seconds <= _LAST_SECOND:
+            raise RecordError("invalid_event_time", f"event time {value!r} in epoch {epoch_unit} is not between "
+                                                    f"1970 and 9999: check the spec's epoch_unit (s, ms or us)")
+        return seconds
     if isinstance(value, str):
         try:
             parsed = datetime.datetime.fromisoformat(value)
