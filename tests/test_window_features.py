@@ -98,6 +98,7 @@ def test_event_times(value, unit, seconds):
     ('{"card_id": "c", "event_time": 1', "invalid_json"),
     ({"event_time": T0, "amount": 1}, "missing_entity"),
     ({"card_id": "", "event_time": T0}, "missing_entity"),
+    ({"card_id": "c" * 4097, "event_time": T0}, "entity_too_long"),
     ({"card_id": "c", "amount": 1}, "missing_event_time"),
     ({"card_id": "c", "event_time": "last tuesday"}, "invalid_event_time"),
     ({"card_id": "c", "event_time": T0 * 1000 * 1000}, "invalid_event_time"),  # microseconds read as seconds

@@ -32,6 +32,7 @@ from transforms.features import is_missing, record_dict
 
 PIPELINE = "window_features"
 BIGTABLE_COLUMN_FAMILY = "features"
+MAX_ENTITY_BYTES = 4096  # the online store's row key is the entity
 _EPOCH_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000}
 _EMPTY = {"count": 0, "distinct_count": 0, "sum": 0.0}  # the value of these over no events; others: None
 
@@ -88,6 +89,10 @@ def parse_event(record, spec):
     entity = row.get(spec.entity_field)
     if is_missing(entity) or isinstance(entity, (dict, list)):
         raise RecordError("missing_entity", f"the entity field '{spec.entity_field}' is missing or not a value")
+    entity = str(entity)
+    if len(entity.encode("utf-8")) > MAX_ENTITY_BYTES:
+        raise RecordError("entity_too_long", f"the entity '{entity[:40]}...' is over {MAX_ENTITY_BYTES} bytes, "
+                                             f"the most a Bigtable row key holds")
     if is_missing(row.get(spec.time_field)):
         raise RecordError("missing_event_time", f"the event time field '{spec.time_field}' is missing")
     timestamp = event_seconds(row[spec.time_field], spec.epoch_unit)
@@ -102,7 +107,7 @@ def parse_event(record, spec):
                 isinstance(value, bool) or not isinstance(value, (int, float)) or math.isinf(value)):
             raise RecordError("wrong_type", f"field '{field}' must be a finite number, got {value!r}")
         values[field] = value
-    return Event(str(entity), timestamp, values)
+    return Event(entity, timestamp, values)
 
 
 class ParseEvents(beam.DoFn):
