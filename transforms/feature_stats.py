@@ -12,6 +12,8 @@ import apache_beam as beam
 from apache_beam.transforms import window
 from ddsketch import DDSketch
 
+from transforms.accumulators import MergingCombineFn
+
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 10
 TOP_VALUES = 10
@@ -107,7 +109,7 @@ class SplitStats:
         return {"rows": self.rows, "features": {n: a.extract() for n, a in self.features.items()}}
 
 
-class SplitStatsFn(beam.CombineFn):
+class SplitStatsFn(MergingCombineFn):
     def __init__(self, numeric_features, string_features):
         self._numeric, self._string = list(numeric_features), list(string_features)
 
@@ -116,12 +118,6 @@ class SplitStatsFn(beam.CombineFn):
 
     def add_input(self, accumulator, row):
         return accumulator.add(row)
-
-    def merge_accumulators(self, accumulators):
-        first, *rest = accumulators
-        for other in rest:
-            first.merge(other)
-        return first
 
     def extract_output(self, accumulator):
         return accumulator.extract()

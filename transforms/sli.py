@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
+from transforms.accumulators import MergingCombineFn
 from transforms.sli_config import UNMATCHED_JOURNEY, JourneyMatcher, sli_short_name, status_matcher
 from transforms.sli_stats import PERCENTILES, JourneyWindowStats
 
@@ -104,7 +105,7 @@ class MatchJourneys(beam.DoFn):
         yield (service, journey, window_start), (event.latency_ms, tuple(p(event) for p in predicates))
 
 
-class JourneyWindowStatsFn(beam.CombineFn):
+class JourneyWindowStatsFn(MergingCombineFn):
     """Thin CombineFn over the `JourneyWindowStats` accumulator."""
 
     def create_accumulator(self):
@@ -112,16 +113,6 @@ class JourneyWindowStatsFn(beam.CombineFn):
 
     def add_input(self, acc, value):
         return acc.add(*value)
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        merged = next(accumulators)
-        for acc in accumulators:
-            merged.merge(acc)
-        return merged
-
-    def extract_output(self, acc):
-        return acc
 
 
 def _iso(ts):

@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
+from transforms.accumulators import MergingCombineFn
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
 from transforms.features import is_missing, record_dict
 
@@ -181,7 +182,7 @@ class WindowAggregates:
                       "last": last}[aggregate])
 
 
-class WindowAggregatesFn(beam.CombineFn):
+class WindowAggregatesFn(MergingCombineFn):
     """Thin CombineFn over WindowAggregates."""
 
     def __init__(self, numeric_fields, distinct_fields):
@@ -192,16 +193,6 @@ class WindowAggregatesFn(beam.CombineFn):
 
     def add_input(self, acc, event):
         return acc.add(event, self._numeric, self._distinct)
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        merged = next(accumulators)
-        for acc in accumulators:
-            merged.merge(acc)
-        return merged
-
-    def extract_output(self, acc):
-        return acc
 
 
 class KeyByWindow(beam.DoFn):
