@@ -36,7 +36,6 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import window
@@ -46,7 +45,7 @@ from pipelines.common import (
     check_udf, metric_counts, read_text, run_pipeline)
 from pipelines.feature_inputs import check_record_inputs, record_source
 from pipelines.feature_stats import SPEC_FILE
-from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
 from transforms.feature_spec import load_feature_spec
 from transforms.feature_stats import ComputeStatistics
 from transforms.features import record_dict, serving_raw_values
@@ -144,7 +143,7 @@ class ServingValues(beam.DoFn):
         self._spec = spec
 
     def process(self, record):
-        payload, attributes = (record.data, record.attributes) if isinstance(record, PubsubMessage) else (record, None)
+        payload, attributes = payload_and_attributes(record)
         try:
             values = serving_raw_values(record_dict(payload), self._spec)
         except RecordError as e:

@@ -20,6 +20,8 @@ import datetime
 import json
 import traceback
 
+from apache_beam.io.gcp.pubsub import PubsubMessage
+
 
 DEAD_LETTER_TAG = "dead_letters"
 
@@ -52,6 +54,12 @@ class RecordError(ValueError):
     def __init__(self, reason, message):
         super().__init__(message)
         self.reason = reason
+
+
+def payload_and_attributes(record):
+    """(payload, attributes) of a record as read: a Pub/Sub message's body and attributes, else the record
+    itself and None."""
+    return (record.data, record.attributes) if isinstance(record, PubsubMessage) else (record, None)
 
 
 def make_dead_letter(pipeline, step, payload, error, attributes=None):

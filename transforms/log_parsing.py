@@ -17,11 +17,10 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import apache_beam as beam
-from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
 
 
 class RequestEvent(NamedTuple):
@@ -222,10 +221,7 @@ class ParseLogRecords(beam.DoFn):
         self._parsed = Metrics.counter(pipeline_name, "records_parsed")
 
     def process(self, record):
-        if isinstance(record, PubsubMessage):
-            payload, attributes = record.data, record.attributes
-        else:
-            payload, attributes = record, None
+        payload, attributes = payload_and_attributes(record)
         try:
             event = parse_log_record(payload, self._formats)
         except Exception as e:  # noqa: BLE001 - RecordError or a bug: either way a dead letter, not a crash

@@ -22,13 +22,12 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
-from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
 from transforms.accumulators import MergingCombineFn
-from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
 from transforms.features import is_missing, record_dict
 
 PIPELINE = "window_features"
@@ -120,11 +119,12 @@ class ParseEvents(beam.DoFn):
         self._spec = spec
 
     def process(self, record):
-        payload, attributes = (record.data, record.attributes) if isinstance(record, PubsubMessage) else (record, None)
+        payload, attributes = payload_and_attributes(record)
         try:
             event = parse_event(payload, self._spec)
         except RecordError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
             return
         Metrics.counter(PIPELINE, "events").inc()
         yield window.TimestampedValue(event, event.timestamp)
