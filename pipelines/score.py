@@ -183,12 +183,14 @@ class ParseRequests(beam.DoFn):
     def __init__(self, inputs, feature_spec=None):
         self._inputs, self._feature_spec = inputs, feature_spec
 
-    def process(self, raw, timestamp=beam.DoFn.TimestampParam):
-        received_at = timestamp.micros / 1e6 if timestamp.micros > 0 else time.time()  # publish time
+    def process(self, raw):
+        received_at = time.time()
         payload, attributes = raw, {}
         try:
             if isinstance(raw, PubsubMessage):
                 payload, attributes = raw.data, dict(raw.attributes or {})
+                if raw.publish_time:
+                    received_at = raw.publish_time.timestamp()
                 record = record_dict(raw.data) if raw.data.lstrip()[:1] == b"{" else {"image_data": raw.data}
                 record.setdefault("id", attributes.get("request_id") or attributes.get("id") or raw.message_id)
             elif isinstance(raw, ImageInput):

@@ -213,7 +213,7 @@ def build(pipeline, options, settings, source=None):
     if opts.anomalies_topic:
         (report_rows
          | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
-         | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic))
+         | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic, streaming=streaming))
     dead_letters = (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
         PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),

@@ -12,8 +12,8 @@ def test_progress_lines_count_records_and_dead_letters(capsys):
     read.setup()
     dead.setup()
     for element in range(3):
-        assert list(read.process(element)) == [element]
-    list(dead.process({"reason": "x"}))
+        read.process(element)
+    dead.process({"reason": "x"})
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("[demo-a]")
     assert "records read 3 (" in lines[-1] and lines[-1].endswith("dead letters 1")

@@ -188,7 +188,8 @@ class WriteRecords(beam.PTransform):
         self._local_prefix, self._streaming = local_prefix, streaming
 
     def expand(self, records):
-        records = records | "ReleaseToSinks" >> ReleaseToSinks()
+        if self._streaming:  # in batch there is no late data, and the sinks rewindow themselves
+            records = records | "ReleaseToSinks" >> ReleaseToSinks()
         dead_letters = ()
         if self._bigquery:
             b = self._bigquery
