@@ -257,12 +257,17 @@ def read_text(path):
         return f.read().decode("utf-8")
 
 
-def read_jsonl(pattern):
-    """Every JSON line of the files matching `pattern` (local or gs://; .gz read transparently)."""
+def read_jsonl(pattern, limit=None):
+    """The JSON lines of the files matching `pattern` (local or gs://; .gz read transparently), in file
+    name order: all of them, or the first `limit`."""
     rows = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
+    for match in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
         with FileSystems.open(match.path) as f:
-            rows.extend(json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip())
+            for line in f:
+                if len(rows) == limit:
+                    return rows
+                if line.strip():
+                    rows.append(json.loads(line))
     return rows
 
 

@@ -249,6 +249,7 @@ class ToPredictionRows(beam.DoFn):
 
     def __init__(self, labels, top_k):
         self._labels, self._top_k = labels, top_k
+        self._scored = Metrics.counter(PIPELINE, "scored")
 
     def process(self, keyed):
         request, result = keyed
@@ -257,7 +258,7 @@ class ToPredictionRows(beam.DoFn):
                 PIPELINE, self.STEP, {"request_id": request.request_id, "content_key": request.content_key},
                 RecordError("inference_failed", result.inference[INFERENCE_ERROR])))
             return
-        Metrics.counter(PIPELINE, "scored").inc()
+        self._scored.inc()
         yield prediction_row(request, result.inference, result.model_id, self._labels, self._top_k)
 
 
@@ -355,13 +356,14 @@ def report(result, options, _settings):
     if by_reason:
         lines.append(by_reason)
     if output_dir:
-        rows = read_jsonl(FileSystems.join(output_dir, "predictions*.jsonl"))
-        for row in sorted(rows, key=lambda r: r["request_id"])[:5]:
+        rows = read_jsonl(FileSystems.join(output_dir, "predictions*.jsonl"), limit=5)
+        for row in rows:
             best = row["top_k"][0] if row["top_k"] else None
             lines.append(f"{row['request_id']:<28} model {row['model_version']}: "
                          + (f"{best['label']} {best['score']:.3f}" if best else row["outputs"][:60]))
-        if len(rows) > 5:
-            lines.append(f"... {len(rows) - 5} more in {output_dir}/predictions-*.jsonl")
+        more = counts.get("scored", 0) + counts.get("cache_hits", 0) - len(rows)
+        if more > 0:
+            lines.append(f"... {more} more in {output_dir}/predictions-*.jsonl")
     return "\n".join(lines)
 
 
