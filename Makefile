@@ -19,5 +19,6 @@ bench: bootstrap
 	$(PY) -m bench.sli
 	$(PY) -m bench.images
 	$(PY) -m bench.score
+	$(PY) -m bench.score_latency
 	$(PY) -m bench.features
 	$(PY) -m bench.window_features
