@@ -130,6 +130,23 @@ def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
     assert len(rows) + len(dead) == len(lines)  # every request is a prediction or a dead letter
 
 
+def test_report_counts_and_shows_the_first_predictions_written(image_model, tmp_path, capsys):
+    lines, truth = sample_requests(count=8, seed=5)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(lines) + "\n")
+    score.run(["--runner", "FnApiRunner", "--model_path", str(image_model / "models" / "1"),
+               "--label_map", str(image_model / "labels.txt"), "--input_files", str(requests),
+               "--output_dir", str(tmp_path / "out"), "--progress", "off"])
+    report = capsys.readouterr().out.splitlines()
+    written = [json.loads(line) for f in sorted((tmp_path / "out").glob("predictions-*.jsonl"))
+               for line in f.read_text().splitlines()]
+    assert len(written) == len(truth) == 9  # 8 images, one of them sent twice
+    assert report[0] == f"scored: 9  from the cache: 0  dead letters: {len(lines) - 9}"
+    shown = [line.split()[0] for line in report[1:] if line.split()[0] in truth]
+    assert shown == [row["request_id"] for row in written[:5]]
+    assert report[-1] == f"... 4 more in {tmp_path / 'out'}/predictions-*.jsonl"
+
+
 class _WindowedRequests(beam.PTransform):
     """JSON requests at given event times, in 10 s fixed windows (grouped, so each window is complete)."""
 
