@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from google.cloud import bigtable
 
-from pipelines import window_features
+from pipelines import window_features, window_features_join
 from pipelines.common import metric_counts
 from tests.test_sli_e2e import ROOT, bq_client
 from tests.window_oracle import expected_features, valid_events
@@ -214,8 +214,8 @@ def test_online_store_lookup_is_point_in_time(sample_run, project):
     assert lookup_features(table, "c-never", spec)["amount_count_1h"] == 0
 
 
-def test_offline_store_point_in_time_join(sample_run, services, project):
-    """The README's join (sql/window_features_point_in_time_join.sql) on the BigQuery emulator: each label
+def test_offline_store_point_in_time_join(sample_run, services, project, capsys):
+    """The generated join (python -m pipelines.window_features_join) on the BigQuery emulator: each label
     row gets, per feature, the value of the latest window that ended at or before its time and is still
     current; rows are the sample run's."""
     client = bq_client(services, project)
@@ -224,9 +224,9 @@ def test_offline_store_point_in_time_join(sample_run, services, project):
     client.query("CREATE OR REPLACE TABLE features.labels (entity STRING, label_time TIMESTAMP, label INT64)").result()
     client.insert_rows_json("features.labels", [{"entity": e, "label_time": t, "label": 1} for e, t in labels],
                             retry=None)
-    sql = (ROOT / "sql" / "window_features_point_in_time_join.sql").read_text()
-    sql = sql.replace("ml.training_labels", "features.labels").replace("features.card_windows",
-                                                                          "features.sample_windows")
+    window_features_join.main(["--features_table", f"{project}:features.sample_windows",
+                               "--labels_table", "features.labels"])
+    sql = capsys.readouterr().out
     got = {(r["entity"], r["label_time"].isoformat()): r for r in client.query(sql).result()}
     expected = expected_features(valid_events(SAMPLE_LINES), SAMPLE_WINDOWS)
     for entity, label_time in labels:
@@ -237,6 +237,30 @@ def test_offline_store_point_in_time_join(sample_run, services, project):
             assert row[f"amount_count_{name}"] == current.get(f"amount_count_{name}", 0)
             assert row[f"amount_sum_{name}"] == pytest.approx(current.get(f"amount_sum_{name}", 0.0))
             assert row[f"amount_max_{name}"] == pytest.approx(current.get(f"amount_max_{name}"))
+
+
+def test_join_sql_file_is_the_generated_one_for_the_sample_spec(capsys):
+    window_features_join.main([])
+    assert capsys.readouterr().out == (ROOT / "sql" / "window_features_point_in_time_join.sql").read_text()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--labels_table", "labels"], "--labels_table: 'labels' is not a table"),
+    (["--window_spec", "no-such-spec.yaml"], "--window_spec no-such-spec.yaml: cannot read it"),
+])
+def test_join_sql_errors_name_the_flag(argv, words):
+    with pytest.raises(SystemExit) as failed:
+        window_features_join.main(argv)
+    assert words in str(failed.value)
+
+
+def test_join_sql_rejects_features_that_are_not_column_names(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("entity_field: e\ntime_field: t\nwindows: [{name: 1h, size: 1h}]\n"
+                    "aggregations: [{field: merchant-id, aggregates: [count]}]\n")
+    with pytest.raises(SystemExit) as failed:
+        window_features_join.main(["--window_spec", str(spec)])
+    assert "['merchant-id_count_1h'] are not BigQuery column names" in str(failed.value)
 
 
 def test_help_lists_every_flag(capsys):
