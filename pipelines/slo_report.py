@@ -8,11 +8,12 @@ SLI pipeline's outputs, local files or BigQuery.
 import argparse
 import datetime
 import html
-import json
 import os
 import sys
 
 from apache_beam.io.filesystems import FileSystems
+
+from pipelines.common import read_jsonl
 
 _CHART_W, _CHART_H, _PAD = 720, 180, 40
 _MAX_POINTS = 600
@@ -20,13 +21,8 @@ _MAX_POINTS = 600
 
 def read_local(input_dir):
     """(status rows, alerts) from <input_dir>/slo_status-*.jsonl and alerts-*.jsonl."""
-    def read(name):
-        rows = []
-        for match in FileSystems.match([FileSystems.join(input_dir, f"{name}-*.jsonl")])[0].metadata_list:
-            with FileSystems.open(match.path) as f:
-                rows += [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
-        return rows
-    return read("slo_status"), read("alerts")
+    return (read_jsonl(FileSystems.join(input_dir, "slo_status-*.jsonl")),
+            read_jsonl(FileSystems.join(input_dir, "alerts-*.jsonl")))
 
 
 def read_bigquery(table, project, since, until):
