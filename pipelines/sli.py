@@ -170,6 +170,17 @@ def build(pipeline, options, config, source=None):
     return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 
+def alert_line(alert):
+    """One report line per alert transition. A burn rate is None (no data) when its window held no events,
+    which is how an alert resolves after the traffic stops."""
+    def burn(rate):
+        return "no data" if rate is None else f"{rate:.1f}"
+    return (f"alert {alert['state']:<8} {alert['at']} {alert['slo']} {alert['severity']} "
+            f"{alert['long_window_minutes']}m/{alert['short_window_minutes']}m "
+            f"burn {burn(alert['burn_rate_long'])}/{burn(alert['burn_rate_short'])} "
+            f"(threshold {alert['threshold']:.2f})")
+
+
 def report(result, options, _settings):
     """A short text report of a finished batch run: counts from Beam metrics, SLIs from the output files."""
     output_dir = options.view_as(OutputOptions).output_dir
@@ -197,11 +208,7 @@ def report(result, options, _settings):
             lines.append(f"worst availability minute: {row['window_start']} {row['sli_id']} "
                          f"{row['good_fraction']:.2%} of {row['total']}")
         alerts = sorted(read_jsonl(FileSystems.join(output_dir, "alerts*.jsonl")), key=lambda a: (a["at"], a["slo"]))
-        for alert in alerts:
-            lines.append(f"alert {alert['state']:<8} {alert['at']} {alert['slo']} {alert['severity']} "
-                         f"{alert['long_window_minutes']}m/{alert['short_window_minutes']}m "
-                         f"burn {alert['burn_rate_long']:.1f}/{alert['burn_rate_short']:.1f} "
-                         f"(threshold {alert['threshold']:.2f})")
+        lines += [alert_line(alert) for alert in alerts]
         status = read_jsonl(FileSystems.join(output_dir, "slo_status*.jsonl"))
         latest = {}
         for row in status:

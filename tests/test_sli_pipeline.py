@@ -113,6 +113,14 @@ def test_report_is_printed(capsys, tmp_path, subset_file):
     assert "profile-web/view-profile/availability" in report
 
 
+def test_report_line_of_an_alert_resolved_by_an_empty_window():
+    alert = {"at": "2026-11-23T06:00:00+00:00", "budget_remaining": -3.34, "burn_rate_long": 4.3437,
+             "burn_rate_short": None, "long_window_minutes": 4320, "severity": "ticket", "short_window_minutes": 360,
+             "slo": "view-profile-availability", "state": "RESOLVED", "threshold": 0.9333}
+    assert sli.alert_line(alert) == ("alert RESOLVED 2026-11-23T06:00:00+00:00 view-profile-availability ticket "
+                                     "4320m/360m burn 4.3/no data (threshold 0.93)")
+
+
 def test_streaming_path_gives_the_same_rows_as_backfill(subset_file, subset_batch_rows, tmp_path):
     _, lines = subset_file
     publish_time = DAY_START.timestamp() + 86400  # like Pub/Sub: arrival (publish) time, not event time
