@@ -10,6 +10,7 @@ that `python -m pipelines.window_features --output_table` fills.
 sql/window_features_point_in_time_join.sql is this output for the sample spec.
 """
 import argparse
+import os
 import re
 import sys
 
@@ -92,7 +93,8 @@ def main(argv=None):
                              "Default: ml.training_labels.")
     args = parser.parse_args(argv)
     spec_path = args.window_spec or SAMPLE_SPEC
-    spec_name = args.window_spec or "pipelines/samples/window_features/transactions.yaml"
+    # the sample's path from the repository root, as the checked-in SQL names it
+    spec_name = args.window_spec or os.path.relpath(SAMPLE_SPEC, os.path.dirname(os.path.dirname(__file__)))
     try:
         spec = load_window_spec(spec_path, read=read_text)
         sql = point_in_time_join_sql(spec, table_reference(args.features_table, "features_table"),
