@@ -11,6 +11,7 @@ COPY requirements.txt requirements.lock setup.py ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY pipelines/ pipelines/
 COPY transforms/ transforms/
+COPY sql/ sql/
 COPY udf/ udf/
 COPY templates/ templates/
 RUN pip install --no-cache-dir --no-deps .

@@ -17,7 +17,7 @@ setuptools.setup(
     version="0.1.0",
     description="Apache Beam pipelines for SLIs/SLOs from logs, features, images and model scoring",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "udf"]),
-    package_data={"pipelines": ["samples/*/*"]},
+    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "sql", "udf"]),
+    package_data={"pipelines": ["samples/**/*"], "sql": ["*.sql"]},
     install_requires=REQUIREMENTS,
 )

@@ -78,7 +78,7 @@ def plain_tft(path, tmp):
     from apache_beam.options.pipeline_options import PipelineOptions
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-    from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
+    from transforms.features.spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
 
     spec = load_feature_spec(SPEC)
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(tf_feature_spec(spec)))
@@ -96,7 +96,7 @@ def plain_tft(path, tmp):
 
 def full_pipeline(path, tmp):
     from pipelines import feature_stats
-    from pipelines.common import metric_counts
+    from pipelines.launch import metric_counts
 
     Path(tmp).mkdir(parents=True, exist_ok=True)
     (Path(tmp) / "spec.yaml").write_text(SPEC)

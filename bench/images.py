@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from pipelines.samples.images import LABELS, draw
 
 SETTINGS = dict(width=224, height=224, method="pad", encoding="jpeg", jpeg_quality=90,
@@ -36,7 +35,8 @@ def make_folder(root, count, width, height):
 
 
 def plain_loop(root):
-    from transforms.images import ImageInput, process_image
+    from transforms.images.pixels import process_image
+    from transforms.io.sources import ImageInput
     done = 0
     for path in sorted(Path(root).rglob("*.jpg")):
         process_image(ImageInput(path.name, str(path), path.parent.name, path.read_bytes()), **SETTINGS)
@@ -49,7 +49,7 @@ def pipeline(root, out, workers):
     result = image_ingest.run(["--input_dir", str(root), "--output_dir", str(out), "--runner", "FnApiRunner",
                                "--direct_num_workers", str(workers), "--direct_running_mode",
                                "multi_processing" if workers > 1 else "in_memory"])
-    from pipelines.common import metric_counts
+    from pipelines.launch import metric_counts
     return metric_counts(result, "image_ingest").get("manifest_accepted", 0)
 
 

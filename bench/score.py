@@ -82,7 +82,7 @@ def make_requests(kind, rows, path):
 
 def ceiling(model_path, requests, batch_size):
     """Rows decoded in memory first (not timed), then the model alone, batch_size rows per call."""
-    from transforms.scoring import LoadedModel, prepare_example
+    from transforms.scoring.model import LoadedModel, prepare_example
 
     model = LoadedModel(str(model_path))
     examples = [prepare_example(json.loads(line), model.inputs)[2] for line in open(requests)]
@@ -98,7 +98,7 @@ def ceiling(model_path, requests, batch_size):
 
 def pipeline(model_path, requests, out, batch_size):
     from pipelines import score
-    from pipelines.common import metric_counts
+    from pipelines.launch import metric_counts
 
     shutil.rmtree(out, ignore_errors=True)  # a repeat's predictions replace the last run's
     start = time.perf_counter()

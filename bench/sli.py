@@ -82,8 +82,8 @@ def measure(engine, path, workers):
 def bench_slos(n_slos, minutes=30):
     """Seconds per evaluated minute for n_slos SLOs (28-day window, default alert rules), each fed one
     SLI bucket a minute after 3 days of history, against summing each window from the buckets."""
-    from transforms.sli_config import Alerting, Slo
-    from transforms.slo_math import SloEvaluator
+    from transforms.sli.config import Alerting, Slo
+    from transforms.slo.evaluator import SloEvaluator
 
     alerting = Alerting()
     slo = Slo(name="s", sli="a/b/availability", target=0.999, window_days=28)

@@ -20,7 +20,6 @@ import datetime
 import json
 import logging
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -30,22 +29,31 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import (
-    BatchInputOptions, OutputOptions, RecordInputOptions, TensorBoardOptions, TfRecordOutputOptions, UdfOptions,
-    add_progress, apply_udf, check_udf, dead_letters_by_reason, metric_counts, read_text, resolve_tensorboard_run,
-    run_pipeline)
-from pipelines.feature_inputs import check_record_inputs, record_source
-from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.feature_spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
-from transforms.feature_stats import ComputeStatistics
-from transforms.features import (
-    PIPELINE, STATS_BQ_SCHEMA, AssignStratifiedSplits, CleanseRecords, read_statistics, stats_rows)
-from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
-from transforms.tensorboard import WriteFeatureSummaries
+from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.options import (
+    BatchInputOptions,
+    OutputOptions,
+    RecordInputOptions,
+    TensorBoardOptions,
+    TfRecordOutputOptions,
+    UdfOptions,
+    check_record_inputs,
+    check_udf,
+    record_source,
+    resolve_tensorboard_run,
+)
+from pipelines.samples import FEATURES_DIR
+from transforms.features.artifacts import SPEC_FILE, STATS_BQ_SCHEMA, read_statistics, stats_rows
+from transforms.features.cleanse import PIPELINE, AssignStratifiedSplits, CleanseRecords
+from transforms.features.spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
+from transforms.features.statistics import ComputeStatistics
+from transforms.features.tensorboard import WriteFeatureSummaries
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.files import read_text
+from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 
-SAMPLES = Path(__file__).resolve().parent / "samples" / "features"
-SAMPLE_SPEC = SAMPLES / "churn.yaml"
-SAMPLE_DATA = SAMPLES / "customers.jsonl"
+SAMPLE_SPEC = FEATURES_DIR / "churn.yaml"
+SAMPLE_DATA = FEATURES_DIR / "customers.jsonl"
 
 
 class FeatureStatsOptions(PipelineOptions):
@@ -63,9 +71,6 @@ class FeatureStatsOptions(PipelineOptions):
 
 OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, RecordInputOptions, TfRecordOutputOptions,
                   TensorBoardOptions, UdfOptions)
-
-
-SPEC_FILE = "feature_spec.yaml"  # written next to transform_fn/: scoring reads it with --transform_dir
 
 
 class Settings(NamedTuple):

@@ -23,7 +23,6 @@ Streaming (the label map of an earlier batch run fixes the label ids):
 import json
 import logging
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -32,18 +31,39 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import (
-    ImageFolderInputOptions, LabelMapOptions, OutputOptions, PubsubInputOptions, TfRecordOutputOptions, UdfOptions,
-    add_progress, apply_udf, check_udf, dead_letters_by_reason, metric_counts, read_text, run_pipeline)
-from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.image_ingest import (
-    MANIFEST_BQ_SCHEMA, MANIFEST_TAG, PIPELINE, AssignLabelIds, AssignSplits, DeduplicateByContent,
-    LabelReportFn, ProcessImages, ReadImageSources, ToImageInputs, WriteTfRecordSplits, manifest_row,
-    manifest_row_from_dead_letter, utc_now_iso)
-from transforms.images import ENCODINGS, RESIZE_METHODS, parse_image_size, parse_label_map, parse_splits
-from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.options import (
+    ImageFolderInputOptions,
+    LabelMapOptions,
+    OutputOptions,
+    PubsubInputOptions,
+    TfRecordOutputOptions,
+    UdfOptions,
+    check_udf,
+)
+from pipelines.samples import IMAGES_DIR
+from transforms.images.ingest import (
+    MANIFEST_BQ_SCHEMA,
+    MANIFEST_TAG,
+    PIPELINE,
+    AssignLabelIds,
+    AssignSplits,
+    DeduplicateByContent,
+    LabelReportFn,
+    ProcessImages,
+    ToImageInputs,
+    WriteTfRecordSplits,
+    manifest_row,
+    manifest_row_from_dead_letter,
+    utc_now_iso,
+)
+from transforms.images.pixels import ENCODINGS, RESIZE_METHODS, parse_image_size, parse_label_map, parse_splits
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.files import read_text
+from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from transforms.io.sources import ReadImageSources
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "samples" / "images"
+SAMPLE_DIR = IMAGES_DIR
 
 
 class ImageIngestOptions(PipelineOptions):

@@ -24,41 +24,47 @@ written under gs://B/models/shapes/<version>/:
         --predictions_topic projects/P/topics/predictions --output_table P:ml.predictions \\
         --bigtable_instance serving --bigtable_table predictions
 """
-import json
 import logging
-import time
-from pathlib import Path
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 from tensorflow import errors as tf_errors
 
-from pipelines.common import (
-    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, ImageFolderInputOptions, LabelMapOptions,
-    OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, apply_udf, check_outputs,
-    check_udf, dead_letters_by_reason, metric_counts, read_jsonl, read_text, run_pipeline)
-from pipelines.feature_inputs import check_record_inputs, record_source
-from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
-from transforms.features import record_dict, serving_features
-from transforms.image_ingest import ReadImageSources
-from transforms.images import ImageInput, parse_label_map
-from transforms.scoring import (
-    CACHE_COLUMN_FAMILY, INFERENCE_ERROR, PREDICTION_BQ_SCHEMA, LoadedModel, ScoringRequest, TfModelHandler,
-    content_row_key, model_directory, model_version, prediction_row, prepare_example, request_row_key)
-from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords, ensure_bigtable_table
+from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.options import (
+    BatchInputOptions,
+    BigQueryOutputOptions,
+    BigtableOptions,
+    ImageFolderInputOptions,
+    LabelMapOptions,
+    OutputOptions,
+    PubsubInputOptions,
+    RecordInputOptions,
+    UdfOptions,
+    check_outputs,
+    check_record_inputs,
+    check_udf,
+    record_source,
+)
+from pipelines.samples import SCORE_DIR
+from transforms.images.pixels import parse_label_map
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.files import read_jsonl, read_text
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.io.sources import ReadImageSources
+from transforms.scoring.cache import CACHE_COLUMN_FAMILY, LookupCache, cache_key, cache_rows
+from transforms.scoring.model import PREDICTION_BQ_SCHEMA, LoadedModel, TfModelHandler, model_directory, model_version
+from transforms.scoring.requests import ParseRequests, ToPredictionRows, failed_batch_dead_letters
 
 PIPELINE = "score"
-SAMPLES = Path(__file__).resolve().parent / "samples" / "score"
-SAMPLE_MODEL = SAMPLES / "model" / "1"
-SAMPLE_LABELS = SAMPLES / "labels.txt"
-SAMPLE_REQUESTS = SAMPLES / "requests.jsonl"
+SAMPLE_MODEL = SCORE_DIR / "model" / "1"
+SAMPLE_LABELS = SCORE_DIR / "labels.txt"
+SAMPLE_REQUESTS = SCORE_DIR / "requests.jsonl"
 
 
 class ScoreOptions(PipelineOptions):
@@ -174,114 +180,6 @@ def validate(options):
     return Settings(model_path, model.inputs, labels, getattr(model, "feature_spec", None))
 
 
-class ParseRequests(beam.DoFn):
-    """Raw request (PubsubMessage, JSON line, BigQuery row, image file) -> (ScoringRequest, model
-    example), or a dead letter naming the field at fault."""
-
-    STEP = "ParseRequests"
-
-    def __init__(self, inputs, feature_spec=None):
-        self._inputs, self._feature_spec = inputs, feature_spec
-
-    def process(self, raw):
-        received_at = time.time()
-        payload, attributes = raw, {}
-        try:
-            if isinstance(raw, PubsubMessage):
-                payload, attributes = raw.data, dict(raw.attributes or {})
-                if raw.publish_time:
-                    received_at = raw.publish_time.timestamp()
-                record = record_dict(raw.data) if raw.data.lstrip()[:1] == b"{" else {"image_data": raw.data}
-                record.setdefault("id", attributes.get("request_id") or attributes.get("id") or raw.message_id)
-            elif isinstance(raw, ImageInput):
-                payload, record = raw.data, {"id": raw.source_id, "image_data": raw.data}
-            else:
-                record = record_dict(raw)
-                if "image/encoded" in record:  # a tf.train.Example of the image-ingestion pipeline
-                    record = {"id": record.get("image/source_id"), "image_data": record["image/encoded"]}
-            if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
-                record = {**record, "features": serving_features(record.get("features", record), self._feature_spec)}
-            request_id, content_key, example = prepare_example(record, self._inputs, self._feature_spec is not None)
-        except RecordError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
-            return
-        yield ScoringRequest(request_id, content_key, received_at), example
-
-
-class LookupCache(beam.DoFn):
-    """Before scoring: a request whose content (model input) was already scored by this model version is
-    answered from the Bigtable cache (main output, counted as `cache_hits`); the others go on to the model
-    (`misses`). The version is the watched model's newest when --model_watch_pattern is set."""
-
-    MISSES = "misses"
-
-    def __init__(self, target, version):
-        self._target, self._version = target, version  # the cache's BigtableTarget
-
-    def setup(self):
-        from google.cloud import bigtable
-        ensure_bigtable_table(self._target)  # the first lookups come before the first write
-        self._client = bigtable.Client(project=self._target.project)
-        self._bt = self._client.instance(self._target.instance).table(self._target.table)
-        self._hits = Metrics.counter(PIPELINE, "cache_hits")
-
-    def process(self, keyed, model_updates=None):
-        request, example = keyed
-        version = model_version(model_updates[-1].model_id) if model_updates else self._version
-        row = self._bt.read_row(content_row_key(version, request.content_key).encode())
-        if row is None:
-            yield beam.pvalue.TaggedOutput(self.MISSES, keyed)
-            return
-        cells = {q.decode(): c[0].value.decode() for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
-        self._hits.inc()
-        now = time.time()
-        yield {**prediction_row(request, {}, version, scored_at=now), "outputs": cells["outputs"],
-               "top_k": json.loads(cells["top_k"]), "cache_hit": True}
-
-    def teardown(self):
-        self._client.close()
-
-
-class ToPredictionRows(beam.DoFn):
-    """(ScoringRequest, PredictionResult) -> prediction row; an example the model failed on -> dead letter."""
-
-    STEP = "RunInference"
-
-    def __init__(self, labels, top_k):
-        self._labels, self._top_k = labels, top_k
-        self._scored = Metrics.counter(PIPELINE, "scored")
-
-    def process(self, keyed):
-        request, result = keyed
-        if INFERENCE_ERROR in result.inference:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(
-                PIPELINE, self.STEP, {"request_id": request.request_id, "content_key": request.content_key},
-                RecordError("inference_failed", result.inference[INFERENCE_ERROR])))
-            return
-        self._scored.inc()
-        yield prediction_row(request, result.inference, result.model_id, self._labels, self._top_k)
-
-
-def _failed_batch_dead_letters(failed):
-    """RunInference's own dead-letter output: (batch of keyed examples, (type, message, traceback lines))."""
-    batch, (_, message, _) = failed
-    for request, _ in batch if isinstance(batch, list) else [batch]:
-        yield make_dead_letter(PIPELINE, "RunInference", {"request_id": request.request_id},
-                               RecordError("inference_failed", f"the model failed on the batch: {message}"))
-
-
-def cache_rows(row):
-    """The Bigtable rows of one prediction: by request id, and (when scored, not served from the cache)
-    by model version + content hash."""
-    yield {**row, "cache_key": request_row_key(row["request_id"])}
-    if not row["cache_hit"]:
-        yield {**row, "cache_key": content_row_key(row["model_version"], row["content_key"])}
-
-
-def _cache_key(row):
-    return row["cache_key"]
-
-
 def build(pipeline, options, settings, source=None, model_updates=None):
     """Wires the graph. `source` replaces the input (Create/TestStream in tests): PubsubMessage, JSON lines,
     dicts or ImageInput. `model_updates` (ModelMetadata) replaces the --model_watch_pattern watcher."""
@@ -293,7 +191,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         source = _source(options)
     raw = read = pipeline | "ReadRequests" >> source
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
-    parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs, settings.feature_spec)).with_outputs(
+    parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs, settings.feature_spec, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
     requests = parsed.requests
@@ -301,12 +199,12 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         model_updates = pipeline | "WatchModel" >> WatchFilePattern(
             opts.model_watch_pattern, interval=opts.model_watch_interval_seconds)
     predictions = []
-    cache = BigtableTarget(project, bt.bigtable_instance, bt.bigtable_table, CACHE_COLUMN_FAMILY, _cache_key,
+    cache = BigtableTarget(project, bt.bigtable_instance, bt.bigtable_table, CACHE_COLUMN_FAMILY, cache_key,
                            "scored_at", opts.cache_ttl_hours) if bt.bigtable_instance else None
     if cache:
         side = [beam.pvalue.AsList(model_updates)] if model_updates is not None else []
         looked_up = requests | "LookupCache" >> beam.ParDo(
-            LookupCache(cache, model_version(settings.model_path)), *side).with_outputs(LookupCache.MISSES, main="hits")
+            LookupCache(cache, model_version(settings.model_path), PIPELINE), *side).with_outputs(LookupCache.MISSES, main="hits")
         predictions.append(looked_up.hits)
         requests = looked_up[LookupCache.MISSES]
     handler = KeyedModelHandler(TfModelHandler(
@@ -314,11 +212,11 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         opts.max_batch_duration_secs if streaming else None, opts.transform_dir))
     inference, failed = requests | "RunInference" >> RunInference(
         handler, model_metadata_pcoll=model_updates).with_exception_handling()
-    scored = inference | "ToPredictionRows" >> beam.ParDo(ToPredictionRows(settings.labels, opts.top_k)).with_outputs(
+    scored = inference | "ToPredictionRows" >> beam.ParDo(ToPredictionRows(settings.labels, opts.top_k, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="rows")
     predictions.append(scored.rows)
     dead_letter_sources += [scored[DEAD_LETTER_TAG],
-                            failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_dead_letters)]
+                            failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, PIPELINE)]
     rows = predictions | "AllPredictions" >> beam.Flatten()
     output_table = options.view_as(BigQueryOutputOptions).output_table
     sink_failures = rows | "WritePredictions" >> WriteRecords(

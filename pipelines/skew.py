@@ -26,34 +26,46 @@ Streaming on Dataflow, serving requests from Pub/Sub checked every hour (windows
         --output_dir gs://B/skew/churn-v3 --anomalies_table P:ml.skew_anomalies \\
         --anomalies_topic projects/P/topics/feature-anomalies --dead_letter_table P:ml.dead_letters
 """
-import datetime
 import json
 import logging
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import window
 
-from pipelines.common import (
-    BatchInputOptions, OutputOptions, PubsubInputOptions, RecordInputOptions, UdfOptions, add_progress, apply_udf,
-    check_udf, metric_counts, read_text, run_pipeline)
-from pipelines.feature_inputs import check_record_inputs, record_source
-from pipelines.feature_stats import SPEC_FILE
-from transforms.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
-from transforms.feature_spec import load_feature_spec
-from transforms.feature_stats import ComputeStatistics
-from transforms.features import record_dict, serving_raw_values
-from transforms.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
-from transforms.skew import DEFAULT_THRESHOLDS, CountInTrainingBins, skew_report
+from pipelines.launch import add_progress, apply_udf, metric_counts, run_pipeline
+from pipelines.options import (
+    BatchInputOptions,
+    OutputOptions,
+    PubsubInputOptions,
+    RecordInputOptions,
+    UdfOptions,
+    check_record_inputs,
+    check_udf,
+    record_source,
+)
+from pipelines.samples import SKEW_DIR
+from transforms.features.artifacts import SPEC_FILE
+from transforms.features.skew import (
+    ANOMALY_BQ_SCHEMA,
+    DEFAULT_THRESHOLDS,
+    CountInTrainingBins,
+    ServingValues,
+    anomaly_rows,
+    skew_report,
+)
+from transforms.features.spec import load_feature_spec
+from transforms.features.statistics import ComputeStatistics
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.files import read_text
+from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 
 PIPELINE = "skew"
-SAMPLES = Path(__file__).resolve().parent / "samples" / "skew"
+SAMPLES = SKEW_DIR
 
 
 class SkewOptions(PipelineOptions):
@@ -81,20 +93,6 @@ class SkewOptions(PipelineOptions):
 
 
 OPTION_CLASSES = (SkewOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, UdfOptions)
-
-ANOMALY_BQ_SCHEMA = {"fields": [
-    {"name": "checked_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-    {"name": "window_start", "type": "TIMESTAMP", "mode": "NULLABLE"},  # streaming; NULL in batch
-    {"name": "window_end", "type": "TIMESTAMP", "mode": "NULLABLE"},
-    {"name": "training_dir", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "feature", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "type", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "measures", "type": "JSON", "mode": "NULLABLE"},
-    {"name": "anomalies", "type": "RECORD", "mode": "REPEATED", "fields": [
-        {"name": "measure", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "value", "type": "FLOAT", "mode": "REQUIRED"},
-        {"name": "threshold", "type": "FLOAT", "mode": "REQUIRED"}]},
-]}
 
 
 class Settings(NamedTuple):
@@ -133,42 +131,6 @@ def validate(options):
     return Settings(spec, statistics[opts.training_split], training_dir, thresholds)
 
 
-class ServingValues(beam.DoFn):
-    """Record (dict, JSON text, or PubsubMessage with a JSON body) -> {feature: value or None}; invalid JSON
-    or a wrong type is a dead letter (with the message attributes)."""
-
-    STEP = "ServingValues"
-
-    def __init__(self, spec):
-        self._spec = spec
-
-    def process(self, record):
-        payload, attributes = payload_and_attributes(record)
-        try:
-            values = serving_raw_values(record_dict(payload), self._spec)
-        except RecordError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG,
-                                           make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
-            return
-        Metrics.counter(PIPELINE, "serving_rows").inc()
-        yield values
-
-
-def _iso(timestamp):
-    return timestamp.to_utc_datetime(has_tz=True).isoformat()
-
-
-def _report_rows(report, training_dir, win=beam.DoFn.WindowParam):
-    """One row per feature of a report, with its window (NULL in the global window of a batch run)."""
-    checked_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    interval = isinstance(win, window.IntervalWindow)
-    for f in report["features"]:
-        yield {"checked_at": checked_at, "window_start": _iso(win.start) if interval else None,
-               "window_end": _iso(win.end) if interval else None, "training_dir": training_dir,
-               "feature": f["feature"], "type": f["type"], "measures": json.dumps(f["measures"]),
-               "anomalies": f["anomalies"]}
-
-
 def build(pipeline, options, settings, source=None):
     """Wires the graph. `source` replaces the input (Create/TestStream in tests): dicts, JSON lines or
     PubsubMessages. In streaming, each fixed window of --skew_window_seconds gets its own report."""
@@ -181,7 +143,7 @@ def build(pipeline, options, settings, source=None):
     texts = {f.name for f in features if f.type == "text"}
     records = read = pipeline | "ReadServing" >> (source or record_source(options, SAMPLES / "serving.jsonl"))
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    values = records | "ServingValues" >> beam.ParDo(ServingValues(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
+    values = records | "ServingValues" >> beam.ParDo(ServingValues(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="rows")
     rows = values.rows
     if streaming:
         rows = rows | "SkewWindows" >> beam.WindowInto(window.FixedWindows(opts.skew_window_seconds))
@@ -203,7 +165,7 @@ def build(pipeline, options, settings, source=None):
          | "ReportJson" >> beam.Map(lambda r: json.dumps(r, indent=1, sort_keys=True))
          | "WriteReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "anomalies"), ".json",
                                                 shard_name_template=""))
-    report_rows = report | "ReportRows" >> beam.FlatMap(_report_rows, settings.training_dir)
+    report_rows = report | "ReportRows" >> beam.FlatMap(anomaly_rows, settings.training_dir)
     sink_failures = ()
     if opts.anomalies_table or streaming:
         sink_failures = report_rows | "WriteReportRows" >> WriteRecords(

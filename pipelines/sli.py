@@ -23,27 +23,40 @@ import logging
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import (
-    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
-    TensorBoardOptions, UdfOptions, add_progress, apply_udf, check_allowed_lateness, check_outputs, check_udf,
-    dead_letters_by_reason, metric_counts, read_jsonl, resolve_tensorboard_run, run_pipeline)
-from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.log_parsing import ParseLogRecords
-from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
-from transforms.sli import SLI_ROW_BQ_SCHEMA, ComputeSliRows
-from transforms.sli_config import SAMPLES_DIR, load_sli_config
-from transforms.sli_io import BIGTABLE_COLUMN_FAMILY, ReadLogRecords, bigtable_row_key, slo_status_row_key
-from transforms.slo import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus
-from transforms.tensorboard import WriteSliSummaries
+from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.options import (
+    BatchInputOptions,
+    BigQueryOutputOptions,
+    BigtableOptions,
+    EventTimeOptions,
+    OutputOptions,
+    PubsubInputOptions,
+    TensorBoardOptions,
+    UdfOptions,
+    check_allowed_lateness,
+    check_outputs,
+    check_udf,
+    resolve_tensorboard_run,
+)
+from pipelines.samples import SLI_DIR
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.files import read_jsonl
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.io.sources import ReadLogRecords
+from transforms.sli.config import load_sli_config
+from transforms.sli.parsing import ParseLogRecords
+from transforms.sli.rows import BIGTABLE_COLUMN_FAMILY, SLI_ROW_BQ_SCHEMA, ComputeSliRows, bigtable_row_key
+from transforms.sli.tensorboard import WriteSliSummaries
+from transforms.slo.status import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus, slo_status_row_key
 
 PIPELINE = "sli"
-SAMPLE_CONFIG = SAMPLES_DIR / "profile_service.yaml"
-SAMPLE_LOGS = SAMPLES_DIR / "request_logs.jsonl.gz"
+SAMPLE_CONFIG = SLI_DIR / "profile_service.yaml"
+SAMPLE_LOGS = SLI_DIR / "request_logs.jsonl.gz"
 
 
 class SliOptions(PipelineOptions):
@@ -66,7 +79,7 @@ class SliOptions(PipelineOptions):
                  "JSON message each.")
 
 
-# The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/common.py).
+# The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/options.py).
 OPTION_CLASSES = (SliOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions,
                   BigtableOptions, TensorBoardOptions, UdfOptions)
 

@@ -20,7 +20,6 @@ Backfill through the same transforms: `--input_files 'gs://B/transactions/*.json
 TFRecord), `--input_table` or `--input_query` instead of the subscription, and no --streaming.
 """
 import logging
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -29,20 +28,39 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.common import (
-    BatchInputOptions, BigQueryOutputOptions, BigtableOptions, EventTimeOptions, OutputOptions, PubsubInputOptions,
-    RecordInputOptions, UdfOptions, add_progress, apply_udf, check_allowed_lateness, check_outputs, check_udf,
-    dead_letters_by_reason, metric_counts, read_jsonl, read_text, run_pipeline)
-from pipelines.feature_inputs import check_record_inputs, record_source
-from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
-from transforms.window_features import (
-    BIGTABLE_COLUMN_FAMILY, PIPELINE, WINDOW_FEATURES_BQ_SCHEMA, ComputeWindowFeatures, ParseEvents, bigtable_cells)
-from transforms.window_spec import load_window_spec
+from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.options import (
+    BatchInputOptions,
+    BigQueryOutputOptions,
+    BigtableOptions,
+    EventTimeOptions,
+    OutputOptions,
+    PubsubInputOptions,
+    RecordInputOptions,
+    UdfOptions,
+    check_allowed_lateness,
+    check_outputs,
+    check_record_inputs,
+    check_udf,
+    record_source,
+)
+from pipelines.samples import WINDOW_FEATURES_DIR
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.files import read_jsonl, read_text
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.window_features.aggregate import (
+    BIGTABLE_COLUMN_FAMILY,
+    PIPELINE,
+    WINDOW_FEATURES_BQ_SCHEMA,
+    ComputeWindowFeatures,
+    ParseEvents,
+    bigtable_cells,
+    entity_row_key,
+)
+from transforms.window_features.spec import load_window_spec
 
-SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", "window_features")
-SAMPLE_SPEC = os.path.join(SAMPLES, "transactions.yaml")
-SAMPLE_EVENTS = os.path.join(SAMPLES, "transactions.jsonl")
+SAMPLE_SPEC = str(WINDOW_FEATURES_DIR / "transactions.yaml")
+SAMPLE_EVENTS = str(WINDOW_FEATURES_DIR / "transactions.jsonl")
 
 
 class WindowFeaturesOptions(PipelineOptions):
@@ -51,7 +69,7 @@ class WindowFeaturesOptions(PipelineOptions):
         parser.add_argument(
             "--window_spec", type=str, default=None,
             help="YAML file (local or gs://): entity and event-time fields, windows and aggregates (see "
-                 "transforms/window_spec.py). Default: the bundled card-transactions sample.")
+                 "transforms/window_features/spec.py). Default: the bundled card-transactions sample.")
         parser.add_argument(
             "--feature_ttl_hours", type=float, default=48.0,
             help="Bigtable online store: cells (one per feature and window end) older than this are "
@@ -66,11 +84,6 @@ OPTION_CLASSES = (WindowFeaturesOptions, EventTimeOptions, PubsubInputOptions, B
 class WindowFeaturesOutputs(NamedTuple):
     rows: PCollection
     dead_letters: PCollection
-
-
-def entity_row_key(row):
-    """The online store's row key: the entity id, one row per entity."""
-    return row["entity"]
 
 
 def validate(options):

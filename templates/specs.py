@@ -5,8 +5,9 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import common, feature_stats, image_ingest, score, skew, sli, window_features
-from transforms import images
+from pipelines import feature_stats, image_ingest, score, skew, sli, window_features
+from pipelines import options as common
+from transforms.images import pixels as images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
 PUBSUB_TOPIC = r"^projects/[^/]+/topics/[^/]+$"

@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipelines import feature_stats
-from transforms.features import read_statistics
 from google.cloud import bigquery
 
+from pipelines import feature_stats
 from tests.test_sli_e2e import ROOT, bq_client
+from transforms.features.artifacts import read_statistics
 
 SPEC = """
 key: id
@@ -217,7 +216,7 @@ def test_bundled_sample_is_stratified_and_statistics_reach_bigquery(services, pr
 
 
 def test_spec_errors_name_the_field(tmp_path):
-    from transforms.feature_spec import FeatureSpecError, load_feature_spec
+    from transforms.features.spec import FeatureSpecError, load_feature_spec
 
     for text, words in [
         ("key: id\nfeatures: [{name: a, type: numeric, transforms: [hash]}]", "needs a number of buckets"),

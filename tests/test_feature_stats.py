@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from transforms.feature_stats import NumericAccumulator, SplitStats, histogram, histogram_bin
+from transforms.features.statistics import NumericAccumulator, SplitStats, histogram, histogram_bin
 
 
 def _values(seed, n=5000, scale=1.0, missing=0.1):

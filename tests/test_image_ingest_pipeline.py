@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import image_ingest
 from pipelines.samples.images import LABELS, write_sample
-from transforms.image_dataset import read_image_dataset
+from transforms.images.dataset import read_image_dataset
 
 
 def run_pipeline(*flags):

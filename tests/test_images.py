@@ -13,10 +13,20 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines.samples.images import FORMATS, image_bytes
-from transforms.deadletter import RecordError
-from transforms.images import (
-    ImageInput, assign_splits, decode_base64, decode_image, inputs_from_message, parse_image_size,
-    parse_label_map, parse_splits, process_image, resize, sniff_format, split_fraction, streaming_split)
+from transforms.core.splits import assign_splits, split_fraction, streaming_split
+from transforms.images.pixels import (
+    decode_base64,
+    decode_image,
+    inputs_from_message,
+    parse_image_size,
+    parse_label_map,
+    parse_splits,
+    process_image,
+    resize,
+    sniff_format,
+)
+from transforms.io.deadletter import RecordError
+from transforms.io.sources import ImageInput
 
 PNG, _ = image_bytes("circle", random.Random(1), "PNG", 64, 48)
 

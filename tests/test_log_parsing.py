@@ -2,12 +2,13 @@ import json
 
 import pytest
 
+from pipelines.samples import SLI_DIR
 from pipelines.samples.request_logs import MALFORMED
-from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.log_parsing import ParseLogRecords, parse_log_record
-from transforms.sli_config import Formats, load_sli_config, SAMPLES_DIR
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.sli.config import Formats, load_sli_config
+from transforms.sli.parsing import ParseLogRecords, parse_log_record
 
-FORMATS = load_sli_config(SAMPLES_DIR / "profile_service.yaml").formats
+FORMATS = load_sli_config(SLI_DIR / "profile_service.yaml").formats
 
 # 2026-11-22T10:00:00Z
 T0 = 1795341600.0
@@ -100,7 +101,7 @@ def test_flat_json_default_mapping():
     ('{"hello": "world"}', "missing_field", "'time'"),
 ])
 def test_malformed_records_raise_with_reason_and_field(payload, reason, words):
-    from transforms.deadletter import RecordError
+    from transforms.io.deadletter import RecordError
     with pytest.raises(RecordError) as err:
         parse_log_record(payload, FORMATS)
     assert err.value.reason == reason
@@ -120,6 +121,7 @@ def test_dofn_routes_every_sample_malformed_kind_to_dead_letters_with_payload():
 
 def test_dofn_keeps_pubsub_attributes_and_bytes_in_dead_letters():
     import base64
+
     from apache_beam.io.gcp.pubsub import PubsubMessage
     fn = ParseLogRecords(FORMATS, "sli")
     [out] = list(fn.process(PubsubMessage(b"\xff not utf8", {"origin": "lb"})))

@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines import feature_stats, image_ingest, score, skew, window_features
-from pipelines.common import metric_counts
+from pipelines.launch import metric_counts
 
 MULTI_PROCESS = ["--runner", "FnApiRunner", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
                  "--progress", "off"]

@@ -3,8 +3,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import add_progress
-from transforms.progress import CountProgress
+from pipelines.launch import add_progress
+from transforms.io.progress import CountProgress
 
 
 def test_progress_lines_count_records_and_dead_letters(capsys):

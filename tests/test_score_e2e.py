@@ -18,10 +18,10 @@ from google.cloud import bigtable, pubsub_v1
 from pipelines import score
 from pipelines.samples.images import LABELS
 from pipelines.samples.score_model import encoded_image
-from tests.test_scoring import direct_scores, image_model  # noqa: F401 - the model fixture
 from tests.pubsub_wait import wait_for_messages
+from tests.test_scoring import direct_scores, image_model  # noqa: F401 - the model fixture
 from tests.test_sli_e2e import bq_client
-from transforms.scoring import content_row_key, lookup_prediction
+from transforms.scoring.cache import content_row_key, lookup_prediction
 
 
 def request(request_id, image):

@@ -16,9 +16,16 @@ from apache_beam.transforms import window
 from pipelines import image_ingest, score
 from pipelines.samples.images import LABELS
 from pipelines.samples.score_model import encoded_image, export_serving, sample_requests, train_classifier
-from transforms.deadletter import RecordError
-from transforms.scoring import INFERENCE_ERROR, LoadedModel, TfModelHandler, prepare_example, prediction_row, ScoringRequest
 from tests.test_sli_e2e import bq_client
+from transforms.io.deadletter import RecordError
+from transforms.scoring.model import (
+    INFERENCE_ERROR,
+    LoadedModel,
+    ScoringRequest,
+    TfModelHandler,
+    prediction_row,
+    prepare_example,
+)
 
 
 @pytest.fixture(scope="session")
@@ -240,7 +247,8 @@ def test_tabular_requests_get_the_training_transform(tmp_path):
 def test_batch_scoring_of_the_image_pipelines_tfrecords(image_model, tmp_path):
     """The image-ingestion pipeline's TFRecords scored as they are: one prediction per example, equal to
     the model called on the example's encoded image."""
-    from tests.test_image_ingest_pipeline import read_examples, run_pipeline as ingest
+    from tests.test_image_ingest_pipeline import read_examples
+    from tests.test_image_ingest_pipeline import run_pipeline as ingest
 
     ingest("--input_dir", str(image_ingest.SAMPLE_DIR), "--output_dir", str(tmp_path / "images"))
     examples = read_examples(tmp_path / "images", "train")

@@ -13,8 +13,8 @@ from google.cloud import pubsub_v1
 
 from pipelines import feature_stats, skew
 from tests.test_sli_e2e import bq_client
-from transforms.feature_stats import NumericAccumulator, histogram, histogram_bin
-from transforms.skew import categorical_skew, numeric_skew, training_bin
+from transforms.features.skew import categorical_skew, numeric_skew, training_bin
+from transforms.features.statistics import NumericAccumulator, histogram, histogram_bin
 
 
 def _normal_cdf(x, mean):

@@ -20,8 +20,8 @@ from google.cloud import pubsub_v1
 
 from pipelines import skew
 from tests.pubsub_wait import wait_for_messages
-from tests.test_sli_e2e import bq_client
 from tests.test_skew import train_split
+from tests.test_sli_e2e import bq_client
 
 T0 = 1795341600  # 2026-11-22T10:00:00Z, a window boundary
 WINDOW = 60

@@ -1,12 +1,12 @@
 import pytest
 
-from transforms.sli_config import (
-    SAMPLES_DIR, UNMATCHED_JOURNEY, JourneyMatcher, SliConfigError, load_sli_config, parse_sli_config)
+from pipelines.samples import SLI_DIR
+from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher, SliConfigError, load_sli_config, parse_sli_config
 
 
 @pytest.mark.parametrize("name", ["profile_service.yaml", "store.yaml"])
 def test_sample_configs_load(name):
-    config = load_sli_config(SAMPLES_DIR / name)
+    config = load_sli_config(SLI_DIR / name)
     assert config.services
 
 
@@ -15,7 +15,7 @@ def _names(config, service, method, path):
 
 
 def test_profile_templates_match_one_segment_each():
-    config = load_sli_config(SAMPLES_DIR / "profile_service.yaml")
+    config = load_sli_config(SLI_DIR / "profile_service.yaml")
     assert _names(config, "profile-web", "GET", "/profile/alice") == "view-profile"
     assert _names(config, "profile-web", "GET", "/profile/alice/avatar") == "view-avatar"
     assert _names(config, "profile-web", "GET", "/profile/alice/avatar/big") == UNMATCHED_JOURNEY
@@ -26,7 +26,7 @@ def test_profile_templates_match_one_segment_each():
 
 
 def test_store_regex_and_hosts():
-    config = load_sli_config(SAMPLES_DIR / "store.yaml")
+    config = load_sli_config(SLI_DIR / "store.yaml")
     matcher = JourneyMatcher(config)
     service = matcher.service_for("unknown", "STORE.example.com")
     assert service == "store"

@@ -12,11 +12,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines import sli
+from pipelines.samples import SLI_DIR
 from pipelines.samples.request_logs import DAY_START, MALFORMED
-from transforms.sli import PANE_COLUMNS
-from transforms.sli_config import SAMPLES_DIR
-from transforms.sli_stats import LATENCY_RELATIVE_ACCURACY
 from tests.oracle import expected_rows, sample_truth
+from transforms.sli.rows import PANE_COLUMNS
+from transforms.sli.stats import LATENCY_RELATIVE_ACCURACY
 
 
 def read_rows(output_dir, name="sli_rows"):
@@ -165,7 +165,7 @@ def test_help_lists_every_flag(capsys):
     (["--output_table", "p:d.t"], "dead letters need a destination"),
     (["--sli_config", "/no/such.yaml"], "--sli_config: cannot read /no/such.yaml"),
     (["--bq_write_method", "FAST"], "--bq_write_method"),
-    (["--sli_config", str(SAMPLES_DIR / "store.yaml"), "--slo_table", "p:d.t"], "--slo_table and --alerts_topic need SLOs"),
+    (["--sli_config", str(SLI_DIR / "store.yaml"), "--slo_table", "p:d.t"], "--slo_table and --alerts_topic need SLOs"),
 ])
 def test_bad_flags_fail_naming_the_flag(argv, words, capsys):
     with pytest.raises(SystemExit) as done:

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from transforms.sli_stats import LATENCY_RELATIVE_ACCURACY, PERCENTILES, JourneyWindowStats
+from transforms.sli.stats import LATENCY_RELATIVE_ACCURACY, PERCENTILES, JourneyWindowStats
 
 
 def _latencies(n, seed=1):

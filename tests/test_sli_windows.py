@@ -5,9 +5,9 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.log_parsing import RequestEvent
-from transforms.sli import ComputeSliRows
-from transforms.sli_config import parse_sli_config
+from transforms.sli.config import parse_sli_config
+from transforms.sli.parsing import RequestEvent
+from transforms.sli.rows import ComputeSliRows
 
 CONFIG = parse_sli_config("""
 services:

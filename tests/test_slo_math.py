@@ -3,8 +3,8 @@ import datetime
 
 import pytest
 
-from transforms.sli_config import Alerting, Slo
-from transforms.slo_math import SloEvaluator
+from transforms.sli.config import Alerting, Slo
+from transforms.slo.evaluator import SloEvaluator
 
 M0 = 29_000_000  # a minute index (2025-02-20); any will do
 

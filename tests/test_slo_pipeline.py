@@ -9,13 +9,14 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines import sli
+from pipelines.samples import SLI_DIR
 from tests.collect import AppendJsonLines, read_lines
 from tests.oracle import sample_truth
 from tests.test_sli_pipeline import read_rows
-from transforms.sli_config import SAMPLES_DIR, SliConfigError, load_sli_config, parse_sli_config
-from transforms.slo import ComputeSloStatus
+from transforms.sli.config import SliConfigError, load_sli_config, parse_sli_config
+from transforms.slo.status import ComputeSloStatus
 
-CONFIG = load_sli_config(SAMPLES_DIR / "profile_service.yaml")
+CONFIG = load_sli_config(SLI_DIR / "profile_service.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from google.cloud import bigquery
 from tests.test_sli_e2e import bq_client
 from tests.test_sli_pipeline import read_rows
 from tests.test_slo_pipeline import sample_run  # noqa: F401 - the module fixture
-from transforms.slo import SLO_STATUS_BQ_SCHEMA
+from transforms.slo.status import SLO_STATUS_BQ_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from pipelines import slo_report
+from pipelines.reports import slo_report
 from tests.test_sli_pipeline import read_rows
 from tests.test_slo_pipeline import sample_run  # noqa: F401 - the module fixture
 from tests.test_slo_queries import loaded  # noqa: F401 - the module fixture

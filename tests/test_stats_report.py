@@ -5,7 +5,8 @@ import json
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import skew, stats_report
+from pipelines import skew
+from pipelines.reports import stats_report
 from tests.test_slo_report import dump_dom
 
 

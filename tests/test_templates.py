@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.common import parse_pipeline_options
+from pipelines.launch import parse_pipeline_options
 from templates import launch_local
 from templates.generate import render
 from templates.specs import PARAMETERS, PIPELINES, option_actions

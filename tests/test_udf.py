@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
-from transforms.deadletter import DEAD_LETTER_TAG
-from transforms.log_parsing import parse_log_record
-from transforms.sli_config import Formats
-from transforms.udf import ApplyUdf, UdfError, load_udf
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.udf import ApplyUdf, UdfError, load_udf
+from transforms.sli.config import Formats
+from transforms.sli.parsing import parse_log_record
 
 UDF_DIR = Path(__file__).resolve().parent.parent / "udf"
 

@@ -13,14 +13,20 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from google.cloud import bigtable
 
-from pipelines import window_features, window_features_join
-from pipelines.common import metric_counts
+from pipelines import window_features
+from pipelines.launch import metric_counts
+from sql import window_features_join
 from tests.test_sli_e2e import ROOT, bq_client
 from tests.window_oracle import expected_features, valid_events
-from transforms.deadletter import RecordError
-from transforms.window_features import (
-    ComputeWindowFeatures, Event, WindowAggregates, lookup_features, parse_event)
-from transforms.window_spec import WindowFeatureSpec, WindowSpecError, load_window_spec
+from transforms.io.deadletter import RecordError
+from transforms.window_features.aggregate import (
+    ComputeWindowFeatures,
+    Event,
+    WindowAggregates,
+    lookup_features,
+    parse_event,
+)
+from transforms.window_features.spec import WindowFeatureSpec, WindowSpecError, load_window_spec
 
 SAMPLE_LINES = Path(window_features.SAMPLE_EVENTS).read_text().splitlines()
 SAMPLE_WINDOWS = [("10m", 600, 60), ("1h", 3600, 3600), ("1d", 86400, 86400)]
@@ -215,7 +221,7 @@ def test_online_store_lookup_is_point_in_time(sample_run, project):
 
 
 def test_offline_store_point_in_time_join(sample_run, services, project, capsys):
-    """The generated join (python -m pipelines.window_features_join) on the BigQuery emulator: each label
+    """The generated join (python -m sql.window_features_join) on the BigQuery emulator: each label
     row gets, per feature, the value of the latest window that ended at or before its time and is still
     current; rows are the sample run's."""
     client = bq_client(services, project)

@@ -16,7 +16,7 @@ from pipelines import window_features
 from tests.pubsub_wait import wait_for_messages
 from tests.test_window_features import SPEC, assert_same_features, row_values
 from tests.window_oracle import expected_features, valid_events
-from transforms.window_features import BIGTABLE_COLUMN_FAMILY
+from transforms.window_features.aggregate import BIGTABLE_COLUMN_FAMILY
 
 WINDOWS = [(w.name, w.size, w.step) for w in SPEC.windows]
 

@@ -1,1 +1,1 @@
-"""Sample user-defined functions (`--udf_path udf/<file> --udf_function process`); see transforms/udf.py."""
+"""Sample user-defined functions (`--udf_path udf/<file> --udf_function process`); see transforms/io/udf.py."""

@@ -1,0 +1,100 @@
+import argparse
+import logging
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+
+from pipelines.options import OutputOptions, UdfOptions
+from transforms.io.deadletter import DEAD_LETTER_TAG
+from transforms.io.udf import ApplyUdf
+
+
+def apply_udf(options, records, pipeline_name):
+    """`records` through --udf_path's function when one is given: (records, [the UDF's dead letters])."""
+    udf = options.view_as(UdfOptions)
+    if not udf.udf_path:
+        return records, []
+    transformed = records | "ApplyUdf" >> beam.ParDo(
+        ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name)).with_outputs(DEAD_LETTER_TAG, main="records")
+    return transformed.records, [transformed[DEAD_LETTER_TAG]]
+
+
+
+def parse_pipeline_options(argv, description, option_classes):
+    """Parses argv into PipelineOptions; `--help` lists the pipeline's flags, the shared ones and the
+    main Beam/Dataflow ones (the rest: https://cloud.google.com/dataflow/docs/reference/pipeline-options)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other Beam/Dataflow pipeline option (--region, --temp_location, --max_num_workers, ...) "
+               "is passed through to the runner.")
+    for title, cls in [*((c.__name__, c) for c in option_classes), ("OutputOptions", OutputOptions),
+                       ("Beam: StandardOptions", StandardOptions),
+                       ("Beam: GoogleCloudOptions", GoogleCloudOptions),
+                       ("Beam: SetupOptions", SetupOptions)]:
+        cls._add_argparse_args(parser.add_argument_group(title))
+    parser.parse_known_args(argv)  # --help exits here; type/choice errors name the flag
+    return PipelineOptions(argv)
+
+
+
+def choose_local_runner(options):
+    """When no --runner is given, pick a local runner that never downloads anything (see STACK.md)."""
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
+        logging.info("No --runner given: using %s", standard.runner)
+    return standard.runner
+
+
+
+def dead_letters_by_reason(counts, title="dead letters by reason"):
+    """The report line of the `dead_letters_<reason>` counters, or None when there were none."""
+    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    return f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) if reasons else None
+
+
+
+def metric_counts(result, namespace):
+    """{counter name: committed value} for one namespace (attempted where the runner has no committed)."""
+    counts = {}
+    for counter in result.metrics().query()["counters"]:
+        if counter.key.metric.namespace == namespace:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + value
+    return counts
+
+
+
+def run_pipeline(argv, description, option_classes, validate, build, report):
+    """What every `python -m pipelines.<name>` does: parse (--help lists the flags), validate (errors exit
+    naming the flag), build and run; on Dataflow return once submitted, locally wait and print
+    `report(result, options, settings)`."""
+    options = parse_pipeline_options(argv, description, option_classes)
+    try:
+        settings = validate(options)
+    except ValueError as e:  # config, spec and UDF errors included: their messages name the flag or field
+        raise SystemExit(f"error: {e}") from None
+    runner = choose_local_runner(options)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if runner in ("DataflowRunner", "dataflow"):
+        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+        return result
+    result.wait_until_finish()  # a local streaming job runs until interrupted
+    print(report(result, options, settings))
+    return result
+
+
+
+def add_progress(options, pipeline_name, records, dead_letters):
+    """Progress lines on stderr for local batch runs (not on Dataflow, not in streaming, not with --progress off):
+    side branches counting the records read and the dead letters."""
+    from transforms.io.progress import CountProgress
+
+    standard = options.view_as(StandardOptions)
+    if (options.view_as(OutputOptions).progress == "off" or standard.streaming
+            or standard.runner in ("DataflowRunner", "dataflow")):
+        return
+    records | "ProgressRead" >> beam.ParDo(CountProgress(pipeline_name, "read"))
+    dead_letters | "ProgressDeadLetters" >> beam.ParDo(CountProgress(pipeline_name, "dead letters"))

@@ -1,0 +1,238 @@
+"""What every pipeline shares: output/dead-letter flags, --help, runner defaults, the local report."""
+import os
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+)
+
+from transforms.io.sources import ReadFeatureRecords, detect_format
+from transforms.io.udf import load_udf
+
+BQ_WRITE_METHODS = ("STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API")
+
+
+class OutputOptions(PipelineOptions):
+    """Flags every pipeline has (declared once: Beam registers option classes globally)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--output_dir", type=str, default=None,
+            help="Directory (local or gs://) for JSONL outputs and dead letters. Default when no other sink "
+                 "is given: output/<pipeline> under the current directory.")
+        parser.add_argument(
+            "--dead_letter_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for dead letters (created if missing).")
+        parser.add_argument(
+            "--dead_letter_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T for dead letters, one JSON message each.")
+        parser.add_argument(
+            "--bq_write_method", type=str, default="STREAMING_INSERTS", choices=BQ_WRITE_METHODS,
+            help="How BigQuery tables are written. STORAGE_WRITE_API needs Beam's Java expansion service "
+                 "(fine on Dataflow). Default: STREAMING_INSERTS.")
+        parser.add_argument(
+            "--progress", type=str, default="auto", choices=("auto", "off"),
+            help="auto: local batch runs print progress lines (records read, throughput, dead letters so far) "
+                 "on stderr every 5 s; off: none. Never on Dataflow or in streaming. Default: auto.")
+
+
+class PubsubInputOptions(PipelineOptions):
+    """For streaming pipelines. Each flag is declared once for all pipelines: Beam parses every options
+    class it has seen, so two classes declaring one flag would conflict."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_subscription", type=str, default=None,
+            help="Pub/Sub subscription projects/P/subscriptions/S to read from (streaming).")
+        parser.add_argument(
+            "--input_topic", type=str, default=None,
+            help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
+
+
+class EventTimeOptions(PipelineOptions):
+    """For pipelines aggregating in event-time windows."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--allowed_lateness_seconds", type=int, default=3600,
+            help="How late (event time behind the watermark) a record may arrive and still update its "
+                 "window with a LATE pane. Default: 3600.")
+
+
+def check_allowed_lateness(options):
+    lateness = options.view_as(EventTimeOptions).allowed_lateness_seconds
+    if lateness < 0:
+        raise ValueError(f"--allowed_lateness_seconds must be >= 0, got {lateness}")
+
+
+class BatchInputOptions(PipelineOptions):
+    """For pipelines that read records from files or BigQuery in batch."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_files", type=str, default=None,
+            help="Newline-delimited JSON files (glob, local or gs://; .gz is decompressed), for a batch run.")
+        parser.add_argument(
+            "--input_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API).")
+
+
+class RecordInputOptions(PipelineOptions):
+    """For pipelines reading feature records: the format of --input_files, or a BigQuery query."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_format", type=str, default=None, choices=("csv", "jsonl", "parquet", "tfrecord"),
+            help="Format of --input_files. Default: from the extension (.csv, .jsonl/.json, .parquet, .tfrecord; "
+                 "optionally .gz).")
+        parser.add_argument(
+            "--input_query", type=str, default=None,
+            help="BigQuery standard SQL query whose rows are the records (filter and sample here).")
+
+
+class ImageFolderInputOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--input_dir", type=str, default=None,
+            help="Folder of image files (local or gs://, read recursively), for a batch run. Image ingestion "
+                 "takes each image's label from its first sub-folder: <root>/<label>/<file>.")
+
+
+class LabelMapOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--label_map", type=str, default=None,
+            help="Label map (local or gs://): one class label per line, its id the line number from 0, as image "
+                 "ingestion writes to label_map.txt. Image ingestion: fixes the ids (required in streaming; "
+                 "without it a batch run numbers the labels it finds in sorted order and writes one). Scoring: "
+                 "names a classifier's scores, for the top-k labels.")
+
+
+class TfRecordOutputOptions(PipelineOptions):
+    """For pipelines writing TFRecord shards per split under --output_dir."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--num_shards", type=int, default=0,
+            help="TFRecord files per split (per window in streaming); 0 lets the runner decide. Default: 0.")
+        parser.add_argument(
+            "--compression", type=str, default="gzip", choices=("gzip", "none"),
+            help="TFRecord compression. Default: gzip.")
+
+
+class TensorBoardOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--tensorboard_dir", type=str, default=None,
+            help="Write TensorBoard event files (local or gs://) under <dir>/<--tensorboard_run>; several runs "
+                 "side by side in one TensorBoard.")
+        parser.add_argument(
+            "--tensorboard_run", type=str, default=None,
+            help="Run name (sub-directory of --tensorboard_dir). Default: <pipeline>-<UTC start time>.")
+
+
+def resolve_tensorboard_run(options, pipeline_name):
+    """Checks the TensorBoard flags and fills in the default run name."""
+    import datetime
+
+    tb = options.view_as(TensorBoardOptions)
+    if tb.tensorboard_run and not tb.tensorboard_dir:
+        raise ValueError("--tensorboard_run needs --tensorboard_dir")
+    if tb.tensorboard_dir and not tb.tensorboard_run:
+        tb.tensorboard_run = f"{pipeline_name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+class BigQueryOutputOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--output_table", type=str, default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the pipeline's main rows (created if missing, "
+                 "day-partitioned and clustered).")
+
+
+class BigtableOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--bigtable_instance", type=str, default=None,
+            help="Bigtable instance for the serving rows (with --bigtable_table; project: --project).")
+        parser.add_argument(
+            "--bigtable_table", type=str, default=None,
+            help="Bigtable table for the serving rows (created with its column family if missing).")
+
+
+class UdfOptions(PipelineOptions):
+    """For pipelines that read records: a user-defined function applied to each record before parsing."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--udf_path", type=str, default=None,
+            help="Python (.py) or JavaScript (.js) file, local or gs://, holding a function applied to each "
+                 "record before parsing; it returns the new record, or None/null to filter it out.")
+        parser.add_argument(
+            "--udf_function", type=str, default="process",
+            help="Name of the function in --udf_path. Default: process (the Google-provided templates' "
+                 "JavaScript convention).")
+
+
+def check_outputs(options, pipeline_name, main_sinks):
+    """Bigtable flags given together (and --project with them); --output_dir defaults to output/<pipeline>
+    when none of `main_sinks` (the values of the pipeline's other main-output flags) is given; dead letters
+    need a destination."""
+    bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
+    if bool(bt.bigtable_instance) != bool(bt.bigtable_table):
+        raise ValueError("--bigtable_instance and --bigtable_table go together: give both or neither")
+    if bt.bigtable_instance and not options.view_as(GoogleCloudOptions).project:
+        raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
+    if not (any(main_sinks) or out.output_dir):
+        out.output_dir = os.path.join("output", pipeline_name)
+    if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
+        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
+                         "--output_dir")
+
+
+def check_udf(options):
+    """Loads --udf_path's function once at start-up, so a broken UDF fails the launch, not the workers."""
+    udf = options.view_as(UdfOptions)
+    if udf.udf_path:
+        load_udf(udf.udf_path, udf.udf_function)
+
+
+def check_record_inputs(options):
+    """At most one of --input_files, --input_table, --input_query (and, for streaming pipelines,
+    --input_subscription, --input_topic), and a known file format."""
+    batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
+    pubsub = options.view_as(PubsubInputOptions)
+    given = [f"--{n}" for n, v in (("input_files", batch.input_files), ("input_table", batch.input_table),
+                                   ("input_query", records.input_query),
+                                   ("input_subscription", pubsub.input_subscription),
+                                   ("input_topic", pubsub.input_topic)) if v]
+    if len(given) > 1:
+        raise ValueError(f"give only one input flag, got {' and '.join(given)}")
+    if batch.input_files and not records.input_format:
+        detect_format(batch.input_files)
+
+
+
+def record_source(options, default_files):
+    """Pub/Sub messages (PubsubMessage, with attributes) for --input_subscription/--input_topic, else
+    ReadFeatureRecords for the batch input flags; `default_files` when no input flag is given."""
+    pubsub = options.view_as(PubsubInputOptions)
+    if pubsub.input_subscription or pubsub.input_topic:
+        return beam.io.ReadFromPubSub(subscription=pubsub.input_subscription, topic=pubsub.input_topic,
+                                      with_attributes=True)
+    batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
+    files = batch.input_files or (None if batch.input_table or records.input_query else str(default_files))
+    return ReadFeatureRecords(files, records.input_format, batch.input_table, records.input_query)

@@ -1,0 +1,79 @@
+import json
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.io.sinks import ensure_bigtable_table
+from transforms.scoring.model import model_version, prediction_row
+
+CACHE_COLUMN_FAMILY = "p"
+
+
+def request_row_key(request_id):
+    return f"req#{request_id}"
+
+
+def content_row_key(version, content_key):
+    return f"content#{version}#{content_key}"
+
+
+def lookup_prediction(table, request_id):
+    """The prediction row cached for a request id (as written to BigQuery), or None. For callers:
+
+        table = bigtable.Client(project=P).instance("serving").table("predictions")
+        lookup_prediction(table, "req-42")["top_k"]
+    """
+    row = table.read_row(request_row_key(request_id).encode())
+    if row is None:
+        return None
+    cells = {q.decode(): c[0].value.decode("utf-8") for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
+    cells.pop("cache_key", None)
+    return {**cells, "top_k": json.loads(cells["top_k"]), "latency_ms": float(cells["latency_ms"]),
+            "cache_hit": cells["cache_hit"] == "True"}
+
+
+class LookupCache(beam.DoFn):
+    """Before scoring: a request whose content (model input) was already scored by this model version is
+    answered from the Bigtable cache (main output, counted as `cache_hits`); the others go on to the model
+    (`misses`). The version is the watched model's newest when --model_watch_pattern is set."""
+
+    MISSES = "misses"
+
+    def __init__(self, target, version, pipeline_name):
+        self._target, self._version, self._pipeline = target, version, pipeline_name  # the cache's BigtableTarget
+
+    def setup(self):
+        from google.cloud import bigtable
+        ensure_bigtable_table(self._target)  # the first lookups come before the first write
+        self._client = bigtable.Client(project=self._target.project)
+        self._bt = self._client.instance(self._target.instance).table(self._target.table)
+        self._hits = Metrics.counter(self._pipeline, "cache_hits")
+
+    def process(self, keyed, model_updates=None):
+        request, example = keyed
+        version = model_version(model_updates[-1].model_id) if model_updates else self._version
+        row = self._bt.read_row(content_row_key(version, request.content_key).encode())
+        if row is None:
+            yield beam.pvalue.TaggedOutput(self.MISSES, keyed)
+            return
+        cells = {q.decode(): c[0].value.decode() for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
+        self._hits.inc()
+        now = time.time()
+        yield {**prediction_row(request, {}, version, scored_at=now), "outputs": cells["outputs"],
+               "top_k": json.loads(cells["top_k"]), "cache_hit": True}
+
+    def teardown(self):
+        self._client.close()
+
+
+def cache_rows(row):
+    """The Bigtable rows of one prediction: by request id, and (when scored, not served from the cache)
+    by model version + content hash."""
+    yield {**row, "cache_key": request_row_key(row["request_id"])}
+    if not row["cache_hit"]:
+        yield {**row, "cache_key": content_row_key(row["model_version"], row["content_key"])}
+
+
+def cache_key(row):
+    return row["cache_key"]

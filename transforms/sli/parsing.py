@@ -1,0 +1,232 @@
+"""Request-log parsing: three JSON formats, detected per record, into one `RequestEvent`.
+
+1. Cloud Logging `LogEntry` with `httpRequest` (as Pub/Sub sinks and BigQuery exports carry it).
+2. Java JSON layout application logs (logstash-logback-encoder, log4j2 JsonLayout / JsonTemplateLayout /
+   ECS): time, level, logger, message and a context map; the request fields come from the config's
+   `formats.app_log` mapping. A LogEntry without `httpRequest` whose `jsonPayload` is such a log is
+   unwrapped.
+3. Flat JSON request logs, fields named by the config's `formats.flat` mapping.
+
+Anything else (invalid JSON, missing or malformed required fields) raises `RecordError`, which the DoFn
+turns into a dead letter.
+"""
+import datetime
+import json
+import re
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+
+from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
+
+
+class RequestEvent(NamedTuple):
+    timestamp: float  # event time, seconds since the epoch (UTC)
+    service: str
+    host: str
+    method: str
+    path: str  # without query string
+    status: int
+    latency_ms: float
+    log_format: str  # cloud_logging | app_log | flat
+
+
+_CONTEXT_MAPS = ("contextMap", "mdc", "context", "contextData")
+_APP_LOG_LEVEL = ("level", "log.level", "severity")
+_APP_LOG_LOGGER = ("logger", "logger_name", "loggerName", "log.logger")
+_APP_LOG_TIME = ("@timestamp", "timestamp", "timeMillis", "instant", "time")
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)s\s*$")
+_UNIT_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
+
+
+def _lookup(obj, dotted):
+    """obj[dotted] if that literal key exists (ECS style "log.level"), else the nested path."""
+    if dotted in obj:
+        return obj[dotted]
+    node = obj
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def parse_timestamp(value, field):
+    """Seconds since the epoch from RFC 3339 text (nanoseconds allowed), epoch seconds/millis,
+    {epochSecond, nanoOfSecond} (log4j2), {seconds, nanos} or a datetime."""
+    if isinstance(value, datetime.datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        return dt.timestamp()
+    if isinstance(value, dict):
+        secs = value.get("epochSecond", value.get("seconds"))
+        nanos = value.get("nanoOfSecond", value.get("nanos", 0))
+        if isinstance(secs, (int, float)) and isinstance(nanos, (int, float)):
+            return secs + nanos / 1e9
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, (int, float)):
+        return value / 1000.0 if value > 1e11 else float(value)  # > 1e11: milliseconds (after 1973)
+    elif isinstance(value, str):
+        text = _FRACTION.sub(r"\1", value.strip()).replace(" UTC", "Z")
+        try:
+            dt = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return (dt if dt.tzinfo else dt.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    raise RecordError("bad_timestamp", f"field '{field}': {value!r} is not an RFC 3339 time or epoch number")
+
+
+def parse_latency_ms(value, field, unit):
+    """Milliseconds from a number in `unit`, a duration string like "0.231s", or {seconds, nanos}."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            ms = float(m.group(1)) * 1000.0
+        else:
+            try:
+                ms = float(value) * _UNIT_TO_MS[unit]
+            except ValueError:
+                raise RecordError("bad_latency", f"field '{field}': {value!r} is not a duration") from None
+    elif isinstance(value, dict) and ("seconds" in value or "nanos" in value):
+        ms = float(value.get("seconds", 0)) * 1000.0 + float(value.get("nanos", 0)) / 1e6
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = float(value) * _UNIT_TO_MS[unit]
+    else:
+        raise RecordError("bad_latency", f"field '{field}': {value!r} is not a duration")
+    if not ms >= 0:  # also rejects NaN
+        raise RecordError("bad_latency", f"field '{field}': latency {value!r} is negative")
+    return ms
+
+
+def parse_status(value, field):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+        raise RecordError("bad_status", f"field '{field}': {value!r} is not an HTTP status code (100-599)")
+    return value
+
+
+def _required(obj, field, fmt):
+    value = _lookup(obj, field)
+    if value is None or value == "":
+        raise RecordError("missing_field", f"{fmt} record has no '{field}' (required)")
+    return value
+
+
+def _split_url(url):
+    parts = urlsplit(url)
+    return (parts.hostname or ""), (parts.path or "/")
+
+
+def _from_cloud_logging(entry, mapping):
+    http = entry["httpRequest"]
+    if not isinstance(http, dict):
+        raise RecordError("bad_field", "'httpRequest' must be an object")
+    ts_field = "timestamp" if entry.get("timestamp") else "receiveTimestamp"
+    timestamp = parse_timestamp(_required(entry, ts_field, "LogEntry"), ts_field)
+    method = str(_required(http, "requestMethod", "LogEntry httpRequest")).upper()
+    host, path = _split_url(str(_required(http, "requestUrl", "LogEntry httpRequest")))
+    status = parse_status(_required(http, "status", "LogEntry httpRequest"), "httpRequest.status")
+    latency = parse_latency_ms(_required(http, "latency", "LogEntry httpRequest"), "httpRequest.latency", "s")
+    labels = (entry.get("resource") or {}).get("labels") or {}
+    service = (
+        labels.get("service_name") or labels.get("module_id") or labels.get("backend_service_name")
+        or (entry.get("labels") or {}).get("service") or host or "unknown"
+    )
+    return RequestEvent(timestamp, service, host, method, path, status, latency, "cloud_logging")
+
+
+def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
+    """App log or flat JSON: request fields looked up in `context` (the MDC) first, then `obj`."""
+    def get(field):
+        if context is not None:
+            value = _lookup(context, field)
+            if value is not None:
+                return value
+        return _lookup(obj, field)
+
+    time_fields = (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ())
+    ts_field = next((f for f in time_fields if get(f) not in (None, "")), None)
+    if ts_field is None and fallback_time is None:
+        raise RecordError("missing_field", f"{fmt} record has no '{mapping.timestamp_field}' (required)")
+    timestamp = parse_timestamp(get(ts_field) if ts_field else fallback_time, ts_field or "timestamp")
+    values = {}
+    for name in ("method_field", "path_field", "status_field", "latency_field"):
+        field = getattr(mapping, name)
+        value = get(field)
+        if value is None or value == "":
+            raise RecordError("missing_field", f"{fmt} record has no '{field}' (required; mapped by "
+                                               f"formats.{fmt}.{name} in the SLI config)")
+        values[name] = value
+    host, path = _split_url(str(values["path_field"]))
+    return RequestEvent(
+        timestamp,
+        str(get(mapping.service_field) or host or "unknown"),
+        host,
+        str(values["method_field"]).upper(),
+        path,
+        parse_status(values["status_field"], mapping.status_field),
+        parse_latency_ms(values["latency_field"], mapping.latency_field, mapping.latency_unit),
+        fmt,
+    )
+
+
+def _is_app_log(obj):
+    return any(k in obj for k in _APP_LOG_LEVEL) and any(k in obj for k in _APP_LOG_LOGGER)
+
+
+def _app_log(obj, formats, fallback_time=None):
+    context = next((obj[k] for k in _CONTEXT_MAPS if isinstance(obj.get(k), dict)), None)
+    return _from_mapping(obj, formats.app_log, "app_log", fallback_time, context)
+
+
+def parse_log_record(payload, formats):
+    """One record (bytes, str or an already-decoded dict such as a BigQuery row) to a `RequestEvent`."""
+    if isinstance(payload, dict):
+        obj = payload
+    else:
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RecordError("invalid_json", f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise RecordError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    if obj.get("httpRequest") is not None:
+        return _from_cloud_logging(obj, formats)
+    payload_obj = obj.get("jsonPayload")
+    if isinstance(payload_obj, dict):
+        entry_time = obj.get("timestamp") or obj.get("receiveTimestamp")
+        if _is_app_log(payload_obj):
+            return _app_log(payload_obj, formats, entry_time)
+        return _from_mapping(payload_obj, formats.flat, "flat", entry_time)
+    if _is_app_log(obj):
+        return _app_log(obj, formats)
+    return _from_mapping(obj, formats.flat, "flat")
+
+
+class ParseLogRecords(beam.DoFn):
+    """Raw records (Pub/Sub messages, text lines, BigQuery rows) to event-timestamped `RequestEvent`s;
+    failures go to the `dead_letters` output. Main output count + dead letters = records in."""
+
+    STEP = "ParseLogRecords"
+
+    def __init__(self, formats, pipeline_name):
+        self._formats = formats
+        self._pipeline = pipeline_name
+        self._parsed = Metrics.counter(pipeline_name, "records_parsed")
+
+    def process(self, record):
+        payload, attributes = payload_and_attributes(record)
+        try:
+            event = parse_log_record(payload, self._formats)
+        except Exception as e:  # noqa: BLE001 - RecordError or a bug: either way a dead letter, not a crash
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(
+                self._pipeline, self.STEP, payload, e, attributes))
+            return
+        self._parsed.inc()
+        yield TimestampedValue(event, event.timestamp)

@@ -1,0 +1,166 @@
+"""SLOs from per-window SLI rows: one `SloEvaluator` per SLO, in Beam state with event-time timers when
+streaming, replayed in minute order per SLO when backfilling. Outputs status rows (one per SLO and
+evaluated minute) and alert transitions (FIRING/RESOLVED, once each)."""
+import datetime
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+
+from transforms.slo.evaluator import SloEvaluator
+
+ALERTS_TAG = "alerts"
+_NAMESPACE = "slo"
+
+SLO_STATUS_BQ_SCHEMA = {
+    "fields": [
+        {"name": "slo", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "evaluated_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {"name": "status", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "method", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "target", "type": "FLOAT64", "mode": "REQUIRED"},
+        {"name": "window", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "window_days", "type": "INT64", "mode": "REQUIRED"},
+        {"name": "compliance", "type": "FLOAT64", "mode": "NULLABLE"},
+        {"name": "events", "type": "INT64", "mode": "REQUIRED"},
+        {"name": "bad_events", "type": "FLOAT64", "mode": "NULLABLE"},
+        {"name": "error_budget", "type": "FLOAT64", "mode": "REQUIRED"},
+        {"name": "budget_consumed", "type": "FLOAT64", "mode": "NULLABLE"},
+        {"name": "budget_remaining", "type": "FLOAT64", "mode": "NULLABLE"},
+        {"name": "allowed_bad_events", "type": "FLOAT64", "mode": "NULLABLE"},
+        {"name": "allowed_bad_events_left", "type": "FLOAT64", "mode": "NULLABLE"},
+        {"name": "burn_rates", "type": "RECORD", "mode": "REPEATED", "fields": [
+            {"name": "window_minutes", "type": "INT64", "mode": "REQUIRED"},
+            {"name": "burn_rate", "type": "FLOAT64", "mode": "NULLABLE"},
+            {"name": "events", "type": "INT64", "mode": "REQUIRED"},
+        ]},
+        {"name": "alerts_firing", "type": "STRING", "mode": "REPEATED"},
+    ]
+}
+
+
+class SliRowsToSloInputs(beam.DoFn):
+    """SLI row -> (slo name, (minute, component index, good, total, pane index)) for each SLO using it."""
+
+    def __init__(self, config):
+        self._config = config
+
+    def setup(self):
+        self._uses = {}
+        for slo in self._config.slos:
+            for component, (sli_id, _) in enumerate(slo.slis()):
+                self._uses.setdefault(sli_id, []).append((slo.name, component))
+
+    def process(self, row):
+        start = datetime.datetime.fromisoformat(row["window_start"]).timestamp()
+        for slo_name, component in self._uses.get(row["sli_id"], ()):
+            yield slo_name, (int(start // 60), component, row["good"], row["total"], row["pane_index"])
+
+
+class _EvaluatorMixin:
+    def __init__(self, config):
+        self._config = config
+
+    def setup(self):
+        self._slos = {slo.name: slo for slo in self._config.slos}
+        self._ignored = Metrics.counter(_NAMESPACE, "late_updates_beyond_alert_windows")
+
+    def _new(self, name):
+        return SloEvaluator(self._slos[name], self._config.alerting)
+
+    def _add(self, evaluator, value):
+        if not evaluator.add(*value):
+            self._ignored.inc()
+
+    @staticmethod
+    def _emit(rows, alerts):
+        for row in rows:
+            yield row
+        for alert in alerts:
+            yield beam.pvalue.TaggedOutput(ALERTS_TAG, alert)
+
+
+class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
+    """Keyed by SLO; the evaluator lives in state; an event-time timer evaluates each minute once the
+    watermark has passed it (so every SLI window of that minute has arrived)."""
+
+    EVALUATOR = ReadModifyWriteStateSpec("evaluator", PickleCoder())
+    NEXT_MINUTE = TimerSpec("next_minute", TimeDomain.WATERMARK)
+
+    def process(self, element, evaluator_state=beam.DoFn.StateParam(EVALUATOR),
+                timer=beam.DoFn.TimerParam(NEXT_MINUTE)):
+        name, value = element
+        evaluator = evaluator_state.read() or self._new(name)
+        self._add(evaluator, value)
+        if evaluator.now is None or not evaluator.active(evaluator.now):
+            timer.set((evaluator.first_pending_minute() + 1) * 60)  # a paused SLO resumes with its data
+        evaluator_state.write(evaluator)
+
+    @on_timer(NEXT_MINUTE)
+    def evaluate(self, key=beam.DoFn.KeyParam, fire_time=beam.DoFn.TimestampParam,
+                 evaluator_state=beam.DoFn.StateParam(EVALUATOR), timer=beam.DoFn.TimerParam(NEXT_MINUTE)):
+        evaluator = evaluator_state.read()
+        minute = int(fire_time.micros // 60_000_000) - 1
+        rows, alerts = evaluator.advance_to(minute)
+        if evaluator.active(evaluator.now):
+            timer.set((evaluator.now + 2) * 60)
+        else:
+            pending = evaluator.first_pending_minute()
+            if pending is not None:
+                timer.set((pending + 1) * 60)
+        evaluator_state.write(evaluator)
+        yield from self._emit(rows, alerts)
+
+
+class EvaluateSlosBatch(_EvaluatorMixin, beam.DoFn):
+    """Backfill: all SLI rows of one SLO, replayed in minute order through the same evaluator calls the
+    streaming DoFn makes (evaluate up to the minute before, then add that minute's rows)."""
+
+    def process(self, element):
+        name, values = element
+        evaluator = self._new(name)
+        by_minute = {}
+        for value in values:
+            by_minute.setdefault(value[0], []).append(value)
+        for minute in sorted(by_minute):
+            yield from self._emit(*evaluator.advance_to(minute - 1))
+            for value in by_minute[minute]:
+                self._add(evaluator, value)
+        end = max(by_minute) if by_minute else None
+        while end is not None:  # evaluate on until the SLO goes idle, as the streaming timers do
+            yield from self._emit(*evaluator.advance_to(end))
+            if not evaluator.active(evaluator.now):
+                break
+            end = evaluator.now + 1
+
+
+class ComputeSloStatus(beam.PTransform):
+    """SLI rows -> SLO status rows (main output) and alert transitions (`alerts` output)."""
+
+    def __init__(self, config, bounded):
+        super().__init__()
+        self._config = config
+        self._bounded = bounded
+
+    def expand(self, sli_rows):
+        inputs = (sli_rows
+                  | "ToSloInputs" >> beam.ParDo(SliRowsToSloInputs(self._config))
+                  | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()))
+        if self._bounded:
+            evaluated = (inputs
+                         | "GroupBySlo" >> beam.GroupByKey()
+                         | "EvaluateSlos" >> beam.ParDo(EvaluateSlosBatch(self._config)).with_outputs(
+                             ALERTS_TAG, main="status"))
+        else:
+            evaluated = inputs | "EvaluateSlos" >> beam.ParDo(EvaluateSlosStreaming(self._config)).with_outputs(
+                ALERTS_TAG, main="status")
+        return evaluated
+
+
+def slo_status_row_key(row):
+    """`~slo#<slo name>`: one row per SLO holding its latest status ('~' sorts after every service name,
+    which starts with a letter or digit, so SLO rows never interleave with SLI series)."""
+    return f"~slo#{row['slo']}"
