@@ -19,7 +19,6 @@ On Dataflow, from a BigQuery query (filter and sample in SQL):
 import datetime
 import json
 import logging
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -29,7 +28,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.launch import (
+    apply_udf,
+    dead_letters_by_reason,
+    metric_counts,
+    read_records,
+    run_pipeline,
+    write_dead_letters,
+)
 from pipelines.options import (
     BatchInputOptions,
     OutputOptions,
@@ -37,21 +43,23 @@ from pipelines.options import (
     TensorBoardOptions,
     TfRecordOutputOptions,
     UdfOptions,
-    check_record_inputs,
+    check_input,
+    check_outputs,
     check_udf,
-    record_source,
     resolve_tensorboard_run,
 )
 from pipelines.samples import FEATURES_DIR
 from transforms.features.artifacts import SPEC_FILE, STATS_BQ_SCHEMA, read_statistics, stats_rows
-from transforms.features.cleanse import PIPELINE, AssignStratifiedSplits, CleanseRecords
-from transforms.features.spec import load_feature_spec, make_preprocessing_fn, tf_feature_spec
+from transforms.features.cleanse import AssignStratifiedSplits, CleanseRecords
+from transforms.features.spec import make_preprocessing_fn, parse_feature_spec, tf_feature_spec
 from transforms.features.statistics import ComputeStatistics
 from transforms.features.tensorboard import WriteFeatureSummaries
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_text
-from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from transforms.io.sinks import BigQueryTarget, WriteRecords
+from transforms.io.sources import Input, ReadRecords
 
+PIPELINE = "feature_stats"
 SAMPLE_SPEC = FEATURES_DIR / "churn.yaml"
 SAMPLE_DATA = FEATURES_DIR / "customers.jsonl"
 
@@ -69,11 +77,13 @@ class FeatureStatsOptions(PipelineOptions):
                  "(created if missing, day-partitioned on computed_at).")
 
 
+INPUT_FLAGS = ("input_files", "input_table", "input_query")
 OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, RecordInputOptions, TfRecordOutputOptions,
                   TensorBoardOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
+    input: Input
     spec: object  # FeatureSpec
     spec_text: str
     run_id: str
@@ -89,26 +99,26 @@ class FeatureStatsOutputs(NamedTuple):
 def validate(options):
     opts = options.view_as(FeatureStatsOptions)
     out = options.view_as(OutputOptions)
-    check_record_inputs(options)
+    source = check_input(options, INPUT_FLAGS, Input(input_files=str(SAMPLE_DATA)))
     if options.view_as(TfRecordOutputOptions).num_shards < 0:
         raise ValueError("--num_shards must be >= 0")
     check_udf(options)
-    out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
+    check_outputs(options, PIPELINE, ())
     resolve_tensorboard_run(options, PIPELINE)
     spec_path = opts.feature_spec or str(SAMPLE_SPEC)
     try:
         spec_text = read_text(spec_path)
     except OSError as e:
         raise ValueError(f"--feature_spec: cannot read {spec_path}: {e}") from None
-    spec = load_feature_spec(spec_path, read=lambda _: spec_text)  # read once: it is also written beside transform_fn/
+    spec = parse_feature_spec(spec_text, f"--feature_spec {spec_path}")  # read once: also written beside transform_fn/
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Settings(spec, spec_text, run_id, temp_dir)
+    return Settings(source, spec, spec_text, run_id, temp_dir)
 
 
-def _count(element, counter):
-    counter.inc()
-    return element
+def _count_split(row, pipeline_name):
+    Metrics.counter(pipeline_name, f"rows_{row.split}").inc()
+    return row
 
 
 def build(pipeline, options, settings, source=None):
@@ -120,22 +130,18 @@ def build(pipeline, options, settings, source=None):
     spec, opts = settings.spec, options.view_as(FeatureStatsOptions)
     out = options.view_as(OutputOptions)
     tfrecords = options.view_as(TfRecordOutputOptions)
-    if source is None:
-        source = record_source(options, SAMPLE_DATA)
-    records = (pipeline
-               | "ReadRecords" >> source
-               | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
-    read = records
+    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(
+        settings.input, options.view_as(RecordInputOptions).input_format), "ReadRecords")
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec)).with_outputs(DEAD_LETTER_TAG, main="rows")
+    cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="rows")
     rows = cleansed.rows
     if spec.stratify:
         rows = rows | "AssignStratifiedSplits" >> AssignStratifiedSplits(spec)
     splits = list(spec.splits)
     rows = rows | "CountRowsPerSplit" >> beam.Map(
-        lambda r: _count(r, Metrics.counter(PIPELINE, f"rows_{r.split}")))
+        lambda r: _count_split(r, PIPELINE))
 
-    numeric = [f.name for f in spec.inputs if f.type == "numeric" or (f.type == "label" and f.label_dtype == "float")]
+    numeric = [f.name for f in spec.inputs if f.is_numeric]
     strings = [f.name for f in spec.inputs if f.name not in numeric]
     statistics = (rows
                   | "RawBySplit" >> beam.Map(lambda r: (r.split, r.raw))
@@ -186,11 +192,7 @@ def build(pipeline, options, settings, source=None):
      | "SpecText" >> beam.Create([settings.spec_text])
      | "WriteSpec" >> beam.io.WriteToText(FileSystems.join(out.output_dir, SPEC_FILE), shard_name_template=""))
 
-    dead_letters = (*dead_letter_sources, cleansed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
-        False, out.bq_write_method)
-    add_progress(options, PIPELINE, read, dead_letters)
+    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, cleansed[DEAD_LETTER_TAG], *sink_failures))
     return FeatureStatsOutputs(statistics, transformed, dead_letters)
 
 

@@ -22,7 +22,6 @@ Streaming (the label map of an earlier batch run fixes the label ids):
 """
 import json
 import logging
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -31,7 +30,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.launch import (
+    apply_udf,
+    dead_letters_by_reason,
+    metric_counts,
+    read_records,
+    run_pipeline,
+    write_dead_letters,
+)
 from pipelines.options import (
     ImageFolderInputOptions,
     LabelMapOptions,
@@ -39,13 +45,14 @@ from pipelines.options import (
     PubsubInputOptions,
     TfRecordOutputOptions,
     UdfOptions,
+    check_input,
+    check_outputs,
     check_udf,
 )
 from pipelines.samples import IMAGES_DIR
 from transforms.images.ingest import (
     MANIFEST_BQ_SCHEMA,
     MANIFEST_TAG,
-    PIPELINE,
     AssignLabelIds,
     AssignSplits,
     DeduplicateByContent,
@@ -60,9 +67,10 @@ from transforms.images.ingest import (
 from transforms.images.pixels import ENCODINGS, RESIZE_METHODS, parse_image_size, parse_label_map, parse_splits
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_text
-from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
-from transforms.io.sources import ReadImageSources
+from transforms.io.sinks import BigQueryTarget, WriteRecords
+from transforms.io.sources import Input, ReadRecords
 
+PIPELINE = "image_ingest"
 SAMPLE_DIR = IMAGES_DIR
 
 
@@ -122,12 +130,14 @@ class ImageIngestOptions(PipelineOptions):
                  "split, duplicate, over_cap or rejected with the reason), created if missing.")
 
 
+INPUT_FLAGS = ("input_subscription", "input_topic", "input_dir", "input_manifest")
 OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, ImageFolderInputOptions, LabelMapOptions,
                   TfRecordOutputOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
     """Flags after validation, parsed."""
+    input: Input
     image_size: tuple
     splits: list
     labels: list  # None: found in the data (batch)
@@ -143,16 +153,8 @@ class ImageIngestOutputs(NamedTuple):
 def validate(options):
     """Cross-flag checks before any graph is built; returns the parsed Settings."""
     opts = options.view_as(ImageIngestOptions)
-    out = options.view_as(OutputOptions)
-    pubsub = options.view_as(PubsubInputOptions)
-    inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
-    input_dir = options.view_as(ImageFolderInputOptions).input_dir
-    inputs += [f for f, given in (("input_dir", input_dir), ("input_manifest", opts.input_manifest)) if given]
-    if len(inputs) > 1:
-        raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
-    streaming = bool(pubsub.input_subscription or pubsub.input_topic)
-    if streaming:
-        options.view_as(StandardOptions).streaming = True
+    source = check_input(options, INPUT_FLAGS, Input(input_dir=str(SAMPLE_DIR)))
+    streaming = options.view_as(StandardOptions).streaming
     for flag in ("max_image_bytes", "max_image_pixels", "shard_seconds", "dedup_retention_seconds"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
@@ -168,17 +170,17 @@ def validate(options):
     if streaming and not label_map:
         raise ValueError("streaming needs --label_map (label ids must not depend on which images came first): "
                          "use the label_map.txt of a batch run, or write one label per line")
-    if input_dir and options.view_as(UdfOptions).udf_path:
+    if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes Pub/Sub messages and manifest lines; it does not apply to --input_dir")
     check_udf(options)
-    out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
+    check_outputs(options, PIPELINE, ())
     labels = None
     if label_map:
         try:
             labels = parse_label_map(read_text(label_map), label_map)
         except OSError as e:
             raise ValueError(f"--label_map: cannot read {label_map}: {e}") from None
-    return Settings(parse_image_size(opts.image_size), parse_splits(opts.splits), labels)
+    return Settings(source, parse_image_size(opts.image_size), parse_splits(opts.splits), labels)
 
 
 def _count_manifest(row):
@@ -195,22 +197,18 @@ def build(pipeline, options, settings, source=None):
     opts = options.view_as(ImageIngestOptions)
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
-    if source is None:
-        input_dir, pubsub = options.view_as(ImageFolderInputOptions).input_dir, options.view_as(PubsubInputOptions)
-        if not (input_dir or pubsub.input_subscription or pubsub.input_topic or opts.input_manifest):
-            input_dir = str(SAMPLE_DIR)
-        source = ReadImageSources(pubsub.input_subscription, pubsub.input_topic, input_dir, opts.input_manifest)
-    raw = read = pipeline | "ReadImageSources" >> source
+    raw = read = read_records(pipeline, PIPELINE, source or ReadRecords(
+        settings.input, max_file_bytes=opts.max_image_bytes), "ReadImageSources")
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
-    inputs = raw | "ToImageInputs" >> beam.ParDo(ToImageInputs(opts.input_manifest)).with_outputs(
+    inputs = raw | "ToImageInputs" >> beam.ParDo(ToImageInputs(opts.input_manifest, opts.max_image_bytes, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="images")
     width, height = settings.image_size
-    processed = inputs.images | "ProcessImages" >> beam.ParDo(ProcessImages(dict(
+    processed = inputs.images | "ProcessImages" >> beam.ParDo(ProcessImages(PIPELINE, dict(
         width=width, height=height, method=opts.resize_method, encoding=opts.encoding,
         jpeg_quality=opts.jpeg_quality, max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels,
     ))).with_outputs(DEAD_LETTER_TAG, main="images")
     unique = processed.images | "DeduplicateByContent" >> DeduplicateByContent(
-        opts.dedup_retention_seconds if streaming else None)
+        opts.dedup_retention_seconds if streaming else None, PIPELINE)
     if settings.labels is None:
         labels = (unique.images
                   | "Labels" >> beam.Map(lambda image: image.label)
@@ -224,20 +222,20 @@ def build(pipeline, options, settings, source=None):
     else:
         labels = pipeline | "LabelMap" >> beam.Create([settings.labels])
     labelled = unique.images | "AssignLabelIds" >> beam.ParDo(
-        AssignLabelIds(opts.unknown_label == "fail"), beam.pvalue.AsSingleton(labels)).with_outputs(
+        AssignLabelIds(opts.unknown_label == "fail", PIPELINE), beam.pvalue.AsSingleton(labels)).with_outputs(
         DEAD_LETTER_TAG, main="labelled")
-    split = labelled.labelled | "AssignSplits" >> AssignSplits(settings.splits, opts.max_per_label, streaming)
+    split = labelled.labelled | "AssignSplits" >> AssignSplits(settings.splits, opts.max_per_label, streaming, PIPELINE)
     tfrecords = options.view_as(TfRecordOutputOptions)
     split.split | "WriteTfRecords" >> WriteTfRecordSplits(
         out.output_dir, [name for name, _ in settings.splits], tfrecords.compression == "gzip", tfrecords.num_shards,
         opts.shard_seconds if streaming else None)
 
-    dead_letters = ((*dead_letter_sources, inputs[DEAD_LETTER_TAG], processed[DEAD_LETTER_TAG],
-                     labelled[DEAD_LETTER_TAG])
-                    | "FlattenDeadLetters" >> beam.Flatten())
+    record_dead_letters = ((*dead_letter_sources, inputs[DEAD_LETTER_TAG], processed[DEAD_LETTER_TAG],
+                            labelled[DEAD_LETTER_TAG])
+                           | "RecordDeadLetters" >> beam.Flatten())
     accepted = split.split | "AcceptedRows" >> beam.Map(
         lambda s: manifest_row("accepted", s[1].source_id, s[1].source, s[1].label, utc_now_iso(), split=s[0], md5=s[1].md5))
-    rejected = dead_letters | "RejectedRows" >> beam.Map(manifest_row_from_dead_letter)
+    rejected = record_dead_letters | "RejectedRows" >> beam.Map(manifest_row_from_dead_letter)
     manifest = ((accepted, unique[MANIFEST_TAG], split[MANIFEST_TAG], rejected)
                 | "FlattenManifest" >> beam.Flatten()
                 | "CountManifest" >> beam.Map(_count_manifest))
@@ -253,10 +251,7 @@ def build(pipeline, options, settings, source=None):
          | "LabelReportJson" >> beam.Map(lambda r: json.dumps(r, indent=2, sort_keys=True))
          | "WriteLabelReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_report"), ".json",
                                                      shard_name_template=""))
-    (dead_letters, *sink_failures) | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteDeadLetters(
-        PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
-        streaming, out.bq_write_method)
-    add_progress(options, PIPELINE, read, dead_letters)
+    dead_letters = write_dead_letters(options, PIPELINE, read, (record_dead_letters, *sink_failures))
     return ImageIngestOutputs(split.split, manifest, dead_letters, label_report)
 
 

@@ -2,22 +2,35 @@ import argparse
 import logging
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
 
 from pipelines.options import OutputOptions, UdfOptions
 from transforms.io.deadletter import DEAD_LETTER_TAG
-from transforms.io.udf import ApplyUdf
+from transforms.io.sinks import WriteDeadLetters
+from transforms.io.udf import ApplyUdf, udf_failure_dead_letter
 
 
 def apply_udf(options, records, pipeline_name):
-    """`records` through --udf_path's function when one is given: (records, [the UDF's dead letters])."""
+    """`records` through --udf_path's function when one is given: (records, [the UDF's dead letters]).
+
+    JavaScript runs in an embedded V8 with its own time and memory limits. A Python UDF runs in a
+    long-lived subprocess through Beam's `with_exception_handling(use_subprocess=True, timeout=...)`: a
+    record past --udf_timeout_ms, or one whose UDF kills its process, is a dead letter, and a fresh
+    subprocess takes the next record (the restart costs about a second)."""
     udf = options.view_as(UdfOptions)
     if not udf.udf_path:
         return records, []
-    transformed = records | "ApplyUdf" >> beam.ParDo(
-        ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name)).with_outputs(DEAD_LETTER_TAG, main="records")
-    return transformed.records, [transformed[DEAD_LETTER_TAG]]
-
+    apply = beam.ParDo(ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name, udf.udf_timeout_ms))
+    if not udf.udf_path.endswith(".py"):
+        transformed = records | "ApplyUdf" >> apply.with_outputs(DEAD_LETTER_TAG, main="records")
+        return transformed.records, [transformed[DEAD_LETTER_TAG]]
+    transformed = records | "ApplyUdf" >> apply.with_exception_handling(
+        main_tag="records", dead_letter_tag="udf_failures", use_subprocess=True, timeout=udf.udf_timeout_ms / 1000)
+    failures = transformed["udf_failures"] | "UdfFailures" >> beam.Map(
+        udf_failure_dead_letter, pipeline_name, udf.udf_path, udf.udf_function, udf.udf_timeout_ms)
+    return transformed["records"], [transformed[DEAD_LETTER_TAG], failures]
 
 
 def parse_pipeline_options(argv, description, option_classes):
@@ -36,7 +49,6 @@ def parse_pipeline_options(argv, description, option_classes):
     return PipelineOptions(argv)
 
 
-
 def choose_local_runner(options):
     """When no --runner is given, pick a local runner that never downloads anything (see STACK.md)."""
     standard = options.view_as(StandardOptions)
@@ -46,12 +58,10 @@ def choose_local_runner(options):
     return standard.runner
 
 
-
 def dead_letters_by_reason(counts, title="dead letters by reason"):
     """The report line of the `dead_letters_<reason>` counters, or None when there were none."""
     reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
     return f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) if reasons else None
-
 
 
 def metric_counts(result, namespace):
@@ -62,7 +72,6 @@ def metric_counts(result, namespace):
             value = counter.committed if counter.committed is not None else counter.attempted
             counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + value
     return counts
-
 
 
 def run_pipeline(argv, description, option_classes, validate, build, report):
@@ -85,6 +94,36 @@ def run_pipeline(argv, description, option_classes, validate, build, report):
     print(report(result, options, settings))
     return result
 
+
+def _count(element, counter):
+    counter.inc()
+    return element
+
+
+def read_records(pipeline, pipeline_name, source, label):
+    """The first steps of every build(): `source` (ReadRecords, or a Create/TestStream in tests) and the
+    `<pipeline>:records_in` counter the report and progress lines read."""
+    return (pipeline
+            | label >> source
+            | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(pipeline_name, "records_in")))
+
+
+def local_output(options, name):
+    """`<--output_dir>/<name>`, or None when there is no --output_dir."""
+    output_dir = options.view_as(OutputOptions).output_dir
+    return FileSystems.join(output_dir, name) if output_dir else None
+
+
+def write_dead_letters(options, pipeline_name, records_read, dead_letter_sources):
+    """The last steps of every build(): all dead letters (parse steps, UDF, sink failures) flattened into one
+    PCollection, written to the dead-letter sinks, and the local progress lines. Returns the dead letters."""
+    out = options.view_as(OutputOptions)
+    dead_letters = tuple(dead_letter_sources) | "FlattenDeadLetters" >> beam.Flatten()
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+        pipeline_name, out.dead_letter_table, out.dead_letter_topic, local_output(options, "dead_letters"),
+        options.view_as(StandardOptions).streaming, out.bq_write_method, out.dead_letter_max_payload_bytes)
+    add_progress(options, pipeline_name, records_read, dead_letters)
+    return dead_letters
 
 
 def add_progress(options, pipeline_name, records, dead_letters):

@@ -1,13 +1,15 @@
 """What every pipeline shares: output/dead-letter flags, --help, runner defaults, the local report."""
 import os
 
-import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
+    StandardOptions,
 )
 
-from transforms.io.sources import ReadFeatureRecords, detect_format
+from transforms.io.deadletter import DEFAULT_MAX_PAYLOAD_BYTES
+from transforms.io.sources import Input, detect_format
+from transforms.io.udf import DEFAULT_TIMEOUT_MS as DEFAULT_UDF_TIMEOUT_MS
 from transforms.io.udf import load_udf
 
 BQ_WRITE_METHODS = ("STREAMING_INSERTS", "FILE_LOADS", "STORAGE_WRITE_API")
@@ -32,6 +34,11 @@ class OutputOptions(PipelineOptions):
             "--bq_write_method", type=str, default="STREAMING_INSERTS", choices=BQ_WRITE_METHODS,
             help="How BigQuery tables are written. STORAGE_WRITE_API needs Beam's Java expansion service "
                  "(fine on Dataflow). Default: STREAMING_INSERTS.")
+        parser.add_argument(
+            "--dead_letter_max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
+            help="Dead letters keep at most this many bytes of the original payload (with its full size and "
+                 f"SHA-256), so every dead letter fits a BigQuery row and a Pub/Sub message. Default: "
+                 f"{DEFAULT_MAX_PAYLOAD_BYTES}.")
         parser.add_argument(
             "--progress", type=str, default="auto", choices=("auto", "off"),
             help="auto: local batch runs print progress lines (records read, throughput, dead letters so far) "
@@ -182,6 +189,11 @@ class UdfOptions(PipelineOptions):
             help="Python (.py) or JavaScript (.js) file, local or gs://, holding a function applied to each "
                  "record before parsing; it returns the new record, or None/null to filter it out.")
         parser.add_argument(
+            "--udf_timeout_ms", type=int, default=DEFAULT_UDF_TIMEOUT_MS,
+            help="Time limit of the UDF per record, in milliseconds; a record over it is a udf_timeout dead "
+                 "letter and the UDF goes on with the next one. JavaScript UDFs also have a 256 MiB heap limit "
+                 f"(udf_memory). Python UDFs run in a subprocess to enforce it. Default: {DEFAULT_UDF_TIMEOUT_MS}.")
+        parser.add_argument(
             "--udf_function", type=str, default="process",
             help="Name of the function in --udf_path. Default: process (the Google-provided templates' "
                  "JavaScript convention).")
@@ -198,6 +210,9 @@ def check_outputs(options, pipeline_name, main_sinks):
         raise ValueError("--bigtable_instance needs --project (the Bigtable project)")
     if not (any(main_sinks) or out.output_dir):
         out.output_dir = os.path.join("output", pipeline_name)
+    if not 1024 <= out.dead_letter_max_payload_bytes <= 1_000_000:
+        raise ValueError(f"--dead_letter_max_payload_bytes must be within 1024-1000000 (BigQuery rows and Pub/Sub "
+                         f"messages must hold it), got {out.dead_letter_max_payload_bytes}")
     if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
         raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
                          "--output_dir")
@@ -206,33 +221,22 @@ def check_outputs(options, pipeline_name, main_sinks):
 def check_udf(options):
     """Loads --udf_path's function once at start-up, so a broken UDF fails the launch, not the workers."""
     udf = options.view_as(UdfOptions)
+    if udf.udf_timeout_ms <= 0:
+        raise ValueError(f"--udf_timeout_ms must be positive, got {udf.udf_timeout_ms}")
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
 
 
-def check_record_inputs(options):
-    """At most one of --input_files, --input_table, --input_query (and, for streaming pipelines,
-    --input_subscription, --input_topic), and a known file format."""
-    batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
-    pubsub = options.view_as(PubsubInputOptions)
-    given = [f"--{n}" for n, v in (("input_files", batch.input_files), ("input_table", batch.input_table),
-                                   ("input_query", records.input_query),
-                                   ("input_subscription", pubsub.input_subscription),
-                                   ("input_topic", pubsub.input_topic)) if v]
-    if len(given) > 1:
-        raise ValueError(f"give only one input flag, got {' and '.join(given)}")
-    if batch.input_files and not records.input_format:
-        detect_format(batch.input_files)
-
-
-
-def record_source(options, default_files):
-    """Pub/Sub messages (PubsubMessage, with attributes) for --input_subscription/--input_topic, else
-    ReadFeatureRecords for the batch input flags; `default_files` when no input flag is given."""
-    pubsub = options.view_as(PubsubInputOptions)
-    if pubsub.input_subscription or pubsub.input_topic:
-        return beam.io.ReadFromPubSub(subscription=pubsub.input_subscription, topic=pubsub.input_topic,
-                                      with_attributes=True)
-    batch, records = options.view_as(BatchInputOptions), options.view_as(RecordInputOptions)
-    files = batch.input_files or (None if batch.input_table or records.input_query else str(default_files))
-    return ReadFeatureRecords(files, records.input_format, batch.input_table, records.input_query)
+def check_input(options, flags, default):
+    """The run's one input (transforms.io.sources.Input) among the pipeline's input `flags`: more than one
+    fails naming them; none gives `default` (an Input of the bundled sample). A Pub/Sub input turns
+    streaming on; --input_files needs a format known from --input_format or the extension."""
+    values = options.get_all_options()
+    given = Input(**{flag: values.get(flag) for flag in flags})
+    if len(given.given()) > 1:
+        raise ValueError(f"give only one input flag, got {' and '.join(given.given())}")
+    if given.input_subscription or given.input_topic:
+        options.view_as(StandardOptions).streaming = True
+    if given.input_files and "input_format" in values and not values["input_format"]:
+        detect_format(given.input_files)
+    return given if given.given() else default

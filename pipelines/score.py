@@ -35,7 +35,15 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import PCollection
 from tensorflow import errors as tf_errors
 
-from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.launch import (
+    apply_udf,
+    dead_letters_by_reason,
+    local_output,
+    metric_counts,
+    read_records,
+    run_pipeline,
+    write_dead_letters,
+)
 from pipelines.options import (
     BatchInputOptions,
     BigQueryOutputOptions,
@@ -46,17 +54,16 @@ from pipelines.options import (
     PubsubInputOptions,
     RecordInputOptions,
     UdfOptions,
+    check_input,
     check_outputs,
-    check_record_inputs,
     check_udf,
-    record_source,
 )
 from pipelines.samples import SCORE_DIR
 from transforms.images.pixels import parse_label_map
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl, read_text
-from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
-from transforms.io.sources import ReadImageSources
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
+from transforms.io.sources import Input, ReadRecords
 from transforms.scoring.cache import CACHE_COLUMN_FAMILY, LookupCache, cache_key, cache_rows
 from transforms.scoring.model import PREDICTION_BQ_SCHEMA, LoadedModel, TfModelHandler, model_directory, model_version
 from transforms.scoring.requests import ParseRequests, ToPredictionRows, failed_batch_dead_letters
@@ -109,12 +116,14 @@ class ScoreOptions(PipelineOptions):
                  "(set when the table is created). Default: 24.")
 
 
+INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query", "input_dir")
 OPTION_CLASSES = (ScoreOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, ImageFolderInputOptions,
                   LabelMapOptions,
                   BigQueryOutputOptions, BigtableOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
+    input: Input
     model_path: str
     inputs: list  # what a request carries: the model's InputSpecs (or the raw features with --transform_dir)
     labels: list  # or None
@@ -129,18 +138,8 @@ class ScoreOutputs(NamedTuple):
 def validate(options):
     """Cross-flag checks and the model's signature, before any graph is built."""
     opts = options.view_as(ScoreOptions)
-    pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
-    inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
-    inputs += [f for f in ("input_files", "input_table") if getattr(batch, f)]
-    inputs += ["input_query"] if options.view_as(RecordInputOptions).input_query else []
-    input_dir = options.view_as(ImageFolderInputOptions).input_dir
-    inputs += ["input_dir"] if input_dir else []
-    if len(inputs) > 1:
-        raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
-    check_record_inputs(options)
-    streaming = bool(pubsub.input_subscription or pubsub.input_topic)
-    if streaming:
-        options.view_as(StandardOptions).streaming = True
+    source = check_input(options, INPUT_FLAGS, Input(input_files=str(SAMPLE_REQUESTS)))
+    streaming = options.view_as(StandardOptions).streaming
     if opts.model_watch_pattern and not streaming:
         raise ValueError("--model_watch_pattern needs a streaming input (--input_subscription or --input_topic)")
     if not 1 <= opts.min_batch_size <= opts.max_batch_size:
@@ -149,7 +148,7 @@ def validate(options):
     for flag in ("top_k", "model_watch_interval_seconds"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
-    if input_dir and options.view_as(UdfOptions).udf_path:
+    if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
     check_udf(options)
     # the Bigtable cache is not a main output
@@ -177,7 +176,7 @@ def validate(options):
         if model.output_shapes[0] and model.output_shapes[0][-1] not in (None, len(labels)):
             raise ValueError(f"--label_map: {labels_path} has {len(labels)} labels but the model's output "
                              f"'{model.output_names[0]}' has {model.output_shapes[0][-1]} scores per example")
-    return Settings(model_path, model.inputs, labels, getattr(model, "feature_spec", None))
+    return Settings(source, model_path, model.inputs, labels, getattr(model, "feature_spec", None))
 
 
 def build(pipeline, options, settings, source=None, model_updates=None):
@@ -187,9 +186,8 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     project = options.view_as(GoogleCloudOptions).project
-    if source is None:
-        source = _source(options)
-    raw = read = pipeline | "ReadRequests" >> source
+    raw = read = read_records(pipeline, PIPELINE, source or ReadRecords(
+        settings.input, options.view_as(RecordInputOptions).input_format), "ReadRequests")
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
     parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs, settings.feature_spec, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="requests")
@@ -222,27 +220,12 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     sink_failures = rows | "WritePredictions" >> WriteRecords(
         PIPELINE, BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"])
         if output_table else None, out.bq_write_method, pubsub_topic=opts.predictions_topic,
-        local_prefix=FileSystems.join(out.output_dir, "predictions") if out.output_dir else None, streaming=streaming)
+        local_prefix=local_output(options, "predictions"), streaming=streaming)
     if cache:
         rows | "CacheRows" >> beam.FlatMap(cache_rows) | "WriteCache" >> WriteRecords(
             PIPELINE, bigtable=cache, streaming=streaming)
-    dead_letters = (*dead_letter_sources, *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        PIPELINE, out.dead_letter_table, out.dead_letter_topic,
-        FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None, streaming, out.bq_write_method)
-    add_progress(options, PIPELINE, read, dead_letters)
+    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, *sink_failures))
     return ScoreOutputs(rows, dead_letters)
-
-
-def _source(options):
-    pubsub = options.view_as(PubsubInputOptions)
-    if pubsub.input_subscription or pubsub.input_topic:
-        return beam.io.ReadFromPubSub(subscription=pubsub.input_subscription, topic=pubsub.input_topic,
-                                      with_attributes=True)
-    input_dir = options.view_as(ImageFolderInputOptions).input_dir
-    if input_dir:
-        return ReadImageSources(input_dir=input_dir)
-    return record_source(options, SAMPLE_REQUESTS)  # files (JSONL, CSV, Parquet, TFRecord), table or query
 
 
 def report(result, options, _settings):

@@ -28,7 +28,6 @@ Streaming on Dataflow, serving requests from Pub/Sub checked every hour (windows
 """
 import json
 import logging
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -37,16 +36,16 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import window
 
-from pipelines.launch import add_progress, apply_udf, metric_counts, run_pipeline
+from pipelines.launch import apply_udf, metric_counts, read_records, run_pipeline, write_dead_letters
 from pipelines.options import (
     BatchInputOptions,
     OutputOptions,
     PubsubInputOptions,
     RecordInputOptions,
     UdfOptions,
-    check_record_inputs,
+    check_input,
+    check_outputs,
     check_udf,
-    record_source,
 )
 from pipelines.samples import SKEW_DIR
 from transforms.features.artifacts import SPEC_FILE
@@ -62,7 +61,8 @@ from transforms.features.spec import load_feature_spec
 from transforms.features.statistics import ComputeStatistics
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_text
-from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
+from transforms.io.sinks import BigQueryTarget, WriteRecords
+from transforms.io.sources import Input, ReadRecords
 
 PIPELINE = "skew"
 SAMPLES = SKEW_DIR
@@ -92,10 +92,12 @@ class SkewOptions(PipelineOptions):
                  "time, each compared with the training statistics on its own. Default: 3600.")
 
 
+INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query")
 OPTION_CLASSES = (SkewOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, UdfOptions)
 
 
 class Settings(NamedTuple):
+    input: Input
     spec: object
     training: dict  # the training split's statistics artifact
     training_dir: str
@@ -109,18 +111,15 @@ class SkewOutputs(NamedTuple):
 
 
 def validate(options):
-    opts, out = options.view_as(SkewOptions), options.view_as(OutputOptions)
-    pubsub = options.view_as(PubsubInputOptions)
-    check_record_inputs(options)
+    opts = options.view_as(SkewOptions)
+    source = check_input(options, INPUT_FLAGS, Input(input_files=str(SAMPLES / "serving.jsonl")))
     if opts.skew_window_seconds <= 0:
         raise ValueError(f"--skew_window_seconds must be positive, got {opts.skew_window_seconds}")
-    if pubsub.input_subscription or pubsub.input_topic:
-        options.view_as(StandardOptions).streaming = True
     check_udf(options)
-    out.output_dir = out.output_dir or os.path.join("output", PIPELINE)
+    check_outputs(options, PIPELINE, ())
     training_dir = opts.training_dir or str(SAMPLES / "training")
     try:
-        spec = load_feature_spec(FileSystems.join(training_dir, SPEC_FILE), read=read_text)
+        spec = load_feature_spec(FileSystems.join(training_dir, SPEC_FILE), "--training_dir")
         statistics = json.loads(read_text(FileSystems.join(training_dir, "statistics.json")))
     except OSError as e:
         raise ValueError(f"--training_dir: {training_dir} must hold a feature pipeline's {SPEC_FILE} and "
@@ -128,7 +127,7 @@ def validate(options):
     if opts.training_split not in statistics:
         raise ValueError(f"--training_split: {training_dir}/statistics.json has no split '{opts.training_split}'")
     thresholds = {f.name: {**DEFAULT_THRESHOLDS, **f.skew} for f in spec.inputs if f.type != "label"}
-    return Settings(spec, statistics[opts.training_split], training_dir, thresholds)
+    return Settings(source, spec, statistics[opts.training_split], training_dir, thresholds)
 
 
 def build(pipeline, options, settings, source=None):
@@ -141,7 +140,8 @@ def build(pipeline, options, settings, source=None):
     numeric = [f.name for f in features if training["features"][f.name]["type"] == "numeric"]
     strings = [f.name for f in features if f.name not in numeric]
     texts = {f.name for f in features if f.type == "text"}
-    records = read = pipeline | "ReadServing" >> (source or record_source(options, SAMPLES / "serving.jsonl"))
+    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(
+        settings.input, options.view_as(RecordInputOptions).input_format), "ReadServing")
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     values = records | "ServingValues" >> beam.ParDo(ServingValues(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="rows")
     rows = values.rows
@@ -176,11 +176,7 @@ def build(pipeline, options, settings, source=None):
         (report_rows
          | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
          | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic, streaming=streaming))
-    dead_letters = (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        PIPELINE, out.dead_letter_table, out.dead_letter_topic, FileSystems.join(out.output_dir, "dead_letters"),
-        streaming, out.bq_write_method)
-    add_progress(options, PIPELINE, read, dead_letters)
+    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures))
     return SkewOutputs(report, report_rows, dead_letters)
 
 

@@ -24,11 +24,18 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.launch import (
+    apply_udf,
+    dead_letters_by_reason,
+    local_output,
+    metric_counts,
+    read_records,
+    run_pipeline,
+    write_dead_letters,
+)
 from pipelines.options import (
     BatchInputOptions,
     BigQueryOutputOptions,
@@ -39,6 +46,7 @@ from pipelines.options import (
     TensorBoardOptions,
     UdfOptions,
     check_allowed_lateness,
+    check_input,
     check_outputs,
     check_udf,
     resolve_tensorboard_run,
@@ -46,8 +54,8 @@ from pipelines.options import (
 from pipelines.samples import SLI_DIR
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl
-from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
-from transforms.io.sources import ReadLogRecords
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
+from transforms.io.sources import Input, ReadRecords
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords
 from transforms.sli.rows import BIGTABLE_COLUMN_FAMILY, SLI_ROW_BQ_SCHEMA, ComputeSliRows, bigtable_row_key
@@ -80,6 +88,7 @@ class SliOptions(PipelineOptions):
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/options.py).
+INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table")
 OPTION_CLASSES = (SliOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions,
                   BigtableOptions, TensorBoardOptions, UdfOptions)
 
@@ -91,27 +100,20 @@ class SliOutputs(NamedTuple):
     dead_letters: PCollection
 
 
-def _count(element, counter):
-    counter.inc()
-    return element
+class Settings(NamedTuple):
+    config: object  # SliConfig
+    input: Input
 
 
 def validate(options):
-    """Cross-flag checks, before any graph is built. Returns the loaded SLI config."""
+    """Cross-flag checks, before any graph is built."""
     sli = options.view_as(SliOptions)
-    pubsub = options.view_as(PubsubInputOptions)
-    inputs = [f for f in ("input_subscription", "input_topic") if getattr(pubsub, f)]
-    batch = options.view_as(BatchInputOptions)
-    inputs += [f for f in ("input_files", "input_table") if getattr(batch, f)]
-    if len(inputs) > 1:
-        raise ValueError(f"give only one input flag, got --{' and --'.join(inputs)}")
+    source = check_input(options, INPUT_FLAGS, Input(input_files=str(SAMPLE_LOGS)))
     if sli.window_seconds <= 0:
         raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
     check_allowed_lateness(options)
     check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
                                       options.view_as(BigtableOptions).bigtable_instance))
-    if pubsub.input_subscription or pubsub.input_topic:
-        options.view_as(StandardOptions).streaming = True
     check_udf(options)
     config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
     resolve_tensorboard_run(options, PIPELINE)
@@ -120,34 +122,22 @@ def validate(options):
     if config.slos and sli.window_seconds != 60:
         raise ValueError(f"the SLOs in the config are evaluated per minute: --window_seconds must be 60 "
                          f"(got {sli.window_seconds}), or remove 'slos' from the config")
-    return config
+    return Settings(config, source)
 
 
-def build(pipeline, options, config, source=None):
+def build(pipeline, options, settings, source=None):
     """Wires the graph. `source` replaces the input (e.g. Create or TestStream in tests); it yields raw
     records: PubsubMessage, JSON text/bytes or dicts."""
-    sli = options.view_as(SliOptions)
+    sli, config = options.view_as(SliOptions), settings.config
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
-    if source is None:
-        pubsub, batch = options.view_as(PubsubInputOptions), options.view_as(BatchInputOptions)
-        files = batch.input_files
-        if not (files or pubsub.input_subscription or pubsub.input_topic or batch.input_table):
-            files = str(SAMPLE_LOGS)
-        source = ReadLogRecords(pubsub.input_subscription, pubsub.input_topic, files, batch.input_table)
-    records = (pipeline
-               | "ReadLogRecords" >> source
-               | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
-    read = records
+    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl"), "ReadLogRecords")
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
         DEAD_LETTER_TAG, main="events")
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
-        config, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds)
+        config, PIPELINE, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds)
     project = options.view_as(GoogleCloudOptions).project
-
-    def local(name):
-        return FileSystems.join(out.output_dir, name) if out.output_dir else None
 
     def bigtable(row_key, time_field):
         bt = options.view_as(BigtableOptions)
@@ -161,25 +151,21 @@ def build(pipeline, options, config, source=None):
 
     sink_failures = rows | "WriteSliRows" >> WriteRecords(
         PIPELINE, bigquery(options.view_as(BigQueryOutputOptions).output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
-        bigtable(bigtable_row_key, "emitted_at"), local_prefix=local("sli_rows"), streaming=streaming)
+        bigtable(bigtable_row_key, "emitted_at"), local_prefix=local_output(options, "sli_rows"), streaming=streaming)
     tb = options.view_as(TensorBoardOptions)
     if tb.tensorboard_dir:
         rows | "WriteTensorBoard" >> beam.ParDo(
             WriteSliSummaries(config, FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run)))
     slo_status = alerts = None
     if config.slos:
-        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, bounded=parsed.events.is_bounded)
+        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, parsed.events.is_bounded, PIPELINE)
         slo_status, alerts = slos.status, slos[ALERTS_TAG]
         sink_failures += slo_status | "WriteSloStatus" >> WriteRecords(
             PIPELINE, bigquery(sli.slo_table, SLO_STATUS_BQ_SCHEMA, "evaluated_at", "slo"), out.bq_write_method,
-            bigtable(slo_status_row_key, "evaluated_at"), local_prefix=local("slo_status"), streaming=streaming)
+            bigtable(slo_status_row_key, "evaluated_at"), local_prefix=local_output(options, "slo_status"), streaming=streaming)
         alerts | "WriteAlerts" >> WriteRecords(
-            PIPELINE, pubsub_topic=sli.alerts_topic, local_prefix=local("alerts"), streaming=streaming)
-    dead_letters = (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures) | "FlattenDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        PIPELINE, out.dead_letter_table, out.dead_letter_topic, local("dead_letters"), streaming,
-        out.bq_write_method)
-    add_progress(options, PIPELINE, read, dead_letters)
+            PIPELINE, pubsub_topic=sli.alerts_topic, local_prefix=local_output(options, "alerts"), streaming=streaming)
+    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures))
     return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 

@@ -24,11 +24,18 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from pipelines.launch import add_progress, apply_udf, dead_letters_by_reason, metric_counts, run_pipeline
+from pipelines.launch import (
+    apply_udf,
+    dead_letters_by_reason,
+    local_output,
+    metric_counts,
+    read_records,
+    run_pipeline,
+    write_dead_letters,
+)
 from pipelines.options import (
     BatchInputOptions,
     BigQueryOutputOptions,
@@ -39,18 +46,17 @@ from pipelines.options import (
     RecordInputOptions,
     UdfOptions,
     check_allowed_lateness,
+    check_input,
     check_outputs,
-    check_record_inputs,
     check_udf,
-    record_source,
 )
 from pipelines.samples import WINDOW_FEATURES_DIR
 from transforms.io.deadletter import DEAD_LETTER_TAG
-from transforms.io.files import read_jsonl, read_text
-from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteDeadLetters, WriteRecords
+from transforms.io.files import read_jsonl
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
+from transforms.io.sources import Input, ReadRecords
 from transforms.window_features.aggregate import (
     BIGTABLE_COLUMN_FAMILY,
-    PIPELINE,
     WINDOW_FEATURES_BQ_SCHEMA,
     ComputeWindowFeatures,
     ParseEvents,
@@ -59,6 +65,7 @@ from transforms.window_features.aggregate import (
 )
 from transforms.window_features.spec import load_window_spec
 
+PIPELINE = "window_features"
 SAMPLE_SPEC = str(WINDOW_FEATURES_DIR / "transactions.yaml")
 SAMPLE_EVENTS = str(WINDOW_FEATURES_DIR / "transactions.jsonl")
 
@@ -77,6 +84,7 @@ class WindowFeaturesOptions(PipelineOptions):
                  "Default: 48.")
 
 
+INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query")
 OPTION_CLASSES = (WindowFeaturesOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions,
                   BigQueryOutputOptions, BigtableOptions, UdfOptions)
 
@@ -86,12 +94,14 @@ class WindowFeaturesOutputs(NamedTuple):
     dead_letters: PCollection
 
 
+class Settings(NamedTuple):
+    spec: object  # WindowFeatureSpec
+    input: Input
+
+
 def validate(options):
-    """Cross-flag checks before any graph is built. Returns the loaded window spec."""
-    pubsub = options.view_as(PubsubInputOptions)
-    check_record_inputs(options)
-    if pubsub.input_subscription or pubsub.input_topic:
-        options.view_as(StandardOptions).streaming = True
+    """Cross-flag checks before any graph is built."""
+    source = check_input(options, INPUT_FLAGS, Input(input_files=SAMPLE_EVENTS))
     check_allowed_lateness(options)
     opts = options.view_as(WindowFeaturesOptions)
     if opts.feature_ttl_hours <= 0:
@@ -99,25 +109,20 @@ def validate(options):
     check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
                                       options.view_as(BigtableOptions).bigtable_instance))
     check_udf(options)
-    return load_window_spec(opts.window_spec or SAMPLE_SPEC, read=read_text)
+    return Settings(load_window_spec(opts.window_spec or SAMPLE_SPEC), source)
 
 
-def _count(element, counter):
-    counter.inc()
-    return element
-
-
-def build(pipeline, options, spec, source=None):
+def build(pipeline, options, settings, source=None):
     """Wires the graph. `source` replaces the input (Create or TestStream in tests): dicts, JSON text or
     PubsubMessages."""
     out, streaming = options.view_as(OutputOptions), options.view_as(StandardOptions).streaming
-    records = read = (pipeline
-                      | "ReadEvents" >> (source or record_source(options, SAMPLE_EVENTS))
-                      | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(PIPELINE, "records_in")))
+    spec = settings.spec
+    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(
+        settings.input, options.view_as(RecordInputOptions).input_format), "ReadEvents")
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec)).with_outputs(DEAD_LETTER_TAG, main="events")
+    events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="events")
     rows = events.events | "ComputeWindowFeatures" >> ComputeWindowFeatures(
-        spec, options.view_as(EventTimeOptions).allowed_lateness_seconds)
+        spec, PIPELINE, options.view_as(EventTimeOptions).allowed_lateness_seconds)
 
     table, bt = options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions)
     online = BigtableTarget(
@@ -127,18 +132,14 @@ def build(pipeline, options, spec, source=None):
     sink_failures = rows | "WriteFeatureRows" >> WriteRecords(
         PIPELINE, BigQueryTarget(table, WINDOW_FEATURES_BQ_SCHEMA, "time_index", ["entity", "window"]) if table
         else None, out.bq_write_method, online,
-        local_prefix=FileSystems.join(out.output_dir, "feature_rows") if out.output_dir else None, streaming=streaming)
-    dead_letters = ((*dead_letter_sources, events[DEAD_LETTER_TAG], *sink_failures)
-                    | "FlattenDeadLetters" >> beam.Flatten())
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        PIPELINE, out.dead_letter_table, out.dead_letter_topic,
-        FileSystems.join(out.output_dir, "dead_letters") if out.output_dir else None, streaming, out.bq_write_method)
-    add_progress(options, PIPELINE, read, dead_letters)
+        local_prefix=local_output(options, "feature_rows"), streaming=streaming)
+    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, events[DEAD_LETTER_TAG], *sink_failures))
     return WindowFeaturesOutputs(rows, dead_letters)
 
 
-def report(result, options, spec):
+def report(result, options, settings):
     """Counts from Beam metrics; per window, the entity and window end with the most events."""
+    spec = settings.spec
     counts = metric_counts(result, PIPELINE)
     output_dir = options.view_as(OutputOptions).output_dir
     lines = [f"records in: {counts.get('records_in', 0)}  events: {counts.get('events', 0)}  "

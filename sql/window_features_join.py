@@ -15,8 +15,7 @@ import re
 import sys
 
 from pipelines.window_features import SAMPLE_SPEC
-from transforms.io.files import read_text
-from transforms.window_features.spec import WindowSpecError, load_window_spec
+from transforms.window_features.spec import load_window_spec
 
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -96,10 +95,10 @@ def main(argv=None):
     # the sample's path from the repository root, as the checked-in SQL names it
     spec_name = args.window_spec or os.path.relpath(SAMPLE_SPEC, os.path.dirname(os.path.dirname(__file__)))
     try:
-        spec = load_window_spec(spec_path, read=read_text)
+        spec = load_window_spec(spec_path)
         sql = point_in_time_join_sql(spec, table_reference(args.features_table, "features_table"),
                                      table_reference(args.labels_table, "labels_table"), spec_name)
-    except (WindowSpecError, ValueError) as e:
+    except ValueError as e:  # ConfigError included
         raise SystemExit(f"error: {e}") from None
     sys.stdout.write(sql)
 

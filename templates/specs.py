@@ -5,8 +5,7 @@ Every option must have an entry here and every entry an option (tests/test_templ
 metadata cannot drift from the flags."""
 import argparse
 
-from pipelines import feature_stats, image_ingest, score, skew, sli, window_features
-from pipelines import options as common
+from pipelines import feature_stats, image_ingest, options, score, skew, sli, window_features
 from transforms.images import pixels as images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -41,9 +40,11 @@ PARAMETERS = {
     "output_dir": ("GCS_WRITE_FOLDER", [GCS_FOLDER], "gs://my-bucket/sli/output"),
     "dead_letter_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.dead_letters"),
     "dead_letter_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/sli-dead-letters"),
-    "bq_write_method": ("TEXT", [one_of(common.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
+    "bq_write_method": ("TEXT", [one_of(options.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
     "progress": ("TEXT", [one_of(("auto", "off"))], "off"),
     "udf_path": ("GCS_READ_FILE", [r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+\.(js|py)$"], "gs://my-bucket/udf/mask_pii.py"),
+    "udf_timeout_ms": ("TEXT", [POSITIVE_INT], "250"),
+    "dead_letter_max_payload_bytes": ("TEXT", [POSITIVE_INT], "131072"),
     "udf_function": ("TEXT", [r"^[A-Za-z_$][A-Za-z0-9_$]*$"], "process"),
     "input_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/images"),
     "input_manifest": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/images/manifest.csv"),
@@ -90,7 +91,7 @@ PARAMETERS = {
 PIPELINES = {
     "sli": {
         "module": sli,
-        "option_classes": (*sli.OPTION_CLASSES, common.OutputOptions),
+        "option_classes": (*sli.OPTION_CLASSES, options.OutputOptions),
         "name": "SLIs from request logs",
         "description": "Per-journey, per-minute availability, latency, throughput and error-rate SLIs from "
                        "Cloud Logging and JSON request logs (Pub/Sub, files or a BigQuery export), written to "
@@ -100,7 +101,7 @@ PIPELINES = {
     },
     "image_ingest": {
         "module": image_ingest,
-        "option_classes": (*image_ingest.OPTION_CLASSES, common.OutputOptions),
+        "option_classes": (*image_ingest.OPTION_CLASSES, options.OutputOptions),
         "name": "Image ingestion to TFRecords",
         "description": "Labelled images from Pub/Sub (TensorFlow Serving base64 JSON or raw bytes), a folder "
                        "tree or a manifest: validated, decoded with a pixel cap, resized, deduplicated by "
@@ -110,7 +111,7 @@ PIPELINES = {
     },
     "feature_stats": {
         "module": feature_stats,
-        "option_classes": (*feature_stats.OPTION_CLASSES, common.OutputOptions),
+        "option_classes": (*feature_stats.OPTION_CLASSES, options.OutputOptions),
         "name": "Feature statistics and preprocessing",
         "description": "Records from BigQuery (table or query) or files (CSV, JSONL, Parquet, TFRecord) cleansed "
                        "against a feature spec, split by a key hash, statistics per split, tf.Transform analysis "
@@ -120,7 +121,7 @@ PIPELINES = {
     },
     "skew": {
         "module": skew,
-        "option_classes": (*skew.OPTION_CLASSES, common.OutputOptions),
+        "option_classes": (*skew.OPTION_CLASSES, options.OutputOptions),
         "name": "Training/serving skew and drift",
         "description": "Serving records (files, a BigQuery table or query, or fixed windows of a Pub/Sub stream) "
                        "compared per feature with the training statistics of a feature pipeline run: Jensen-Shannon divergence, PSI, out-of-range rate, "
@@ -130,7 +131,7 @@ PIPELINES = {
     },
     "score": {
         "module": score,
-        "option_classes": (*score.OPTION_CLASSES, common.OutputOptions),
+        "option_classes": (*score.OPTION_CLASSES, options.OutputOptions),
         "name": "Model scoring",
         "description": "TensorFlow SavedModels (serving signature) or .keras models scored through RunInference "
                        "on requests from Pub/Sub, files, BigQuery or an image folder: predictions with the "
@@ -140,7 +141,7 @@ PIPELINES = {
     },
     "window_features": {
         "module": window_features,
-        "option_classes": (*window_features.OPTION_CLASSES, common.OutputOptions),
+        "option_classes": (*window_features.OPTION_CLASSES, options.OutputOptions),
         "name": "Window-aggregation features",
         "description": "Per-entity features over sliding or fixed event-time windows (count, sum, mean, min, max, "
                        "last, distinct count) from Pub/Sub, files or BigQuery: rows of entity, time index (window "

@@ -205,7 +205,7 @@ def test_bundled_sample_is_stratified_and_statistics_reach_bigquery(services, pr
         assert age[split]["missing"] == stats[split]["features"]["age"]["missing"]
         assert age[split]["mean"] == pytest.approx(stats[split]["features"]["age"]["mean"])
     sql = (ROOT / "sql" / "feature_statistics_by_split.sql").read_text()
-    assert sql.strip() in (ROOT / "README.md").read_text()
+    assert sql.strip() in (ROOT / "docs" / "feature_stats.md").read_text()
     job_config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("run_id", "STRING", stats["run_id"])])
     report = [dict(r) for r in bq.query(sql, job_config=job_config).result()]
     assert [(r["feature"], r["split"]) for r in report] == sorted(
@@ -216,7 +216,8 @@ def test_bundled_sample_is_stratified_and_statistics_reach_bigquery(services, pr
 
 
 def test_spec_errors_name_the_field(tmp_path):
-    from transforms.features.spec import FeatureSpecError, load_feature_spec
+    from transforms.core.config import ConfigError
+    from transforms.features.spec import load_feature_spec
 
     for text, words in [
         ("key: id\nfeatures: [{name: a, type: numeric, transforms: [hash]}]", "needs a number of buckets"),
@@ -229,7 +230,7 @@ def test_spec_errors_name_the_field(tmp_path):
     ]:
         path = tmp_path / "spec.yaml"
         path.write_text(text)
-        with pytest.raises(FeatureSpecError) as e:
+        with pytest.raises(ConfigError) as e:
             load_feature_spec(path)
         assert words in str(e.value) and str(path) in str(e.value)
     assert load_feature_spec(Path(feature_stats.SAMPLE_SPEC)).label == "churned"

@@ -80,7 +80,7 @@ def test_flat_json_default_mapping():
 
 @pytest.mark.parametrize("payload, reason, words", [
     (b"{not json", "invalid_json", "not valid JSON"),
-    (b"\xff\xfe", "invalid_json", "not valid JSON"),
+    (b"\xff\xfe", "invalid_utf8", "not valid UTF-8"),
     ("[1, 2]", "not_an_object", "JSON object"),
     ('{"httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "1s"}}',
      "missing_field", "receiveTimestamp"),

@@ -1,7 +1,8 @@
 import pytest
 
 from pipelines.samples import SLI_DIR
-from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher, SliConfigError, load_sli_config, parse_sli_config
+from transforms.core.config import ConfigError
+from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher, load_sli_config, parse_sli_config
 
 
 @pytest.mark.parametrize("name", ["profile_service.yaml", "store.yaml"])
@@ -61,7 +62,7 @@ def test_template_literal_text_is_not_a_regex():
      "services[0]", "share a name"),
 ])
 def test_config_errors_name_file_and_field(text, field, words):
-    with pytest.raises(SliConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         parse_sli_config(text, "slis.yaml")
     message = str(err.value)
     assert f"slis.yaml: {field}:" in message
@@ -69,9 +70,9 @@ def test_config_errors_name_file_and_field(text, field, words):
 
 
 def test_unreadable_file_names_the_flag(tmp_path):
-    with pytest.raises(SliConfigError, match="--sli_config: cannot read .*missing.yaml"):
+    with pytest.raises(ConfigError, match="--sli_config: cannot read .*missing.yaml"):
         load_sli_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("services: [\n")
-    with pytest.raises(SliConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_sli_config(bad)

@@ -1,5 +1,5 @@
 """End to end on the emulators: Pub/Sub in, the streaming pipeline on the direct runner, BigQuery and
-Bigtable out, dead letters to a Pub/Sub topic; then the README's SQL on the BigQuery emulator."""
+Bigtable out, dead letters to a Pub/Sub topic; then the SQL of docs/sli.md on the BigQuery emulator."""
 import datetime
 import json
 import time
@@ -178,6 +178,6 @@ def test_readme_worst_minutes_query(streamed):
 
 
 def test_readme_shows_the_tested_queries():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "sli.md").read_text()
     for name in ("sli_daily_report.sql", "sli_worst_minutes.sql"):
         assert (ROOT / "sql" / name).read_text().strip() in readme, name

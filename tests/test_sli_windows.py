@@ -25,7 +25,7 @@ def _event(t, status, latency_ms, path="/a"):
 def _run(stream, expected, window_seconds=60, allowed_lateness_seconds=120):
     options = PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
     with beam.Pipeline(options=options) as p:
-        rows = p | stream | ComputeSliRows(CONFIG, window_seconds, allowed_lateness_seconds)
+        rows = p | stream | ComputeSliRows(CONFIG, "sli", window_seconds, allowed_lateness_seconds)
         projected = rows | beam.Map(lambda r: (
             r["sli_id"], r["window_start"], r["pane_timing"], r["pane_index"], r["total"], r["good"], r["bad"]))
         assert_that(projected, equal_to(expected))
@@ -82,7 +82,7 @@ def test_window_length_and_throughput():
     )
     options = PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
     with beam.Pipeline(options=options) as p:
-        rows = p | stream | ComputeSliRows(CONFIG, window_seconds=300)
+        rows = p | stream | ComputeSliRows(CONFIG, "sli", window_seconds=300)
         assert_that(
             rows | beam.Filter(lambda r: r["sli_kind"] == "availability")
             | beam.Map(lambda r: (r["window_end"], r["window_seconds"], r["total"], r["throughput_rps"])),

@@ -13,7 +13,8 @@ from pipelines.samples import SLI_DIR
 from tests.collect import AppendJsonLines, read_lines
 from tests.oracle import sample_truth
 from tests.test_sli_pipeline import read_rows
-from transforms.sli.config import SliConfigError, load_sli_config, parse_sli_config
+from transforms.core.config import ConfigError
+from transforms.sli.config import load_sli_config, parse_sli_config
 from transforms.slo.status import ComputeSloStatus
 
 CONFIG = load_sli_config(SLI_DIR / "profile_service.yaml")
@@ -55,7 +56,7 @@ def test_streaming_state_and_timers_match_the_backfill_replay(sample_run, tmp_pa
     rows = [r for r in read_rows(sample_run) if "2026-11-22T13:30" <= r["window_start"] < "2026-11-22T15:30"]
 
     def evaluate(pipeline, source, bounded, name):
-        out = pipeline | source | ComputeSloStatus(CONFIG, bounded=bounded)
+        out = pipeline | source | ComputeSloStatus(CONFIG, bounded, "sli")
         out.status | "CollectStatus" >> beam.ParDo(AppendJsonLines(tmp_path / f"{name}_status"))
         out.alerts | "CollectAlerts" >> beam.ParDo(AppendJsonLines(tmp_path / f"{name}_alerts"))
 
@@ -93,7 +94,7 @@ def test_streaming_state_and_timers_match_the_backfill_replay(sample_run, tmp_pa
 def test_slo_config_errors_name_the_field(slos, field, words):
     text = ("services: [{name: profile-web, journeys: [{name: view-profile, path: '/profile/{u}'}]}]\n"
             f"slos: {slos}\n")
-    with pytest.raises(SliConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         parse_sli_config(text, "c.yaml")
     assert f"c.yaml: {field}:" in str(err.value) and words in str(err.value)
 

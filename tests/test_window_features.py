@@ -18,6 +18,7 @@ from pipelines.launch import metric_counts
 from sql import window_features_join
 from tests.test_sli_e2e import ROOT, bq_client
 from tests.window_oracle import expected_features, valid_events
+from transforms.core.config import ConfigError
 from transforms.io.deadletter import RecordError
 from transforms.window_features.aggregate import (
     ComputeWindowFeatures,
@@ -26,7 +27,7 @@ from transforms.window_features.aggregate import (
     lookup_features,
     parse_event,
 )
-from transforms.window_features.spec import WindowFeatureSpec, WindowSpecError, load_window_spec
+from transforms.window_features.spec import WindowFeatureSpec, load_window_spec
 
 SAMPLE_LINES = Path(window_features.SAMPLE_EVENTS).read_text().splitlines()
 SAMPLE_WINDOWS = [("10m", 600, 60), ("1h", 3600, 3600), ("1d", 86400, 86400)]
@@ -60,11 +61,11 @@ def assert_same_features(actual, expected):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"windows": [{"name": "w", "size": "10x"}]}, "windows.0.size"),
+    ({"windows": [{"name": "w", "size": "10x"}]}, "windows[0].size"),
     ({"windows": [{"name": "w", "size": "1m", "period": "2m"}]}, "period (120s) must not exceed size (60s)"),
     ({"windows": [{"name": "w", "size": 60}, {"name": "w", "size": 120}]}, "window names must be distinct"),
     ({"aggregations": [{"field": "amount", "aggregates": ["sum"], "windows": ["1y"]}]}, "unknown windows ['1y']"),
-    ({"aggregations": [{"field": "amount", "aggregates": ["median"]}]}, "aggregations.0.aggregates.0"),
+    ({"aggregations": [{"field": "amount", "aggregates": ["median"]}]}, "aggregations[0].aggregates[0]"),
     ({"aggregations": [{"field": "card_id", "aggregates": ["count"]}]}, "'card_id' is the entity or time field"),
     ({"entity": "card_id"}, "entity: Extra inputs are not permitted"),
 ])
@@ -72,7 +73,7 @@ def test_spec_errors_name_the_field(change, words, tmp_path):
     spec = {**SPEC.model_dump(exclude_none=True), **change}
     path = tmp_path / "spec.yaml"
     path.write_text(json.dumps(spec))
-    with pytest.raises(WindowSpecError) as error:
+    with pytest.raises(ConfigError) as error:
         load_window_spec(path)
     assert str(path) in str(error.value) and words in str(error.value)
 
@@ -158,7 +159,7 @@ def test_late_events_update_their_windows_and_too_late_ones_are_dropped():
               .advance_watermark_to_infinity())
     options = PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
     with beam.Pipeline(options=options) as p:
-        rows = p | stream | ComputeWindowFeatures(SPEC, allowed_lateness_seconds=90)
+        rows = p | stream | ComputeWindowFeatures(SPEC, "window_features", allowed_lateness_seconds=90)
         projected = rows | beam.Map(lambda r: (r["window"], r["time_index"], r["pane_timing"], r["pane_index"],
                                                *(f["value"] for f in r["features"])))
         assert_that(projected, equal_to([
@@ -252,7 +253,7 @@ def test_join_sql_file_is_the_generated_one_for_the_sample_spec(capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["--labels_table", "labels"], "--labels_table: 'labels' is not a table"),
-    (["--window_spec", "no-such-spec.yaml"], "--window_spec no-such-spec.yaml: cannot read it"),
+    (["--window_spec", "no-such-spec.yaml"], "--window_spec: cannot read no-such-spec.yaml"),
 ])
 def test_join_sql_errors_name_the_flag(argv, words):
     with pytest.raises(SystemExit) as failed:
@@ -288,7 +289,7 @@ def test_help_lists_every_flag(capsys):
     (["--allowed_lateness_seconds", "-1"], "--allowed_lateness_seconds must be >= 0"),
     (["--bigtable_instance", "i"], "--bigtable_instance and --bigtable_table"),
     (["--output_table", "p:d.t"], "dead letters need a destination"),
-    (["--window_spec", "/no/such.yaml"], "--window_spec /no/such.yaml: cannot read it"),
+    (["--window_spec", "/no/such.yaml"], "--window_spec: cannot read /no/such.yaml"),
 ])
 def test_bad_flags_fail_naming_the_flag(argv, words, capsys):
     with pytest.raises(SystemExit) as done:

@@ -1,7 +1,25 @@
-import json
+"""Records as they enter a pipeline: JSON decoded once, totally (every input is an object or a RecordError
+with a reason from transforms.io.deadletter.REASONS), and the checks made where a value enters.
+
+JSON is decoded with orjson, which already refuses NaN, Infinity, numbers that overflow a double
+(`1e400`), lone UTF-16 surrogates, invalid UTF-8 and nesting deeper than 1024; this module adds a tighter
+depth limit, so that no later step (encoders, dead letters) can hit Python's recursion limit.
+"""
 import math
+from typing import NamedTuple
+
+import orjson
 
 from transforms.io.deadletter import RecordError
+
+MAX_JSON_DEPTH = 64
+_BOM_BYTES, _BOM_TEXT = b"\xef\xbb\xbf", "\ufeff"
+
+
+class SerializedExample(NamedTuple):
+    """A tf.train.Example as read from a TFRecord file, decoded by record_dict (so a corrupt one is a dead
+    letter of the parse step, not a failed read)."""
+    data: bytes
 
 
 def is_missing(value):
@@ -9,15 +27,131 @@ def is_missing(value):
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
+def _depth_exceeds(value, limit):
+    """Whether containers nest deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json(payload):
+    """JSON text or bytes -> the decoded value; a leading byte-order mark is ignored. Raises RecordError:
+    invalid_utf8, out_of_range (NaN, Infinity, overflow), too_deep, empty or invalid_json."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        payload = bytes(payload)
+        if payload.startswith(_BOM_BYTES):
+            payload = payload[3:]
+    elif isinstance(payload, str):
+        if payload.startswith(_BOM_TEXT):
+            payload = payload[1:]
+    else:
+        raise RecordError("wrong_type", f"expected JSON text, got {type(payload).__name__}")
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        message = str(e)
+        if "UTF-8" in message or "surrogate" in message:
+            raise RecordError("invalid_utf8", f"not valid UTF-8 text: {message}") from None
+        if "depth limit" in message:
+            raise RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        if "infinity" in message or (("NaN" in payload or "Infinity" in payload) if isinstance(payload, str)
+                                     else (b"NaN" in payload or b"Infinity" in payload)):
+            raise RecordError("out_of_range", f"a number is not finite (NaN, Infinity or overflow): {message}") from None
+        if not payload.strip():
+            raise RecordError("empty", "the record is empty") from None
+        raise RecordError("invalid_json", f"not valid JSON: {message}") from None
+    brackets = payload.count(b"[" if isinstance(payload, bytes) else "[") + payload.count(
+        b"{" if isinstance(payload, bytes) else "{")
+    if brackets > MAX_JSON_DEPTH and isinstance(value, (dict, list)) and _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
 
 def record_dict(record):
-    """A record as read (dict, or JSON text/bytes) -> dict; RecordError("invalid_json") otherwise."""
+    """A record as read (dict, JSON text/bytes, or a SerializedExample) -> dict; RecordError otherwise."""
     if isinstance(record, dict):
         return record
-    try:
-        row = json.loads(record)
-    except ValueError as e:
-        raise RecordError("invalid_json", f"not JSON: {e}") from None
+    if isinstance(record, SerializedExample):
+        return example_to_dict(record.data)
+    row = parse_json(record)
     if not isinstance(row, dict):
-        raise RecordError("invalid_json", f"a record must be a JSON object, got {type(row).__name__}")
+        raise RecordError("not_an_object", f"a record must be a JSON object, got {type(row).__name__}")
     return row
+
+
+def example_to_dict(serialized):
+    """A tf.train.Example -> {feature: first value} (UTF-8 bytes decoded to text, other bytes kept, such as
+    encoded images; empty lists are missing)."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    try:
+        example = tf.train.Example.FromString(serialized)
+    except DecodeError as e:
+        raise RecordError("invalid_json", f"not a tf.train.Example: {e}") from None
+    row = {}
+    for name, feature in example.features.feature.items():
+        values = feature.bytes_list.value or feature.float_list.value or feature.int64_list.value
+        if values:
+            value = values[0]
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise RecordError("out_of_range", f"feature '{name}': {value} is not a finite number")
+            row[name] = value
+    return row
+
+
+def finite(value, field):
+    """A JSON number as a finite float (bools are not numbers); RecordError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError("wrong_type", f"field '{field}': expected a number, got {type(value).__name__}")
+    number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
+    if not math.isfinite(number):
+        raise RecordError("out_of_range", f"field '{field}': {value!r:.40} is not a finite number")
+    return number
+
+
+def text(value, field):
+    """A string field (numbers are accepted as their text); containers and other types are wrong_type."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise RecordError("wrong_type", f"field '{field}': expected a string, got {type(value).__name__}")
+
+
+# Event times a record may carry: from 1970 up to the year 9000, which leaves room for any window or
+# rolling SLO period after it without leaving the years 1-9999 that timestamps and ISO text can represent.
+MIN_EVENT_SECONDS = 0.0
+MAX_EVENT_SECONDS = 221845392000.0  # 9000-01-01T00:00:00Z
+
+
+def event_time(seconds, field):
+    """`seconds` since the epoch, checked to be finite and within MIN/MAX_EVENT_SECONDS."""
+    if not (isinstance(seconds, (int, float)) and MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS):
+        raise RecordError("out_of_range", f"field '{field}': event time {seconds!r:.40} is outside 1970-9000 "
+                                          f"(check its unit: seconds, milliseconds or microseconds)")
+    return float(seconds)
+
+
+MAX_KEY_PART_CHARS = 256
+_KEY_SEPARATORS = frozenset("#/\x7f") | frozenset(chr(c) for c in range(32))
+
+
+def key_part(value, field):
+    """A value that becomes part of an identifier or a Bigtable row key (a service or entity name): text of
+    1-256 characters without '#', '/' or control characters, else RecordError("bad_key")."""
+    value = text(value, field)
+    if not 0 < len(value) <= MAX_KEY_PART_CHARS or not _KEY_SEPARATORS.isdisjoint(value):
+        raise RecordError("bad_key", f"field '{field}': {value[:60]!r} must be 1-{MAX_KEY_PART_CHARS} characters "
+                                     f"without '#', '/' or control characters (it becomes part of a row key)")
+    return value

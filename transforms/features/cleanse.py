@@ -8,9 +8,7 @@ import apache_beam as beam
 
 from transforms.core.records import is_missing, record_dict
 from transforms.core.splits import assign_splits, streaming_split
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
-
-PIPELINE = "feature_stats"
+from transforms.io.deadletter import GuardedDoFn, RecordError
 
 
 class Cleansed(NamedTuple):
@@ -23,7 +21,7 @@ class Cleansed(NamedTuple):
 def clean_value(feature, value, required_reason="missing_required"):
     """(value as read or None, value for tf.Transform): defaults filled, numbers clipped; RecordError for a
     wrong type or a missing required value. The same function prepares training and serving inputs."""
-    numeric = feature.type == "numeric" or (feature.type == "label" and feature.label_dtype == "float")
+    numeric = feature.is_numeric
     if is_missing(value):
         if feature.required or feature.type == "label":
             raise RecordError(required_reason, f"required feature '{feature.name}' is missing")
@@ -64,21 +62,18 @@ def serving_features(features, spec):
             for f in spec.inputs if f.type != "label"}
 
 
-class CleanseRecords(beam.DoFn):
+class CleanseRecords(GuardedDoFn):
     """Raw record -> Cleansed with its split (by key hash; left to AssignSplits when stratified) or a
     dead letter with the reason."""
 
     STEP = "CleanseRecords"
 
-    def __init__(self, spec):
+    def __init__(self, spec, pipeline_name):
+        super().__init__(pipeline_name)
         self._spec = spec
 
-    def process(self, record):
-        try:
-            cleansed = cleanse(record_dict(record), self._spec)
-        except RecordError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, record, e))
-            return
+    def handle(self, record):
+        cleansed = cleanse(record_dict(record), self._spec)
         if not self._spec.stratify:
             cleansed = cleansed._replace(split=streaming_split(cleansed.split_hash, self._spec.split_fractions))
         yield cleansed

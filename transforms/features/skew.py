@@ -23,7 +23,7 @@ from apache_beam.transforms import window
 
 from transforms.core.records import record_dict
 from transforms.features.cleanse import serving_raw_values
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
+from transforms.io.deadletter import GuardedDoFn, payload_and_attributes
 
 DEFAULT_THRESHOLDS = {"js_divergence": 0.1, "linf": 0.1, "psi": 0.25, "out_of_range": 0.01, "missing_change": 0.05}
 _SMOOTHING = 1e-4  # added to empty bins in PSI so a bin missing on one side does not make it infinite
@@ -163,24 +163,20 @@ ANOMALY_BQ_SCHEMA = {"fields": [
 ]}
 
 
-class ServingValues(beam.DoFn):
+class ServingValues(GuardedDoFn):
     """Record (dict, JSON text, or PubsubMessage with a JSON body) -> {feature: value or None}; invalid JSON
     or a wrong type is a dead letter (with the message attributes)."""
 
     STEP = "ServingValues"
 
     def __init__(self, spec, pipeline_name):
-        self._spec, self._pipeline = spec, pipeline_name
+        super().__init__(pipeline_name)
+        self._spec = spec
+        self._rows = Metrics.counter(pipeline_name, "serving_rows")
 
-    def process(self, record):
-        payload, attributes = payload_and_attributes(record)
-        try:
-            values = serving_raw_values(record_dict(payload), self._spec)
-        except RecordError as e:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG,
-                                           make_dead_letter(self._pipeline, self.STEP, payload, e, attributes))
-            return
-        Metrics.counter(self._pipeline, "serving_rows").inc()
+    def handle(self, record):
+        values = serving_raw_values(record_dict(payload_and_attributes(record)[0]), self._spec)
+        self._rows.inc()
         yield values
 
 

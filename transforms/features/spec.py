@@ -14,22 +14,15 @@ tf.Transform `preprocessing_fn` built from it.
 """
 from typing import Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from transforms.core.config import StrictModel, load_config, parse_config
 
 NUMERIC_TRANSFORMS = ("scale_to_0_1", "z_score", "log", "bucketize")
 CATEGORICAL_TRANSFORMS = ("vocabulary", "hash")
 
 
-class FeatureSpecError(ValueError):
-    pass
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Vocabulary(_Strict):
+class Vocabulary(StrictModel):
     top_k: Optional[int] = Field(None, gt=0)
     frequency_threshold: int = Field(0, ge=0)
     one_hot: bool = False  # needs top_k: the one-hot width
@@ -41,7 +34,7 @@ class Vocabulary(_Strict):
         return self
 
 
-class Transform(_Strict):
+class Transform(StrictModel):
     """One transform: `scale_to_0_1`, `z_score`, `log` (log1p of values >= 0), `bucketize` (quantile buckets),
     `vocabulary` (index, or one-hot), `hash` (buckets)."""
     kind: str
@@ -72,7 +65,7 @@ def _parse_transform(value):
     raise ValueError(f"a transform is a name or a one-key mapping, got {value!r}")
 
 
-class Feature(_Strict):
+class Feature(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     type: Literal["numeric", "categorical", "text", "label", "key"]
     required: bool = False
@@ -105,10 +98,11 @@ class Feature(_Strict):
 
     @property
     def is_numeric(self):
-        return self.type == "numeric"
+        """Statistics and tf.Transform treat it as a number: numeric features and float labels."""
+        return self.type == "numeric" or (self.type == "label" and self.label_dtype == "float")
 
 
-class Cross(_Strict):
+class Cross(StrictModel):
     features: list[str] = Field(min_length=2)
     hash_buckets: int = Field(gt=0)
 
@@ -117,7 +111,7 @@ class Cross(_Strict):
         return "_x_".join(self.features)
 
 
-class FeatureSpec(_Strict):
+class FeatureSpec(StrictModel):
     key: str
     label: Optional[str] = None
     stratify: bool = False
@@ -157,31 +151,14 @@ class FeatureSpec(_Strict):
         return [f for f in self.features if f.type != "key"]
 
 
-def load_feature_spec(path_or_text, read=None):
-    """Loads and validates a spec from a path (read with `read`, default: local file) or YAML text;
-    errors name the file and the field."""
-    source = str(path_or_text)
-    if "\n" in source or source.lstrip().startswith("{"):
-        text, where = source, "feature spec"
-    else:
-        where = source
-        try:
-            text = read(source) if read else open(source, encoding="utf-8").read()
-        except OSError as e:
-            raise FeatureSpecError(f"--feature_spec: cannot read {source}: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise FeatureSpecError(f"{where}: not valid YAML: {e}") from None
-    try:
-        return FeatureSpec(**(data or {}))
-    except (ValidationError, TypeError) as e:
-        if isinstance(e, ValidationError):
-            details = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: "
-                                f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
-        else:
-            details = str(e)
-        raise FeatureSpecError(f"{where}: {details}") from None
+def parse_feature_spec(text, source):
+    """YAML text -> FeatureSpec; ConfigError names `source` and the field."""
+    return parse_config(text, FeatureSpec, source)
+
+
+def load_feature_spec(path, flag="--feature_spec"):
+    """Loads and validates a spec file (local or gs://); ConfigError names the flag, file and field."""
+    return load_config(path, FeatureSpec, flag)
 
 
 def tf_feature_spec(spec):
@@ -190,7 +167,7 @@ def tf_feature_spec(spec):
 
     out = {spec.key: tf.io.FixedLenFeature([], tf.string)}
     for f in spec.inputs:
-        numeric = f.type == "numeric" or (f.type == "label" and f.label_dtype == "float")
+        numeric = f.is_numeric
         out[f.name] = tf.io.FixedLenFeature([], tf.float32 if numeric else tf.string)
     return out
 

@@ -4,7 +4,6 @@ import csv
 import datetime
 import hashlib
 import io
-import json
 import posixpath
 
 import apache_beam as beam
@@ -17,17 +16,15 @@ from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
+from transforms.core.records import record_dict
 from transforms.core.splits import assign_splits, streaming_split
 from transforms.images.pixels import inputs_from_message, process_image, to_example
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.io.deadletter import GuardedDoFn, RecordError
 from transforms.io.sinks import ReleaseToSinks
 from transforms.io.sources import ImageInput
 
-PIPELINE = "image_ingest"
-NAMESPACE = PIPELINE
 MANIFEST_TAG = "manifest"  # inputs that are not written: duplicates and images over the per-label cap
 # Dead letters keep at most this much of a too-large image (BigQuery rows and Pub/Sub messages cap at 10 MB).
-MAX_DEAD_LETTER_PAYLOAD = 1 << 20
 
 MANIFEST_BQ_SCHEMA = {"fields": [
     {"name": "source_id", "type": "STRING", "mode": "NULLABLE"},
@@ -58,89 +55,99 @@ def manifest_row_from_dead_letter(dead_letter):
                         reason=f"{dead_letter['step']}: {dead_letter['reason']}")
 
 
-def _image_dead_letter(step, payload, error, item=None, attributes=None):
-    attributes = dict(attributes or {})
-    if item is not None:
-        attributes.update({"image.source_id": item.source_id, "image.source": item.source,
-                           "image.label": item.label or ""})
-    if isinstance(payload, bytes) and len(payload) > MAX_DEAD_LETTER_PAYLOAD:
-        attributes["payload_truncated_from_bytes"] = len(payload)
-        payload = payload[:MAX_DEAD_LETTER_PAYLOAD]
-    return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(PIPELINE, step, payload, error, attributes))
+def image_attributes(item, attributes=None):
+    """A dead letter's attributes for an image: the message's, and where the image came from."""
+    return {**(attributes or {}), "image.source_id": item.source_id, "image.source": item.source,
+            "image.label": item.label or ""}
 
 
-class ToImageInputs(beam.DoFn):
+class ToImageInputs(GuardedDoFn):
     """PubsubMessage (one or several images), manifest line (`uri,label` CSV or {"uri", "label"} JSON; a
     relative uri is resolved against the manifest's folder) or ImageInput -> ImageInput, one per image;
     anything unreadable -> dead letter."""
 
     STEP = "ToImageInputs"
 
-    def __init__(self, manifest_path=None):
+    def __init__(self, manifest_path, max_bytes, pipeline_name):
+        super().__init__(pipeline_name)
         self._manifest_dir = posixpath.dirname(manifest_path) if manifest_path else None
+        self._max_bytes = max_bytes
 
-    def process(self, record):
+    def handle(self, record):
         if isinstance(record, ImageInput):
             yield record
         elif isinstance(record, PubsubMessage):
             message_id = record.message_id or hashlib.md5(record.data).hexdigest()
             for payload, item in inputs_from_message(record.data, record.attributes, message_id):
                 if isinstance(item, RecordError):
-                    yield _image_dead_letter(self.STEP, payload, item, attributes=record.attributes)
+                    yield self.dead_letter(payload, item, record.attributes)
                 else:
                     yield item
         else:
             yield from self._from_manifest_line(record)
 
     def _from_manifest_line(self, line):
-        text = line.strip()
+        text = (line.decode("utf-8") if isinstance(line, bytes) else line).lstrip("\ufeff").strip()
         if not text or text.lower().replace(" ", "") == "uri,label":  # blank line or CSV header
             return
         try:
             if text.startswith("{"):
-                entry = json.loads(text)
+                try:
+                    entry = record_dict(text)
+                except RecordError as e:
+                    raise RecordError("bad_manifest_line", f"cannot parse: {e}") from None
                 uri, label = entry.get("uri"), entry.get("label")
+                if not isinstance(uri, str) or not isinstance(label, (str, type(None))):
+                    raise RecordError("wrong_type", "the manifest's uri and label must be strings")
             else:
                 fields = next(csv.reader(io.StringIO(text)))
                 uri, label = fields[0].strip(), (fields[1].strip() if len(fields) > 1 else None)
             if not uri:
                 raise RecordError("missing_field", "the manifest line has no uri (expected `uri,label`)")
-        except (ValueError, AttributeError) as e:
-            yield _image_dead_letter(self.STEP, line, RecordError("bad_manifest_line", f"cannot parse: {e}"))
-            return
+        except RecordError:
+            raise
+        except (ValueError, csv.Error) as e:
+            raise RecordError("bad_manifest_line", f"cannot parse: {e}") from None
         if self._manifest_dir and "://" not in uri and not posixpath.isabs(uri):
             uri = FileSystems.join(self._manifest_dir, uri)
         item = ImageInput(uri, uri, label, b"")
         try:
             with FileSystems.open(uri, compression_type="uncompressed") as f:
-                yield item._replace(data=f.read())
+                data = f.read(self._max_bytes + 1)  # over the limit: ProcessImages dead-letters it as too_large
         except Exception as e:  # noqa: BLE001 - missing file, permissions: the line's dead letter
-            yield _image_dead_letter(self.STEP, line, RecordError("unreadable_file", f"cannot read {uri}: {e}"), item)
+            yield self.dead_letter(line, RecordError("unreadable_file", f"cannot read {uri}: {e}"),
+                                   image_attributes(item))
+            return
+        yield item._replace(data=data)
 
 
-class ProcessImages(beam.DoFn):
+class ProcessImages(GuardedDoFn):
     """ImageInput -> ProcessedImage: validated, decoded (pixel cap), resized, re-encoded."""
 
     STEP = "ProcessImages"
 
-    def __init__(self, settings):
-        self._settings = settings  # keyword arguments of transforms.images.process_image
+    def __init__(self, pipeline_name, settings):
+        super().__init__(pipeline_name)
+        self._settings = settings  # keyword arguments of transforms.images.pixels.process_image
 
-    def process(self, item):
-        try:
-            yield process_image(item, **self._settings)
-        except RecordError as e:
-            yield _image_dead_letter(self.STEP, item.data, e, item)
+    def handle(self, item):
+        yield process_image(item, **self._settings)
+
+    def dead_letter_payload(self, item):
+        return item.data, image_attributes(item)
 
 
 class _FirstOfEachContent(beam.DoFn):
     """(md5, images) -> the image with the smallest source id; the others go to the manifest."""
 
+    def __init__(self, pipeline_name):
+        self._duplicates = Metrics.counter(pipeline_name, "duplicates")
+
     def process(self, keyed):
         md5, images = keyed
         first, *duplicates = sorted(images, key=lambda i: i.source_id)
         for duplicate in duplicates:
-            Metrics.counter(NAMESPACE, "duplicates").inc()
+            self._duplicates.inc()
             yield beam.pvalue.TaggedOutput(MANIFEST_TAG, manifest_row(
                 "duplicate", duplicate.source_id, duplicate.source, duplicate.label, utc_now_iso(), md5=md5,
                 duplicate_of=first.source_id,
@@ -155,8 +162,9 @@ class _FirstWithinRetention(beam.DoFn):
     FIRST = ReadModifyWriteStateSpec("first_source_id", StrUtf8Coder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
 
-    def __init__(self, retention_seconds):
+    def __init__(self, retention_seconds, pipeline_name):
         self._retention = retention_seconds
+        self._duplicates = Metrics.counter(pipeline_name, "duplicates")
 
     def process(self, keyed, timestamp=beam.DoFn.TimestampParam, first=beam.DoFn.StateParam(FIRST),
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
@@ -167,7 +175,7 @@ class _FirstWithinRetention(beam.DoFn):
             expiry.set(timestamp + self._retention)
             yield image
         else:
-            Metrics.counter(NAMESPACE, "duplicates").inc()
+            self._duplicates.inc()
             yield beam.pvalue.TaggedOutput(MANIFEST_TAG, manifest_row(
                 "duplicate", image.source_id, image.source, image.label, utc_now_iso(), md5=md5, duplicate_of=kept))
 
@@ -180,30 +188,31 @@ class DeduplicateByContent(beam.PTransform):
     """One image per MD5 of its source bytes: across the whole run in batch, within `retention_seconds`
     in streaming. Outputs: main (unique images) and MANIFEST_TAG (duplicates)."""
 
-    def __init__(self, retention_seconds=None):
+    def __init__(self, retention_seconds, pipeline_name):
         super().__init__()
-        self._retention = retention_seconds
+        self._retention, self._pipeline = retention_seconds, pipeline_name
 
     def expand(self, images):
         keyed = images | "KeyByMd5" >> beam.Map(lambda i: (i.md5, i))
         if self._retention is None:
             return (keyed
                     | "GroupByMd5" >> beam.GroupByKey()
-                    | "KeepFirst" >> beam.ParDo(_FirstOfEachContent()).with_outputs(MANIFEST_TAG, main="images"))
+                    | "KeepFirst" >> beam.ParDo(_FirstOfEachContent(self._pipeline)).with_outputs(MANIFEST_TAG, main="images"))
         return keyed | "KeepFirstWithinRetention" >> beam.ParDo(
-            _FirstWithinRetention(self._retention)).with_outputs(MANIFEST_TAG, main="images")
+            _FirstWithinRetention(self._retention, self._pipeline)).with_outputs(MANIFEST_TAG, main="images")
 
 
-class AssignLabelIds(beam.DoFn):
+class AssignLabelIds(GuardedDoFn):
     """ProcessedImage -> (image, label id) from the label list (side input; id = position). An unknown
     label is a dead letter, or fails the job when `fail_on_unknown`."""
 
     STEP = "AssignLabelIds"
 
-    def __init__(self, fail_on_unknown):
+    def __init__(self, fail_on_unknown, pipeline_name):
+        super().__init__(pipeline_name)
         self._fail = fail_on_unknown
 
-    def process(self, image, labels):
+    def process(self, image, labels):  # not guarded: --unknown_label fail must be able to stop the job
         ids = {label: i for i, label in enumerate(labels)}  # a few labels: cheap per element
         if image.label in ids:
             yield image, ids[image.label]
@@ -212,12 +221,13 @@ class AssignLabelIds(beam.DoFn):
                                              f"map ({len(labels)} labels); add it to --label_map or drop the image")
         if self._fail:
             raise error
-        yield _image_dead_letter(self.STEP, image.encoded, error, image)
+        yield self.dead_letter(image.encoded, error, image_attributes(image))
 
 
 class _SplitOneLabel(beam.DoFn):
-    def __init__(self, fractions, cap):
+    def __init__(self, fractions, cap, pipeline_name):
         self._fractions, self._cap = fractions, cap
+        self._over_cap = Metrics.counter(pipeline_name, "over_cap")
 
     def process(self, keyed):
         _, labelled = keyed
@@ -225,7 +235,7 @@ class _SplitOneLabel(beam.DoFn):
         for md5, split in assign_splits(list(by_md5), self._fractions, self._cap).items():
             image, label_id = by_md5[md5]
             if split is None:
-                Metrics.counter(NAMESPACE, "over_cap").inc()
+                self._over_cap.inc()
                 yield beam.pvalue.TaggedOutput(MANIFEST_TAG, manifest_row(
                     "over_cap", image.source_id, image.source, image.label, utc_now_iso(), md5=md5,
                     reason=f"over --max_per_label={self._cap}"))
@@ -238,9 +248,9 @@ class AssignSplits(beam.PTransform):
     each label keeps the split proportions exactly, with an optional per-label cap (the rest go to
     MANIFEST_TAG). Streaming: by the content hash alone (stratified in expectation, no cap)."""
 
-    def __init__(self, fractions, cap=None, streaming=False):
+    def __init__(self, fractions, cap, streaming, pipeline_name):
         super().__init__()
-        self._fractions, self._cap, self._streaming = fractions, cap, streaming
+        self._fractions, self._cap, self._streaming, self._pipeline = fractions, cap, streaming, pipeline_name
 
     def expand(self, labelled):
         if self._streaming:
@@ -250,7 +260,7 @@ class AssignSplits(beam.PTransform):
         return (labelled
                 | "KeyByLabel" >> beam.Map(lambda pair: (pair[0].label, pair))
                 | "GroupByLabel" >> beam.GroupByKey()
-                | "SplitEachLabel" >> beam.ParDo(_SplitOneLabel(self._fractions, self._cap)).with_outputs(
+                | "SplitEachLabel" >> beam.ParDo(_SplitOneLabel(self._fractions, self._cap, self._pipeline)).with_outputs(
                     MANIFEST_TAG, main="split"))
 
 

@@ -11,7 +11,13 @@ from apache_beam.io.gcp.bigtableio import WriteToBigTable
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from transforms.io.deadletter import DEAD_LETTER_BQ_SCHEMA, make_dead_letter
+from transforms.io.deadletter import (
+    DEAD_LETTER_BQ_SCHEMA,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    RecordError,
+    cap_payload,
+    make_dead_letter,
+)
 
 
 class ReleaseToSinks(beam.PTransform):
@@ -69,8 +75,9 @@ class WriteJsonToPubSub(beam.PTransform):
 
 class WriteBigQueryRows(beam.PTransform):
     """WriteToBigQuery into a day-partitioned (and optionally clustered) table created if missing.
-    Returns the dead letters of rows BigQuery rejected (streaming inserts report them; other methods fail
-    the bundle instead), as a one-element tuple, or an empty tuple."""
+    Returns the dead letters of rows BigQuery rejected, as a one-element tuple: streaming inserts and the
+    Storage Write API report them per row. File loads cannot (a load job fails as a whole), so that method
+    returns an empty tuple."""
 
     def __init__(self, table, schema, method, partition_field, clustering_fields=None, pipeline_name="", step=""):
         super().__init__()
@@ -89,11 +96,16 @@ class WriteBigQueryRows(beam.PTransform):
             write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND,
             additional_bq_parameters=self._bq_parameters,
         )
-        if self._method != "STREAMING_INSERTS":
+        if self._method == "FILE_LOADS":
             return ()
-        pipeline, step = self._pipeline, self._step
-        return (result.failed_rows_with_errors | "RejectedToDeadLetters" >> beam.Map(
-            lambda failed: make_dead_letter(pipeline, step, failed[1], f"BigQuery rejected the row: {failed[2]}")),)
+        return (result.failed_rows_with_errors
+                | "RejectedToDeadLetters" >> beam.Map(_rejected_row, self._pipeline, self._step),)
+
+
+def _rejected_row(failed, pipeline_name, step):
+    """WriteToBigQuery's failed row (destination, row, errors) -> dead letter."""
+    _, row, errors = failed
+    return make_dead_letter(pipeline_name, step, row, RecordError("rejected_by_sink", f"BigQuery rejected the row: {errors}"))
 
 
 def ensure_bigtable_table(target):
@@ -206,26 +218,36 @@ class WriteRecords(beam.PTransform):
 
 
 def _log_rejected_dead_letter(dead_letter):
+    """Only the dead letter's identity is logged: its payload may be large, and what BigQuery rejected is
+    usually in the payload."""
     Metrics.counter(dead_letter["pipeline"], "dead_letters_rejected_by_bigquery").inc()
-    logging.error("BigQuery rejected a dead letter; its content: %s", to_json_line(dead_letter))
+    logging.error("BigQuery rejected a dead letter of %s step %s (reason %s, payload of %s bytes, SHA-256 %s)",
+                  dead_letter["pipeline"], dead_letter["step"], dead_letter["reason"],
+                  dead_letter.get("payload_size"), dead_letter.get("payload_sha256"))
 
 
 class CountDeadLetters(beam.DoFn):
-    """Counts dead letters per pipeline and reason (Beam metrics `<pipeline>:dead_letters_<reason>`)."""
+    """Counts dead letters per pipeline and reason (Beam metrics `<pipeline>:dead_letters_<reason>`) and
+    cuts their payloads to `max_payload_bytes`."""
+
+    def __init__(self, max_payload_bytes):
+        self._max_payload_bytes = max_payload_bytes
 
     def process(self, dead_letter):
         Metrics.counter(dead_letter["pipeline"], "dead_letters").inc()
         Metrics.counter(dead_letter["pipeline"], f"dead_letters_{dead_letter['reason']}").inc()
-        yield dead_letter
+        yield cap_payload(dead_letter, self._max_payload_bytes)
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Counts dead letters, then writes them to every sink configured: BigQuery table, Pub/Sub topic,
-    local JSONL prefix. Dead letters BigQuery rejects are logged and counted: nowhere is left to send them."""
+    """Counts dead letters and cuts their payloads, then writes them to every sink configured: BigQuery
+    table, Pub/Sub topic, local JSONL prefix. Dead letters BigQuery rejects are logged and counted: nowhere
+    is left to send them."""
 
     def __init__(self, pipeline_name, bigquery_table=None, pubsub_topic=None, local_prefix=None,
-                 streaming=False, bq_write_method="STREAMING_INSERTS"):
+                 streaming=False, bq_write_method="STREAMING_INSERTS", max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES):
         super().__init__()
+        self._max_payload_bytes = max_payload_bytes
         self._write = WriteRecords(
             pipeline_name,
             bigquery=BigQueryTarget(bigquery_table, DEAD_LETTER_BQ_SCHEMA, "failed_at") if bigquery_table else None,
@@ -233,7 +255,7 @@ class WriteDeadLetters(beam.PTransform):
             streaming=streaming)
 
     def expand(self, dead_letters):
-        counted = dead_letters | "Count" >> beam.ParDo(CountDeadLetters())
+        counted = dead_letters | "Count" >> beam.ParDo(CountDeadLetters(self._max_payload_bytes))
         for rejected in counted | "Write" >> self._write:
             rejected | "LogRejected" >> beam.Map(_log_rejected_dead_letter)
         return counted

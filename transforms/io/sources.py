@@ -1,3 +1,14 @@
+"""Every source of the project: one composite, `ReadRecords`, reads the one input a pipeline was given.
+
+What each input yields (the raw records the pipelines' parse steps take):
+- Pub/Sub subscription or topic: `PubsubMessage` (body bytes, attributes, message id, publish time).
+- Files (local or gs:// globs; `.gz` decompressed): JSONL lines as bytes (decoded per record by the parse
+  step, so one invalid UTF-8 line is one dead letter, not a failed read), CSV rows as dicts (header
+  names), Parquet rows as dicts, TFRecords as `SerializedExample` (decoded by the parse step).
+- A text manifest (one line per image): lines as bytes.
+- A BigQuery table (Storage Read API) or query: dict rows.
+- A folder of images `<root>/<label>/<file>`: `ImageInput`, each file read only up to its size limit.
+"""
 import posixpath
 from typing import NamedTuple, Optional
 
@@ -5,31 +16,31 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-
-class ReadLogRecords(beam.PTransform):
-    """Raw log records from exactly one source: Pub/Sub subscription or topic (PubsubMessage with
-    attributes), newline-delimited JSON files (str lines; .gz read transparently; local or gs:// globs),
-    or a BigQuery table holding a Cloud Logging export (dict rows)."""
-
-    def __init__(self, subscription=None, topic=None, file_pattern=None, table=None):
-        super().__init__()
-        given = [x for x in (subscription, topic, file_pattern, table) if x]
-        if len(given) != 1:
-            raise ValueError("give exactly one of --input_subscription, --input_topic, --input_files, --input_table")
-        self._subscription, self._topic, self._files, self._table = subscription, topic, file_pattern, table
-
-    def expand(self, pbegin):
-        if self._subscription or self._topic:
-            return pbegin | "ReadPubsub" >> beam.io.ReadFromPubSub(
-                subscription=self._subscription, topic=self._topic, with_attributes=True)
-        if self._files:
-            return pbegin | "ReadFiles" >> beam.io.ReadFromText(self._files)
-        return pbegin | "ReadBigQuery" >> beam.io.ReadFromBigQuery(
-            table=self._table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ)
-
+from transforms.core.records import SerializedExample
 
 FORMATS = ("csv", "jsonl", "parquet", "tfrecord")
 
+
+class Input(NamedTuple):
+    """The one input of a run, by flag name (exactly one is set)."""
+    input_files: Optional[str] = None
+    input_table: Optional[str] = None
+    input_query: Optional[str] = None
+    input_subscription: Optional[str] = None
+    input_topic: Optional[str] = None
+    input_dir: Optional[str] = None
+    input_manifest: Optional[str] = None
+
+    def given(self):
+        return [f"--{name}" for name, value in self._asdict().items() if value]
+
+
+class ImageInput(NamedTuple):
+    """One image as it arrived: its bytes and where they came from."""
+    source_id: str  # the caller's id, else the file path or `<message id>/<instance index>`
+    source: str  # file path, or `pubsub:<message id>`
+    label: Optional[str]
+    data: bytes
 
 
 def detect_format(pattern):
@@ -42,93 +53,54 @@ def detect_format(pattern):
                      f"give --input_format ({', '.join(FORMATS)})")
 
 
+class ReadRecords(beam.PTransform):
+    """Raw records from exactly one `Input` (see the module docstring for what each yields). `file_format`
+    names the format of input_files (default: from the extension); `max_file_bytes` bounds how much of
+    each image file in input_dir is read (a file over it arrives cut to max_file_bytes + 1 bytes, so the
+    image step can dead-letter it as too_large without holding it whole)."""
 
-def example_to_dict(serialized):
-    """A tf.train.Example -> {feature: first value} (UTF-8 bytes decoded to text, other bytes kept, such as
-    encoded images; empty lists are missing)."""
-    import tensorflow as tf
-
-    example = tf.train.Example.FromString(serialized)
-    row = {}
-    for name, feature in example.features.feature.items():
-        values = feature.bytes_list.value or feature.float_list.value or feature.int64_list.value
-        if values:
-            value = values[0]
-            if isinstance(value, bytes):
-                try:
-                    value = value.decode("utf-8")
-                except UnicodeDecodeError:
-                    pass
-            row[name] = value
-    return row
-
-
-
-class ReadFeatureRecords(beam.PTransform):
-    """Records as dicts (JSONL lines stay text, parsed by CleanseRecords so bad JSON is a dead letter) from
-    files (CSV with a header, JSONL, Parquet, TFRecord of tf.train.Example) or BigQuery (table or query)."""
-
-    def __init__(self, files=None, file_format=None, table=None, query=None):
+    def __init__(self, source, file_format=None, max_file_bytes=None):
         super().__init__()
-        if sum(bool(x) for x in (files, table, query)) != 1:
-            raise ValueError("give exactly one of --input_files, --input_table, --input_query")
-        self._files, self._format, self._table, self._query = files, file_format, table, query
+        if len(source.given()) != 1:
+            raise ValueError(f"give exactly one input flag, got {source.given() or 'none'}")
+        self._source, self._format, self._max_file_bytes = source, file_format, max_file_bytes
 
     def expand(self, pbegin):
-        if self._table or self._query:
+        s = self._source
+        if s.input_subscription or s.input_topic:
+            return pbegin | "ReadPubsub" >> beam.io.ReadFromPubSub(
+                subscription=s.input_subscription, topic=s.input_topic, with_attributes=True)
+        if s.input_table or s.input_query:
             return pbegin | "ReadBigQuery" >> beam.io.ReadFromBigQuery(
-                table=self._table, query=self._query, use_standard_sql=True,
-                method=beam.io.ReadFromBigQuery.Method.DIRECT_READ if self._table else
+                table=s.input_table, query=s.input_query, use_standard_sql=True,
+                method=beam.io.ReadFromBigQuery.Method.DIRECT_READ if s.input_table else
                 beam.io.ReadFromBigQuery.Method.EXPORT)
-        fmt = self._format or detect_format(self._files)
+        if s.input_manifest:
+            return pbegin | "ReadManifest" >> beam.io.ReadFromText(s.input_manifest, coder=beam.coders.BytesCoder())
+        if s.input_dir:
+            root = s.input_dir.rstrip("/")
+            return (pbegin
+                    | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
+                    | "ReadMatches" >> fileio.ReadMatches()
+                    | "ToImageInput" >> beam.Map(_folder_input, root, self._max_file_bytes))
+        fmt = self._format or detect_format(s.input_files)
         if fmt == "csv":
             return (pbegin
-                    | "ReadCsv" >> beam.io.ReadFromCsv(self._files)
+                    | "ReadCsv" >> beam.io.ReadFromCsv(s.input_files)
                     | "RowsToDicts" >> beam.Map(lambda row: row._asdict()))
         if fmt == "parquet":
-            return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self._files)
+            return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(s.input_files)
         if fmt == "tfrecord":
             return (pbegin
-                    | "ReadTfRecord" >> beam.io.ReadFromTFRecord(self._files, coder=beam.coders.BytesCoder())
-                    | "ExamplesToDicts" >> beam.Map(example_to_dict))
-        return pbegin | "ReadJsonl" >> beam.io.ReadFromText(self._files)
+                    | "ReadTfRecord" >> beam.io.ReadFromTFRecord(s.input_files, coder=beam.coders.BytesCoder())
+                    | "AsExamples" >> beam.Map(SerializedExample))
+        return pbegin | "ReadJsonl" >> beam.io.ReadFromText(s.input_files, coder=beam.coders.BytesCoder())
 
 
-class ImageInput(NamedTuple):
-    """One image as it arrived: its bytes and where they came from."""
-    source_id: str  # the caller's id, else the file path or `<message id>/<instance index>`
-    source: str  # file path, or `pubsub:<message id>`
-    label: Optional[str]
-    data: bytes
-
-
-class ReadImageSources(beam.PTransform):
-    """Raw inputs from exactly one source: Pub/Sub (PubsubMessage), a folder tree `<root>/<label>/<file>`
-    (ImageInput; label = first folder under the root) or a CSV/JSONL manifest of `uri,label` (text lines)."""
-
-    def __init__(self, subscription=None, topic=None, input_dir=None, manifest=None):
-        super().__init__()
-        given = [x for x in (subscription, topic, input_dir, manifest) if x]
-        if len(given) != 1:
-            raise ValueError("give exactly one of --input_subscription, --input_topic, --input_dir, --input_manifest")
-        self._subscription, self._topic, self._dir, self._manifest = subscription, topic, input_dir, manifest
-
-    def expand(self, pbegin):
-        if self._subscription or self._topic:
-            return pbegin | "ReadPubsub" >> beam.io.ReadFromPubSub(
-                subscription=self._subscription, topic=self._topic, with_attributes=True)
-        if self._manifest:
-            return pbegin | "ReadManifest" >> beam.io.ReadFromText(self._manifest)
-        root = self._dir.rstrip("/")
-        return (pbegin
-                | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
-                | "ReadMatches" >> fileio.ReadMatches()
-                | "ToImageInput" >> beam.Map(_folder_input, root))
-
-
-
-def _folder_input(readable_file, root):
+def _folder_input(readable_file, root, max_bytes=None):
     path = readable_file.metadata.path
     relative = posixpath.relpath(path.replace("\\", "/"), root.replace("\\", "/"))
     label = relative.split("/")[0] if "/" in relative else None  # a file directly under the root has none
-    return ImageInput(relative, path, label, readable_file.read())
+    with readable_file.open() as f:
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    return ImageInput(relative, path, label, data)

@@ -7,18 +7,22 @@ A UDF is one named function in a file (local or gs://), chosen by extension:
   `function process(inJson) { ...; return JSON.stringify(obj); }` gets the record as JSON text and
   returns JSON text, or null/undefined to filter it out.
 
-Raising (or a JS `throw`) sends the record to dead letters with the UDF's error. UDFs are loaded once per
+Raising (or a JS `throw`, or `sys.exit()`), running past `--udf_timeout_ms`, going over the memory limit
+(JavaScript) or returning something that is not a record sends the record to dead letters with the reason
+(udf_error, udf_timeout, udf_memory), and the UDF goes on with the next record. UDFs are loaded once per
 worker in `setup()`; `load_udf` also runs at start-up so a broken file fails before any work is done,
 naming the file and line.
 """
 import json
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.io.deadletter import GuardedDoFn, RecordError, make_dead_letter, payload_and_attributes
+
+DEFAULT_TIMEOUT_MS = 500
+DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 
 
 class UdfError(ValueError):
@@ -49,17 +53,29 @@ def _load_python(path, function, source):
     return fn
 
 
-def _load_javascript(path, function, source):
-    from py_mini_racer import JSParseException, MiniRacer
+def _call_python(fn):
+    """The Python UDF's call, with whatever it raises (SystemExit included) as the record's RecordError."""
+    def call(record):
+        try:
+            return fn(record)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a UDF's failure is its record's dead letter
+            detail = str(e).splitlines()[0] if str(e).strip() else "(no message)"
+            raise RecordError("udf_error", f"{type(e).__name__}: {detail}") from None
+
+    return call
+
+
+def _load_javascript(path, function, source, timeout_ms, max_memory_bytes):
+    from py_mini_racer import JSOOMException, JSParseException, JSTimeoutException, MiniRacer
 
     ctx = MiniRacer()
     try:
-        ctx.eval(source)
+        ctx.eval(source, timeout=timeout_ms, max_memory=max_memory_bytes)
     except JSParseException as e:
-        first_line = str(e).splitlines()[0].replace("<anonymous>", path)
+        first_line = (str(e).splitlines() or ["?"])[0].replace("<anonymous>", path)
         raise UdfError(f"--udf_path: syntax error in {first_line}") from None
-    except Exception as e:  # noqa: BLE001 - a throw at load time
-        raise UdfError(f"--udf_path: {path} failed while loading: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a throw, a loop or a memory bomb at load time
+        raise UdfError(f"--udf_path: {path} failed while loading: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if ctx.eval(f"typeof {function}") != "function":
         raise UdfError(f"--udf_function: {path} defines no function {function!r}")
     # undefined cannot cross into Python: map it (and null) to None, meaning "filter the record out"
@@ -67,56 +83,75 @@ def _load_javascript(path, function, source):
 
     def call(record):
         text = record if isinstance(record, str) else json.dumps(record)
-        return ctx.call("__call_udf", text)
+        try:
+            return ctx.call("__call_udf", text, timeout=timeout_ms, max_memory=max_memory_bytes)
+        except JSTimeoutException:
+            raise RecordError("udf_timeout", f"the UDF ran past --udf_timeout_ms={timeout_ms}") from None
+        except JSOOMException:
+            raise RecordError("udf_memory", f"the UDF went over {max_memory_bytes} bytes of JavaScript heap") from None
+        except Exception as e:  # noqa: BLE001 - a JS throw: the record's dead letter
+            raise RecordError("udf_error", (str(e).splitlines() or [type(e).__name__])[0]) from None
 
     return call
 
 
-def load_udf(path, function):
-    """Returns a callable record -> record | None. Raises UdfError naming the flag, file and line."""
+def load_udf(path, function, timeout_ms=DEFAULT_TIMEOUT_MS, max_memory_bytes=DEFAULT_MAX_MEMORY_BYTES):
+    """Returns a callable record -> record | None that raises RecordError for whatever the UDF does wrong
+    (JavaScript: bounded by `timeout_ms` and `max_memory_bytes`; Python UDFs are bounded by running them in
+    a subprocess, see ApplyUdf). Raises UdfError naming the flag, file and line when the file is unusable."""
     source = _read(path)
     if path.endswith(".py"):
-        return _load_python(path, function, source)
+        return _call_python(_load_python(path, function, source))
     if path.endswith(".js"):
-        return _load_javascript(path, function, source)
+        return _load_javascript(path, function, source, timeout_ms, max_memory_bytes)
     raise UdfError(f"--udf_path: {path} must end in .py or .js")
 
 
-class ApplyUdf(beam.DoFn):
+def _check_result(result):
+    """A UDF's return value must be None, text, or an object JSON can encode."""
+    if result is None:
+        return None
+    if isinstance(result, str):
+        try:
+            result.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError("udf_error", "the UDF returned text with lone surrogates") from None
+        return result
+    if isinstance(result, dict):
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise RecordError("udf_error", f"the UDF returned a dict JSON cannot encode: {e}") from None
+        return result
+    raise RecordError("udf_error", f"the UDF returned {type(result).__name__}; return a str, a dict or None")
+
+
+class ApplyUdf(GuardedDoFn):
     """Applies the UDF to each raw record; filtered records are counted (`<pipeline>:udf_filtered`),
-    failures go to `dead_letters` with the original payload."""
+    failures go to `dead_letters` with the original payload. A Python UDF's time limit is enforced by
+    running this DoFn in a subprocess (see `bounded_udf` in pipelines/launch.py)."""
 
     STEP = "ApplyUdf"
 
-    def __init__(self, path, function, pipeline_name):
-        self._path, self._function, self._pipeline = path, function, pipeline_name
+    def __init__(self, path, function, pipeline_name, timeout_ms=DEFAULT_TIMEOUT_MS,
+                 max_memory_bytes=DEFAULT_MAX_MEMORY_BYTES):
+        super().__init__(pipeline_name)
+        self._path, self._function = path, function
+        self._timeout_ms, self._max_memory_bytes = timeout_ms, max_memory_bytes
         self._filtered = Metrics.counter(pipeline_name, "udf_filtered")
 
     def setup(self):
-        self._udf = load_udf(self._path, self._function)
+        self._udf = load_udf(self._path, self._function, self._timeout_ms, self._max_memory_bytes)
 
-    def process(self, record):
+    def handle(self, record):
         message = record if isinstance(record, PubsubMessage) else None
         payload = message.data if message else record
         if isinstance(payload, bytes):
             try:
                 payload = payload.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(
-                    self._pipeline, self.STEP, record.data if message else record,
-                    RecordError("invalid_utf8", f"UDFs take text; the payload is not UTF-8: {e}"),
-                    message.attributes if message else None))
-                return
-        try:
-            result = self._udf(payload)
-            if result is not None and not isinstance(result, (str, dict)):
-                raise TypeError(f"the UDF returned {type(result).__name__}; return a str, a dict or None")
-        except Exception as e:  # noqa: BLE001 - any UDF failure is the record's dead letter
-            error = RecordError("udf_error", f"UDF {self._function} in {self._path}: {str(e).splitlines()[0]}")
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(
-                self._pipeline, self.STEP, message.data if message else record, error,
-                message.attributes if message else None))
-            return
+                raise RecordError("invalid_utf8", f"UDFs take text; the payload is not UTF-8: {e}") from None
+        result = _check_result(self._udf(payload))
         if result is None:
             self._filtered.inc()
             return
@@ -125,3 +160,15 @@ class ApplyUdf(beam.DoFn):
             yield PubsubMessage(text.encode("utf-8"), message.attributes)
         else:
             yield result
+
+
+def udf_failure_dead_letter(failed, pipeline_name, path, function, timeout_ms):
+    """A record Beam's subprocess runner gave up on, (record, (exception type, repr, traceback)): the UDF
+    ran past its time limit, or its process died (a crash, os._exit, the memory limit)."""
+    record, (exc_type, exc_repr, _) = failed
+    payload, attributes = payload_and_attributes(record)
+    if issubclass(exc_type, TimeoutError):
+        error = RecordError("udf_timeout", f"UDF {function} in {path} ran past --udf_timeout_ms={timeout_ms}")
+    else:
+        error = RecordError("udf_error", f"UDF {function} in {path}: its process failed: {exc_repr[:500]}")
+    return make_dead_letter(pipeline_name, ApplyUdf.STEP, payload, error, attributes)

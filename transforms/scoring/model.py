@@ -46,7 +46,7 @@ class LoadedModel:
         from transforms.features.spec import load_feature_spec, tf_feature_spec
 
         spec_path = posixpath.join(transform_dir, "feature_spec.yaml")
-        self.feature_spec = load_feature_spec(spec_path, read=lambda p: tf.io.gfile.GFile(p).read())
+        self.feature_spec = load_feature_spec(spec_path, "--transform_dir")
         output = tft.TFTransformOutput(transform_dir)
         produced = output.transformed_feature_spec()
         missing = [s.name for s in self.inputs if s.name not in produced]

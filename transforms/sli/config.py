@@ -5,9 +5,9 @@ See `pipelines/samples/sli/*.yaml` for annotated examples. Errors name the file 
 import re
 from typing import Annotated, Literal, Optional, Union
 
-import yaml
-from apache_beam.io.filesystems import FileSystems
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from transforms.core.config import ConfigError, StrictModel, load_config, parse_config
 
 UNMATCHED_JOURNEY = "_unmatched"
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
@@ -31,29 +31,25 @@ def status_matcher(values):
     return lambda status: status in codes or status // 100 in classes
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AvailabilitySli(_Strict):
+class AvailabilitySli(StrictModel):
     kind: Literal["availability"]
     name: Optional[str] = None
     bad_status: list[Union[int, str]] = ["5xx"]
     check_bad_status = field_validator("bad_status")(_check_statuses)
 
 
-class LatencySli(_Strict):
+class LatencySli(StrictModel):
     kind: Literal["latency"]
     name: Optional[str] = None
     threshold_ms: float = Field(gt=0)
 
 
-class ThroughputSli(_Strict):
+class ThroughputSli(StrictModel):
     kind: Literal["throughput"]
     name: Optional[str] = None
 
 
-class ErrorRateSli(_Strict):
+class ErrorRateSli(StrictModel):
     kind: Literal["error_rate"]
     name: Optional[str] = None
     error_status: list[Union[int, str]] = ["5xx"]
@@ -71,7 +67,7 @@ def sli_short_name(sli):
     return sli.kind
 
 
-class Journey(_Strict):
+class Journey(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     methods: list[str] = Field(default_factory=list, description="empty: any method")
     path: Optional[str] = Field(None, description="template such as /profile/{user}")
@@ -114,7 +110,7 @@ class Journey(_Strict):
         return re.compile("".join(re.escape(p) if i % 2 == 0 else "[^/]+" for i, p in enumerate(parts)))
 
 
-class Service(_Strict):
+class Service(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     hosts: list[str] = Field(default_factory=list, description="URL hosts that also identify this service")
     slis: list[Sli] = Field(default_factory=lambda: [AvailabilitySli(kind="availability")])
@@ -133,7 +129,7 @@ class Service(_Strict):
         return self
 
 
-class FieldMapping(_Strict):
+class FieldMapping(StrictModel):
     """Where the request fields live in a JSON record; dotted paths reach into nested objects."""
 
     timestamp_field: str = "timestamp"
@@ -155,17 +151,17 @@ class AppLogMapping(FieldMapping):
     latency_field: str = "http.latency_ms"
 
 
-class Formats(_Strict):
+class Formats(StrictModel):
     app_log: AppLogMapping = AppLogMapping()
     flat: FieldMapping = FieldMapping()
 
 
-class SloComponent(_Strict):
+class SloComponent(StrictModel):
     sli: str = Field(description="an sli_id: <service>/<journey>/<sli name>")
     weight: float = Field(1.0, gt=0)
 
 
-class Slo(_Strict):
+class Slo(StrictModel):
     """An objective over one SLI (`sli`) or a weighted composite of several (`components`).
 
     Composite ratio over a window = sum(weight_i * ratio_i) / sum(weight_i), ratio_i being component i's
@@ -196,7 +192,7 @@ class Slo(_Strict):
         return [(self.sli, 1.0)] if self.sli else [(c.sli, c.weight) for c in self.components]
 
 
-class BurnRateRule(_Strict):
+class BurnRateRule(StrictModel):
     """Alert when the burn rate over both windows exceeds share * compliance period / long window."""
 
     severity: Literal["page", "ticket"]
@@ -215,12 +211,12 @@ DEFAULT_BURN_RATE_RULES = (  # the SRE workbook's policy: 14.4, 6 and 1 for a 30
 )
 
 
-class Alerting(_Strict):
+class Alerting(StrictModel):
     min_events: int = Field(100, ge=0, description="no alert when a long window holds fewer events")
     rules: list[BurnRateRule] = Field(default_factory=lambda: list(DEFAULT_BURN_RATE_RULES))
 
 
-class SliConfig(_Strict):
+class SliConfig(StrictModel):
     formats: Formats = Formats()
     services: list[Service] = Field(min_length=1)
     slos: list[Slo] = Field(default_factory=list)
@@ -253,47 +249,21 @@ def _check_slo_references(config, source):
                 problems.append(f"  {source}: {field}: no SLI {sli_id!r} in services; known: "
                                 f"{', '.join(sorted(known))}")
     if problems:
-        raise SliConfigError(f"invalid SLI config {source}:\n" + "\n".join(problems))
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(problems))
     return config
 
 
-class SliConfigError(ValueError):
-    pass
-
-
-def _field_path(loc):
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("availability", "latency", "throughput", "error_rate") and out.endswith("]"):
-            continue  # pydantic adds the union tag to the location; the user wrote no such key
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+_SLI_KINDS = ("availability", "latency", "throughput", "error_rate")  # the tags of the SLI union
 
 
 def parse_sli_config(text, source="<string>"):
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SliConfigError(f"{source}: not valid YAML: {e}") from None
-    try:
-        config = SliConfig.model_validate(data)
-    except ValidationError as e:
-        problems = "\n".join(f"  {source}: {_field_path(err['loc'])}: {err['msg']}" for err in e.errors())
-        raise SliConfigError(f"invalid SLI config {source}:\n{problems}") from None
-    return _check_slo_references(config, source)
+    """YAML text -> SliConfig; ConfigError names `source` and the field."""
+    return _check_slo_references(parse_config(text, SliConfig, source, _SLI_KINDS), source)
 
 
 def load_sli_config(path):
     """Loads and validates a config from a local path or gs:// URI."""
-    try:
-        with FileSystems.open(str(path)) as f:
-            text = f.read().decode("utf-8")
-    except Exception as e:  # noqa: BLE001 - any IO failure becomes a message naming the flag
-        raise SliConfigError(f"--sli_config: cannot read {path}: {e}") from None
-    return parse_sli_config(text, str(path))
+    return _check_slo_references(load_config(path, SliConfig, "--sli_config", _SLI_KINDS), f"--sli_config {path}")
 
 
 class JourneyMatcher:

@@ -11,16 +11,16 @@ Anything else (invalid JSON, missing or malformed required fields) raises `Recor
 turns into a dead letter.
 """
 import datetime
-import json
+import math
 import re
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
+from transforms.core.records import event_time, finite, key_part, parse_json, text
+from transforms.io.deadletter import GuardedDoFn, RecordError, payload_and_attributes
 
 
 class RequestEvent(NamedTuple):
@@ -57,7 +57,11 @@ def _lookup(obj, dotted):
 
 def parse_timestamp(value, field):
     """Seconds since the epoch from RFC 3339 text (nanoseconds allowed), epoch seconds/millis,
-    {epochSecond, nanoOfSecond} (log4j2), {seconds, nanos} or a datetime."""
+    {epochSecond, nanoOfSecond} (log4j2), {seconds, nanos} or a datetime; within the event-time range."""
+    return event_time(_timestamp_seconds(value, field), field)
+
+
+def _timestamp_seconds(value, field):
     if isinstance(value, datetime.datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
         return dt.timestamp()
@@ -65,11 +69,12 @@ def parse_timestamp(value, field):
         secs = value.get("epochSecond", value.get("seconds"))
         nanos = value.get("nanoOfSecond", value.get("nanos", 0))
         if isinstance(secs, (int, float)) and isinstance(nanos, (int, float)):
-            return secs + nanos / 1e9
+            return finite(secs, field) + finite(nanos, field) / 1e9
     elif isinstance(value, bool):
         pass
     elif isinstance(value, (int, float)):
-        return value / 1000.0 if value > 1e11 else float(value)  # > 1e11: milliseconds (after 1973)
+        value = finite(value, field)
+        return value / 1000.0 if value > 1e11 else value  # > 1e11: milliseconds (after 1973)
     elif isinstance(value, str):
         text = _FRACTION.sub(r"\1", value.strip()).replace(" UTC", "Z")
         try:
@@ -93,13 +98,16 @@ def parse_latency_ms(value, field, unit):
             except ValueError:
                 raise RecordError("bad_latency", f"field '{field}': {value!r} is not a duration") from None
     elif isinstance(value, dict) and ("seconds" in value or "nanos" in value):
-        ms = float(value.get("seconds", 0)) * 1000.0 + float(value.get("nanos", 0)) / 1e6
+        ms = finite(value.get("seconds", 0), f"{field}.seconds") * 1000.0 + finite(
+            value.get("nanos", 0), f"{field}.nanos") / 1e6
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        ms = float(value) * _UNIT_TO_MS[unit]
+        ms = finite(value, field) * _UNIT_TO_MS[unit]
     else:
         raise RecordError("bad_latency", f"field '{field}': {value!r} is not a duration")
     if not ms >= 0:  # also rejects NaN
         raise RecordError("bad_latency", f"field '{field}': latency {value!r} is negative")
+    if ms == math.inf:
+        raise RecordError("out_of_range", f"field '{field}': latency {value!r:.40} is not finite")
     return ms
 
 
@@ -118,9 +126,17 @@ def _required(obj, field, fmt):
     return value
 
 
-def _split_url(url):
-    parts = urlsplit(url)
-    return (parts.hostname or ""), (parts.path or "/")
+def _split_url(url, field):
+    try:
+        parts = urlsplit(text(url, field))
+        host = parts.hostname or ""
+    except ValueError as e:
+        raise RecordError("bad_field", f"field '{field}': {url!r:.80} is not a URL: {e}") from None
+    return host, (parts.path or "/")
+
+
+def _dict(value):
+    return value if isinstance(value, dict) else {}
 
 
 def _from_cloud_logging(entry, mapping):
@@ -129,16 +145,17 @@ def _from_cloud_logging(entry, mapping):
         raise RecordError("bad_field", "'httpRequest' must be an object")
     ts_field = "timestamp" if entry.get("timestamp") else "receiveTimestamp"
     timestamp = parse_timestamp(_required(entry, ts_field, "LogEntry"), ts_field)
-    method = str(_required(http, "requestMethod", "LogEntry httpRequest")).upper()
-    host, path = _split_url(str(_required(http, "requestUrl", "LogEntry httpRequest")))
+    method = text(_required(http, "requestMethod", "LogEntry httpRequest"), "httpRequest.requestMethod").upper()
+    host, path = _split_url(_required(http, "requestUrl", "LogEntry httpRequest"), "httpRequest.requestUrl")
     status = parse_status(_required(http, "status", "LogEntry httpRequest"), "httpRequest.status")
     latency = parse_latency_ms(_required(http, "latency", "LogEntry httpRequest"), "httpRequest.latency", "s")
-    labels = (entry.get("resource") or {}).get("labels") or {}
+    labels = _dict(_dict(entry.get("resource")).get("labels"))
     service = (
         labels.get("service_name") or labels.get("module_id") or labels.get("backend_service_name")
-        or (entry.get("labels") or {}).get("service") or host or "unknown"
+        or _dict(entry.get("labels")).get("service") or host or "unknown"
     )
-    return RequestEvent(timestamp, service, host, method, path, status, latency, "cloud_logging")
+    return RequestEvent(timestamp, key_part(service, "service"), host, method, path, status, latency,
+                        "cloud_logging")
 
 
 def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
@@ -163,12 +180,12 @@ def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
             raise RecordError("missing_field", f"{fmt} record has no '{field}' (required; mapped by "
                                                f"formats.{fmt}.{name} in the SLI config)")
         values[name] = value
-    host, path = _split_url(str(values["path_field"]))
+    host, path = _split_url(values["path_field"], mapping.path_field)
     return RequestEvent(
         timestamp,
-        str(get(mapping.service_field) or host or "unknown"),
+        key_part(get(mapping.service_field) or host or "unknown", mapping.service_field),
         host,
-        str(values["method_field"]).upper(),
+        text(values["method_field"], mapping.method_field).upper(),
         path,
         parse_status(values["status_field"], mapping.status_field),
         parse_latency_ms(values["latency_field"], mapping.latency_field, mapping.latency_unit),
@@ -187,13 +204,7 @@ def _app_log(obj, formats, fallback_time=None):
 
 def parse_log_record(payload, formats):
     """One record (bytes, str or an already-decoded dict such as a BigQuery row) to a `RequestEvent`."""
-    if isinstance(payload, dict):
-        obj = payload
-    else:
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RecordError("invalid_json", f"not valid JSON: {e}") from None
+    obj = payload if isinstance(payload, dict) else parse_json(payload)
     if not isinstance(obj, dict):
         raise RecordError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
     if obj.get("httpRequest") is not None:
@@ -209,24 +220,18 @@ def parse_log_record(payload, formats):
     return _from_mapping(obj, formats.flat, "flat")
 
 
-class ParseLogRecords(beam.DoFn):
+class ParseLogRecords(GuardedDoFn):
     """Raw records (Pub/Sub messages, text lines, BigQuery rows) to event-timestamped `RequestEvent`s;
     failures go to the `dead_letters` output. Main output count + dead letters = records in."""
 
     STEP = "ParseLogRecords"
 
     def __init__(self, formats, pipeline_name):
+        super().__init__(pipeline_name)
         self._formats = formats
-        self._pipeline = pipeline_name
         self._parsed = Metrics.counter(pipeline_name, "records_parsed")
 
-    def process(self, record):
-        payload, attributes = payload_and_attributes(record)
-        try:
-            event = parse_log_record(payload, self._formats)
-        except Exception as e:  # noqa: BLE001 - RecordError or a bug: either way a dead letter, not a crash
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, make_dead_letter(
-                self._pipeline, self.STEP, payload, e, attributes))
-            return
+    def handle(self, record):
+        event = parse_log_record(payload_and_attributes(record)[0], self._formats)
         self._parsed.inc()
         yield TimestampedValue(event, event.timestamp)

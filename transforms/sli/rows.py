@@ -61,7 +61,6 @@ SLI_ROW_BQ_SCHEMA = {
 # Columns that describe the pane rather than the data: equal inputs give equal rows without them.
 PANE_COLUMNS = ("pane_timing", "pane_index", "is_final", "emitted_at")
 
-_NAMESPACE = "sli"
 
 
 def _bad_predicate(sli):
@@ -84,14 +83,15 @@ class MatchJourneys(beam.DoFn):
     The window start in the key gives each key a single window: Beam's trigger driver handles the windows
     of one key in time quadratic in their number, which a day-long backfill would otherwise pay."""
 
-    def __init__(self, config, window_seconds):
+    def __init__(self, config, window_seconds, pipeline_name):
         self._config = config
         self._window_seconds = window_seconds
+        self._pipeline = pipeline_name
 
     def setup(self):
         self._matcher = JourneyMatcher(self._config)
         self._predicates = {}
-        self._unmatched = Metrics.counter(_NAMESPACE, "requests_unmatched")
+        self._unmatched = Metrics.counter(self._pipeline, "requests_unmatched")
 
     def process(self, event):
         service = self._matcher.service_for(event.service, event.host)
@@ -181,9 +181,9 @@ class ComputeSliRows(beam.PTransform):
     `allowed_lateness_seconds` fires a LATE pane with the updated (accumulated) totals. Records later
     than that are dropped by Beam (the runner counts them; Dataflow shows droppedDueToLateness)."""
 
-    def __init__(self, config, window_seconds=60, allowed_lateness_seconds=3600):
+    def __init__(self, config, pipeline_name, window_seconds=60, allowed_lateness_seconds=3600):
         super().__init__()
-        self._config = config
+        self._config, self._pipeline = config, pipeline_name
         self._window_seconds = window_seconds
         self._allowed_lateness = allowed_lateness_seconds
 
@@ -202,7 +202,7 @@ class ComputeSliRows(beam.PTransform):
     def expand(self, events):
         return (
             events
-            | "MatchJourneys" >> beam.ParDo(MatchJourneys(self._config, self._window_seconds))
+            | "MatchJourneys" >> beam.ParDo(MatchJourneys(self._config, self._window_seconds, self._pipeline))
             | "FixedWindows" >> self._windowing(events.is_bounded)
             | "AggregatePerJourney" >> beam.CombinePerKey(JourneyWindowStatsFn())
             | "FormatSliRows" >> beam.ParDo(FormatSliRows(self._config, events.is_bounded))

@@ -13,7 +13,6 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from transforms.slo.evaluator import SloEvaluator
 
 ALERTS_TAG = "alerts"
-_NAMESPACE = "slo"
 
 SLO_STATUS_BQ_SCHEMA = {
     "fields": [
@@ -61,12 +60,12 @@ class SliRowsToSloInputs(beam.DoFn):
 
 
 class _EvaluatorMixin:
-    def __init__(self, config):
-        self._config = config
+    def __init__(self, config, pipeline_name):
+        self._config, self._pipeline = config, pipeline_name
 
     def setup(self):
         self._slos = {slo.name: slo for slo in self._config.slos}
-        self._ignored = Metrics.counter(_NAMESPACE, "late_updates_beyond_alert_windows")
+        self._ignored = Metrics.counter(self._pipeline, "late_updates_beyond_alert_windows")
 
     def _new(self, name):
         return SloEvaluator(self._slos[name], self._config.alerting)
@@ -140,10 +139,9 @@ class EvaluateSlosBatch(_EvaluatorMixin, beam.DoFn):
 class ComputeSloStatus(beam.PTransform):
     """SLI rows -> SLO status rows (main output) and alert transitions (`alerts` output)."""
 
-    def __init__(self, config, bounded):
+    def __init__(self, config, bounded, pipeline_name):
         super().__init__()
-        self._config = config
-        self._bounded = bounded
+        self._config, self._bounded, self._pipeline = config, bounded, pipeline_name
 
     def expand(self, sli_rows):
         inputs = (sli_rows
@@ -152,10 +150,10 @@ class ComputeSloStatus(beam.PTransform):
         if self._bounded:
             evaluated = (inputs
                          | "GroupBySlo" >> beam.GroupByKey()
-                         | "EvaluateSlos" >> beam.ParDo(EvaluateSlosBatch(self._config)).with_outputs(
+                         | "EvaluateSlos" >> beam.ParDo(EvaluateSlosBatch(self._config, self._pipeline)).with_outputs(
                              ALERTS_TAG, main="status"))
         else:
-            evaluated = inputs | "EvaluateSlos" >> beam.ParDo(EvaluateSlosStreaming(self._config)).with_outputs(
+            evaluated = inputs | "EvaluateSlos" >> beam.ParDo(EvaluateSlosStreaming(self._config, self._pipeline)).with_outputs(
                 ALERTS_TAG, main="status")
         return evaluated
 

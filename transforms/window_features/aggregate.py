@@ -17,7 +17,6 @@ window end, every version kept until the column family's max age; `lookup_featur
 """
 import datetime
 import json
-import math
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -27,10 +26,9 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
 from transforms.core.accumulators import MergingCombineFn
-from transforms.core.records import is_missing, record_dict
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter, payload_and_attributes
+from transforms.core.records import MAX_EVENT_SECONDS, MIN_EVENT_SECONDS, finite, is_missing, record_dict
+from transforms.io.deadletter import GuardedDoFn, RecordError, payload_and_attributes
 
-PIPELINE = "window_features"
 BIGTABLE_COLUMN_FAMILY = "features"
 MAX_ENTITY_BYTES = 4096  # the online store's row key is the entity
 _EPOCH_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000}
@@ -57,29 +55,28 @@ class Event(NamedTuple):
     values: dict  # aggregated field -> value (missing fields left out)
 
 
-_LAST_SECOND = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()
-
-
 def event_seconds(value, epoch_unit):
     """Event time in seconds since the epoch from RFC 3339 text, a datetime (naive: UTC) or an epoch number
-    (in `epoch_unit`, up to the year 9999: larger numbers are usually a wrong unit)."""
+    (in `epoch_unit`), within the range every window can represent (1970-9000: a larger number is usually a
+    wrong epoch_unit)."""
     if isinstance(value, datetime.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).timestamp()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = value / _EPOCH_UNITS[epoch_unit]
-        if not 0 <= seconds <= _LAST_SECOND:
-            raise RecordError("invalid_event_time", f"event time {value!r} in epoch {epoch_unit} is not between "
-                                                    f"1970 and 9999: check the spec's epoch_unit (s, ms or us)")
-        return seconds
-    if isinstance(value, str):
+        seconds = (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = finite(value, "event_time") / _EPOCH_UNITS[epoch_unit]
+    elif isinstance(value, str):
         try:
             parsed = datetime.datetime.fromisoformat(value)
         except ValueError:
-            pass
-        else:
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
-    raise RecordError("invalid_event_time",
-                      f"event time {value!r} is neither RFC 3339 text nor an epoch number ({epoch_unit})")
+            raise RecordError("invalid_event_time",
+                              f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})")
+        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    else:
+        raise RecordError("invalid_event_time",
+                          f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})")
+    if not MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS:
+        raise RecordError("invalid_event_time", f"event time {value!r:.60} is not between 1970 and 9000: check "
+                                                f"the spec's epoch_unit (s, ms or us)")
+    return seconds
 
 
 def parse_event(record, spec):
@@ -101,32 +98,27 @@ def parse_event(record, spec):
         value = row.get(field)
         if is_missing(value):
             continue
-        if isinstance(value, (dict, list)):
-            raise RecordError("wrong_type", f"field '{field}' must be a single value, got {value!r}")
-        if field in spec.numeric_fields and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or math.isinf(value)):
-            raise RecordError("wrong_type", f"field '{field}' must be a finite number, got {value!r}")
+        if field in spec.numeric_fields:
+            finite(value, field)
+        elif not isinstance(value, (str, int, float)):
+            raise RecordError("wrong_type", f"field '{field}' must be a single value, got {type(value).__name__}")
         values[field] = value
     return Event(entity, timestamp, values)
 
 
-class ParseEvents(beam.DoFn):
+class ParseEvents(GuardedDoFn):
     """Raw record -> Event timestamped with its event time, or a dead letter with the reason."""
 
     STEP = "ParseEvents"
 
-    def __init__(self, spec):
+    def __init__(self, spec, pipeline_name):
+        super().__init__(pipeline_name)
         self._spec = spec
+        self._events = Metrics.counter(pipeline_name, "events")
 
-    def process(self, record):
-        payload, attributes = payload_and_attributes(record)
-        try:
-            event = parse_event(payload, self._spec)
-        except RecordError as e:
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER_TAG, make_dead_letter(PIPELINE, self.STEP, payload, e, attributes))
-            return
-        Metrics.counter(PIPELINE, "events").inc()
+    def handle(self, record):
+        event = parse_event(payload_and_attributes(record)[0], self._spec)
+        self._events.inc()
         yield window.TimestampedValue(event, event.timestamp)
 
 
@@ -233,13 +225,13 @@ _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 class FormatFeatureRows(beam.DoFn):
     """((entity, window name, start), WindowAggregates) in a pane -> one feature row (see the module doc)."""
 
-    def __init__(self, spec, bounded_input):
-        self._spec = spec
+    def __init__(self, spec, bounded_input, pipeline_name):
+        self._spec, self._pipeline = spec, pipeline_name
         self._bounded_input = bounded_input  # a backfill: one final pane per window, not windowed by Beam
 
     def setup(self):
         self._windows = {w.name: (w.size, w.step, self._spec.aggregations_in(w)) for w in self._spec.windows}
-        self._rows = Metrics.counter(PIPELINE, "feature_rows")
+        self._rows = Metrics.counter(self._pipeline, "feature_rows")
 
     def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
         (entity, name, start), aggregates = keyed
@@ -267,9 +259,9 @@ class ComputeWindowFeatures(beam.PTransform):
     key in the global window skips Beam's trigger driver (about 2.5x faster in bench/window_features.py);
     the tests check both paths give the same values."""
 
-    def __init__(self, spec, allowed_lateness_seconds=3600):
+    def __init__(self, spec, pipeline_name, allowed_lateness_seconds=3600):
         super().__init__()
-        self._spec = spec
+        self._spec, self._pipeline = spec, pipeline_name
         self._allowed_lateness = allowed_lateness_seconds
 
     def expand(self, events):
@@ -284,7 +276,7 @@ class ComputeWindowFeatures(beam.PTransform):
         rows = (keyed
                 | "AggregatePerEntity" >> beam.CombinePerKey(
                     WindowAggregatesFn(self._spec.numeric_fields, self._spec.distinct_fields))
-                | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, events.is_bounded)))
+                | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, events.is_bounded, self._pipeline)))
         if events.is_bounded:
             return rows
         # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.

@@ -17,16 +17,13 @@ import re
 from functools import cached_property
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from transforms.core.config import StrictModel, load_config
 
 NUMERIC_AGGREGATES = ("sum", "mean", "min", "max", "last")
 AGGREGATES = ("count", "distinct_count", *NUMERIC_AGGREGATES)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class WindowSpecError(ValueError):
-    pass
 
 
 def parse_duration(value):
@@ -39,11 +36,7 @@ def parse_duration(value):
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EventWindow(_Strict):
+class EventWindow(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     size: int  # seconds
     period: Optional[int] = None  # seconds; None: fixed windows
@@ -70,13 +63,13 @@ class EventWindow(_Strict):
         return [start for start in range(last, int(timestamp) - self.size, -self.step) if start + self.size > timestamp]
 
 
-class Aggregation(_Strict):
+class Aggregation(StrictModel):
     field: str
     aggregates: list[Literal[AGGREGATES]] = Field(min_length=1)
     windows: Optional[list[str]] = None  # default: every window
 
 
-class WindowFeatureSpec(_Strict):
+class WindowFeatureSpec(StrictModel):
     entity_field: str
     time_field: str
     epoch_unit: Literal["s", "ms", "us"] = "s"
@@ -119,20 +112,6 @@ class WindowFeatureSpec(_Strict):
         return sorted({a.field for a in self.aggregations})
 
 
-def _location(error):
-    return ".".join(str(p) for p in error["loc"]) or "(top level)"
-
-
-def load_window_spec(path, read=None):
-    """Loads and validates a spec file; WindowSpecError names the file and the field at fault.
-    `read` reads the file's text (for gs:// paths); default: a local file."""
-    try:
-        text = read(str(path)) if read else open(path).read()
-        data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as e:
-        raise WindowSpecError(f"--window_spec {path}: cannot read it: {e}") from None
-    try:
-        return WindowFeatureSpec.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(f"{_location(err)}: {err['msg']}" for err in e.errors())
-        raise WindowSpecError(f"--window_spec {path}: {problems}") from None
+def load_window_spec(path):
+    """Loads and validates a spec file (local or gs://); ConfigError names the flag, file and field."""
+    return load_config(path, WindowFeatureSpec, "--window_spec")

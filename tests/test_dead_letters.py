@@ -1,0 +1,97 @@
+"""The dead-letter shape: payload kept once and capped, with its size and SHA-256; the reason list is the
+one the manual shows and the one the code raises; JSON decoding gives the documented reasons."""
+import ast
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from transforms.core.records import parse_json, record_dict
+from transforms.io.deadletter import REASONS, RecordError, cap_payload, make_dead_letter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_manual_lists_exactly_the_reasons_of_the_code():
+    manual = (ROOT / "docs" / "dead_letters.md").read_text()
+    table = dict(re.findall(r"^\| `([a-z_0-9]+)` \| (.+) \|$", manual, flags=re.M))
+    assert table == REASONS
+
+
+def test_every_reason_the_code_raises_is_documented():
+    raised = set()
+    for path in [*ROOT.glob("transforms/**/*.py"), *ROOT.glob("pipelines/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "RecordError" and node.args:
+                if isinstance(node.args[0], ast.Constant):
+                    raised.add(node.args[0].value)
+    assert raised and raised <= set(REASONS), raised - set(REASONS)
+    with pytest.raises(ValueError, match="unknown dead-letter reason"):
+        RecordError("no_such_reason", "x")
+
+
+def test_text_payload_kept_once_binary_as_base64():
+    text = make_dead_letter("p", "s", "héllo", RecordError("empty", "m"))
+    assert (text["payload_string"], text["payload_bytes"]) == ("héllo", None)
+    assert text["payload_size"] == 6 and text["payload_sha256"] == hashlib.sha256("héllo".encode()).hexdigest()
+    binary = make_dead_letter("p", "s", b"\x89PNG\x00\xff", RecordError("corrupt_image", "m"))
+    assert binary["payload_string"] is None and base64.b64decode(binary["payload_bytes"]) == b"\x89PNG\x00\xff"
+    utf8_bytes = make_dead_letter("p", "s", b'{"a": 1}', RecordError("missing_field", "m"))
+    assert (utf8_bytes["payload_string"], utf8_bytes["payload_bytes"]) == ('{"a": 1}', None)
+
+
+def test_unexpected_errors_keep_type_message_and_stack():
+    try:
+        {}["missing"]
+    except KeyError as e:
+        letter = make_dead_letter("p", "s", "x", e)
+    assert letter["reason"] == "unexpected_error" and letter["error_message"] == "KeyError: 'missing'"
+    assert "Traceback" in letter["stack_trace"]
+    assert make_dead_letter("p", "s", "x", ValueError())["error_message"] == "ValueError"
+
+
+def test_payload_cut_to_the_cap_keeps_size_and_hash_of_the_whole():
+    payload = "é" * 100_000  # 200,000 bytes
+    letter = cap_payload(make_dead_letter("p", "s", payload, RecordError("too_large", "m")), 1001)
+    assert letter["payload_truncated"] and letter["payload_size"] == 200_000
+    assert letter["payload_string"] == "é" * 500  # 1001 bytes hold 500 two-byte characters
+    assert letter["payload_sha256"] == hashlib.sha256(payload.encode()).hexdigest()
+    raw = bytes(range(256)) * 100
+    cut = cap_payload(make_dead_letter("p", "s", raw, RecordError("too_large", "m")), 1000)
+    assert base64.b64decode(cut["payload_bytes"]) == raw[:1000] and cut["payload_truncated"]
+    small = make_dead_letter("p", "s", "small", RecordError("empty", "m"))
+    assert cap_payload(small, 1000) is small
+
+
+def test_unencodable_payloads_still_make_a_dead_letter():
+    letter = make_dead_letter("p", "s", {"s": {1, 2}, "lone": "\ud800"}, RecordError("wrong_type", "m"))
+    json.dumps(letter)
+    assert letter["payload_size"] > 0
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b'{"a": NaN}', "out_of_range"),
+    ('{"a": Infinity}', "out_of_range"),
+    (b'{"a": 1e400}', "out_of_range"),
+    (b'{"a": "\\ud800"}', "invalid_utf8"),
+    (b'{"a": "\xff"}', "invalid_utf8"),
+    ("[" * 65 + "]" * 65, "too_deep"),
+    ("[" * 5000 + "]" * 5000, "too_deep"),
+    (b"", "empty"),
+    ("  \t", "empty"),
+    ('{"a": ', "invalid_json"),
+    (b"[1]", "not_an_object"),
+])
+def test_json_reasons(payload, reason):
+    with pytest.raises(RecordError) as error:
+        record_dict(payload)
+    assert error.value.reason == reason
+
+
+def test_json_accepted_at_the_limits():
+    assert parse_json("[" * 64 + "]" * 64) == eval("[" * 64 + "]" * 64)  # noqa: S307 - a literal of lists
+    assert record_dict(b'\xef\xbb\xbf{"a": 123456789012345678901234567890}') == {"a": 1.2345678901234568e29}
+    assert record_dict('\ufeff{"x": "\u00e9"}') == {"x": "é"}

@@ -1,0 +1,86 @@
+"""UDFs cannot stop a job: an endless loop, a memory bomb, an exception with no message, sys.exit(), a crash
+of the UDF's process and a return value JSON cannot encode each give one dead letter with its reason
+within the time limit, and the next record is still processed."""
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.launch import apply_udf
+from transforms.io.udf import ApplyUdf
+
+JS = """
+function process(inJson) {
+  var r = JSON.parse(inJson);
+  if (r.kind === "loop") { while (true) {} }
+  if (r.kind === "bomb") { var a = []; while (true) { a.push(new Array(1e6).fill(r.kind)); } }
+  if (r.kind === "silent") { throw new Error(""); }
+  r.seen = true;
+  return JSON.stringify(r);
+}
+"""
+
+PY = """
+import os
+import sys
+
+
+def process(record):
+    if '"loop"' in record:
+        while True:
+            pass
+    if '"exit"' in record:
+        sys.exit(3)
+    if '"silent"' in record:
+        raise ValueError()
+    if '"set"' in record:
+        return {"values": {1, 2}}
+    if '"crash"' in record:
+        os._exit(1)
+    return record.replace("}", ', "seen": true}')
+"""
+
+
+def test_javascript_limits_turn_records_into_dead_letters(tmp_path):
+    path = tmp_path / "udf.js"
+    path.write_text(JS)
+    fn = ApplyUdf(str(path), "process", "sli", timeout_ms=1500, max_memory_bytes=32 * 1024 * 1024)
+    fn.setup()
+    reasons = []
+    for kind in ("loop", "bomb", "silent", "ok"):
+        started = time.monotonic()
+        [out] = list(fn.process(f'{{"kind": "{kind}"}}'))
+        assert time.monotonic() - started < 10
+        reasons.append(out.value["reason"] if isinstance(out, beam.pvalue.TaggedOutput) else out)
+    assert reasons == ["udf_timeout", "udf_memory", "udf_error", '{"kind":"ok","seen":true}']
+
+
+def test_python_udf_exceptions_and_bad_returns_are_dead_letters(tmp_path):
+    path = tmp_path / "udf.py"
+    path.write_text(PY)
+    fn = ApplyUdf(str(path), "process", "sli")
+    fn.setup()
+    outcomes = []
+    for kind in ("exit", "silent", "set", "ok"):
+        [out] = list(fn.process(f'{{"kind": "{kind}"}}'))
+        outcomes.append((out.value["reason"], out.value["error_message"]) if isinstance(out, beam.pvalue.TaggedOutput)
+                        else out)
+    assert outcomes == [("udf_error", "SystemExit: 3"), ("udf_error", "ValueError: (no message)"),
+                        ("udf_error", "the UDF returned a dict JSON cannot encode: Object of type set is not "
+                                      "JSON serializable"),
+                        '{"kind": "ok", "seen": true}']
+
+
+def test_python_udf_time_limit_and_crash_in_the_pipeline(tmp_path):
+    """Through apply_udf, as every pipeline runs it: the subprocess that enforces --udf_timeout_ms."""
+    path = tmp_path / "udf.py"
+    path.write_text(PY)
+    options = PipelineOptions(["--runner", "FnApiRunner", "--udf_path", str(path), "--udf_timeout_ms", "1000"])
+    records = [f'{{"kind": "{kind}", "n": {i}}}' for i, kind in enumerate(("ok", "loop", "ok", "crash", "ok"))]
+    with TestPipeline(options=options) as p:
+        out, dead_letter_sources = apply_udf(options, p | beam.Create(records), "sli")
+        dead = dead_letter_sources | beam.Flatten() | beam.Map(lambda d: (d["reason"], d["payload_string"]))
+        assert_that(out, equal_to([r.replace("}", ', "seen": true}') for r in records if '"ok"' in r]))
+        assert_that(dead, equal_to([("udf_timeout", records[1]), ("udf_error", records[3])]), label="dead")
