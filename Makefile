@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make demo` and `make test` (each installs what it needs first).
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test services bench
+.PHONY: bootstrap demo test lint format services bench
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -11,6 +11,14 @@ demo: bootstrap  ## run the SLI pipeline on its bundled sample, locally
 
 test: bootstrap  ## the whole suite, emulators included (started and stopped by the tests)
 	$(PY) -m pytest -q tests
+
+lint: bootstrap  ## ruff: the linter and the formatter's check (settings in pyproject.toml)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: bootstrap  ## ruff: fix what can be fixed, then format
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
 
 services: bootstrap  ## start the local emulators for manual runs; prints the env to export
 	$(PY) -m tests.harness
@@ -22,3 +30,4 @@ bench: bootstrap
 	$(PY) -m bench.score_latency
 	$(PY) -m bench.features
 	$(PY) -m bench.window_features
+	$(PY) -m bench.udf

@@ -2,6 +2,7 @@
 
 Dependencies are pinned once, in requirements.txt; requirements.lock is its full resolution.
 """
+
 from pathlib import Path
 
 import setuptools

@@ -12,6 +12,7 @@ The input is a generated Parquet file of --rows rows x 20 columns (a key, a labe
 categorical features). Each measurement runs in its own process; wall time and peak RSS are that
 process's (the runner's SDK harness runs in the same process).
 """
+
 import argparse
 import hashlib
 import os
@@ -26,13 +27,23 @@ import numpy as np
 
 NUMERIC = [f"n{i}" for i in range(10)]
 CATEGORICAL = [f"c{i}" for i in range(8)]
-SPEC = "\n".join([
-    "key: id", "label: y", "splits: {train: 0.7, eval: 0.3}", "features:",
-    *[f"  - {{name: {n}, type: numeric, default: 0, transforms: [scale_to_0_1, z_score]}}" for n in NUMERIC],
-    *[f"  - {{name: {c}, type: categorical, default: '', transforms: [{{vocabulary: {{top_k: 100}}}}]}}"
-      for c in CATEGORICAL],
-    "  - {name: y, type: label}",
-]) + "\n"
+SPEC = (
+    "\n".join(
+        [
+            "key: id",
+            "label: y",
+            "splits: {train: 0.7, eval: 0.3}",
+            "features:",
+            *[f"  - {{name: {n}, type: numeric, default: 0, transforms: [scale_to_0_1, z_score]}}" for n in NUMERIC],
+            *[
+                f"  - {{name: {c}, type: categorical, default: '', transforms: [{{vocabulary: {{top_k: 100}}}}]}}"
+                for c in CATEGORICAL
+            ],
+            "  - {name: y, type: label}",
+        ]
+    )
+    + "\n"
+)
 
 
 def make_file(path, rows):
@@ -57,15 +68,24 @@ def ceiling(path):
 
     table = pq.read_table(path)
     keys = table.column("id").to_pylist()
-    train = np.fromiter((int(hashlib.md5(k.encode()).hexdigest()[:15], 16) / 16 ** 15 < 0.7 for k in keys), bool,
-                        len(keys))
+    train = np.fromiter(
+        (int(hashlib.md5(k.encode()).hexdigest()[:15], 16) / 16**15 < 0.7 for k in keys), bool, len(keys)
+    )
     for mask in (train, ~train):
         part = table.filter(mask)
         for name in NUMERIC:
             column = part.column(name)
             values = column.drop_null().to_numpy()
-            _ = (len(column), column.null_count, values.min(), values.max(), values.mean(), values.std(),
-                 np.quantile(values, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]), np.histogram(values, 10))
+            _ = (
+                len(column),
+                column.null_count,
+                values.min(),
+                values.max(),
+                values.mean(),
+                values.std(),
+                np.quantile(values, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]),
+                np.histogram(values, 10),
+            )
         for name in [*CATEGORICAL, "y"]:
             counts = pc.value_counts(part.column(name))
             _ = (len(counts), sorted(counts.to_pylist(), key=lambda vc: -vc["counts"])[:10])
@@ -91,6 +111,7 @@ def plain_tft(path, tmp):
             rows = pipeline | beam.io.ReadFromParquet(str(path)) | beam.Map(filled)
             _ = (rows, metadata) | tft_beam.AnalyzeDataset(make_preprocessing_fn(spec))
     import pyarrow.parquet as pq
+
     return pq.ParquetFile(path).metadata.num_rows
 
 
@@ -100,23 +121,37 @@ def full_pipeline(path, tmp):
 
     Path(tmp).mkdir(parents=True, exist_ok=True)
     (Path(tmp) / "spec.yaml").write_text(SPEC)
-    result = feature_stats.run(["--feature_spec", str(Path(tmp) / "spec.yaml"), "--input_files", str(path),
-                                "--output_dir", str(Path(tmp) / "out"), "--runner", "FnApiRunner"])
+    result = feature_stats.run(
+        [
+            "--feature_spec",
+            str(Path(tmp) / "spec.yaml"),
+            "--input_files",
+            str(path),
+            "--output_dir",
+            str(Path(tmp) / "out"),
+            "--runner",
+            "FnApiRunner",
+        ]
+    )
     return metric_counts(result, "feature_stats").get("records_in", 0)
 
 
 def _child(kind, path, tmp):
     start = time.perf_counter()
     rows = {"ceiling": ceiling, "tft": plain_tft, "pipeline": full_pipeline}[kind](
-        *((path,) if kind == "ceiling" else (path, tmp)))
+        *((path,) if kind == "ceiling" else (path, tmp))
+    )
     seconds = time.perf_counter() - start
     print(f"RESULT {rows} {seconds:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", flush=True)
     os._exit(0)  # TensorFlow and pyarrow can crash while tearing down at exit; the result is out
 
 
 def measure(kind, path, tmp):
-    proc = subprocess.run([sys.executable, "-m", "bench.features", "--child", kind, "--path", str(path),
-                           "--tmp", str(tmp)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.features", "--child", kind, "--path", str(path), "--tmp", str(tmp)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     rows, seconds, rss = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1].split()[1:]
@@ -136,19 +171,26 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.parquet"
         make_file(path, args.rows)
-        print(f"{args.rows:,} rows x 20 columns (Parquet); statistics per split; 10 numeric features scaled to "
-              f"[0, 1] and z-scored, 8 vocabularies (top 100)")
+        print(
+            f"{args.rows:,} rows x 20 columns (Parquet); statistics per split; 10 numeric features scaled to "
+            f"[0, 1] and z-scored, 8 vocabularies (top 100)"
+        )
         print(f"{'run':<52}{'rows/s':>10}{'seconds':>9}{'peak RSS MiB':>14}", flush=True)
-        names = {"ceiling": "(a) pyarrow + numpy statistics (ceiling)", "tft": "(b) plain tf.Transform analyze",
-                 "pipeline": "pipeline: statistics + analyze + transform + write"}
+        names = {
+            "ceiling": "(a) pyarrow + numpy statistics (ceiling)",
+            "tft": "(b) plain tf.Transform analyze",
+            "pipeline": "pipeline: statistics + analyze + transform + write",
+        }
         results = {}
         for kind, name in names.items():
             rows, seconds, rss = results[kind] = measure(kind, path, Path(tmp) / kind)
             assert rows == args.rows, (kind, rows)
             print(f"{name:<52}{rows / seconds:>10,.0f}{seconds:>9.1f}{rss:>14,.0f}", flush=True)
         pipeline_s = results["pipeline"][1]
-        print(f"pipeline / ceiling throughput: {results['ceiling'][1] / pipeline_s:.3f}x; "
-              f"pipeline / plain tf.Transform analyze: {results['tft'][1] / pipeline_s:.2f}x")
+        print(
+            f"pipeline / ceiling throughput: {results['ceiling'][1] / pipeline_s:.3f}x; "
+            f"pipeline / plain tf.Transform analyze: {results['tft'][1] / pipeline_s:.2f}x"
+        )
 
 
 if __name__ == "__main__":

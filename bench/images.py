@@ -8,6 +8,7 @@ the two shuffles (deduplication, per-label split), the manifest and writing TFRe
 Each side runs in its own process over the same generated folder <root>/<label>/<n>.jpg; wall time
 and peak RSS are that process's.
 """
+
 import argparse
 import io
 import os
@@ -20,8 +21,15 @@ from pathlib import Path
 
 from pipelines.samples.images import LABELS, draw
 
-SETTINGS = dict(width=224, height=224, method="pad", encoding="jpeg", jpeg_quality=90,
-                max_bytes=20 * 1024 * 1024, max_pixels=40_000_000)
+SETTINGS = dict(
+    width=224,
+    height=224,
+    method="pad",
+    encoding="jpeg",
+    jpeg_quality=90,
+    max_bytes=20 * 1024 * 1024,
+    max_pixels=40_000_000,
+)
 
 
 def make_folder(root, count, width, height):
@@ -37,6 +45,7 @@ def make_folder(root, count, width, height):
 def plain_loop(root):
     from transforms.images.pixels import process_image
     from transforms.io.sources import ImageInput
+
     done = 0
     for path in sorted(Path(root).rglob("*.jpg")):
         process_image(ImageInput(path.name, str(path), path.parent.name, path.read_bytes()), **SETTINGS)
@@ -46,15 +55,29 @@ def plain_loop(root):
 
 def pipeline(root, out, workers):
     from pipelines import image_ingest
-    result = image_ingest.run(["--input_dir", str(root), "--output_dir", str(out), "--runner", "FnApiRunner",
-                               "--direct_num_workers", str(workers), "--direct_running_mode",
-                               "multi_processing" if workers > 1 else "in_memory"])
+
+    result = image_ingest.run(
+        [
+            "--input_dir",
+            str(root),
+            "--output_dir",
+            str(out),
+            "--runner",
+            "FnApiRunner",
+            "--direct_num_workers",
+            str(workers),
+            "--direct_running_mode",
+            "multi_processing" if workers > 1 else "in_memory",
+        ]
+    )
     from pipelines.launch import metric_counts
+
     return metric_counts(result, "image_ingest").get("manifest_accepted", 0)
 
 
 def _child(kind, root, out, workers):
     import resource
+
     start = time.perf_counter()
     done = plain_loop(root) if kind == "loop" else pipeline(root, out, workers)
     seconds = time.perf_counter() - start
@@ -64,10 +87,25 @@ def _child(kind, root, out, workers):
 
 
 def measure(kind, root, out, workers):
-    proc = subprocess.run([sys.executable, "-m", "bench.images", "--child", kind, "--root", str(root),
-                           "--out", str(out), "--workers", str(workers)],
-                          capture_output=True, text=True, check=True)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.images",
+            "--child",
+            kind,
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = [out for out in proc.stdout.splitlines() if out.startswith("RESULT ")][-1]
     done, seconds, rss = line.split()[1:]
     return int(done), float(seconds), float(rss)
 
@@ -94,7 +132,9 @@ def main(argv=None):
         assert loop_done == pipe_done == args.images, (loop_done, pipe_done)
         print(f"{'':<34}{'images/s':>10}{'seconds':>10}{'peak RSS MiB':>14}")
         print(f"{'plain loop (baseline)':<34}{loop_done / loop_s:>10.0f}{loop_s:>10.1f}{loop_rss:>14.0f}")
-        print(f"{f'pipeline, FnApiRunner x{args.workers}':<34}{pipe_done / pipe_s:>10.0f}{pipe_s:>10.1f}{pipe_rss:>14.0f}")
+        print(
+            f"{f'pipeline, FnApiRunner x{args.workers}':<34}{pipe_done / pipe_s:>10.0f}{pipe_s:>10.1f}{pipe_rss:>14.0f}"
+        )
         print(f"pipeline / plain loop throughput: {loop_s / pipe_s:.2f}x")
 
 

@@ -14,6 +14,7 @@ latency percentiles (publish-to-prediction latency in streaming is measured by t
 The ceiling calls the model on the rows already decoded in memory: model time only. Each run is its own
 process, and each measurement is the fastest of --repeats runs.
 """
+
 import argparse
 import base64
 import json
@@ -37,16 +38,18 @@ def make_cnn(root):
     from pipelines.samples.score_model import ImageBytesServing
 
     tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([
-        tf.keras.Input((64, 64, 3)),
-        tf.keras.layers.Conv2D(32, 3, activation="relu"),
-        tf.keras.layers.MaxPooling2D(),
-        tf.keras.layers.Conv2D(64, 3, activation="relu"),
-        tf.keras.layers.MaxPooling2D(),
-        tf.keras.layers.Conv2D(128, 3, activation="relu"),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((64, 64, 3)),
+            tf.keras.layers.Conv2D(32, 3, activation="relu"),
+            tf.keras.layers.MaxPooling2D(),
+            tf.keras.layers.Conv2D(64, 3, activation="relu"),
+            tf.keras.layers.MaxPooling2D(),
+            tf.keras.layers.Conv2D(128, 3, activation="relu"),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     module = ImageBytesServing(model)
     path = root / "cnn" / "1"
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
@@ -86,8 +89,10 @@ def ceiling(model_path, requests, batch_size):
 
     model = LoadedModel(str(model_path))
     examples = [prepare_example(json.loads(line), model.inputs)[2] for line in open(requests)]
-    batches = [{s.name: np.stack([e[s.name] for e in examples[i:i + batch_size]]) for s in model.inputs}
-               for i in range(0, len(examples), batch_size)]
+    batches = [
+        {s.name: np.stack([e[s.name] for e in examples[i : i + batch_size]]) for s in model.inputs}
+        for i in range(0, len(examples), batch_size)
+    ]
     model(batches[0])  # warm-up: tracing and first allocations
     model(batches[-1])
     start = time.perf_counter()
@@ -102,16 +107,32 @@ def pipeline(model_path, requests, out, batch_size):
 
     shutil.rmtree(out, ignore_errors=True)  # a repeat's predictions replace the last run's
     start = time.perf_counter()
-    result = score.run(["--model_path", str(model_path), "--input_files", str(requests), "--output_dir", str(out),
-                        "--runner", "FnApiRunner", "--min_batch_size", str(batch_size),
-                        "--max_batch_size", str(batch_size)])
+    result = score.run(
+        [
+            "--model_path",
+            str(model_path),
+            "--input_files",
+            str(requests),
+            "--output_dir",
+            str(out),
+            "--runner",
+            "FnApiRunner",
+            "--min_batch_size",
+            str(batch_size),
+            "--max_batch_size",
+            str(batch_size),
+        ]
+    )
     return metric_counts(result, "score").get("scored", 0), time.perf_counter() - start
 
 
 def latency_percentiles(out):
     """p50 and p99 of the rows' latency_ms: from reading the request to its prediction."""
-    latencies = [json.loads(line)["latency_ms"] for path in Path(out).glob("predictions-*.jsonl")
-                 for line in path.read_text().splitlines()]
+    latencies = [
+        json.loads(line)["latency_ms"]
+        for path in Path(out).glob("predictions-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
     return tuple(np.percentile(latencies, [50, 99]))
 
 
@@ -138,13 +159,22 @@ def measure(repeats, *flags):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=20000,
-                        help="Requests per model: enough that the runner's start (about half a second) is a small "
-                             "part of the run, as in a real batch job. Default: 20000.")
-    parser.add_argument("--batch_sizes", type=str, default="32,256",
-                        help="Pipeline batch sizes to compare (min = max). Default: 32,256.")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="Runs of each measurement; the fastest counts. Default: 3.")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=20000,
+        help="Requests per model: enough that the runner's start (about half a second) is a small "
+        "part of the run, as in a real batch job. Default: 20000.",
+    )
+    parser.add_argument(
+        "--batch_sizes",
+        type=str,
+        default="32,256",
+        help="Pipeline batch sizes to compare (min = max). Default: 32,256.",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="Runs of each measurement; the fastest counts. Default: 3."
+    )
     parser.add_argument("--child", choices=("ceiling", "pipeline"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--requests", help=argparse.SUPPRESS)
@@ -157,35 +187,65 @@ def main(argv=None):
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print(f"{args.rows} requests per model. Ceiling: the faster of plain TF at each batch size. Pipeline "
-              f"seconds include the start-up (the runner's start and the model load: the seconds of a "
-              f"{STARTUP_ROWS}-row run); 'steady' leaves it out")
-        print(f"{'model':<9}{'run':<26}{'rows/s':>8}{'seconds':>9}{'start-up':>10}{'vs ceiling':>12}{'steady':>9}"
-              f"{'overhead/row':>14}{'latency p50/p99 ms':>20}")
+        print(
+            f"{args.rows} requests per model. Ceiling: the faster of plain TF at each batch size. Pipeline "
+            f"seconds include the start-up (the runner's start and the model load: the seconds of a "
+            f"{STARTUP_ROWS}-row run); 'steady' leaves it out"
+        )
+        print(
+            f"{'model':<9}{'run':<26}{'rows/s':>8}{'seconds':>9}{'start-up':>10}{'vs ceiling':>12}{'steady':>9}"
+            f"{'overhead/row':>14}{'latency p50/p99 ms':>20}"
+        )
         for kind, make in (("cnn", make_cnn), ("tabular", make_tabular)):
             model_path, requests, small = make(root), root / f"{kind}.jsonl", root / f"{kind}-small.jsonl"
             make_requests(kind, args.rows, requests)
             make_requests(kind, STARTUP_ROWS, small)
             ceilings = {}
             for batch_size in batch_sizes:
-                done, ceilings[batch_size] = measure(args.repeats, "--child", "ceiling", "--model", str(model_path),
-                                                     "--requests", str(requests), "--batch_size", str(batch_size))
-                print(f"{kind:<9}{f'plain TF, batch {batch_size}':<26}{done / ceilings[batch_size]:>8.0f}"
-                      f"{ceilings[batch_size]:>9.2f}")
+                done, ceilings[batch_size] = measure(
+                    args.repeats,
+                    "--child",
+                    "ceiling",
+                    "--model",
+                    str(model_path),
+                    "--requests",
+                    str(requests),
+                    "--batch_size",
+                    str(batch_size),
+                )
+                print(
+                    f"{kind:<9}{f'plain TF, batch {batch_size}':<26}{done / ceilings[batch_size]:>8.0f}"
+                    f"{ceilings[batch_size]:>9.2f}"
+                )
             ceiling_s = min(ceilings.values())
             for batch_size in batch_sizes:
-                def run(path, name):
-                    return measure(args.repeats, "--child", "pipeline", "--model", str(model_path), "--requests",
-                                   str(path), "--out", str(root / name), "--batch_size", str(batch_size))
+
+                def run(path, name, model_path=model_path, batch_size=batch_size):
+                    return measure(
+                        args.repeats,
+                        "--child",
+                        "pipeline",
+                        "--model",
+                        str(model_path),
+                        "--requests",
+                        str(path),
+                        "--out",
+                        str(root / name),
+                        "--batch_size",
+                        str(batch_size),
+                    )
+
                 _, startup_s = run(small, f"startup-{kind}-{batch_size}")
                 scored, seconds = run(requests, f"out-{kind}-{batch_size}")
                 assert scored == done == args.rows, (scored, done)
                 steady = (scored - STARTUP_ROWS) / (seconds - startup_s)
                 overhead_us = (1 / steady - ceiling_s / scored) * 1e6
                 p50, p99 = latency_percentiles(root / f"out-{kind}-{batch_size}")
-                print(f"{kind:<9}{f'pipeline, batch {batch_size}':<26}{scored / seconds:>8.0f}{seconds:>9.2f}"
-                      f"{startup_s:>10.2f}{ceiling_s / seconds:>11.2f}x{steady * ceiling_s / scored:>8.2f}x"
-                      f"{overhead_us:>11.0f} us{f'{p50:,.0f} / {p99:,.0f}':>20}")
+                print(
+                    f"{kind:<9}{f'pipeline, batch {batch_size}':<26}{scored / seconds:>8.0f}{seconds:>9.2f}"
+                    f"{startup_s:>10.2f}{ceiling_s / seconds:>11.2f}x{steady * ceiling_s / scored:>8.2f}x"
+                    f"{overhead_us:>11.0f} us{f'{p50:,.0f} / {p99:,.0f}':>20}"
+                )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ request topic and runs in its own process; they are measured one after the other
 request has come back (runner start, model load), requests are published at a steady rate (open loop)
 and a request's latency runs from the publish call until its prediction reaches this process.
 """
+
 import argparse
 import base64
 import json
@@ -80,6 +81,7 @@ def measure(name, command, requests_topic, predictions_sub, images, rate, second
     arrivals = Arrivals(subscriber, predictions_sub)
     system = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+
         def publish(request_id, image):
             body = json.dumps({"id": request_id, "image_bytes": {"b64": base64.b64encode(image).decode()}}).encode()
             sent = time.time()
@@ -144,24 +146,57 @@ def main(argv=None):
             for name in ("pipeline", "baseline"):
                 requests, requests_sub = topic_and_subscription(f"{name}-requests")
                 predictions, predictions_sub = topic_and_subscription(f"{name}-predictions")
-                command = [sys.executable, "-m", "pipelines.score", "--runner", "BundleBasedDirectRunner",
-                           "--project", PROJECT, "--input_subscription", requests_sub, "--model_path", str(model),
-                           "--predictions_topic", predictions, "--output_dir", str(Path(tmp) / "out")] \
-                    if name == "pipeline" else \
-                    [sys.executable, "-m", "bench.score_latency", "--child", "baseline", "--model", str(model),
-                     "--subscription", requests_sub, "--topic", predictions]
+                command = (
+                    [
+                        sys.executable,
+                        "-m",
+                        "pipelines.score",
+                        "--runner",
+                        "BundleBasedDirectRunner",
+                        "--project",
+                        PROJECT,
+                        "--input_subscription",
+                        requests_sub,
+                        "--model_path",
+                        str(model),
+                        "--predictions_topic",
+                        predictions,
+                        "--output_dir",
+                        str(Path(tmp) / "out"),
+                    ]
+                    if name == "pipeline"
+                    else [
+                        sys.executable,
+                        "-m",
+                        "bench.score_latency",
+                        "--child",
+                        "baseline",
+                        "--model",
+                        str(model),
+                        "--subscription",
+                        requests_sub,
+                        "--topic",
+                        predictions,
+                    ]
+                )
                 systems[name] = (command, requests, predictions_sub)
-            print(f"{args.rate:g} requests/s for {args.seconds:g} s per system; latency from publish to the "
-                  f"prediction's arrival, in ms")
+            print(
+                f"{args.rate:g} requests/s for {args.seconds:g} s per system; latency from publish to the "
+                f"prediction's arrival, in ms"
+            )
             print(f"{'system':<42}{'received':>10}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}")
             results = {}
             for name, (command, requests, predictions_sub) in systems.items():
                 latencies, lost = measure(name, command, requests, predictions_sub, images, args.rate, args.seconds)
                 results[name] = np.percentile(latencies, [50, 95, 99, 100])
-                label = {"pipeline": "pipeline (BundleBasedDirectRunner)",
-                         "baseline": "baseline (plain subscriber, TF per request)"}[name]
-                print(f"{label:<42}{f'{len(latencies)}/{len(latencies) + lost}':>10}"
-                      + "".join(f"{v:>8.0f}" for v in results[name]))
+                label = {
+                    "pipeline": "pipeline (BundleBasedDirectRunner)",
+                    "baseline": "baseline (plain subscriber, TF per request)",
+                }[name]
+                print(
+                    f"{label:<42}{f'{len(latencies)}/{len(latencies) + lost}':>10}"
+                    + "".join(f"{v:>8.0f}" for v in results[name])
+                )
             p50, _, p99, _ = results["pipeline"] / results["baseline"]
             print(f"pipeline / baseline latency: p50 {p50:.1f}x, p99 {p99:.1f}x")
     finally:

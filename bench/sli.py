@@ -10,6 +10,7 @@ and 500 ms, and p50/p90/p95/p99 latency. Each runs in its own process; wall time
 process's. DuckDB is the ceiling (vectorized C++ over one file); the ratio says what Beam's
 portability costs on one machine, before Dataflow spreads the work over many.
 """
+
 import argparse
 import gzip
 import os
@@ -54,12 +55,14 @@ FROM matched GROUP BY ALL
 
 def run_duckdb(path):
     import duckdb
+
     rows = duckdb.sql(DUCKDB_SQL.replace("__FILE__", path.replace("'", "''"))).fetchall()
     return sum(r[2] for r in rows), len(rows)
 
 
 def run_beam(path, workers):
     from pipelines import sli
+
     out = tempfile.mkdtemp(prefix="bench-sli-")
     argv = ["--input_files", path, "--output_dir", out]
     if workers > 1:
@@ -70,8 +73,11 @@ def run_beam(path, workers):
 def measure(engine, path, workers):
     """Runs one engine in a child process; returns (seconds, peak RSS in MiB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.sli", "--engine", engine, "--file", path,
-                             "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.sli", "--engine", engine, "--file", path, "--workers", str(workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if status != 0:
@@ -137,8 +143,10 @@ def main():
     if not args.skip_pipeline:  # first: a child's peak RSS starts from this process's size when it forks
         bench_pipeline(args)
     ours, naive = bench_slos(args.slos)
-    print(f"SLO evaluation, {args.slos:,} SLOs: {ours * 1000:.1f} ms per minute (running sums) vs "
-          f"{naive * 1000:.0f} ms (windows summed again, baseline): {naive / ours:.0f}x faster")
+    print(
+        f"SLO evaluation, {args.slos:,} SLOs: {ours * 1000:.1f} ms per minute (running sums) vs "
+        f"{naive * 1000:.0f} ms (windows summed again, baseline): {naive / ours:.0f}x faster"
+    )
 
 
 def bench_pipeline(args):

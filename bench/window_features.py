@@ -8,6 +8,7 @@ Events are generated like the bundled sample (a day of card transactions, JSONL)
 own process; wall time and peak RSS are that process's. Both sides' feature values are compared before
 the ratio is printed.
 """
+
 import argparse
 import datetime
 import json
@@ -22,17 +23,25 @@ from pathlib import Path
 from pipelines.window_features import SAMPLE_SPEC
 
 WINDOWS = (("10m", 600, 60), ("1h", 3600, 3600), ("1d", 86400, 86400))  # as in the sample spec
-DAY = datetime.datetime(2026, 11, 24, tzinfo=datetime.timezone.utc).timestamp()
+DAY = datetime.datetime(2026, 11, 24, tzinfo=datetime.UTC).timestamp()
 
 
 def make_events(path, events, cards):
     rng = random.Random(0)
     with open(path, "w") as f:
         for _ in range(events):
-            at = datetime.datetime.fromtimestamp(DAY + rng.uniform(0, 86400), datetime.timezone.utc)
-            f.write(json.dumps({"card_id": f"c-{rng.randrange(cards):05d}", "event_time": at.isoformat(),
-                                "amount": round(rng.lognormvariate(3, 1), 2),
-                                "merchant": f"m-{rng.randrange(500):03d}"}) + "\n")
+            at = datetime.datetime.fromtimestamp(DAY + rng.uniform(0, 86400), datetime.UTC)
+            f.write(
+                json.dumps(
+                    {
+                        "card_id": f"c-{rng.randrange(cards):05d}",
+                        "event_time": at.isoformat(),
+                        "amount": round(rng.lognormvariate(3, 1), 2),
+                        "merchant": f"m-{rng.randrange(500):03d}",
+                    }
+                )
+                + "\n"
+            )
 
 
 def with_pandas(path):
@@ -50,8 +59,14 @@ def with_pandas(path):
         exploded = pd.concat(copies, ignore_index=True)
         exploded = exploded[exploded["end"] - size <= exploded["t"]].sort_values("t")
         grouped = exploded.groupby(["card_id", "end"]).agg(
-            count=("amount", "size"), sum=("amount", "sum"), mean=("amount", "mean"), min=("amount", "min"),
-            max=("amount", "max"), last=("amount", "last"), merchants=("merchant", "nunique"))
+            count=("amount", "size"),
+            sum=("amount", "sum"),
+            mean=("amount", "mean"),
+            min=("amount", "min"),
+            max=("amount", "max"),
+            last=("amount", "last"),
+            merchants=("merchant", "nunique"),
+        )
         for (card, end), row in grouped.iterrows():
             results[(card, name, float(end))] = (int(row["count"]), float(row["sum"]), float(row["max"]))
     return results
@@ -60,8 +75,20 @@ def with_pandas(path):
 def with_pipeline(path, out):
     from pipelines import window_features
 
-    window_features.run(["--window_spec", SAMPLE_SPEC, "--input_files", str(path), "--output_dir", str(out),
-                         "--runner", "FnApiRunner", "--progress", "off"])
+    window_features.run(
+        [
+            "--window_spec",
+            SAMPLE_SPEC,
+            "--input_files",
+            str(path),
+            "--output_dir",
+            str(out),
+            "--runner",
+            "FnApiRunner",
+            "--progress",
+            "off",
+        ]
+    )
     results = {}
     for part in Path(out).glob("feature_rows*.jsonl"):
         for line in part.read_text().splitlines():
@@ -69,8 +96,11 @@ def with_pipeline(path, out):
             values = {f["name"]: f["value"] for f in row["features"]}
             end = datetime.datetime.fromisoformat(row["time_index"]).timestamp()
             w = row["window"]
-            results[(row["entity"], w, end)] = (values[f"amount_count_{w}"], values[f"amount_sum_{w}"],
-                                                values[f"amount_max_{w}"])
+            results[(row["entity"], w, end)] = (
+                values[f"amount_count_{w}"],
+                values[f"amount_sum_{w}"],
+                values[f"amount_max_{w}"],
+            )
     return results
 
 
@@ -84,8 +114,11 @@ def _child(kind, path, out):
 
 
 def measure(kind, path, out):
-    proc = subprocess.run([sys.executable, "-m", "bench.window_features", "--child", kind, "--path", str(path),
-                           "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.window_features", "--child", kind, "--path", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     rows, seconds, peak = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1].split()[1:]
@@ -119,8 +152,10 @@ def main(argv=None):
         worst = max(abs(got[k][1] - expected[k][1]) / max(1.0, abs(expected[k][1])) for k in expected)
         bad = [(k, got[k], expected[k]) for k in expected if got[k][0] != expected[k][0] or got[k][2] != expected[k][2]]
         assert not bad and worst < 1e-9, (worst, bad[:3])
-        print(f"pipeline vs pandas: {runs['pandas'][1] / runs['pipeline'][1]:.3f}x the events/s; same counts, "
-              f"sums and maxima in all {len(expected)} rows")
+        print(
+            f"pipeline vs pandas: {runs['pandas'][1] / runs['pipeline'][1]:.3f}x the events/s; same counts, "
+            f"sums and maxima in all {len(expected)} rows"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ On Dataflow, from a BigQuery query (filter and sample in SQL):
         --input_query 'SELECT * FROM `P.crm.customers` WHERE RAND() < 0.1' \\
         --output_dir gs://B/datasets/churn-v3 --stats_table P:ml.feature_statistics
 """
+
 import datetime
 import json
 import logging
@@ -68,18 +69,30 @@ class FeatureStatsOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--feature_spec", type=str, default=None,
+            "--feature_spec",
+            type=str,
+            default=None,
             help=f"YAML feature spec (local or gs://): key, label, splits, features with types, cleansing and "
-                 f"transforms. Default: the bundled sample {SAMPLE_SPEC.name}.")
+            f"transforms. Default: the bundled sample {SAMPLE_SPEC.name}.",
+        )
         parser.add_argument(
-            "--stats_table", type=str, default=None,
+            "--stats_table",
+            type=str,
+            default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for the statistics, one row per split and feature "
-                 "(created if missing, day-partitioned on computed_at).")
+            "(created if missing, day-partitioned on computed_at).",
+        )
 
 
 INPUT_FLAGS = ("input_files", "input_table", "input_query")
-OPTION_CLASSES = (FeatureStatsOptions, BatchInputOptions, RecordInputOptions, TfRecordOutputOptions,
-                  TensorBoardOptions, UdfOptions)
+OPTION_CLASSES = (
+    FeatureStatsOptions,
+    BatchInputOptions,
+    RecordInputOptions,
+    TfRecordOutputOptions,
+    TensorBoardOptions,
+    UdfOptions,
+)
 
 
 class Settings(NamedTuple):
@@ -112,7 +125,7 @@ def validate(options):
         raise ValueError(f"--feature_spec: cannot read {spec_path}: {e}") from None
     spec = parse_feature_spec(spec_text, f"--feature_spec {spec_path}")  # read once: also written beside transform_fn/
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or FileSystems.join(out.output_dir, "tmp")
-    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Settings(source, spec, spec_text, run_id, temp_dir)
 
 
@@ -130,94 +143,133 @@ def build(pipeline, options, settings, source=None):
     spec, opts = settings.spec, options.view_as(FeatureStatsOptions)
     out = options.view_as(OutputOptions)
     tfrecords = options.view_as(TfRecordOutputOptions)
-    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(
-        settings.input, options.view_as(RecordInputOptions).input_format), "ReadRecords")
+    records = read = read_records(
+        pipeline,
+        PIPELINE,
+        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format),
+        "ReadRecords",
+    )
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="rows")
+    cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec, PIPELINE)).with_outputs(
+        DEAD_LETTER_TAG, main="rows"
+    )
     rows = cleansed.rows
     if spec.stratify:
         rows = rows | "AssignStratifiedSplits" >> AssignStratifiedSplits(spec)
     splits = list(spec.splits)
-    rows = rows | "CountRowsPerSplit" >> beam.Map(
-        lambda r: _count_split(r, PIPELINE))
+    rows = rows | "CountRowsPerSplit" >> beam.Map(lambda r: _count_split(r, PIPELINE))
 
     numeric = [f.name for f in spec.inputs if f.is_numeric]
     strings = [f.name for f in spec.inputs if f.name not in numeric]
-    statistics = (rows
-                  | "RawBySplit" >> beam.Map(lambda r: (r.split, r.raw))
-                  | "ComputeStatistics" >> ComputeStatistics(splits, numeric, strings))
-    (statistics
-     | "AllSplits" >> beam.combiners.ToList()
-     | "StatisticsJson" >> beam.Map(lambda artifacts: json.dumps(
-         {"run_id": settings.run_id, **{a["split"]: a for a in artifacts}}, indent=1, sort_keys=True))
-     | "WriteStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "statistics"), ".json",
-                                                shard_name_template=""))
+    statistics = (
+        rows
+        | "RawBySplit" >> beam.Map(lambda r: (r.split, r.raw))
+        | "ComputeStatistics" >> ComputeStatistics(splits, numeric, strings)
+    )
+    (
+        statistics
+        | "AllSplits" >> beam.combiners.ToList()
+        | "StatisticsJson"
+        >> beam.Map(
+            lambda artifacts: json.dumps(
+                {"run_id": settings.run_id, **{a["split"]: a for a in artifacts}}, indent=1, sort_keys=True
+            )
+        )
+        | "WriteStatistics"
+        >> beam.io.WriteToText(FileSystems.join(out.output_dir, "statistics"), ".json", shard_name_template="")
+    )
     tb = options.view_as(TensorBoardOptions)
     if tb.tensorboard_dir:
         statistics | "WriteTensorBoard" >> beam.ParDo(
-            WriteFeatureSummaries(FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run)))
+            WriteFeatureSummaries(FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run))
+        )
     sink_failures = ()
     if opts.stats_table:
-        computed_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        sink_failures = (statistics
-                         | "StatisticsRows" >> beam.FlatMap(stats_rows, settings.run_id, computed_at)
-                         | "WriteStatisticsTable" >> WriteRecords(
-                             PIPELINE, BigQueryTarget(opts.stats_table, STATS_BQ_SCHEMA, "computed_at", ["feature"]),
-                             out.bq_write_method))
+        computed_at = datetime.datetime.now(datetime.UTC).isoformat()
+        sink_failures = (
+            statistics
+            | "StatisticsRows" >> beam.FlatMap(stats_rows, settings.run_id, computed_at)
+            | "WriteStatisticsTable"
+            >> WriteRecords(
+                PIPELINE,
+                BigQueryTarget(opts.stats_table, STATS_BQ_SCHEMA, "computed_at", ["feature"]),
+                out.bq_write_method,
+            )
+        )
 
     raw_metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(tf_feature_spec(spec)))
     by_split = rows | "PartitionBySplit" >> beam.Partition(lambda r, n: splits.index(r.split), len(splits))
     transformed = {}
     compress = tfrecords.compression == "gzip"
     with tft_beam.Context(temp_dir=settings.temp_dir):
-        inputs = {name: part | f"Filled[{name}]" >> beam.Map(lambda r: r.filled) for name, part in zip(splits, by_split)}
+        inputs = {
+            name: part | f"Filled[{name}]" >> beam.Map(lambda r: r.filled)
+            for name, part in zip(splits, by_split, strict=True)
+        }
         (transformed["train"], train_metadata), transform_fn = (
-            (inputs["train"], raw_metadata)
-            | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(make_preprocessing_fn(spec)))
+            inputs["train"],
+            raw_metadata,
+        ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(make_preprocessing_fn(spec))
         for name in splits:
             if name != "train":
-                transformed[name], _ = (((inputs[name], raw_metadata), transform_fn)
-                                        | f"Transform[{name}]" >> tft_beam.TransformDataset())
+                transformed[name], _ = (
+                    (inputs[name], raw_metadata),
+                    transform_fn,
+                ) | f"Transform[{name}]" >> tft_beam.TransformDataset()
         coder = tft.coders.ExampleProtoCoder(train_metadata.schema)
         for name in splits:
-            (transformed[name]
-             | f"Encode[{name}]" >> beam.Map(coder.encode)
-             | f"Write[{name}]" >> beam.io.WriteToTFRecord(
+            (
+                transformed[name]
+                | f"Encode[{name}]" >> beam.Map(coder.encode)
+                | f"Write[{name}]"
+                >> beam.io.WriteToTFRecord(
                     FileSystems.join(out.output_dir, name, "examples"),
                     file_name_suffix=".tfrecord.gz" if compress else ".tfrecord",
                     compression_type=CompressionTypes.GZIP if compress else CompressionTypes.UNCOMPRESSED,
-                    num_shards=tfrecords.num_shards))
+                    num_shards=tfrecords.num_shards,
+                )
+            )
         transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out.output_dir)
-    (pipeline
-     | "SpecText" >> beam.Create([settings.spec_text])
-     | "WriteSpec" >> beam.io.WriteToText(FileSystems.join(out.output_dir, SPEC_FILE), shard_name_template=""))
+    (
+        pipeline
+        | "SpecText" >> beam.Create([settings.spec_text])
+        | "WriteSpec" >> beam.io.WriteToText(FileSystems.join(out.output_dir, SPEC_FILE), shard_name_template="")
+    )
 
-    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, cleansed[DEAD_LETTER_TAG], *sink_failures))
+    dead_letters = write_dead_letters(
+        options, PIPELINE, read, (*dead_letter_sources, cleansed[DEAD_LETTER_TAG], *sink_failures)
+    )
     return FeatureStatsOutputs(statistics, transformed, dead_letters)
 
 
 def report(result, options, settings):
     output_dir, spec = options.view_as(OutputOptions).output_dir, settings.spec
     counts = metric_counts(result, PIPELINE)
-    lines = [f"records in: {counts.get('records_in', 0)}  rows: "
-             + ", ".join(f"{s}={counts.get(f'rows_{s}', 0)}" for s in spec.splits)
-             + f"  dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}"]
+    lines = [
+        f"records in: {counts.get('records_in', 0)}  rows: "
+        + ", ".join(f"{s}={counts.get(f'rows_{s}', 0)}" for s in spec.splits)
+        + f"  dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}"
+    ]
     by_reason = dead_letters_by_reason(counts)
     if by_reason:
         lines.append(by_reason)
     stats = read_statistics(output_dir)
     lines.append(f"{'feature':<14}{'split':<7}{'missing':>8}{'min':>12}{'mean':>12}{'max':>12}  top values")
-    for name, feature in stats["train"]["features"].items():
+    for name, _feature in stats["train"]["features"].items():
         for split in spec.splits:
             f = stats[split]["features"][name]
             if f["type"] == "numeric":
-                cells = "".join(f"{v:>12.4g}" if v is not None else f"{'-':>12}" for v in (f["min"], f["mean"], f["max"]))
+                cells = "".join(
+                    f"{v:>12.4g}" if v is not None else f"{'-':>12}" for v in (f["min"], f["mean"], f["max"])
+                )
                 lines.append(f"{name:<14}{split:<7}{f['missing']:>8}{cells}")
             else:
                 top = ", ".join(f"{t['value'][:12]}={t['count']}" for t in f["top_values"][:3])
                 lines.append(f"{name:<14}{split:<7}{f['missing']:>8}{'':>36}  {top}")
-    lines.append(f"outputs: {output_dir}/<split>/examples-*.tfrecord*, transform_fn/, transformed_metadata/, "
-                 f"{SPEC_FILE}, statistics.json, dead_letters-*.jsonl")
+    lines.append(
+        f"outputs: {output_dir}/<split>/examples-*.tfrecord*, transform_fn/, transformed_metadata/, "
+        f"{SPEC_FILE}, statistics.json, dead_letters-*.jsonl"
+    )
     return "\n".join(lines)
 
 

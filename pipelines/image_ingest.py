@@ -20,6 +20,7 @@ Streaming (the label map of an earlier batch run fixes the label ids):
         --input_subscription projects/P/subscriptions/images \\
         --label_map gs://B/datasets/flowers-v1/label_map.txt --output_dir gs://B/datasets/flowers-stream
 """
+
 import json
 import logging
 from typing import NamedTuple
@@ -40,11 +41,13 @@ from pipelines.launch import (
 )
 from pipelines.options import (
     ImageFolderInputOptions,
+    ImageLimitOptions,
     LabelMapOptions,
     OutputOptions,
     PubsubInputOptions,
     TfRecordOutputOptions,
     UdfOptions,
+    check_image_limits,
     check_input,
     check_outputs,
     check_udf,
@@ -78,65 +81,102 @@ class ImageIngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input_manifest", type=str, default=None,
-            help="CSV (uri,label) or JSONL ({\"uri\", \"label\"}) manifest, local or gs://; relative uris are "
-                 "read from the manifest's folder.")
+            "--input_manifest",
+            type=str,
+            default=None,
+            help='CSV (uri,label) or JSONL ({"uri", "label"}) manifest, local or gs://; relative uris are '
+            "read from the manifest's folder.",
+        )
         parser.add_argument(
-            "--image_size", type=str, default="224x224",
-            help="Output size WIDTHxHEIGHT (or one number for both). Default: 224x224.")
+            "--image_size",
+            type=str,
+            default="224x224",
+            help="Output size WIDTHxHEIGHT (or one number for both). Default: 224x224.",
+        )
         parser.add_argument(
-            "--resize_method", type=str, default="pad", choices=RESIZE_METHODS,
+            "--resize_method",
+            type=str,
+            default="pad",
+            choices=RESIZE_METHODS,
             help="pad: keep the aspect ratio, black borders; crop: keep it, cut the centre; stretch: ignore "
-                 "it. Bilinear, antialiased when shrinking. Default: pad.")
+            "it. Bilinear, antialiased when shrinking. Default: pad.",
+        )
         parser.add_argument(
-            "--encoding", type=str, default="jpeg", choices=ENCODINGS,
-            help="How image/encoded is stored: jpeg, png, or raw (HxWx3 uint8 bytes). Default: jpeg.")
+            "--encoding",
+            type=str,
+            default="jpeg",
+            choices=ENCODINGS,
+            help="How image/encoded is stored: jpeg, png, or raw (HxWx3 uint8 bytes). Default: jpeg.",
+        )
         parser.add_argument(
-            "--jpeg_quality", type=int, default=90, help="JPEG quality 1-95 with --encoding jpeg. Default: 90.")
+            "--jpeg_quality", type=int, default=90, help="JPEG quality 1-95 with --encoding jpeg. Default: 90."
+        )
         parser.add_argument(
-            "--max_image_bytes", type=int, default=20 * 1024 * 1024,
-            help="Larger inputs are dead letters (too_large). Default: 20971520 (20 MiB).")
+            "--unknown_label",
+            type=str,
+            default="dead_letter",
+            choices=("dead_letter", "fail"),
+            help="An image whose label is not in --label_map: dead-letter it, or fail the job. Default: dead_letter.",
+        )
         parser.add_argument(
-            "--max_image_pixels", type=int, default=40_000_000,
-            help="Images declaring more pixels (width x height) are dead letters (too_many_pixels), rejected "
-                 "from the header before decoding, so decompression bombs never expand. Default: 40000000.")
-        parser.add_argument(
-            "--unknown_label", type=str, default="dead_letter", choices=("dead_letter", "fail"),
-            help="An image whose label is not in --label_map: dead-letter it, or fail the job. "
-                 "Default: dead_letter.")
-        parser.add_argument(
-            "--splits", type=str, default="train=0.7,eval=0.3",
+            "--splits",
+            type=str,
+            default="train=0.7,eval=0.3",
             help="Split names and fractions, summing to 1, e.g. train=0.8,eval=0.1,test=0.1. Assigned by content "
-                 "hash: exactly stratified per label in batch, in expectation in streaming. Default: "
-                 "train=0.7,eval=0.3.")
+            "hash: exactly stratified per label in batch, in expectation in streaming. Default: "
+            "train=0.7,eval=0.3.",
+        )
         parser.add_argument(
-            "--max_per_label", type=int, default=None,
+            "--max_per_label",
+            type=int,
+            default=None,
             help="Batch: keep at most this many images per label (chosen by content hash), to limit class "
-                 "imbalance; the rest are listed in the manifest as over_cap.")
+            "imbalance; the rest are listed in the manifest as over_cap.",
+        )
         parser.add_argument(
-            "--imbalance_ratio", type=float, default=3.0,
+            "--imbalance_ratio",
+            type=float,
+            default=3.0,
             help="The label report warns when the largest class has more than this many times the images of "
-                 "another. Default: 3.")
+            "another. Default: 3.",
+        )
         parser.add_argument(
-            "--dedup_retention_seconds", type=int, default=7 * 24 * 3600,
+            "--dedup_retention_seconds",
+            type=int,
+            default=7 * 24 * 3600,
             help="Streaming: how long (event time) a content hash is remembered for deduplication. Batch runs "
-                 "deduplicate across the whole input. Default: 604800 (7 days).")
+            "deduplicate across the whole input. Default: 604800 (7 days).",
+        )
         parser.add_argument(
-            "--shard_seconds", type=int, default=60,
-            help="Streaming: a new set of TFRecord shards every this many seconds. Default: 60.")
+            "--shard_seconds",
+            type=int,
+            default=60,
+            help="Streaming: a new set of TFRecord shards every this many seconds. Default: 60.",
+        )
         parser.add_argument(
-            "--manifest_table", type=str, default=None,
+            "--manifest_table",
+            type=str,
+            default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for the manifest (one row per input: accepted with its "
-                 "split, duplicate, over_cap or rejected with the reason), created if missing.")
+            "split, duplicate, over_cap or rejected with the reason), created if missing.",
+        )
 
 
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_dir", "input_manifest")
-OPTION_CLASSES = (ImageIngestOptions, PubsubInputOptions, ImageFolderInputOptions, LabelMapOptions,
-                  TfRecordOutputOptions, UdfOptions)
+OPTION_CLASSES = (
+    ImageIngestOptions,
+    ImageLimitOptions,
+    PubsubInputOptions,
+    ImageFolderInputOptions,
+    LabelMapOptions,
+    TfRecordOutputOptions,
+    UdfOptions,
+)
 
 
 class Settings(NamedTuple):
     """Flags after validation, parsed."""
+
     input: Input
     image_size: tuple
     splits: list
@@ -155,7 +195,8 @@ def validate(options):
     opts = options.view_as(ImageIngestOptions)
     source = check_input(options, INPUT_FLAGS, Input(input_dir=str(SAMPLE_DIR)))
     streaming = options.view_as(StandardOptions).streaming
-    for flag in ("max_image_bytes", "max_image_pixels", "shard_seconds", "dedup_retention_seconds"):
+    check_image_limits(options)
+    for flag in ("shard_seconds", "dedup_retention_seconds"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
     if not 1 <= opts.jpeg_quality <= 95:
@@ -168,8 +209,10 @@ def validate(options):
         raise ValueError(f"--imbalance_ratio must be >= 1, got {opts.imbalance_ratio}")
     label_map = options.view_as(LabelMapOptions).label_map
     if streaming and not label_map:
-        raise ValueError("streaming needs --label_map (label ids must not depend on which images came first): "
-                         "use the label_map.txt of a batch run, or write one label per line")
+        raise ValueError(
+            "streaming needs --label_map (label ids must not depend on which images came first): "
+            "use the label_map.txt of a batch run, or write one label per line"
+        )
     if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes Pub/Sub messages and manifest lines; it does not apply to --input_dir")
     check_udf(options)
@@ -197,60 +240,102 @@ def build(pipeline, options, settings, source=None):
     opts = options.view_as(ImageIngestOptions)
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
-    raw = read = read_records(pipeline, PIPELINE, source or ReadRecords(
-        settings.input, max_file_bytes=opts.max_image_bytes), "ReadImageSources")
+    limits = options.view_as(ImageLimitOptions)
+    raw = read = read_records(
+        pipeline,
+        PIPELINE,
+        source or ReadRecords(settings.input, max_file_bytes=limits.max_image_bytes),
+        "ReadImageSources",
+    )
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
-    inputs = raw | "ToImageInputs" >> beam.ParDo(ToImageInputs(opts.input_manifest, opts.max_image_bytes, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="images")
+    inputs = raw | "ToImageInputs" >> beam.ParDo(
+        ToImageInputs(opts.input_manifest, limits.max_image_bytes, PIPELINE)
+    ).with_outputs(DEAD_LETTER_TAG, main="images")
     width, height = settings.image_size
-    processed = inputs.images | "ProcessImages" >> beam.ParDo(ProcessImages(PIPELINE, dict(
-        width=width, height=height, method=opts.resize_method, encoding=opts.encoding,
-        jpeg_quality=opts.jpeg_quality, max_bytes=opts.max_image_bytes, max_pixels=opts.max_image_pixels,
-    ))).with_outputs(DEAD_LETTER_TAG, main="images")
+    processed = inputs.images | "ProcessImages" >> beam.ParDo(
+        ProcessImages(
+            PIPELINE,
+            dict(
+                width=width,
+                height=height,
+                method=opts.resize_method,
+                encoding=opts.encoding,
+                jpeg_quality=opts.jpeg_quality,
+                max_bytes=limits.max_image_bytes,
+                max_pixels=limits.max_image_pixels,
+            ),
+        )
+    ).with_outputs(DEAD_LETTER_TAG, main="images")
     unique = processed.images | "DeduplicateByContent" >> DeduplicateByContent(
-        opts.dedup_retention_seconds if streaming else None, PIPELINE)
+        opts.dedup_retention_seconds if streaming else None, PIPELINE
+    )
     if settings.labels is None:
-        labels = (unique.images
-                  | "Labels" >> beam.Map(lambda image: image.label)
-                  | "DistinctLabels" >> beam.Distinct()
-                  | "LabelList" >> beam.combiners.ToList()
-                  | "SortLabels" >> beam.Map(sorted))
-        (labels
-         | "LabelMapText" >> beam.Map("\n".join)
-         | "WriteLabelMap" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_map"), ".txt",
-                                                  shard_name_template=""))
+        labels = (
+            unique.images
+            | "Labels" >> beam.Map(lambda image: image.label)
+            | "DistinctLabels" >> beam.Distinct()
+            | "LabelList" >> beam.combiners.ToList()
+            | "SortLabels" >> beam.Map(sorted)
+        )
+        (
+            labels
+            | "LabelMapText" >> beam.Map("\n".join)
+            | "WriteLabelMap"
+            >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_map"), ".txt", shard_name_template="")
+        )
     else:
         labels = pipeline | "LabelMap" >> beam.Create([settings.labels])
     labelled = unique.images | "AssignLabelIds" >> beam.ParDo(
-        AssignLabelIds(opts.unknown_label == "fail", PIPELINE), beam.pvalue.AsSingleton(labels)).with_outputs(
-        DEAD_LETTER_TAG, main="labelled")
+        AssignLabelIds(opts.unknown_label == "fail", PIPELINE), beam.pvalue.AsSingleton(labels)
+    ).with_outputs(DEAD_LETTER_TAG, main="labelled")
     split = labelled.labelled | "AssignSplits" >> AssignSplits(settings.splits, opts.max_per_label, streaming, PIPELINE)
     tfrecords = options.view_as(TfRecordOutputOptions)
     split.split | "WriteTfRecords" >> WriteTfRecordSplits(
-        out.output_dir, [name for name, _ in settings.splits], tfrecords.compression == "gzip", tfrecords.num_shards,
-        opts.shard_seconds if streaming else None)
+        out.output_dir,
+        [name for name, _ in settings.splits],
+        tfrecords.compression == "gzip",
+        tfrecords.num_shards,
+        opts.shard_seconds if streaming else None,
+    )
 
-    record_dead_letters = ((*dead_letter_sources, inputs[DEAD_LETTER_TAG], processed[DEAD_LETTER_TAG],
-                            labelled[DEAD_LETTER_TAG])
-                           | "RecordDeadLetters" >> beam.Flatten())
+    record_dead_letters = (
+        *dead_letter_sources,
+        inputs[DEAD_LETTER_TAG],
+        processed[DEAD_LETTER_TAG],
+        labelled[DEAD_LETTER_TAG],
+    ) | "RecordDeadLetters" >> beam.Flatten()
     accepted = split.split | "AcceptedRows" >> beam.Map(
-        lambda s: manifest_row("accepted", s[1].source_id, s[1].source, s[1].label, utc_now_iso(), split=s[0], md5=s[1].md5))
+        lambda s: manifest_row(
+            "accepted", s[1].source_id, s[1].source, s[1].label, utc_now_iso(), split=s[0], md5=s[1].md5
+        )
+    )
     rejected = record_dead_letters | "RejectedRows" >> beam.Map(manifest_row_from_dead_letter)
-    manifest = ((accepted, unique[MANIFEST_TAG], split[MANIFEST_TAG], rejected)
-                | "FlattenManifest" >> beam.Flatten()
-                | "CountManifest" >> beam.Map(_count_manifest))
-    manifest_bq = BigQueryTarget(opts.manifest_table, MANIFEST_BQ_SCHEMA, "recorded_at", ["status"]) \
-        if opts.manifest_table else None
+    manifest = (
+        (accepted, unique[MANIFEST_TAG], split[MANIFEST_TAG], rejected)
+        | "FlattenManifest" >> beam.Flatten()
+        | "CountManifest" >> beam.Map(_count_manifest)
+    )
+    manifest_bq = (
+        BigQueryTarget(opts.manifest_table, MANIFEST_BQ_SCHEMA, "recorded_at", ["status"])
+        if opts.manifest_table
+        else None
+    )
     sink_failures = manifest | "WriteManifest" >> WriteRecords(
-        PIPELINE, manifest_bq, out.bq_write_method, local_prefix=FileSystems.join(out.output_dir, "manifest"),
-        streaming=streaming)
+        PIPELINE,
+        manifest_bq,
+        out.bq_write_method,
+        local_prefix=FileSystems.join(out.output_dir, "manifest"),
+        streaming=streaming,
+    )
     label_report = None
     if not streaming:
         label_report = manifest | "LabelReport" >> beam.CombineGlobally(LabelReportFn(opts.imbalance_ratio))
-        (label_report
-         | "LabelReportJson" >> beam.Map(lambda r: json.dumps(r, indent=2, sort_keys=True))
-         | "WriteLabelReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_report"), ".json",
-                                                     shard_name_template=""))
+        (
+            label_report
+            | "LabelReportJson" >> beam.Map(lambda r: json.dumps(r, indent=2, sort_keys=True))
+            | "WriteLabelReport"
+            >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_report"), ".json", shard_name_template="")
+        )
     dead_letters = write_dead_letters(options, PIPELINE, read, (record_dead_letters, *sink_failures))
     return ImageIngestOutputs(split.split, manifest, dead_letters, label_report)
 
@@ -259,24 +344,29 @@ def report(result, options, _settings):
     """Counts from Beam metrics, then the label report's table and warnings (batch)."""
     output_dir = options.view_as(OutputOptions).output_dir
     counts = metric_counts(result, PIPELINE)
-    lines = [f"inputs: {counts.get('inputs', 0)}  accepted: {counts.get('manifest_accepted', 0)}  "
-             f"duplicates: {counts.get('manifest_duplicate', 0)}  over the cap: {counts.get('manifest_over_cap', 0)}  "
-             f"rejected (dead letters): {counts.get('manifest_rejected', 0)}"]
+    lines = [
+        f"inputs: {counts.get('inputs', 0)}  accepted: {counts.get('manifest_accepted', 0)}  "
+        f"duplicates: {counts.get('manifest_duplicate', 0)}  over the cap: {counts.get('manifest_over_cap', 0)}  "
+        f"rejected (dead letters): {counts.get('manifest_rejected', 0)}"
+    ]
     by_reason = dead_letters_by_reason(counts, "rejected by reason")
     if by_reason:
         lines.append(by_reason)
     report_path = FileSystems.join(output_dir, "label_report.json")
     if FileSystems.exists(report_path):
         label_report = json.loads(read_text(report_path))
-        splits = sorted({k for c in label_report["labels"].values() for k in c} - {"accepted", "duplicate",
-                                                                                   "over_cap", "rejected"})
+        splits = sorted(
+            {k for c in label_report["labels"].values() for k in c} - {"accepted", "duplicate", "over_cap", "rejected"}
+        )
         columns = [*splits, "accepted", "duplicate", "over_cap", "rejected"]
         lines.append(f"{'label':<16}" + "".join(f"{c:>10}" for c in columns))
         for label, c in label_report["labels"].items():
             lines.append(f"{label:<16}" + "".join(f"{c.get(k, 0):>10}" for k in columns))
         lines.extend(f"warning: {w}" for w in label_report["warnings"])
-    lines.append(f"outputs: {output_dir}/<split>/images-*.tfrecord*, label_map.txt, label_report.json, "
-                 f"manifest-*.jsonl, dead_letters-*.jsonl")
+    lines.append(
+        f"outputs: {output_dir}/<split>/images-*.tfrecord*, label_map.txt, label_report.json, "
+        f"manifest-*.jsonl, dead_letters-*.jsonl"
+    )
     return "\n".join(lines)
 
 

@@ -18,18 +18,21 @@ def apply_udf(options, records, pipeline_name):
     JavaScript runs in an embedded V8 with its own time and memory limits. A Python UDF runs in a
     long-lived subprocess through Beam's `with_exception_handling(use_subprocess=True, timeout=...)`: a
     record past --udf_timeout_ms, or one whose UDF kills its process, is a dead letter, and a fresh
-    subprocess takes the next record (the restart costs about a second)."""
+    subprocess takes the next record (the restart costs about a second). --udf_timeout_ms 0 runs either
+    kind in the worker with no time limit."""
     udf = options.view_as(UdfOptions)
     if not udf.udf_path:
         return records, []
     apply = beam.ParDo(ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name, udf.udf_timeout_ms))
-    if not udf.udf_path.endswith(".py"):
+    if not udf.udf_path.endswith(".py") or not udf.udf_timeout_ms:
         transformed = records | "ApplyUdf" >> apply.with_outputs(DEAD_LETTER_TAG, main="records")
         return transformed.records, [transformed[DEAD_LETTER_TAG]]
     transformed = records | "ApplyUdf" >> apply.with_exception_handling(
-        main_tag="records", dead_letter_tag="udf_failures", use_subprocess=True, timeout=udf.udf_timeout_ms / 1000)
+        main_tag="records", dead_letter_tag="udf_failures", use_subprocess=True, timeout=udf.udf_timeout_ms / 1000
+    )
     failures = transformed["udf_failures"] | "UdfFailures" >> beam.Map(
-        udf_failure_dead_letter, pipeline_name, udf.udf_path, udf.udf_function, udf.udf_timeout_ms)
+        udf_failure_dead_letter, pipeline_name, udf.udf_path, udf.udf_function, udf.udf_timeout_ms
+    )
     return transformed["records"], [transformed[DEAD_LETTER_TAG], failures]
 
 
@@ -37,13 +40,18 @@ def parse_pipeline_options(argv, description, option_classes):
     """Parses argv into PipelineOptions; `--help` lists the pipeline's flags, the shared ones and the
     main Beam/Dataflow ones (the rest: https://cloud.google.com/dataflow/docs/reference/pipeline-options)."""
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any other Beam/Dataflow pipeline option (--region, --temp_location, --max_num_workers, ...) "
-               "is passed through to the runner.")
-    for title, cls in [*((c.__name__, c) for c in option_classes), ("OutputOptions", OutputOptions),
-                       ("Beam: StandardOptions", StandardOptions),
-                       ("Beam: GoogleCloudOptions", GoogleCloudOptions),
-                       ("Beam: SetupOptions", SetupOptions)]:
+        "is passed through to the runner.",
+    )
+    for title, cls in [
+        *((c.__name__, c) for c in option_classes),
+        ("OutputOptions", OutputOptions),
+        ("Beam: StandardOptions", StandardOptions),
+        ("Beam: GoogleCloudOptions", GoogleCloudOptions),
+        ("Beam: SetupOptions", SetupOptions),
+    ]:
         cls._add_argparse_args(parser.add_argument_group(title))
     parser.parse_known_args(argv)  # --help exits here; type/choice errors name the flag
     return PipelineOptions(argv)
@@ -60,7 +68,7 @@ def choose_local_runner(options):
 
 def dead_letters_by_reason(counts, title="dead letters by reason"):
     """The report line of the `dead_letters_<reason>` counters, or None when there were none."""
-    reasons = {k[len("dead_letters_"):]: v for k, v in counts.items() if k.startswith("dead_letters_")}
+    reasons = {k[len("dead_letters_") :]: v for k, v in counts.items() if k.startswith("dead_letters_")}
     return f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) if reasons else None
 
 
@@ -103,9 +111,9 @@ def _count(element, counter):
 def read_records(pipeline, pipeline_name, source, label):
     """The first steps of every build(): `source` (ReadRecords, or a Create/TestStream in tests) and the
     `<pipeline>:records_in` counter the report and progress lines read."""
-    return (pipeline
-            | label >> source
-            | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(pipeline_name, "records_in")))
+    return (
+        pipeline | label >> source | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(pipeline_name, "records_in"))
+    )
 
 
 def local_output(options, name):
@@ -120,8 +128,14 @@ def write_dead_letters(options, pipeline_name, records_read, dead_letter_sources
     out = options.view_as(OutputOptions)
     dead_letters = tuple(dead_letter_sources) | "FlattenDeadLetters" >> beam.Flatten()
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-        pipeline_name, out.dead_letter_table, out.dead_letter_topic, local_output(options, "dead_letters"),
-        options.view_as(StandardOptions).streaming, out.bq_write_method, out.dead_letter_max_payload_bytes)
+        pipeline_name,
+        out.dead_letter_table,
+        out.dead_letter_topic,
+        local_output(options, "dead_letters"),
+        options.view_as(StandardOptions).streaming,
+        out.bq_write_method,
+        out.dead_letter_max_payload_bytes,
+    )
     add_progress(options, pipeline_name, records_read, dead_letters)
     return dead_letters
 
@@ -132,8 +146,11 @@ def add_progress(options, pipeline_name, records, dead_letters):
     from transforms.io.progress import CountProgress
 
     standard = options.view_as(StandardOptions)
-    if (options.view_as(OutputOptions).progress == "off" or standard.streaming
-            or standard.runner in ("DataflowRunner", "dataflow")):
+    if (
+        options.view_as(OutputOptions).progress == "off"
+        or standard.streaming
+        or standard.runner in ("DataflowRunner", "dataflow")
+    ):
         return
     records | "ProgressRead" >> beam.ParDo(CountProgress(pipeline_name, "read"))
     dead_letters | "ProgressDeadLetters" >> beam.ParDo(CountProgress(pipeline_name, "dead letters"))

@@ -1,4 +1,5 @@
 """What every pipeline shares: output/dead-letter flags, --help, runner defaults, the local report."""
+
 import os
 
 from apache_beam.options.pipeline_options import (
@@ -21,28 +22,48 @@ class OutputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--output_dir", type=str, default=None,
+            "--output_dir",
+            type=str,
+            default=None,
             help="Directory (local or gs://) for JSONL outputs and dead letters. Default when no other sink "
-                 "is given: output/<pipeline> under the current directory.")
+            "is given: output/<pipeline> under the current directory.",
+        )
         parser.add_argument(
-            "--dead_letter_table", type=str, default=None,
-            help="BigQuery table PROJECT:DATASET.TABLE for dead letters (created if missing).")
+            "--dead_letter_table",
+            type=str,
+            default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for dead letters (created if missing).",
+        )
         parser.add_argument(
-            "--dead_letter_topic", type=str, default=None,
-            help="Pub/Sub topic projects/P/topics/T for dead letters, one JSON message each.")
+            "--dead_letter_topic",
+            type=str,
+            default=None,
+            help="Pub/Sub topic projects/P/topics/T for dead letters, one JSON message each.",
+        )
         parser.add_argument(
-            "--bq_write_method", type=str, default="STREAMING_INSERTS", choices=BQ_WRITE_METHODS,
+            "--bq_write_method",
+            type=str,
+            default="STREAMING_INSERTS",
+            choices=BQ_WRITE_METHODS,
             help="How BigQuery tables are written. STORAGE_WRITE_API needs Beam's Java expansion service "
-                 "(fine on Dataflow). Default: STREAMING_INSERTS.")
+            "(fine on Dataflow). Default: STREAMING_INSERTS.",
+        )
         parser.add_argument(
-            "--dead_letter_max_payload_bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES,
+            "--dead_letter_max_payload_bytes",
+            type=int,
+            default=DEFAULT_MAX_PAYLOAD_BYTES,
             help="Dead letters keep at most this many bytes of the original payload (with its full size and "
-                 f"SHA-256), so every dead letter fits a BigQuery row and a Pub/Sub message. Default: "
-                 f"{DEFAULT_MAX_PAYLOAD_BYTES}.")
+            f"SHA-256), so every dead letter fits a BigQuery row and a Pub/Sub message. Default: "
+            f"{DEFAULT_MAX_PAYLOAD_BYTES}.",
+        )
         parser.add_argument(
-            "--progress", type=str, default="auto", choices=("auto", "off"),
+            "--progress",
+            type=str,
+            default="auto",
+            choices=("auto", "off"),
             help="auto: local batch runs print progress lines (records read, throughput, dead letters so far) "
-                 "on stderr every 5 s; off: none. Never on Dataflow or in streaming. Default: auto.")
+            "on stderr every 5 s; off: none. Never on Dataflow or in streaming. Default: auto.",
+        )
 
 
 class PubsubInputOptions(PipelineOptions):
@@ -52,11 +73,17 @@ class PubsubInputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input_subscription", type=str, default=None,
-            help="Pub/Sub subscription projects/P/subscriptions/S to read from (streaming).")
+            "--input_subscription",
+            type=str,
+            default=None,
+            help="Pub/Sub subscription projects/P/subscriptions/S to read from (streaming).",
+        )
         parser.add_argument(
-            "--input_topic", type=str, default=None,
-            help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).")
+            "--input_topic",
+            type=str,
+            default=None,
+            help="Pub/Sub topic projects/P/topics/T to read from through a temporary subscription (streaming).",
+        )
 
 
 class EventTimeOptions(PipelineOptions):
@@ -65,9 +92,12 @@ class EventTimeOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--allowed_lateness_seconds", type=int, default=3600,
+            "--allowed_lateness_seconds",
+            type=int,
+            default=3600,
             help="How late (event time behind the watermark) a record may arrive and still update its "
-                 "window with a LATE pane. Default: 3600.")
+            "window with a LATE pane. Default: 3600.",
+        )
 
 
 def check_allowed_lateness(options):
@@ -82,11 +112,17 @@ class BatchInputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input_files", type=str, default=None,
-            help="Newline-delimited JSON files (glob, local or gs://; .gz is decompressed), for a batch run.")
+            "--input_files",
+            type=str,
+            default=None,
+            help="Newline-delimited JSON files (glob, local or gs://; .gz is decompressed), for a batch run.",
+        )
         parser.add_argument(
-            "--input_table", type=str, default=None,
-            help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API).")
+            "--input_table",
+            type=str,
+            default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API).",
+        )
 
 
 class RecordInputOptions(PipelineOptions):
@@ -95,32 +131,73 @@ class RecordInputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input_format", type=str, default=None, choices=("csv", "jsonl", "parquet", "tfrecord"),
+            "--input_format",
+            type=str,
+            default=None,
+            choices=("csv", "jsonl", "parquet", "tfrecord"),
             help="Format of --input_files. Default: from the extension (.csv, .jsonl/.json, .parquet, .tfrecord; "
-                 "optionally .gz).")
+            "optionally .gz).",
+        )
         parser.add_argument(
-            "--input_query", type=str, default=None,
-            help="BigQuery standard SQL query whose rows are the records (filter and sample here).")
+            "--input_query",
+            type=str,
+            default=None,
+            help="BigQuery standard SQL query whose rows are the records (filter and sample here).",
+        )
 
 
 class ImageFolderInputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--input_dir", type=str, default=None,
+            "--input_dir",
+            type=str,
+            default=None,
             help="Folder of image files (local or gs://, read recursively), for a batch run. Image ingestion "
-                 "takes each image's label from its first sub-folder: <root>/<label>/<file>.")
+            "takes each image's label from its first sub-folder: <root>/<label>/<file>.",
+        )
+
+
+class ImageLimitOptions(PipelineOptions):
+    """For pipelines that read images: what an image may cost before it is decoded."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--max_image_bytes",
+            type=int,
+            default=20 * 1024 * 1024,
+            help="Larger images are dead letters (too_large); files are read no further than this. "
+            "Default: 20971520 (20 MiB).",
+        )
+        parser.add_argument(
+            "--max_image_pixels",
+            type=int,
+            default=40_000_000,
+            help="Images declaring more pixels (width x height) are dead letters (too_many_pixels), rejected "
+            "from the header before decoding, so decompression bombs never expand. Default: 40000000.",
+        )
+
+
+def check_image_limits(options):
+    limits = options.view_as(ImageLimitOptions)
+    for flag in ("max_image_bytes", "max_image_pixels"):
+        if getattr(limits, flag) <= 0:
+            raise ValueError(f"--{flag} must be positive, got {getattr(limits, flag)}")
 
 
 class LabelMapOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--label_map", type=str, default=None,
+            "--label_map",
+            type=str,
+            default=None,
             help="Label map (local or gs://): one class label per line, its id the line number from 0, as image "
-                 "ingestion writes to label_map.txt. Image ingestion: fixes the ids (required in streaming; "
-                 "without it a batch run numbers the labels it finds in sorted order and writes one). Scoring: "
-                 "names a classifier's scores, for the top-k labels.")
+            "ingestion writes to label_map.txt. Image ingestion: fixes the ids (required in streaming; "
+            "without it a batch run numbers the labels it finds in sorted order and writes one). Scoring: "
+            "names a classifier's scores, for the top-k labels.",
+        )
 
 
 class TfRecordOutputOptions(PipelineOptions):
@@ -129,23 +206,36 @@ class TfRecordOutputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--num_shards", type=int, default=0,
-            help="TFRecord files per split (per window in streaming); 0 lets the runner decide. Default: 0.")
+            "--num_shards",
+            type=int,
+            default=0,
+            help="TFRecord files per split (per window in streaming); 0 lets the runner decide. Default: 0.",
+        )
         parser.add_argument(
-            "--compression", type=str, default="gzip", choices=("gzip", "none"),
-            help="TFRecord compression. Default: gzip.")
+            "--compression",
+            type=str,
+            default="gzip",
+            choices=("gzip", "none"),
+            help="TFRecord compression. Default: gzip.",
+        )
 
 
 class TensorBoardOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--tensorboard_dir", type=str, default=None,
+            "--tensorboard_dir",
+            type=str,
+            default=None,
             help="Write TensorBoard event files (local or gs://) under <dir>/<--tensorboard_run>; several runs "
-                 "side by side in one TensorBoard.")
+            "side by side in one TensorBoard.",
+        )
         parser.add_argument(
-            "--tensorboard_run", type=str, default=None,
-            help="Run name (sub-directory of --tensorboard_dir). Default: <pipeline>-<UTC start time>.")
+            "--tensorboard_run",
+            type=str,
+            default=None,
+            help="Run name (sub-directory of --tensorboard_dir). Default: <pipeline>-<UTC start time>.",
+        )
 
 
 def resolve_tensorboard_run(options, pipeline_name):
@@ -156,27 +246,36 @@ def resolve_tensorboard_run(options, pipeline_name):
     if tb.tensorboard_run and not tb.tensorboard_dir:
         raise ValueError("--tensorboard_run needs --tensorboard_dir")
     if tb.tensorboard_dir and not tb.tensorboard_run:
-        tb.tensorboard_run = f"{pipeline_name}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+        tb.tensorboard_run = f"{pipeline_name}-{datetime.datetime.now(datetime.UTC):%Y%m%d-%H%M%S}"
 
 
 class BigQueryOutputOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--output_table", type=str, default=None,
+            "--output_table",
+            type=str,
+            default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for the pipeline's main rows (created if missing, "
-                 "day-partitioned and clustered).")
+            "day-partitioned and clustered).",
+        )
 
 
 class BigtableOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--bigtable_instance", type=str, default=None,
-            help="Bigtable instance for the serving rows (with --bigtable_table; project: --project).")
+            "--bigtable_instance",
+            type=str,
+            default=None,
+            help="Bigtable instance for the serving rows (with --bigtable_table; project: --project).",
+        )
         parser.add_argument(
-            "--bigtable_table", type=str, default=None,
-            help="Bigtable table for the serving rows (created with its column family if missing).")
+            "--bigtable_table",
+            type=str,
+            default=None,
+            help="Bigtable table for the serving rows (created with its column family if missing).",
+        )
 
 
 class UdfOptions(PipelineOptions):
@@ -185,18 +284,29 @@ class UdfOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--udf_path", type=str, default=None,
+            "--udf_path",
+            type=str,
+            default=None,
             help="Python (.py) or JavaScript (.js) file, local or gs://, holding a function applied to each "
-                 "record before parsing; it returns the new record, or None/null to filter it out.")
+            "record before parsing; it returns the new record, or None/null to filter it out.",
+        )
         parser.add_argument(
-            "--udf_timeout_ms", type=int, default=DEFAULT_UDF_TIMEOUT_MS,
+            "--udf_timeout_ms",
+            type=int,
+            default=DEFAULT_UDF_TIMEOUT_MS,
             help="Time limit of the UDF per record, in milliseconds; a record over it is a udf_timeout dead "
-                 "letter and the UDF goes on with the next one. JavaScript UDFs also have a 256 MiB heap limit "
-                 f"(udf_memory). Python UDFs run in a subprocess to enforce it. Default: {DEFAULT_UDF_TIMEOUT_MS}.")
+            "letter and the UDF goes on with the next one. JavaScript UDFs also have a 256 MiB heap limit "
+            "(udf_memory). Python UDFs run in a subprocess to enforce it, which costs about 1 ms per record "
+            "(bench/udf.py); 0 runs a trusted Python UDF in the worker itself, with no limit. "
+            f"Default: {DEFAULT_UDF_TIMEOUT_MS}.",
+        )
         parser.add_argument(
-            "--udf_function", type=str, default="process",
+            "--udf_function",
+            type=str,
+            default="process",
             help="Name of the function in --udf_path. Default: process (the Google-provided templates' "
-                 "JavaScript convention).")
+            "JavaScript convention).",
+        )
 
 
 def check_outputs(options, pipeline_name, main_sinks):
@@ -211,18 +321,21 @@ def check_outputs(options, pipeline_name, main_sinks):
     if not (any(main_sinks) or out.output_dir):
         out.output_dir = os.path.join("output", pipeline_name)
     if not 1024 <= out.dead_letter_max_payload_bytes <= 1_000_000:
-        raise ValueError(f"--dead_letter_max_payload_bytes must be within 1024-1000000 (BigQuery rows and Pub/Sub "
-                         f"messages must hold it), got {out.dead_letter_max_payload_bytes}")
+        raise ValueError(
+            f"--dead_letter_max_payload_bytes must be within 1024-1000000 (BigQuery rows and Pub/Sub "
+            f"messages must hold it), got {out.dead_letter_max_payload_bytes}"
+        )
     if not (out.output_dir or out.dead_letter_table or out.dead_letter_topic):
-        raise ValueError("dead letters need a destination: set --dead_letter_table, --dead_letter_topic or "
-                         "--output_dir")
+        raise ValueError(
+            "dead letters need a destination: set --dead_letter_table, --dead_letter_topic or --output_dir"
+        )
 
 
 def check_udf(options):
     """Loads --udf_path's function once at start-up, so a broken UDF fails the launch, not the workers."""
     udf = options.view_as(UdfOptions)
-    if udf.udf_timeout_ms <= 0:
-        raise ValueError(f"--udf_timeout_ms must be positive, got {udf.udf_timeout_ms}")
+    if udf.udf_timeout_ms < 0:
+        raise ValueError(f"--udf_timeout_ms must be >= 0 (0: no limit), got {udf.udf_timeout_ms}")
     if udf.udf_path:
         load_udf(udf.udf_path, udf.udf_function)
 

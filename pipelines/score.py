@@ -24,6 +24,7 @@ written under gs://B/models/shapes/<version>/:
         --predictions_topic projects/P/topics/predictions --output_table P:ml.predictions \\
         --bigtable_instance serving --bigtable_table predictions
 """
+
 import logging
 from typing import NamedTuple
 
@@ -49,11 +50,13 @@ from pipelines.options import (
     BigQueryOutputOptions,
     BigtableOptions,
     ImageFolderInputOptions,
+    ImageLimitOptions,
     LabelMapOptions,
     OutputOptions,
     PubsubInputOptions,
     RecordInputOptions,
     UdfOptions,
+    check_image_limits,
     check_input,
     check_outputs,
     check_udf,
@@ -78,48 +81,84 @@ class ScoreOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--model_path", type=str, default=None,
+            "--model_path",
+            type=str,
+            default=None,
             help="SavedModel folder or .keras file, local or gs://. Its last path component is the model "
-                 "version recorded with each prediction (e.g. gs://B/models/shapes/3 -> 3). Default: the "
-                 "bundled sample classifier.")
+            "version recorded with each prediction (e.g. gs://B/models/shapes/3 -> 3). Default: the "
+            "bundled sample classifier.",
+        )
         parser.add_argument(
-            "--signature", type=str, default="serving_default",
-            help="SavedModel signature to call. Default: serving_default.")
+            "--signature",
+            type=str,
+            default="serving_default",
+            help="SavedModel signature to call. Default: serving_default.",
+        )
         parser.add_argument(
-            "--top_k", type=int, default=3, help="How many labels to list per prediction with --label_map. Default: 3.")
+            "--top_k", type=int, default=3, help="How many labels to list per prediction with --label_map. Default: 3."
+        )
         parser.add_argument(
-            "--model_watch_pattern", type=str, default=None,
+            "--model_watch_pattern",
+            type=str,
+            default=None,
             help="Streaming: glob of model files to watch, e.g. 'gs://B/models/shapes/*/saved_model.pb'; the "
-                 "newest match replaces the model without a restart.")
+            "newest match replaces the model without a restart.",
+        )
         parser.add_argument(
-            "--model_watch_interval_seconds", type=int, default=300,
-            help="How often --model_watch_pattern is checked. Default: 300.")
+            "--model_watch_interval_seconds",
+            type=int,
+            default=300,
+            help="How often --model_watch_pattern is checked. Default: 300.",
+        )
         parser.add_argument(
-            "--min_batch_size", type=int, default=1, help="Smallest batch handed to the model. Default: 1.")
+            "--min_batch_size", type=int, default=1, help="Smallest batch handed to the model. Default: 1."
+        )
         parser.add_argument(
-            "--max_batch_size", type=int, default=256, help="Largest batch handed to the model. Default: 256.")
+            "--max_batch_size", type=int, default=256, help="Largest batch handed to the model. Default: 256."
+        )
         parser.add_argument(
-            "--max_batch_duration_secs", type=int, default=None,
-            help="Streaming: wait at most this long to fill a batch, across bundles (stateful batching).")
+            "--max_batch_duration_secs",
+            type=int,
+            default=None,
+            help="Streaming: wait at most this long to fill a batch, across bundles (stateful batching).",
+        )
         parser.add_argument(
-            "--transform_dir", type=str, default=None,
+            "--transform_dir",
+            type=str,
+            default=None,
             help="Output folder of a feature pipeline run (holding transform_fn/ and feature_spec.yaml): "
-                 "requests carry the raw features, which get the spec's defaults and clipping and the exported "
-                 "tf.Transform function before the model, exactly as in training.")
+            "requests carry the raw features, which get the spec's defaults and clipping and the exported "
+            "tf.Transform function before the model, exactly as in training.",
+        )
         parser.add_argument(
-            "--predictions_topic", type=str, default=None,
+            "--predictions_topic",
+            type=str,
+            default=None,
             help="Pub/Sub topic projects/P/topics/T for predictions, one JSON message each (its request_id "
-                 "lets callers correlate).")
+            "lets callers correlate).",
+        )
         parser.add_argument(
-            "--cache_ttl_hours", type=float, default=24.0,
+            "--cache_ttl_hours",
+            type=float,
+            default=24.0,
             help="With --bigtable_instance: cached predictions are garbage-collected after this many hours "
-                 "(set when the table is created). Default: 24.")
+            "(set when the table is created). Default: 24.",
+        )
 
 
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query", "input_dir")
-OPTION_CLASSES = (ScoreOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, ImageFolderInputOptions,
-                  LabelMapOptions,
-                  BigQueryOutputOptions, BigtableOptions, UdfOptions)
+OPTION_CLASSES = (
+    ScoreOptions,
+    ImageLimitOptions,
+    PubsubInputOptions,
+    BatchInputOptions,
+    RecordInputOptions,
+    ImageFolderInputOptions,
+    LabelMapOptions,
+    BigQueryOutputOptions,
+    BigtableOptions,
+    UdfOptions,
+)
 
 
 class Settings(NamedTuple):
@@ -143,14 +182,16 @@ def validate(options):
     if opts.model_watch_pattern and not streaming:
         raise ValueError("--model_watch_pattern needs a streaming input (--input_subscription or --input_topic)")
     if not 1 <= opts.min_batch_size <= opts.max_batch_size:
-        raise ValueError(f"need 1 <= --min_batch_size <= --max_batch_size, got {opts.min_batch_size} and "
-                         f"{opts.max_batch_size}")
+        raise ValueError(
+            f"need 1 <= --min_batch_size <= --max_batch_size, got {opts.min_batch_size} and {opts.max_batch_size}"
+        )
     for flag in ("top_k", "model_watch_interval_seconds"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
     if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
     check_udf(options)
+    check_image_limits(options)
     # the Bigtable cache is not a main output
     check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table, opts.predictions_topic))
     default_model = opts.model_path is None
@@ -163,19 +204,24 @@ def validate(options):
         try:
             model.attach_transform(opts.transform_dir)
         except (OSError, tf_errors.OpError) as e:
-            raise ValueError(f"--transform_dir: cannot load a transform from {opts.transform_dir}: "
-                             f"{str(e).splitlines()[0]}") from None
+            raise ValueError(
+                f"--transform_dir: cannot load a transform from {opts.transform_dir}: {str(e).splitlines()[0]}"
+            ) from None
     label_map = options.view_as(LabelMapOptions).label_map
     labels_path = str(SAMPLE_LABELS) if default_model and not label_map else label_map
     labels = None
     if labels_path:
         labels = parse_label_map(read_text(labels_path), labels_path)
         if len(model.output_names) != 1:
-            raise ValueError(f"--label_map: the model has {len(model.output_names)} outputs {model.output_names}; "
-                             f"top-k labels need a classifier with one output")
+            raise ValueError(
+                f"--label_map: the model has {len(model.output_names)} outputs {model.output_names}; "
+                f"top-k labels need a classifier with one output"
+            )
         if model.output_shapes[0] and model.output_shapes[0][-1] not in (None, len(labels)):
-            raise ValueError(f"--label_map: {labels_path} has {len(labels)} labels but the model's output "
-                             f"'{model.output_names[0]}' has {model.output_shapes[0][-1]} scores per example")
+            raise ValueError(
+                f"--label_map: {labels_path} has {len(labels)} labels but the model's output "
+                f"'{model.output_names[0]}' has {model.output_shapes[0][-1]} scores per example"
+            )
     return Settings(source, model_path, model.inputs, labels, getattr(model, "feature_spec", None))
 
 
@@ -186,44 +232,81 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     project = options.view_as(GoogleCloudOptions).project
-    raw = read = read_records(pipeline, PIPELINE, source or ReadRecords(
-        settings.input, options.view_as(RecordInputOptions).input_format), "ReadRequests")
+    limits = options.view_as(ImageLimitOptions)
+    raw = read = read_records(
+        pipeline,
+        PIPELINE,
+        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format, limits.max_image_bytes),
+        "ReadRequests",
+    )
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
-    parsed = raw | "ParseRequests" >> beam.ParDo(ParseRequests(settings.inputs, settings.feature_spec, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="requests")
+    parsed = raw | "ParseRequests" >> beam.ParDo(
+        ParseRequests(settings.inputs, settings.feature_spec, PIPELINE, limits.max_image_bytes, limits.max_image_pixels)
+    ).with_outputs(DEAD_LETTER_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
     requests = parsed.requests
     if model_updates is None and opts.model_watch_pattern:
         model_updates = pipeline | "WatchModel" >> WatchFilePattern(
-            opts.model_watch_pattern, interval=opts.model_watch_interval_seconds)
+            opts.model_watch_pattern, interval=opts.model_watch_interval_seconds
+        )
     predictions = []
-    cache = BigtableTarget(project, bt.bigtable_instance, bt.bigtable_table, CACHE_COLUMN_FAMILY, cache_key,
-                           "scored_at", opts.cache_ttl_hours) if bt.bigtable_instance else None
+    cache = (
+        BigtableTarget(
+            project,
+            bt.bigtable_instance,
+            bt.bigtable_table,
+            CACHE_COLUMN_FAMILY,
+            cache_key,
+            "scored_at",
+            opts.cache_ttl_hours,
+        )
+        if bt.bigtable_instance
+        else None
+    )
     if cache:
         side = [beam.pvalue.AsList(model_updates)] if model_updates is not None else []
         looked_up = requests | "LookupCache" >> beam.ParDo(
-            LookupCache(cache, model_version(settings.model_path), PIPELINE), *side).with_outputs(LookupCache.MISSES, main="hits")
+            LookupCache(cache, model_version(settings.model_path), PIPELINE), *side
+        ).with_outputs(LookupCache.MISSES, main="hits")
         predictions.append(looked_up.hits)
         requests = looked_up[LookupCache.MISSES]
-    handler = KeyedModelHandler(TfModelHandler(
-        settings.model_path, opts.signature, opts.min_batch_size, opts.max_batch_size,
-        opts.max_batch_duration_secs if streaming else None, opts.transform_dir))
-    inference, failed = requests | "RunInference" >> RunInference(
-        handler, model_metadata_pcoll=model_updates).with_exception_handling()
-    scored = inference | "ToPredictionRows" >> beam.ParDo(ToPredictionRows(settings.labels, opts.top_k, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="rows")
+    handler = KeyedModelHandler(
+        TfModelHandler(
+            settings.model_path,
+            opts.signature,
+            opts.min_batch_size,
+            opts.max_batch_size,
+            opts.max_batch_duration_secs if streaming else None,
+            opts.transform_dir,
+        )
+    )
+    inference, failed = (
+        requests | "RunInference" >> RunInference(handler, model_metadata_pcoll=model_updates).with_exception_handling()
+    )
+    scored = inference | "ToPredictionRows" >> beam.ParDo(
+        ToPredictionRows(settings.labels, opts.top_k, PIPELINE)
+    ).with_outputs(DEAD_LETTER_TAG, main="rows")
     predictions.append(scored.rows)
-    dead_letter_sources += [scored[DEAD_LETTER_TAG],
-                            failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, PIPELINE)]
+    dead_letter_sources += [
+        scored[DEAD_LETTER_TAG],
+        failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, PIPELINE),
+    ]
     rows = predictions | "AllPredictions" >> beam.Flatten()
     output_table = options.view_as(BigQueryOutputOptions).output_table
     sink_failures = rows | "WritePredictions" >> WriteRecords(
-        PIPELINE, BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"])
-        if output_table else None, out.bq_write_method, pubsub_topic=opts.predictions_topic,
-        local_prefix=local_output(options, "predictions"), streaming=streaming)
+        PIPELINE,
+        BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"]) if output_table else None,
+        out.bq_write_method,
+        pubsub_topic=opts.predictions_topic,
+        local_prefix=local_output(options, "predictions"),
+        streaming=streaming,
+    )
     if cache:
-        rows | "CacheRows" >> beam.FlatMap(cache_rows) | "WriteCache" >> WriteRecords(
-            PIPELINE, bigtable=cache, streaming=streaming)
+        (
+            rows
+            | "CacheRows" >> beam.FlatMap(cache_rows)
+            | "WriteCache" >> WriteRecords(PIPELINE, bigtable=cache, streaming=streaming)
+        )
     dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, *sink_failures))
     return ScoreOutputs(rows, dead_letters)
 
@@ -231,8 +314,10 @@ def build(pipeline, options, settings, source=None, model_updates=None):
 def report(result, options, _settings):
     output_dir = options.view_as(OutputOptions).output_dir
     counts = metric_counts(result, PIPELINE)
-    lines = [f"scored: {counts.get('scored', 0)}  from the cache: {counts.get('cache_hits', 0)}  "
-             f"dead letters: {counts.get('dead_letters', 0)}"]
+    lines = [
+        f"scored: {counts.get('scored', 0)}  from the cache: {counts.get('cache_hits', 0)}  "
+        f"dead letters: {counts.get('dead_letters', 0)}"
+    ]
     by_reason = dead_letters_by_reason(counts)
     if by_reason:
         lines.append(by_reason)
@@ -240,8 +325,10 @@ def report(result, options, _settings):
         rows = read_jsonl(FileSystems.join(output_dir, "predictions*.jsonl"), limit=5)
         for row in rows:
             best = row["top_k"][0] if row["top_k"] else None
-            lines.append(f"{row['request_id']:<28} model {row['model_version']}: "
-                         + (f"{best['label']} {best['score']:.3f}" if best else row["outputs"][:60]))
+            lines.append(
+                f"{row['request_id']:<28} model {row['model_version']}: "
+                + (f"{best['label']} {best['score']:.3f}" if best else row["outputs"][:60])
+            )
         more = counts.get("scored", 0) + counts.get("cache_hits", 0) - len(rows)
         if more > 0:
             lines.append(f"... {more} more in {output_dir}/predictions-*.jsonl")

@@ -26,6 +26,7 @@ Streaming on Dataflow, serving requests from Pub/Sub checked every hour (windows
         --output_dir gs://B/skew/churn-v3 --anomalies_table P:ml.skew_anomalies \\
         --anomalies_topic projects/P/topics/feature-anomalies --dead_letter_table P:ml.dead_letters
 """
+
 import json
 import logging
 from typing import NamedTuple
@@ -72,24 +73,39 @@ class SkewOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--training_dir", type=str, default=None,
+            "--training_dir",
+            type=str,
+            default=None,
             help="Output folder of a feature pipeline run (statistics.json and feature_spec.yaml), local or gs://. "
-                 "Default: the bundled training statistics of the churn sample.")
+            "Default: the bundled training statistics of the churn sample.",
+        )
         parser.add_argument(
-            "--training_split", type=str, default="train",
-            help="Which split of the training statistics to compare with. Default: train.")
+            "--training_split",
+            type=str,
+            default="train",
+            help="Which split of the training statistics to compare with. Default: train.",
+        )
         parser.add_argument(
-            "--anomalies_table", type=str, default=None,
+            "--anomalies_table",
+            type=str,
+            default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for the report, one row per feature (created if missing, "
-                 "day-partitioned on checked_at).")
+            "day-partitioned on checked_at).",
+        )
         parser.add_argument(
-            "--anomalies_topic", type=str, default=None,
+            "--anomalies_topic",
+            type=str,
+            default=None,
             help="Pub/Sub topic projects/P/topics/T: one JSON message per feature with anomalies (per window "
-                 "in streaming: an alert).")
+            "in streaming: an alert).",
+        )
         parser.add_argument(
-            "--skew_window_seconds", type=int, default=3600,
+            "--skew_window_seconds",
+            type=int,
+            default=3600,
             help="Streaming (--input_subscription or --input_topic): length of the fixed windows, by publish "
-                 "time, each compared with the training statistics on its own. Default: 3600.")
+            "time, each compared with the training statistics on its own. Default: 3600.",
+        )
 
 
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query")
@@ -122,8 +138,9 @@ def validate(options):
         spec = load_feature_spec(FileSystems.join(training_dir, SPEC_FILE), "--training_dir")
         statistics = json.loads(read_text(FileSystems.join(training_dir, "statistics.json")))
     except OSError as e:
-        raise ValueError(f"--training_dir: {training_dir} must hold a feature pipeline's {SPEC_FILE} and "
-                         f"statistics.json: {e}") from None
+        raise ValueError(
+            f"--training_dir: {training_dir} must hold a feature pipeline's {SPEC_FILE} and statistics.json: {e}"
+        ) from None
     if opts.training_split not in statistics:
         raise ValueError(f"--training_split: {training_dir}/statistics.json has no split '{opts.training_split}'")
     thresholds = {f.name: {**DEFAULT_THRESHOLDS, **f.skew} for f in spec.inputs if f.type != "label"}
@@ -140,43 +157,70 @@ def build(pipeline, options, settings, source=None):
     numeric = [f.name for f in features if training["features"][f.name]["type"] == "numeric"]
     strings = [f.name for f in features if f.name not in numeric]
     texts = {f.name for f in features if f.type == "text"}
-    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(
-        settings.input, options.view_as(RecordInputOptions).input_format), "ReadServing")
+    records = read = read_records(
+        pipeline,
+        PIPELINE,
+        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format),
+        "ReadServing",
+    )
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    values = records | "ServingValues" >> beam.ParDo(ServingValues(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="rows")
+    values = records | "ServingValues" >> beam.ParDo(ServingValues(spec, PIPELINE)).with_outputs(
+        DEAD_LETTER_TAG, main="rows"
+    )
     rows = values.rows
     if streaming:
         rows = rows | "SkewWindows" >> beam.WindowInto(window.FixedWindows(opts.skew_window_seconds))
-    statistics = (rows
-                  | "AsServingSplit" >> beam.Map(lambda row: ("serving", row))
-                  | "ServingStatistics" >> ComputeStatistics(  # the serving histograms go to the batch JSON only
-                      ["serving"], numeric, strings, histograms=not streaming))
+    statistics = (
+        rows
+        | "AsServingSplit" >> beam.Map(lambda row: ("serving", row))
+        | "ServingStatistics"
+        >> ComputeStatistics(  # the serving histograms go to the batch JSON only
+            ["serving"], numeric, strings, histograms=not streaming
+        )
+    )
     bins = rows | "CountInTrainingBins" >> CountInTrainingBins(
-        {name: training["features"][name]["histogram"] for name in numeric})
+        {name: training["features"][name]["histogram"] for name in numeric}
+    )
     report = statistics | "SkewReport" >> beam.Map(
         lambda serving, bins_: skew_report(training, serving, bins_, settings.thresholds, texts),
-        beam.pvalue.AsSingleton(bins, default_value={}))
+        beam.pvalue.AsSingleton(bins, default_value={}),
+    )
     if not streaming:  # one JSON file each; streaming writes the report rows as JSONL below
-        (statistics
-         | "ServingStatisticsJson" >> beam.Map(lambda artifact: json.dumps(artifact, indent=1, sort_keys=True))
-         | "WriteServingStatistics" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "serving_statistics"),
-                                                           ".json", shard_name_template=""))
-        (report
-         | "ReportJson" >> beam.Map(lambda r: json.dumps(r, indent=1, sort_keys=True))
-         | "WriteReport" >> beam.io.WriteToText(FileSystems.join(out.output_dir, "anomalies"), ".json",
-                                                shard_name_template=""))
+        (
+            statistics
+            | "ServingStatisticsJson" >> beam.Map(lambda artifact: json.dumps(artifact, indent=1, sort_keys=True))
+            | "WriteServingStatistics"
+            >> beam.io.WriteToText(
+                FileSystems.join(out.output_dir, "serving_statistics"), ".json", shard_name_template=""
+            )
+        )
+        (
+            report
+            | "ReportJson" >> beam.Map(lambda r: json.dumps(r, indent=1, sort_keys=True))
+            | "WriteReport"
+            >> beam.io.WriteToText(FileSystems.join(out.output_dir, "anomalies"), ".json", shard_name_template="")
+        )
     report_rows = report | "ReportRows" >> beam.FlatMap(anomaly_rows, settings.training_dir)
     sink_failures = ()
     if opts.anomalies_table or streaming:
         sink_failures = report_rows | "WriteReportRows" >> WriteRecords(
-            PIPELINE, BigQueryTarget(opts.anomalies_table, ANOMALY_BQ_SCHEMA, "checked_at", ["feature"])
-            if opts.anomalies_table else None, out.bq_write_method,
-            local_prefix=FileSystems.join(out.output_dir, "anomalies") if streaming else None, streaming=streaming)
+            PIPELINE,
+            BigQueryTarget(opts.anomalies_table, ANOMALY_BQ_SCHEMA, "checked_at", ["feature"])
+            if opts.anomalies_table
+            else None,
+            out.bq_write_method,
+            local_prefix=FileSystems.join(out.output_dir, "anomalies") if streaming else None,
+            streaming=streaming,
+        )
     if opts.anomalies_topic:
-        (report_rows
-         | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
-         | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic, streaming=streaming))
-    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures))
+        (
+            report_rows
+            | "OnlyAnomalies" >> beam.Filter(lambda row: row["anomalies"])
+            | "PublishAnomalies" >> WriteRecords(PIPELINE, pubsub_topic=opts.anomalies_topic, streaming=streaming)
+        )
+    dead_letters = write_dead_letters(
+        options, PIPELINE, read, (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures)
+    )
     return SkewOutputs(report, report_rows, dead_letters)
 
 
@@ -184,8 +228,10 @@ def report(result, options, settings):
     counts = metric_counts(result, PIPELINE)
     output_dir = options.view_as(OutputOptions).output_dir
     skew = json.loads(read_text(FileSystems.join(output_dir, "anomalies.json")))
-    lines = [f"training rows: {skew['training_rows']}  serving rows: {counts.get('serving_rows', 0)}  "
-             f"dead letters: {counts.get('dead_letters', 0)}  anomalies: {skew['anomalies']}"]
+    lines = [
+        f"training rows: {skew['training_rows']}  serving rows: {counts.get('serving_rows', 0)}  "
+        f"dead letters: {counts.get('dead_letters', 0)}  anomalies: {skew['anomalies']}"
+    ]
     for f in skew["features"]:
         measures = ", ".join(f"{k}={v:.3f}" for k, v in sorted(f["measures"].items()) if isinstance(v, float))
         new = f["measures"].get("new_categories")

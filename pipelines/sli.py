@@ -19,6 +19,7 @@ Streaming on Dataflow, from a Cloud Logging sink's Pub/Sub subscription to BigQu
 Backfill: the same with `--input_files 'gs://B/logs/*.json.gz'` or `--input_table P:logs.requests_export`
 instead of the subscription (and no --streaming).
 """
+
 import logging
 from typing import NamedTuple
 
@@ -71,26 +72,46 @@ class SliOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--sli_config", type=str, default=None,
+            "--sli_config",
+            type=str,
+            default=None,
             help=f"YAML file (local or gs://) defining services, journeys and SLIs. Default: the bundled "
-                 f"sample {SAMPLE_CONFIG.name}.")
+            f"sample {SAMPLE_CONFIG.name}.",
+        )
         parser.add_argument(
-            "--window_seconds", type=int, default=60,
-            help="Length of the event-time fixed windows, in seconds. Default: 60.")
+            "--window_seconds",
+            type=int,
+            default=60,
+            help="Length of the event-time fixed windows, in seconds. Default: 60.",
+        )
         parser.add_argument(
-            "--slo_table", type=str, default=None,
+            "--slo_table",
+            type=str,
+            default=None,
             help="BigQuery table PROJECT:DATASET.TABLE for SLO status rows, one per SLO and evaluated minute "
-                 "(created if missing, day-partitioned on evaluated_at, clustered by slo).")
+            "(created if missing, day-partitioned on evaluated_at, clustered by slo).",
+        )
         parser.add_argument(
-            "--alerts_topic", type=str, default=None,
+            "--alerts_topic",
+            type=str,
+            default=None,
             help="Pub/Sub topic projects/P/topics/T for burn-rate alert transitions (FIRING/RESOLVED), one "
-                 "JSON message each.")
+            "JSON message each.",
+        )
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/options.py).
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table")
-OPTION_CLASSES = (SliOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, BigQueryOutputOptions,
-                  BigtableOptions, TensorBoardOptions, UdfOptions)
+OPTION_CLASSES = (
+    SliOptions,
+    EventTimeOptions,
+    PubsubInputOptions,
+    BatchInputOptions,
+    BigQueryOutputOptions,
+    BigtableOptions,
+    TensorBoardOptions,
+    UdfOptions,
+)
 
 
 class SliOutputs(NamedTuple):
@@ -112,16 +133,21 @@ def validate(options):
     if sli.window_seconds <= 0:
         raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
     check_allowed_lateness(options)
-    check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
-                                      options.view_as(BigtableOptions).bigtable_instance))
+    check_outputs(
+        options,
+        PIPELINE,
+        (options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions).bigtable_instance),
+    )
     check_udf(options)
     config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
     resolve_tensorboard_run(options, PIPELINE)
     if not config.slos and (sli.slo_table or sli.alerts_topic):
         raise ValueError("--slo_table and --alerts_topic need SLOs: add a 'slos' section to --sli_config")
     if config.slos and sli.window_seconds != 60:
-        raise ValueError(f"the SLOs in the config are evaluated per minute: --window_seconds must be 60 "
-                         f"(got {sli.window_seconds}), or remove 'slos' from the config")
+        raise ValueError(
+            f"the SLOs in the config are evaluated per minute: --window_seconds must be 60 "
+            f"(got {sli.window_seconds}), or remove 'slos' from the config"
+        )
     return Settings(config, source)
 
 
@@ -134,50 +160,71 @@ def build(pipeline, options, settings, source=None):
     records = read = read_records(pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl"), "ReadLogRecords")
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="events")
+        DEAD_LETTER_TAG, main="events"
+    )
     rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
-        config, PIPELINE, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds)
+        config, PIPELINE, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds
+    )
     project = options.view_as(GoogleCloudOptions).project
 
     def bigtable(row_key, time_field):
         bt = options.view_as(BigtableOptions)
         if not bt.bigtable_instance:
             return None
-        return BigtableTarget(project, bt.bigtable_instance, bt.bigtable_table, BIGTABLE_COLUMN_FAMILY,
-                              row_key, time_field)
+        return BigtableTarget(
+            project, bt.bigtable_instance, bt.bigtable_table, BIGTABLE_COLUMN_FAMILY, row_key, time_field
+        )
 
     def bigquery(table, schema, partition_field, clustering_field):
         return BigQueryTarget(table, schema, partition_field, [clustering_field]) if table else None
 
     sink_failures = rows | "WriteSliRows" >> WriteRecords(
-        PIPELINE, bigquery(options.view_as(BigQueryOutputOptions).output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"), out.bq_write_method,
-        bigtable(bigtable_row_key, "emitted_at"), local_prefix=local_output(options, "sli_rows"), streaming=streaming)
+        PIPELINE,
+        bigquery(options.view_as(BigQueryOutputOptions).output_table, SLI_ROW_BQ_SCHEMA, "window_start", "sli_id"),
+        out.bq_write_method,
+        bigtable(bigtable_row_key, "emitted_at"),
+        local_prefix=local_output(options, "sli_rows"),
+        streaming=streaming,
+    )
     tb = options.view_as(TensorBoardOptions)
     if tb.tensorboard_dir:
         rows | "WriteTensorBoard" >> beam.ParDo(
-            WriteSliSummaries(config, FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run)))
+            WriteSliSummaries(config, FileSystems.join(tb.tensorboard_dir, tb.tensorboard_run))
+        )
     slo_status = alerts = None
     if config.slos:
         slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, parsed.events.is_bounded, PIPELINE)
         slo_status, alerts = slos.status, slos[ALERTS_TAG]
         sink_failures += slo_status | "WriteSloStatus" >> WriteRecords(
-            PIPELINE, bigquery(sli.slo_table, SLO_STATUS_BQ_SCHEMA, "evaluated_at", "slo"), out.bq_write_method,
-            bigtable(slo_status_row_key, "evaluated_at"), local_prefix=local_output(options, "slo_status"), streaming=streaming)
+            PIPELINE,
+            bigquery(sli.slo_table, SLO_STATUS_BQ_SCHEMA, "evaluated_at", "slo"),
+            out.bq_write_method,
+            bigtable(slo_status_row_key, "evaluated_at"),
+            local_prefix=local_output(options, "slo_status"),
+            streaming=streaming,
+        )
         alerts | "WriteAlerts" >> WriteRecords(
-            PIPELINE, pubsub_topic=sli.alerts_topic, local_prefix=local_output(options, "alerts"), streaming=streaming)
-    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures))
+            PIPELINE, pubsub_topic=sli.alerts_topic, local_prefix=local_output(options, "alerts"), streaming=streaming
+        )
+    dead_letters = write_dead_letters(
+        options, PIPELINE, read, (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures)
+    )
     return SliOutputs(rows, slo_status, alerts, dead_letters)
 
 
 def alert_line(alert):
     """One report line per alert transition. A burn rate is None (no data) when its window held no events,
     which is how an alert resolves after the traffic stops."""
+
     def burn(rate):
         return "no data" if rate is None else f"{rate:.1f}"
-    return (f"alert {alert['state']:<8} {alert['at']} {alert['slo']} {alert['severity']} "
-            f"{alert['long_window_minutes']}m/{alert['short_window_minutes']}m "
-            f"burn {burn(alert['burn_rate_long'])}/{burn(alert['burn_rate_short'])} "
-            f"(threshold {alert['threshold']:.2f})")
+
+    return (
+        f"alert {alert['state']:<8} {alert['at']} {alert['slo']} {alert['severity']} "
+        f"{alert['long_window_minutes']}m/{alert['short_window_minutes']}m "
+        f"burn {burn(alert['burn_rate_long'])}/{burn(alert['burn_rate_short'])} "
+        f"(threshold {alert['threshold']:.2f})"
+    )
 
 
 def report(result, options, _settings):
@@ -204,8 +251,10 @@ def report(result, options, _settings):
                 lines.append(f"{sli_id:<52} {f'{good}/{total}':>17} {good / total:>9.4%}")
         worst = sorted((r for r in rows if r["sli_kind"] == "availability"), key=lambda r: r["good_fraction"])[:3]
         for row in worst:
-            lines.append(f"worst availability minute: {row['window_start']} {row['sli_id']} "
-                         f"{row['good_fraction']:.2%} of {row['total']}")
+            lines.append(
+                f"worst availability minute: {row['window_start']} {row['sli_id']} "
+                f"{row['good_fraction']:.2%} of {row['total']}"
+            )
         alerts = sorted(read_jsonl(FileSystems.join(output_dir, "alerts*.jsonl")), key=lambda a: (a["at"], a["slo"]))
         lines += [alert_line(alert) for alert in alerts]
         status = read_jsonl(FileSystems.join(output_dir, "slo_status*.jsonl"))
@@ -214,10 +263,13 @@ def report(result, options, _settings):
             if row["slo"] not in latest or row["evaluated_at"] > latest[row["slo"]]["evaluated_at"]:
                 latest[row["slo"]] = row
         for name, row in sorted(latest.items()):
-            lines.append(f"SLO {name}: {row['compliance']:.4%} vs target {row['target']:.2%} over "
-                         f"{row['window_days']}d, error budget remaining {row['budget_remaining']:.1%}")
-        lines.append(f"outputs: {output_dir}/sli_rows-*.jsonl, slo_status-*.jsonl, alerts-*.jsonl, "
-                     f"dead_letters-*.jsonl")
+            lines.append(
+                f"SLO {name}: {row['compliance']:.4%} vs target {row['target']:.2%} over "
+                f"{row['window_days']}d, error budget remaining {row['budget_remaining']:.1%}"
+            )
+        lines.append(
+            f"outputs: {output_dir}/sli_rows-*.jsonl, slo_status-*.jsonl, alerts-*.jsonl, dead_letters-*.jsonl"
+        )
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ Streaming on Dataflow, from Pub/Sub to Bigtable (online) and BigQuery (offline):
 Backfill through the same transforms: `--input_files 'gs://B/transactions/*.jsonl'` (or CSV, Parquet,
 TFRecord), `--input_table` or `--input_query` instead of the subscription, and no --streaming.
 """
+
 import logging
 from typing import NamedTuple
 
@@ -74,19 +75,33 @@ class WindowFeaturesOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--window_spec", type=str, default=None,
+            "--window_spec",
+            type=str,
+            default=None,
             help="YAML file (local or gs://): entity and event-time fields, windows and aggregates (see "
-                 "transforms/window_features/spec.py). Default: the bundled card-transactions sample.")
+            "transforms/window_features/spec.py). Default: the bundled card-transactions sample.",
+        )
         parser.add_argument(
-            "--feature_ttl_hours", type=float, default=48.0,
+            "--feature_ttl_hours",
+            type=float,
+            default=48.0,
             help="Bigtable online store: cells (one per feature and window end) older than this are "
-                 "garbage-collected (max-age policy of the column family, set when the table is created). "
-                 "Default: 48.")
+            "garbage-collected (max-age policy of the column family, set when the table is created). "
+            "Default: 48.",
+        )
 
 
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query")
-OPTION_CLASSES = (WindowFeaturesOptions, EventTimeOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions,
-                  BigQueryOutputOptions, BigtableOptions, UdfOptions)
+OPTION_CLASSES = (
+    WindowFeaturesOptions,
+    EventTimeOptions,
+    PubsubInputOptions,
+    BatchInputOptions,
+    RecordInputOptions,
+    BigQueryOutputOptions,
+    BigtableOptions,
+    UdfOptions,
+)
 
 
 class WindowFeaturesOutputs(NamedTuple):
@@ -106,8 +121,11 @@ def validate(options):
     opts = options.view_as(WindowFeaturesOptions)
     if opts.feature_ttl_hours <= 0:
         raise ValueError(f"--feature_ttl_hours must be positive, got {opts.feature_ttl_hours}")
-    check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table,
-                                      options.view_as(BigtableOptions).bigtable_instance))
+    check_outputs(
+        options,
+        PIPELINE,
+        (options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions).bigtable_instance),
+    )
     check_udf(options)
     return Settings(load_window_spec(opts.window_spec or SAMPLE_SPEC), source)
 
@@ -117,23 +135,47 @@ def build(pipeline, options, settings, source=None):
     PubsubMessages."""
     out, streaming = options.view_as(OutputOptions), options.view_as(StandardOptions).streaming
     spec = settings.spec
-    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(
-        settings.input, options.view_as(RecordInputOptions).input_format), "ReadEvents")
+    records = read = read_records(
+        pipeline,
+        PIPELINE,
+        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format),
+        "ReadEvents",
+    )
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec, PIPELINE)).with_outputs(DEAD_LETTER_TAG, main="events")
+    events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec, PIPELINE)).with_outputs(
+        DEAD_LETTER_TAG, main="events"
+    )
     rows = events.events | "ComputeWindowFeatures" >> ComputeWindowFeatures(
-        spec, PIPELINE, options.view_as(EventTimeOptions).allowed_lateness_seconds)
+        spec, PIPELINE, options.view_as(EventTimeOptions).allowed_lateness_seconds
+    )
 
     table, bt = options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions)
-    online = BigtableTarget(
-        options.view_as(GoogleCloudOptions).project, bt.bigtable_instance, bt.bigtable_table, BIGTABLE_COLUMN_FAMILY,
-        entity_row_key, "time_index", max_age_hours=options.view_as(WindowFeaturesOptions).feature_ttl_hours,
-        max_versions=None, cells=bigtable_cells) if bt.bigtable_instance else None
+    online = (
+        BigtableTarget(
+            options.view_as(GoogleCloudOptions).project,
+            bt.bigtable_instance,
+            bt.bigtable_table,
+            BIGTABLE_COLUMN_FAMILY,
+            entity_row_key,
+            "time_index",
+            max_age_hours=options.view_as(WindowFeaturesOptions).feature_ttl_hours,
+            max_versions=None,
+            cells=bigtable_cells,
+        )
+        if bt.bigtable_instance
+        else None
+    )
     sink_failures = rows | "WriteFeatureRows" >> WriteRecords(
-        PIPELINE, BigQueryTarget(table, WINDOW_FEATURES_BQ_SCHEMA, "time_index", ["entity", "window"]) if table
-        else None, out.bq_write_method, online,
-        local_prefix=local_output(options, "feature_rows"), streaming=streaming)
-    dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, events[DEAD_LETTER_TAG], *sink_failures))
+        PIPELINE,
+        BigQueryTarget(table, WINDOW_FEATURES_BQ_SCHEMA, "time_index", ["entity", "window"]) if table else None,
+        out.bq_write_method,
+        online,
+        local_prefix=local_output(options, "feature_rows"),
+        streaming=streaming,
+    )
+    dead_letters = write_dead_letters(
+        options, PIPELINE, read, (*dead_letter_sources, events[DEAD_LETTER_TAG], *sink_failures)
+    )
     return WindowFeaturesOutputs(rows, dead_letters)
 
 
@@ -142,24 +184,30 @@ def report(result, options, settings):
     spec = settings.spec
     counts = metric_counts(result, PIPELINE)
     output_dir = options.view_as(OutputOptions).output_dir
-    lines = [f"records in: {counts.get('records_in', 0)}  events: {counts.get('events', 0)}  "
-             f"dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}  "
-             f"feature rows: {counts.get('feature_rows', 0)}"]
+    lines = [
+        f"records in: {counts.get('records_in', 0)}  events: {counts.get('events', 0)}  "
+        f"dead letters: {counts.get('dead_letters', 0)}  filtered by the UDF: {counts.get('udf_filtered', 0)}  "
+        f"feature rows: {counts.get('feature_rows', 0)}"
+    ]
     by_reason = dead_letters_by_reason(counts)
     if by_reason:
         lines.append(by_reason)
     if output_dir:
         rows = read_jsonl(FileSystems.join(output_dir, "feature_rows*.jsonl"))
-        first_count = {w.name: next((name for name, _, agg in spec.aggregations_in(w) if agg == "count"), None)
-                       for w in spec.windows}
+        first_count = {
+            w.name: next((name for name, _, agg in spec.aggregations_in(w) if agg == "count"), None)
+            for w in spec.windows
+        }
         for w in spec.windows:
             mine = [r for r in rows if r["window"] == w.name]
             lines.append(f"window {w.name}: {len(mine)} rows, {len({r['entity'] for r in mine})} entities")
             if first_count[w.name] and mine:
-                busiest = max(mine, key=lambda r: next(f["value"] for f in r["features"]
-                                                       if f["name"] == first_count[w.name]))
-                features = ", ".join(f"{f['name']}={f['value']:.4g}" for f in busiest["features"]
-                                     if f["value"] is not None)
+                busiest = max(
+                    mine, key=lambda r: next(f["value"] for f in r["features"] if f["name"] == first_count[w.name])
+                )
+                features = ", ".join(
+                    f"{f['name']}={f['value']:.4g}" for f in busiest["features"] if f["value"] is not None
+                )
                 lines.append(f"  busiest: {busiest['entity']} at {busiest['time_index']}: {features}")
         lines.append(f"outputs: {output_dir}/feature_rows-*.jsonl, dead_letters-*.jsonl")
     return "\n".join(lines)

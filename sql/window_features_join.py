@@ -9,6 +9,7 @@ that `python -m pipelines.window_features --output_table` fills.
 
 sql/window_features_point_in_time_join.sql is this output for the sample spec.
 """
+
 import argparse
 import os
 import re
@@ -30,11 +31,23 @@ _HEADER = """\
 """
 
 
+# BigQuery's naming rules, narrowed to what can be pasted into SQL safely: project ids, dataset ids and
+# table names of letters, digits, underscores (and dashes for projects and tables).
+_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+_TABLE = re.compile(r"^[A-Za-z0-9_-]{1,1024}$")
+
+
 def table_reference(table, flag):
-    """`P.d.t` from P:d.t, P.d.t or d.t, as BigQuery standard SQL names it."""
-    parts = table.replace(":", ".").split(".")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ValueError(f"--{flag}: '{table}' is not a table; give PROJECT:DATASET.TABLE or DATASET.TABLE")
+    """`P.d.t` from P:d.t, P.d.t or d.t, as BigQuery standard SQL names it; anything that is not a valid
+    table name is refused before any SQL is generated."""
+    parts = table.replace(":", ".", 1).split(".") if table.count(":") <= 1 else []
+    *project, dataset, name = parts if len(parts) in (2, 3) else ("", "", "")
+    if not (_DATASET.match(dataset) and _TABLE.match(name) and all(_PROJECT.match(p) for p in project)):
+        raise ValueError(
+            f"--{flag}: {table!r} is not a table; give PROJECT:DATASET.TABLE or DATASET.TABLE (project ids: 6-30 "
+            f"lowercase letters, digits, dashes; datasets: letters, digits, underscores; tables: also dashes)"
+        )
     return f"`{'.'.join(parts)}`"
 
 
@@ -43,8 +56,10 @@ def point_in_time_join_sql(spec, features_table, labels_table, spec_name):
     features = [(name, aggregate) for window in spec.windows for name, _, aggregate in spec.aggregations_in(window)]
     bad = [name for name, _ in features if not _COLUMN.match(name)]
     if bad:
-        raise ValueError(f"--window_spec {spec_name}: features {bad} are not BigQuery column names (letters, "
-                         f"digits and _): rename those fields in the events, e.g. with a UDF (--udf_path)")
+        raise ValueError(
+            f"--window_spec {spec_name}: features {bad} are not BigQuery column names (letters, "
+            f"digits and _): rename those fields in the events, e.g. with a UDF (--udf_path)"
+        )
 
     def filled(name, aggregate):  # no current window: no events, so counts and sums are 0
         if aggregate in ("count", "distinct_count"):
@@ -53,7 +68,9 @@ def point_in_time_join_sql(spec, features_table, labels_table, spec_name):
 
     pivot = ",\n".join(f"    MAX(IF(f.name = '{name}', f.value, NULL)) AS {name}" for name, _ in features)
     columns = ",\n".join(f"  {filled(name, aggregate)}" for name, aggregate in features)
-    return _HEADER.format(features_table=features_table, labels_table=labels_table, spec_name=spec_name) + f"""\
+    return (
+        _HEADER.format(features_table=features_table, labels_table=labels_table, spec_name=spec_name)
+        + f"""\
 WITH current_windows AS (
   SELECT l.entity, l.label_time, w.features
   FROM (SELECT DISTINCT entity, label_time FROM {labels_table}) AS l
@@ -77,27 +94,39 @@ FROM {labels_table} AS l
 LEFT JOIN pivoted AS p USING (entity, label_time)
 ORDER BY l.entity, l.label_time
 """
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--window_spec", default=None,
-                        help="The window spec the features were computed with (local or gs://). Default: the "
-                             "bundled card-transactions sample.")
-    parser.add_argument("--features_table", default="features.card_windows",
-                        help="The offline store: the window-features pipeline's --output_table. "
-                             "Default: features.card_windows.")
-    parser.add_argument("--labels_table", default="ml.training_labels",
-                        help="Label rows with columns entity and label_time (TIMESTAMP), and any labels. "
-                             "Default: ml.training_labels.")
+    parser.add_argument(
+        "--window_spec",
+        default=None,
+        help="The window spec the features were computed with (local or gs://). Default: the "
+        "bundled card-transactions sample.",
+    )
+    parser.add_argument(
+        "--features_table",
+        default="features.card_windows",
+        help="The offline store: the window-features pipeline's --output_table. Default: features.card_windows.",
+    )
+    parser.add_argument(
+        "--labels_table",
+        default="ml.training_labels",
+        help="Label rows with columns entity and label_time (TIMESTAMP), and any labels. Default: ml.training_labels.",
+    )
     args = parser.parse_args(argv)
     spec_path = args.window_spec or SAMPLE_SPEC
     # the sample's path from the repository root, as the checked-in SQL names it
     spec_name = args.window_spec or os.path.relpath(SAMPLE_SPEC, os.path.dirname(os.path.dirname(__file__)))
     try:
         spec = load_window_spec(spec_path)
-        sql = point_in_time_join_sql(spec, table_reference(args.features_table, "features_table"),
-                                     table_reference(args.labels_table, "labels_table"), spec_name)
+        sql = point_in_time_join_sql(
+            spec,
+            table_reference(args.features_table, "features_table"),
+            table_reference(args.labels_table, "labels_table"),
+            spec_name,
+        )
     except ValueError as e:  # ConfigError included
         raise SystemExit(f"error: {e}") from None
     sys.stdout.write(sql)

@@ -1,4 +1,5 @@
 """Writes templates/<pipeline>/metadata.json from the options classes: `python -m templates.generate`."""
+
 import json
 from pathlib import Path
 

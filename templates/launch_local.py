@@ -9,6 +9,7 @@ Dataflow:
 --parameters`. `--local_paths` also accepts local paths where the template wants gs:// ones.
 Anything after `--` is passed to the pipeline as Beam flags (e.g. `-- --direct_num_workers 2`).
 """
+
 import argparse
 import json
 import re
@@ -35,8 +36,9 @@ def check_parameters(pipeline, params, local_paths=False):
     spec = {p["name"]: p for p in metadata(pipeline)["parameters"]}
     for name, value in params.items():
         if name not in spec:
-            raise ValueError(f"parameter '{name}' is not a parameter of the {pipeline} template; "
-                             f"known: {', '.join(sorted(spec))}")
+            raise ValueError(
+                f"parameter '{name}' is not a parameter of the {pipeline} template; known: {', '.join(sorted(spec))}"
+            )
         if local_paths and spec[name]["paramType"] in _GCS_TYPES and not value.startswith("gs://"):
             continue
         for regex in spec[name]["regexes"]:
@@ -46,14 +48,17 @@ def check_parameters(pipeline, params, local_paths=False):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    beam_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", choices=sorted(PIPELINES), help="Which template.")
     parser.add_argument("--parameters", type=str, default="", help="NAME=VALUE pairs, comma-separated.")
     parser.add_argument("--parameters_file", type=str, default=None, help="JSON object of parameters.")
-    parser.add_argument("--local_paths", action="store_true",
-                        help="Accept local paths for parameters the template types as gs:// paths.")
+    parser.add_argument(
+        "--local_paths",
+        action="store_true",
+        help="Accept local paths for parameters the template types as gs:// paths.",
+    )
     args = parser.parse_args(argv)
     try:
         params = {}

@@ -3,6 +3,7 @@ what argparse cannot say (regexes, parameter types, a sample value the tests che
 
 Every option must have an entry here and every entry an option (tests/test_templates.py), so the
 metadata cannot drift from the flags."""
+
 import argparse
 
 from pipelines import feature_stats, image_ingest, options, score, skew, sli, window_features
@@ -42,8 +43,12 @@ PARAMETERS = {
     "dead_letter_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/sli-dead-letters"),
     "bq_write_method": ("TEXT", [one_of(options.BQ_WRITE_METHODS)], "STORAGE_WRITE_API"),
     "progress": ("TEXT", [one_of(("auto", "off"))], "off"),
-    "udf_path": ("GCS_READ_FILE", [r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+\.(js|py)$"], "gs://my-bucket/udf/mask_pii.py"),
-    "udf_timeout_ms": ("TEXT", [POSITIVE_INT], "250"),
+    "udf_path": (
+        "GCS_READ_FILE",
+        [r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+\.(js|py)$"],
+        "gs://my-bucket/udf/mask_pii.py",
+    ),
+    "udf_timeout_ms": ("TEXT", [NON_NEGATIVE_INT], "250"),
     "dead_letter_max_payload_bytes": ("TEXT", [POSITIVE_INT], "131072"),
     "udf_function": ("TEXT", [r"^[A-Za-z_$][A-Za-z0-9_$]*$"], "process"),
     "input_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/images"),
@@ -56,7 +61,11 @@ PARAMETERS = {
     "max_image_pixels": ("TEXT", [POSITIVE_INT], "25000000"),
     "label_map": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/datasets/flowers-v1/label_map.txt"),
     "unknown_label": ("TEXT", [one_of(("dead_letter", "fail"))], "fail"),
-    "splits": ("TEXT", [r"^[A-Za-z_][A-Za-z0-9_]*=[0-9.]+(,[A-Za-z_][A-Za-z0-9_]*=[0-9.]+)*$"], "train=0.8,eval=0.1,test=0.1"),
+    "splits": (
+        "TEXT",
+        [r"^[A-Za-z_][A-Za-z0-9_]*=[0-9.]+(,[A-Za-z_][A-Za-z0-9_]*=[0-9.]+)*$"],
+        "train=0.8,eval=0.1,test=0.1",
+    ),
     "max_per_label": ("TEXT", [POSITIVE_INT], "5000"),
     "imbalance_ratio": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "2.5"),
     "dedup_retention_seconds": ("TEXT", [POSITIVE_INT], "86400"),
@@ -76,7 +85,11 @@ PARAMETERS = {
     "cache_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "48.0"),
     "feature_spec": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/specs/churn.yaml"),
     "input_format": ("TEXT", [one_of(("csv", "jsonl", "parquet", "tfrecord"))], "parquet"),
-    "input_query": ("TEXT", [r"(?is)^\s*(SELECT|WITH)\b.+"], "SELECT * FROM `my-project.crm.customers` WHERE RAND() < 0.1"),
+    "input_query": (
+        "TEXT",
+        [r"(?is)^\s*(SELECT|WITH)\b.+"],
+        "SELECT * FROM `my-project.crm.customers` WHERE RAND() < 0.1",
+    ),
     "stats_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.feature_statistics"),
     "training_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/datasets/churn-v3"),
     "transform_dir": ("GCS_READ_FOLDER", [GCS_FOLDER], "gs://my-bucket/datasets/churn-v3"),
@@ -94,9 +107,9 @@ PIPELINES = {
         "option_classes": (*sli.OPTION_CLASSES, options.OutputOptions),
         "name": "SLIs from request logs",
         "description": "Per-journey, per-minute availability, latency, throughput and error-rate SLIs from "
-                       "Cloud Logging and JSON request logs (Pub/Sub, files or a BigQuery export), written to "
-                       "BigQuery and Bigtable; SLO compliance, error budgets and burn-rate alerts; dead "
-                       "letters for bad records.",
+        "Cloud Logging and JSON request logs (Pub/Sub, files or a BigQuery export), written to "
+        "BigQuery and Bigtable; SLO compliance, error budgets and burn-rate alerts; dead "
+        "letters for bad records.",
         "streaming": True,
     },
     "image_ingest": {
@@ -104,9 +117,9 @@ PIPELINES = {
         "option_classes": (*image_ingest.OPTION_CLASSES, options.OutputOptions),
         "name": "Image ingestion to TFRecords",
         "description": "Labelled images from Pub/Sub (TensorFlow Serving base64 JSON or raw bytes), a folder "
-                       "tree or a manifest: validated, decoded with a pixel cap, resized, deduplicated by "
-                       "content hash, split per label and written as TFRecords of tf.train.Example, with a "
-                       "manifest of every input, a label map and dead letters for bad images.",
+        "tree or a manifest: validated, decoded with a pixel cap, resized, deduplicated by "
+        "content hash, split per label and written as TFRecords of tf.train.Example, with a "
+        "manifest of every input, a label map and dead letters for bad images.",
         "streaming": True,
     },
     "feature_stats": {
@@ -114,9 +127,9 @@ PIPELINES = {
         "option_classes": (*feature_stats.OPTION_CLASSES, options.OutputOptions),
         "name": "Feature statistics and preprocessing",
         "description": "Records from BigQuery (table or query) or files (CSV, JSONL, Parquet, TFRecord) cleansed "
-                       "against a feature spec, split by a key hash, statistics per split, tf.Transform analysis "
-                       "of the training split applied to every split, written as TFRecords with the transform "
-                       "function and the statistics (JSON and BigQuery).",
+        "against a feature spec, split by a key hash, statistics per split, tf.Transform analysis "
+        "of the training split applied to every split, written as TFRecords with the transform "
+        "function and the statistics (JSON and BigQuery).",
         "streaming": False,
     },
     "skew": {
@@ -124,9 +137,10 @@ PIPELINES = {
         "option_classes": (*skew.OPTION_CLASSES, options.OutputOptions),
         "name": "Training/serving skew and drift",
         "description": "Serving records (files, a BigQuery table or query, or fixed windows of a Pub/Sub stream) "
-                       "compared per feature with the training statistics of a feature pipeline run: Jensen-Shannon divergence, PSI, out-of-range rate, "
-                       "L-infinity distance, new categories, missing-rate change; anomalies to JSON, BigQuery and "
-                       "Pub/Sub.",
+        "compared per feature with the training statistics of a feature pipeline run: Jensen-Shannon divergence, "
+        "PSI, out-of-range rate, "
+        "L-infinity distance, new categories, missing-rate change; anomalies to JSON, BigQuery and "
+        "Pub/Sub.",
         "streaming": True,
     },
     "score": {
@@ -134,9 +148,9 @@ PIPELINES = {
         "option_classes": (*score.OPTION_CLASSES, options.OutputOptions),
         "name": "Model scoring",
         "description": "TensorFlow SavedModels (serving signature) or .keras models scored through RunInference "
-                       "on requests from Pub/Sub, files, BigQuery or an image folder: predictions with the "
-                       "model version to BigQuery, Pub/Sub and files, Bigtable as a serving cache, new model "
-                       "versions picked up from a watched path, dead letters for bad requests.",
+        "on requests from Pub/Sub, files, BigQuery or an image folder: predictions with the "
+        "model version to BigQuery, Pub/Sub and files, Bigtable as a serving cache, new model "
+        "versions picked up from a watched path, dead letters for bad requests.",
         "streaming": True,
     },
     "window_features": {
@@ -144,9 +158,9 @@ PIPELINES = {
         "option_classes": (*window_features.OPTION_CLASSES, options.OutputOptions),
         "name": "Window-aggregation features",
         "description": "Per-entity features over sliding or fixed event-time windows (count, sum, mean, min, max, "
-                       "last, distinct count) from Pub/Sub, files or BigQuery: rows of entity, time index (window "
-                       "end) and features to a Bigtable online store (one row per entity, cell timestamp = window "
-                       "end, max-age garbage collection) and a BigQuery offline store for point-in-time joins.",
+        "last, distinct count) from Pub/Sub, files or BigQuery: rows of entity, time index (window "
+        "end) and features to a Bigtable online store (one row per entity, cell timestamp = window "
+        "end, max-age garbage collection) and a BigQuery offline store for point-in-time joins.",
         "streaming": True,
     },
 }
@@ -172,13 +186,19 @@ def metadata(pipeline):
     parameters = []
     for dest, help_text, _ in option_actions(spec["option_classes"]):
         param_type, regexes, _ = PARAMETERS[dest]
-        parameters.append({
-            "name": dest,
-            "label": _label(dest),
-            "helpText": help_text,
-            "isOptional": True,
-            "regexes": regexes,
-            "paramType": param_type,
-        })
-    return {"name": spec["name"], "description": spec["description"], "streaming": spec["streaming"],
-            "parameters": parameters}
+        parameters.append(
+            {
+                "name": dest,
+                "label": _label(dest),
+                "helpText": help_text,
+                "isOptional": True,
+                "regexes": regexes,
+                "paramType": param_type,
+            }
+        )
+    return {
+        "name": spec["name"],
+        "description": spec["description"],
+        "streaming": spec["streaming"],
+        "parameters": parameters,
+    }

@@ -1,5 +1,6 @@
 """Test observer for pipelines on local runners: elements appended to a local file as JSON lines
 (closures do not work as collectors: runners pickle DoFns and run copies)."""
+
 import json
 
 import apache_beam as beam

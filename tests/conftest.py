@@ -1,5 +1,6 @@
 """Starts the local Google Cloud stand-ins once per test session, before test modules are imported
 (google-auth reads GCE_METADATA_HOST at import time), and stops them at the end."""
+
 import os
 import tempfile
 

@@ -7,6 +7,7 @@
 
 All listen on 127.0.0.1 on free ports; each is stopped by its own pid (its process group).
 """
+
 import http.server
 import json
 import os
@@ -36,8 +37,9 @@ def sdk_root():
     gcloud = shutil.which("gcloud")
     if not gcloud:
         raise RuntimeError("gcloud not found: the Pub/Sub and Bigtable emulators come with the Google Cloud SDK")
-    out = subprocess.run([gcloud, "info", "--format=value(installation.sdk_root)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [gcloud, "info", "--format=value(installation.sdk_root)"], capture_output=True, text=True, check=True
+    )
     return Path(out.stdout.strip())
 
 
@@ -51,8 +53,13 @@ class _MetadataHandler(http.server.BaseHTTPRequestHandler):
         elif path.endswith("/project/project-id"):
             body = PROJECT
         elif path.endswith("/service-accounts/default/") or path.endswith("/email"):
-            body = json.dumps({"email": "local@local-project.iam.gserviceaccount.com", "scopes": [], "aliases": ["default"]}) \
-                if path.endswith("/") else "local@local-project.iam.gserviceaccount.com"
+            body = (
+                json.dumps(
+                    {"email": "local@local-project.iam.gserviceaccount.com", "scopes": [], "aliases": ["default"]}
+                )
+                if path.endswith("/")
+                else "local@local-project.iam.gserviceaccount.com"
+            )
         elif path.endswith("/scopes"):
             body = "https://www.googleapis.com/auth/cloud-platform"
         else:
@@ -100,8 +107,14 @@ class LocalServices:
 
     def _spawn(self, name, argv, env=None):
         log = open(self.workdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})}, cwd=self.workdir)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+            cwd=self.workdir,
+        )
         self._procs.append((name, proc))
         return proc
 
@@ -109,16 +122,53 @@ class LocalServices:
         sdk = sdk_root()
         ports = {name: free_port() for name in ("pubsub", "bigtable", "bq_rest", "bq_grpc", "gcs")}
 
-        self._spawn("pubsub", [str(sdk / "platform/pubsub-emulator/bin/cloud-pubsub-emulator"),
-                               "--host=127.0.0.1", f"--port={ports['pubsub']}"])
-        self._spawn("bigtable", [str(sdk / "platform/bigtable-emulator/cbtemulator"),
-                                 "-host", "127.0.0.1", "-port", str(ports["bigtable"])])
-        self._spawn("bigquery", [str(SERVICES_BIN / "bqemulator"), "start",
-                                 "--rest-host", "127.0.0.1", "--rest-port", str(ports["bq_rest"]),
-                                 "--grpc-host", "127.0.0.1", "--grpc-port", str(ports["bq_grpc"]),
-                                 "--project", PROJECT])
-        self._spawn("gcs", [str(SERVICES_BIN / "gcp-storage-emulator"), "start", "--host", "127.0.0.1",
-                            "--port", str(ports["gcs"]), "--in-memory"])
+        self._spawn(
+            "pubsub",
+            [
+                str(sdk / "platform/pubsub-emulator/bin/cloud-pubsub-emulator"),
+                "--host=127.0.0.1",
+                f"--port={ports['pubsub']}",
+            ],
+        )
+        self._spawn(
+            "bigtable",
+            [
+                str(sdk / "platform/bigtable-emulator/cbtemulator"),
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(ports["bigtable"]),
+            ],
+        )
+        self._spawn(
+            "bigquery",
+            [
+                str(SERVICES_BIN / "bqemulator"),
+                "start",
+                "--rest-host",
+                "127.0.0.1",
+                "--rest-port",
+                str(ports["bq_rest"]),
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(ports["bq_grpc"]),
+                "--project",
+                PROJECT,
+            ],
+        )
+        self._spawn(
+            "gcs",
+            [
+                str(SERVICES_BIN / "gcp-storage-emulator"),
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["gcs"]),
+                "--in-memory",
+            ],
+        )
 
         self._metadata = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MetadataHandler)
         threading.Thread(target=self._metadata.serve_forever, daemon=True).start()
@@ -127,11 +177,15 @@ class LocalServices:
         try:
             _wait(lambda: _http_ok(f"http://127.0.0.1:{ports['pubsub']}/"), "Pub/Sub emulator")
             _wait(lambda: _tcp_open(ports["bigtable"]), "Bigtable emulator")
-            _wait(lambda: _http_ok(f"http://127.0.0.1:{ports['bq_rest']}/bigquery/v2/projects/{PROJECT}/datasets"),
-                  "BigQuery emulator")
+            _wait(
+                lambda: _http_ok(f"http://127.0.0.1:{ports['bq_rest']}/bigquery/v2/projects/{PROJECT}/datasets"),
+                "BigQuery emulator",
+            )
             _wait(lambda: _tcp_open(ports["gcs"]), "GCS emulator")
         except RuntimeError as e:
-            logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in self.workdir.glob("*.log"))
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in self.workdir.glob("*.log")
+            )
             self.stop()
             raise RuntimeError(f"{e}\n{logs}") from None
 
@@ -147,7 +201,7 @@ class LocalServices:
         return self
 
     def stop(self):
-        for name, proc in reversed(self._procs):
+        for _name, proc in reversed(self._procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -165,6 +219,7 @@ def point_beam_bigquery_at(emulator_url):
     """Beam's internal BigQuery client (table creation, load jobs) has no endpoint option: its base URL is
     a class attribute. Affects this process only."""
     from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+
     bigquery_v2_client.BigqueryV2.BASE_URL = f"{emulator_url}/bigquery/v2/"
 
 

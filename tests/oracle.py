@@ -1,5 +1,6 @@
 """Expected SLI rows worked out independently of the pipeline: from the generator's ground truth
 (requests as generated, before being formatted as logs) with journeys matched by hand-written rules."""
+
 import datetime
 import math
 
@@ -33,7 +34,7 @@ def profile_journey(request):
 
 def window_start_iso(t, window_seconds=60):
     start = math.floor(t / window_seconds) * window_seconds
-    return datetime.datetime.fromtimestamp(start, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(start, datetime.UTC).isoformat()
 
 
 def expected_rows(truths, window_seconds=60):

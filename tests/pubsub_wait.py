@@ -1,5 +1,6 @@
 """Pulling a Pub/Sub emulator subscription until the expected messages are there (one pull may return
 only part of what is available, and a streaming job publishes some outputs a little after others)."""
+
 import json
 import time
 

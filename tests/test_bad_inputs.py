@@ -4,7 +4,9 @@ pipeline is run twice, on the clean head of its sample and on the same lines wit
 the counts must reconcile: every added line is one more dead letter except the BOM and CRLF copies of
 valid lines, which are parsed like the originals; records in = outputs + dead letters; every dead letter
 fits the payload cap."""
+
 import gzip
+import itertools
 import json
 
 import pytest
@@ -30,9 +32,13 @@ BAD_LINES = [
 def _sample_lines(name):
     if name == "sli":
         with gzip.open(sli.SAMPLE_LOGS) as f:
-            return [line.rstrip(b"\n") for _, line in zip(range(300), f)]
-    path = {"window_features": WINDOW_FEATURES_DIR / "transactions.jsonl", "skew": SKEW_DIR / "serving.jsonl",
-            "score": SCORE_DIR / "requests.jsonl", "feature_stats": feature_stats.SAMPLE_DATA}[name]
+            return [line.rstrip(b"\n") for line in itertools.islice(f, 300)]
+    path = {
+        "window_features": WINDOW_FEATURES_DIR / "transactions.jsonl",
+        "skew": SKEW_DIR / "serving.jsonl",
+        "score": SCORE_DIR / "requests.jsonl",
+        "feature_stats": feature_stats.SAMPLE_DATA,
+    }[name]
     return path.read_bytes().splitlines()[:300]
 
 
@@ -51,11 +57,24 @@ def _run(name, lines, out):
     out.mkdir(parents=True)
     path = out / "input.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    result = module.run(["--input_files", str(path), "--output_dir", str(out / "out"), "--progress", "off",
-                         "--dead_letter_max_payload_bytes", str(CAP)])
+    result = module.run(
+        [
+            "--input_files",
+            str(path),
+            "--output_dir",
+            str(out / "out"),
+            "--progress",
+            "off",
+            "--dead_letter_max_payload_bytes",
+            str(CAP),
+        ]
+    )
     counts = metric_counts(result, name)
-    dead = [json.loads(line) for p in sorted((out / "out").glob("dead_letters*.jsonl"))
-            for line in p.read_text().splitlines()]
+    dead = [
+        json.loads(line)
+        for p in sorted((out / "out").glob("dead_letters*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
     return counts["records_in"], sum(counts.get(c, 0) for c in outcome_counters), dead
 
 
@@ -71,7 +90,7 @@ def test_bad_lines_are_dead_letters_and_counts_reconcile(name, tmp_path):
     assert records_in == outputs + len(dead)
     assert outputs == clean_out + 1  # the CRLF copy; the BOM line is the clean file's first line
     assert len(dead) == len(clean_dead) + len(BAD_LINES)
-    new = sorted(dead, key=lambda d: d["payload_size"])[-len(BAD_LINES):]  # the bad lines, by size
+    new = sorted(dead, key=lambda d: d["payload_size"])[-len(BAD_LINES) :]  # the bad lines, by size
     assert all(len(json.dumps(d).encode()) < CAP + 20_000 for d in dead)
     longest = max(dead, key=lambda d: d["payload_size"])
     assert longest["payload_size"] == LONG_LINE_BYTES + 9 and longest["payload_truncated"]

@@ -1,5 +1,6 @@
 """The dead-letter shape: payload kept once and capped, with its size and SHA-256; the reason list is the
 one the manual shows and the one the code raises; JSON decoding gives the documented reasons."""
+
 import ast
 import base64
 import hashlib
@@ -72,19 +73,22 @@ def test_unencodable_payloads_still_make_a_dead_letter():
     assert letter["payload_size"] > 0
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b'{"a": NaN}', "out_of_range"),
-    ('{"a": Infinity}', "out_of_range"),
-    (b'{"a": 1e400}', "out_of_range"),
-    (b'{"a": "\\ud800"}', "invalid_utf8"),
-    (b'{"a": "\xff"}', "invalid_utf8"),
-    ("[" * 65 + "]" * 65, "too_deep"),
-    ("[" * 5000 + "]" * 5000, "too_deep"),
-    (b"", "empty"),
-    ("  \t", "empty"),
-    ('{"a": ', "invalid_json"),
-    (b"[1]", "not_an_object"),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b'{"a": NaN}', "out_of_range"),
+        ('{"a": Infinity}', "out_of_range"),
+        (b'{"a": 1e400}', "out_of_range"),
+        (b'{"a": "\\ud800"}', "invalid_utf8"),
+        (b'{"a": "\xff"}', "invalid_utf8"),
+        ("[" * 65 + "]" * 65, "too_deep"),
+        ("[" * 5000 + "]" * 5000, "too_deep"),
+        (b"", "empty"),
+        ("  \t", "empty"),
+        ('{"a": ', "invalid_json"),
+        (b"[1]", "not_an_object"),
+    ],
+)
 def test_json_reasons(payload, reason):
     with pytest.raises(RecordError) as error:
         record_dict(payload)

@@ -2,6 +2,7 @@
 same rows, transformed TFRecords against transforms worked out with numpy from the training split,
 the exported transform function giving the same values at serving time, every input format, the
 stratified split of the bundled sample, and the statistics table in the BigQuery emulator."""
+
 import glob
 import hashlib
 import json
@@ -38,22 +39,25 @@ C_WEIGHTS = {"a": 0.4, "b": 0.25, "c": 0.15, "d": 0.12, "e": 0.08}
 
 def make_frame(n=600, seed=3):
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "id": [f"k{i:05d}" for i in range(n)],
-        "x": np.round(rng.normal(50, 30, n), 3),
-        "big": rng.uniform(1e11, 1e13, n),
-        "c": rng.choice(list(C_WEIGHTS), n, p=list(C_WEIGHTS.values())),
-        "d": rng.choice(["p", "q", "r"], n, p=[0.5, 0.3, 0.2]),
-        "t": [" ".join(rng.choice(["red", "green", "blue"], rng.integers(1, 4))) for _ in range(n)],
-        "y": rng.choice(["no", "yes"], n, p=[0.7, 0.3]),
-    })
+    frame = pd.DataFrame(
+        {
+            "id": [f"k{i:05d}" for i in range(n)],
+            "x": np.round(rng.normal(50, 30, n), 3),
+            "big": rng.uniform(1e11, 1e13, n),
+            "c": rng.choice(list(C_WEIGHTS), n, p=list(C_WEIGHTS.values())),
+            "d": rng.choice(["p", "q", "r"], n, p=[0.5, 0.3, 0.2]),
+            "t": [" ".join(rng.choice(["red", "green", "blue"], rng.integers(1, 4))) for _ in range(n)],
+            "y": rng.choice(["no", "yes"], n, p=[0.7, 0.3]),
+        }
+    )
     frame.loc[rng.random(n) < 0.1, "x"] = np.nan  # missing values
     return frame
 
 
 def run_pipeline(spec_path, out, *flags):
-    options = PipelineOptions(["--runner", "FnApiRunner", "--feature_spec", str(spec_path), "--output_dir", str(out),
-                               *flags])
+    options = PipelineOptions(
+        ["--runner", "FnApiRunner", "--feature_spec", str(spec_path), "--output_dir", str(out), *flags]
+    )
     settings = feature_stats.validate(options)
     with beam.Pipeline(options=options) as pipeline:
         feature_stats.build(pipeline, options, settings)
@@ -64,8 +68,9 @@ def read_examples(out, split):
     for path in sorted(glob.glob(f"{out}/{split}/examples-*.tfrecord.gz")):
         for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
             features = tf.train.Example.FromString(record.numpy()).features.feature
-            rows.append({k: list(v.bytes_list.value or v.float_list.value or v.int64_list.value)
-                         for k, v in features.items()})
+            rows.append(
+                {k: list(v.bytes_list.value or v.float_list.value or v.int64_list.value) for k, v in features.items()}
+            )
     return rows
 
 
@@ -84,7 +89,7 @@ def jsonl_run(tmp_path_factory):
 
 def split_of(key):
     """The documented split rule, worked out again: MD5 of the key, its first 15 hex digits as a fraction."""
-    return "train" if int(hashlib.md5(key.encode()).hexdigest()[:15], 16) / 16 ** 15 < 0.7 else "eval"
+    return "train" if int(hashlib.md5(key.encode()).hexdigest()[:15], 16) / 16**15 < 0.7 else "eval"
 
 
 def test_rows_go_to_the_split_of_their_key_hash(jsonl_run):
@@ -106,7 +111,9 @@ def test_statistics_match_pandas_per_split(jsonl_run):
         assert (x["min"], x["max"]) == (part["x"].min(), part["x"].max())
         assert x["mean"] == pytest.approx(part["x"].mean(), rel=1e-12)
         assert x["std"] == pytest.approx(part["x"].std(ddof=0), rel=1e-9)
-        assert x["quantiles"]["0.5"] == pytest.approx(np.sort(part["x"].dropna())[int(0.5 * (part["x"].count() - 1))], rel=0.01)
+        assert x["quantiles"]["0.5"] == pytest.approx(
+            np.sort(part["x"].dropna())[int(0.5 * (part["x"].count() - 1))], rel=0.01
+        )
         assert sum(b["count"] for b in x["histogram"]) == part["x"].count()
         big = s["features"]["big"]
         assert big["mean"] == pytest.approx(part["big"].mean(), rel=1e-12)
@@ -115,7 +122,9 @@ def test_statistics_match_pandas_per_split(jsonl_run):
         counts = part["c"].value_counts()
         assert c["distinct"] == len(counts)
         # most frequent first, ties by value
-        assert [(t["value"], t["count"]) for t in c["top_values"]] == sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))
+        assert [(t["value"], t["count"]) for t in c["top_values"]] == sorted(
+            counts.items(), key=lambda vc: (-vc[1], vc[0])
+        )
 
 
 def test_transforms_use_the_training_statistics(jsonl_run):
@@ -151,8 +160,10 @@ def test_exported_transform_gives_the_same_values_at_serving_time(jsonl_run):
     eval_rows = {r["id"][0].decode(): r for r in read_examples(tmp / "out", "eval")}
     raw = frame.set_index("id").loc[sorted(eval_rows)].reset_index()
     raw["x"] = raw["x"].fillna(5).clip(0, 100)
-    features = {name: tf.constant(raw[name].to_numpy(dtype=np.float32 if name in ("x", "big") else object))
-                for name in ("id", "x", "big", "c", "d", "t", "y")}
+    features = {
+        name: tf.constant(raw[name].to_numpy(dtype=np.float32 if name in ("x", "big") else object))
+        for name in ("id", "x", "big", "c", "d", "t", "y")
+    }
     served = output.transform_raw_features(features)
     for i, key in enumerate(sorted(eval_rows)):
         assert served["x_scaled"][i].numpy() == pytest.approx(eval_rows[key]["x_scaled"][0], abs=1e-6)
@@ -172,8 +183,12 @@ def test_csv_parquet_and_tfrecord_inputs_give_the_same_statistics(jsonl_run, tmp
     clean.to_parquet(tmp_path / "data.parquet", index=False)
     with tf.io.TFRecordWriter(str(tmp_path / "data.tfrecord")) as writer:
         for record in clean.to_dict("records"):
-            feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=[v])) if isinstance(v, float) else
-                       tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode()])) for k, v in record.items()}
+            feature = {
+                k: tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
+                if isinstance(v, float)
+                else tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode()]))
+                for k, v in record.items()
+            }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     results = {}
     for name in ("data.csv", "data.parquet", "data.tfrecord"):
@@ -190,15 +205,27 @@ def test_csv_parquet_and_tfrecord_inputs_give_the_same_statistics(jsonl_run, tmp
 def test_bundled_sample_is_stratified_and_statistics_reach_bigquery(services, project, tmp_path):
     bq = bq_client(services, project)
     bq.create_dataset("ml", exists_ok=True)
-    run_pipeline(feature_stats.SAMPLE_SPEC, tmp_path / "out", "--project", project,
-                 "--temp_location", str(tmp_path / "tmp"), "--stats_table", f"{project}:ml.feature_statistics")
+    run_pipeline(
+        feature_stats.SAMPLE_SPEC,
+        tmp_path / "out",
+        "--project",
+        project,
+        "--temp_location",
+        str(tmp_path / "tmp"),
+        "--stats_table",
+        f"{project}:ml.feature_statistics",
+    )
     stats = read_statistics(tmp_path / "out")
-    labels = {split: {t["value"]: t["count"] for t in stats[split]["features"]["churned"]["top_values"]}
-              for split in ("train", "eval")}
+    labels = {
+        split: {t["value"]: t["count"] for t in stats[split]["features"]["churned"]["top_values"]}
+        for split in ("train", "eval")
+    }
     for label in ("yes", "no"):
         total = labels["train"][label] + labels["eval"][label]
         assert labels["train"][label] == round(0.7 * total)  # exactly 70% of each label in train
-    rows = [dict(r) for r in bq.query("SELECT split, feature, count, missing, mean FROM ml.feature_statistics").result()]
+    rows = [
+        dict(r) for r in bq.query("SELECT split, feature, count, missing, mean FROM ml.feature_statistics").result()
+    ]
     assert len(rows) == 2 * len(stats["train"]["features"])
     age = {r["split"]: r for r in rows if r["feature"] == "age"}
     for split in ("train", "eval"):
@@ -206,10 +233,13 @@ def test_bundled_sample_is_stratified_and_statistics_reach_bigquery(services, pr
         assert age[split]["mean"] == pytest.approx(stats[split]["features"]["age"]["mean"])
     sql = (ROOT / "sql" / "feature_statistics_by_split.sql").read_text()
     assert sql.strip() in (ROOT / "docs" / "feature_stats.md").read_text()
-    job_config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("run_id", "STRING", stats["run_id"])])
+    job_config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter("run_id", "STRING", stats["run_id"])]
+    )
     report = [dict(r) for r in bq.query(sql, job_config=job_config).result()]
     assert [(r["feature"], r["split"]) for r in report] == sorted(
-        (f, s) for s in ("train", "eval") for f in stats["train"]["features"])
+        (f, s) for s in ("train", "eval") for f in stats["train"]["features"]
+    )
     for r in report:
         f = stats[r["split"]]["features"][r["feature"]]
         assert r["missing_rate"] == pytest.approx(f["missing"] / f["count"])
@@ -225,8 +255,11 @@ def test_spec_errors_name_the_field(tmp_path):
         ("key: id\nfeatures: [{name: a, type: categorical}]", "give a default"),
         ("key: id\nsplits: {train: 0.5, eval: 0.2}\nfeatures: [{name: a, type: label}]", "sum to 1"),
         ("key: id\nstratify: true\nfeatures: [{name: a, type: label}]", "stratify: true needs a label"),
-        ("key: id\nfeatures: [{name: a, type: categorical, default: x,"
-         " transforms: [{vocabulary: {one_hot: true}}]}]", "one_hot needs top_k"),
+        (
+            "key: id\nfeatures: [{name: a, type: categorical, default: x,"
+            " transforms: [{vocabulary: {one_hot: true}}]}]",
+            "one_hot needs top_k",
+        ),
     ]:
         path = tmp_path / "spec.yaml"
         path.write_text(text)
@@ -239,13 +272,15 @@ def test_spec_errors_name_the_field(tmp_path):
 def test_a_udf_reshapes_and_filters_records_first(jsonl_run, tmp_path):
     tmp, frame = jsonl_run
     udf = tmp_path / "udf.py"
-    udf.write_text("def process(record):\n"
-                   "    import json\n"
-                   "    row = json.loads(record)\n"
-                   "    if row.get('c') == 'e':\n"
-                   "        return None\n"
-                   "    row['x'] = row.pop('x_old', row.get('x'))\n"
-                   "    return row\n")
+    udf.write_text(
+        "def process(record):\n"
+        "    import json\n"
+        "    row = json.loads(record)\n"
+        "    if row.get('c') == 'e':\n"
+        "        return None\n"
+        "    row['x'] = row.pop('x_old', row.get('x'))\n"
+        "    return row\n"
+    )
     run_pipeline(tmp / "spec.yaml", tmp_path / "out", "--input_files", str(tmp / "data.jsonl"), "--udf_path", str(udf))
     stats = read_statistics(tmp_path / "out")
     kept = frame[frame["c"] != "e"]

@@ -1,5 +1,6 @@
 """The statistics accumulator without Beam, against numpy: one accumulator, merged partial accumulators,
 and merged-then-merged-again (tree) accumulators; empty, all-missing, single-value and very large data."""
+
 import random
 
 import numpy as np
@@ -56,8 +57,16 @@ def test_numeric_statistics_match_numpy(combine, scale):
 
 
 def test_empty_all_missing_and_single_value():
-    assert _one([]) == {"type": "numeric", "count": 0, "missing": 0, "min": None, "max": None, "mean": None,
-                        "std": None, "quantiles": {}}
+    assert _one([]) == {
+        "type": "numeric",
+        "count": 0,
+        "missing": 0,
+        "min": None,
+        "max": None,
+        "mean": None,
+        "std": None,
+        "quantiles": {},
+    }
     all_missing = _one([None] * 5)
     assert (all_missing["count"], all_missing["missing"], all_missing["mean"]) == (5, 5, None)
     single = _tree([7.5] * 40)

@@ -1,6 +1,7 @@
 """Streaming image ingestion end to end: base64 JSON messages (every accepted form, malformed ones,
 a duplicate) through the Pub/Sub emulator, the pipeline on the direct runner, the manifest in the
 BigQuery emulator, dead letters on a Pub/Sub topic and windowed TFRecord shards read back with TF."""
+
 import base64
 import collections
 import glob
@@ -25,18 +26,29 @@ def _messages():
     """(body, attributes) pairs, with what must become of each image: {id: status or reason}."""
     rng = random.Random(5)
     circle, square, stripes, circle2, square2, stripes2, dog = (
-        image_bytes(label, rng)[0] for label in ("circle", "square", "stripes", "circle", "square", "stripes", "circle"))
-    std, urlsafe = (lambda b: base64.b64encode(b).decode()), (lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="))
+        image_bytes(label, rng)[0] for label in ("circle", "square", "stripes", "circle", "square", "stripes", "circle")
+    )
+    std, urlsafe = (
+        (lambda b: base64.b64encode(b).decode()),
+        (lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")),
+    )
     messages = [
         (json.dumps({"image_bytes": {"b64": std(circle)}, "label": "circle", "id": "c1"}).encode(), {}),
         (json.dumps({"image_bytes": {"b64": urlsafe(square)}, "label": "square", "id": "s1"}).encode(), {}),
         (json.dumps({"b64": std(stripes)}).encode(), {"label": "stripes", "id": "t1"}),
         (circle2, {"label": "circle", "id": "c2"}),
-        (json.dumps({"instances": [
-            {"image_bytes": {"b64": std(square2)}, "label": "square", "id": "s2"},
-            {"image_bytes": {"b64": std(stripes2)}, "label": "stripes", "id": "t2"},
-            {"image_bytes": {"b64": "not*base64"}, "label": "square", "id": "bad64"},
-        ]}).encode(), {}),
+        (
+            json.dumps(
+                {
+                    "instances": [
+                        {"image_bytes": {"b64": std(square2)}, "label": "square", "id": "s2"},
+                        {"image_bytes": {"b64": std(stripes2)}, "label": "stripes", "id": "t2"},
+                        {"image_bytes": {"b64": "not*base64"}, "label": "square", "id": "bad64"},
+                    ]
+                }
+            ).encode(),
+            {},
+        ),
         (json.dumps({"image_bytes": {"b64": std(circle)}, "label": "circle", "id": "c1-copy"}).encode(), {}),
         (b'{"image_bytes": {"b64": ', {"id": "truncated-json"}),
         (b"GIF89a but not really", {"label": "circle", "id": "fake-gif"}),
@@ -63,12 +75,32 @@ def streamed(services, project, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
     (tmp / "labels.txt").write_text("circle\nsquare\nstripes\n")
     out = tmp / "out"
-    options = PipelineOptions([
-        "--runner", "BundleBasedDirectRunner", "--project", project, "--input_subscription", sub,
-        "--label_map", str(tmp / "labels.txt"), "--image_size", "40x30", "--resize_method", "crop",
-        "--encoding", "png", "--output_dir", str(out), "--shard_seconds", "2",
-        "--manifest_table", f"{project}:ml.image_manifest", "--dead_letter_topic", dead_topic,
-    ])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--project",
+            project,
+            "--input_subscription",
+            sub,
+            "--label_map",
+            str(tmp / "labels.txt"),
+            "--image_size",
+            "40x30",
+            "--resize_method",
+            "crop",
+            "--encoding",
+            "png",
+            "--output_dir",
+            str(out),
+            "--shard_seconds",
+            "2",
+            "--manifest_table",
+            f"{project}:ml.image_manifest",
+            "--dead_letter_topic",
+            dead_topic,
+        ]
+    )
     settings = image_ingest.validate(options)
     pipeline = beam.Pipeline(options=options)
     image_ingest.build(pipeline, options, settings)
@@ -97,8 +129,9 @@ def _read_examples(out):
         for path in sorted(glob.glob(f"{out}/{split}/images-*.tfrecord.gz")):
             for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
                 features = tf.train.Example.FromString(record.numpy()).features.feature
-                examples.append({"split": split, **{k: (v.bytes_list.value or v.int64_list.value)[0]
-                                                    for k, v in features.items()}})
+                examples.append(
+                    {"split": split, **{k: (v.bytes_list.value or v.int64_list.value)[0] for k, v in features.items()}}
+                )
     return examples
 
 
@@ -146,7 +179,9 @@ def test_readme_manifest_query(streamed, services, project):
     assert sql.strip() in (ROOT / "docs" / "image_ingest.md").read_text()
     since = min(row["recorded_at"] for row in streamed["manifest"])
     job_config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)])
-    got = {(r["label"], r["status"], r["split"], r["reason"]): r["images"]
-           for r in bq_client(services, project).query(sql, job_config=job_config).result()}
+    got = {
+        (r["label"], r["status"], r["split"], r["reason"]): r["images"]
+        for r in bq_client(services, project).query(sql, job_config=job_config).result()
+    }
     want = collections.Counter((r["label"], r["status"], r["split"], r["reason"]) for r in streamed["manifest"])
     assert got == want

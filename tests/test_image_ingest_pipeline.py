@@ -1,6 +1,7 @@
 """The batch image pipeline on the local runner, from a generated folder and a manifest: every input
 accounted for, TFRecords read back with TensorFlow, label maps reused, and a Keras model trained on the
 output through the reader helper."""
+
 import base64
 import collections
 import glob
@@ -35,7 +36,9 @@ def read_examples(output_dir, split):
     for path in sorted(glob.glob(f"{output_dir}/{split}/images-*.tfrecord.gz")):
         for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
             example = tf.train.Example.FromString(record.numpy())
-            examples.append({k: (v.bytes_list.value or v.int64_list.value)[0] for k, v in example.features.feature.items()})
+            examples.append(
+                {k: (v.bytes_list.value or v.int64_list.value)[0] for k, v in example.features.feature.items()}
+            )
     return examples
 
 
@@ -51,8 +54,10 @@ def test_every_input_is_in_the_manifest_once_with_its_fate(folder_run):
     root, out, expected = folder_run
     manifest = read_jsonl(f"{out}/manifest-*.jsonl")
     assert len(manifest) == len(expected) == sum(1 for p in root.rglob("*") if p.is_file())
-    got = {row["source_id"]: row["status"] if row["status"] != "rejected" else row["reason"].split(": ")[1]
-           for row in manifest}
+    got = {
+        row["source_id"]: row["status"] if row["status"] != "rejected" else row["reason"].split(": ")[1]
+        for row in manifest
+    }
     assert got == expected
     duplicates = {row["source_id"]: row["duplicate_of"] for row in manifest if row["status"] == "duplicate"}
     assert duplicates == {"circle/copy-of-000.jpg": "circle/000.jpg", "square/copy-of-001.png": "square/001.png"}
@@ -77,7 +82,7 @@ def test_tfrecords_hold_each_accepted_image_once_with_its_label_and_hash(folder_
 def test_each_label_keeps_the_split_proportions(folder_run):
     _, out, expected = folder_run
     accepted = collections.Counter(name.split("/")[0] for name, s in expected.items() if s == "accepted")
-    for split, share in (("train", 0.7), ("eval", 0.3)):
+    for split, _share in (("train", 0.7), ("eval", 0.3)):
         got = collections.Counter(e["image/class/text"].decode() for e in read_examples(out, split))
         # per label: train gets round(0.7 n), eval the rest
         want = {label: round(0.7 * n) if split == "train" else n - round(0.7 * n) for label, n in accepted.items()}
@@ -105,12 +110,14 @@ def test_reader_helper_trains_a_keras_model(folder_run):
     images, labels = next(iter(train))
     assert images.shape[1:] == (32, 32, 3) and images.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
-    model = tf.keras.Sequential([
-        tf.keras.Input((32, 32, 3)),
-        tf.keras.layers.Conv2D(8, 3, activation="relu"),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(len(LABELS), activation="softmax"),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((32, 32, 3)),
+            tf.keras.layers.Conv2D(8, 3, activation="relu"),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(len(LABELS), activation="softmax"),
+        ]
+    )
     model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy")
     history = model.fit(train, epochs=12, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
@@ -129,14 +136,24 @@ def test_label_map_is_reused_and_unknown_labels_dead_lettered(folder_run, tmp_pa
     assert len(unknown) == 3 and all(d["step"] == "AssignLabelIds" for d in unknown)
     assert not (out / "label_map.txt").exists()  # the given map stays the one source of ids
     with pytest.raises(Exception, match="label 'stripes'"):
-        run_pipeline("--input_dir", str(root), "--output_dir", str(tmp_path / "out2"), "--label_map", str(label_map),
-                     "--unknown_label", "fail")
+        run_pipeline(
+            "--input_dir",
+            str(root),
+            "--output_dir",
+            str(tmp_path / "out2"),
+            "--label_map",
+            str(label_map),
+            "--unknown_label",
+            "fail",
+        )
 
 
 def test_manifest_input_with_a_cap_and_a_missing_file(folder_run, tmp_path):
     root, _, _ = folder_run
-    lines = ["uri,label"] + [f"{root}/circle/{n:03d}{ext}," + "circle"
-                             for n, ext in zip(range(6), (".jpg", ".png", ".gif", ".bmp", ".webp", ".jpg"))]
+    lines = ["uri,label"] + [
+        f"{root}/circle/{n:03d}{ext}," + "circle"
+        for n, ext in zip(range(6), (".jpg", ".png", ".gif", ".bmp", ".webp", ".jpg"), strict=True)
+    ]
     lines += [f"{root}/square/000.jpg,square", "nowhere/missing.png,square", '{"uri": broken']
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
@@ -145,7 +162,12 @@ def test_manifest_input_with_a_cap_and_a_missing_file(folder_run, tmp_path):
     rows = read_jsonl(f"{out}/manifest-*.jsonl")
     assert len(rows) == len(lines) - 1  # every line but the header
     statuses = collections.Counter((row["label"], row["status"]) for row in rows)
-    assert statuses == {("circle", "accepted"): 4, ("circle", "over_cap"): 2, ("square", "accepted"): 1,
-                        ("square", "rejected"): 1, (None, "rejected"): 1}
+    assert statuses == {
+        ("circle", "accepted"): 4,
+        ("circle", "over_cap"): 2,
+        ("square", "accepted"): 1,
+        ("square", "rejected"): 1,
+        (None, "rejected"): 1,
+    }
     reasons = sorted(row["reason"] for row in rows if row["status"] == "rejected")
     assert reasons == ["ToImageInputs: bad_manifest_line", "ToImageInputs: unreadable_file"]

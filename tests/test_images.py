@@ -1,5 +1,6 @@
 """The image functions without Beam: payload formats, validation before decoding, resizing against
 TensorFlow, the split assignment."""
+
 import base64
 import collections
 import hashlib
@@ -31,13 +32,16 @@ from transforms.io.sources import ImageInput
 PNG, _ = image_bytes("circle", random.Random(1), "PNG", 64, 48)
 
 
-@pytest.mark.parametrize("encode", [
-    base64.b64encode,
-    base64.urlsafe_b64encode,
-    lambda b: base64.b64encode(b).rstrip(b"="),
-    lambda b: base64.urlsafe_b64encode(b).rstrip(b"="),
-    base64.encodebytes,  # MIME style, with newlines every 76 characters
-])
+@pytest.mark.parametrize(
+    "encode",
+    [
+        base64.b64encode,
+        base64.urlsafe_b64encode,
+        lambda b: base64.b64encode(b).rstrip(b"="),
+        lambda b: base64.urlsafe_b64encode(b).rstrip(b"="),
+        base64.encodebytes,  # MIME style, with newlines every 76 characters
+    ],
+)
 def test_base64_variants_decode_to_the_same_bytes(encode):
     data = bytes(range(256)) * 3 + b"\xfb\xff"  # bytes whose encodings differ between the alphabets
     assert decode_base64(encode(data).decode("ascii"), "b64") == data
@@ -52,15 +56,28 @@ def test_bad_base64_is_a_record_error(text):
 
 def test_message_forms():
     b64 = base64.b64encode(PNG).decode()
-    single = inputs_from_message(json.dumps({"image_bytes": {"b64": b64}, "label": "cat", "id": "a1"}).encode(), {}, "m1")
+    single = inputs_from_message(
+        json.dumps({"image_bytes": {"b64": b64}, "label": "cat", "id": "a1"}).encode(), {}, "m1"
+    )
     assert [item for _, item in single] == [ImageInput("a1", "pubsub:m1", "cat", PNG)]
     bare = inputs_from_message(json.dumps({"b64": b64}).encode(), {"label": "dog"}, "m2")
     assert [item for _, item in bare] == [ImageInput("m2", "pubsub:m2", "dog", PNG)]
     raw = inputs_from_message(PNG, {"label": "cat", "id": "r1"}, "m3")
     assert [item for _, item in raw] == [ImageInput("r1", "pubsub:m3", "cat", PNG)]
-    batch = inputs_from_message(json.dumps({"instances": [
-        {"image_bytes": {"b64": b64}, "label": "cat"}, {"image_bytes": {"b64": "!!"}}, "text", {"label": "x"},
-    ]}).encode(), {"label": "dog"}, "m4")
+    batch = inputs_from_message(
+        json.dumps(
+            {
+                "instances": [
+                    {"image_bytes": {"b64": b64}, "label": "cat"},
+                    {"image_bytes": {"b64": "!!"}},
+                    "text",
+                    {"label": "x"},
+                ]
+            }
+        ).encode(),
+        {"label": "dog"},
+        "m4",
+    )
     assert batch[0][1] == ImageInput("m4/0", "pubsub:m4", "cat", PNG)
     assert [item.reason for _, item in batch[1:]] == ["bad_base64", "missing_field", "missing_field"]
     assert json.loads(batch[1][0]) == {"image_bytes": {"b64": "!!"}}  # the instance is the dead letter's payload
@@ -78,13 +95,16 @@ def test_formats_are_sniffed_from_the_bytes():
     assert sniff_format(b"%PDF-1.7") is None
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"x" * 101, "too_large"),
-    (b"<html>not an image</html>", "not_an_image"),
-    (PNG[: len(PNG) // 2], "corrupt_image"),
-    (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "corrupt_image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"x" * 101, "too_large"),
+        (b"<html>not an image</html>", "not_an_image"),
+        (PNG[: len(PNG) // 2], "corrupt_image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "corrupt_image"),
+    ],
+)
 def test_bad_images_are_rejected_with_a_reason(data, reason):
     with pytest.raises(RecordError) as e:
         decode_image(data, max_bytes=100 if reason == "too_large" else 1_000_000, max_pixels=10_000)
@@ -155,8 +175,9 @@ def test_splits_keep_the_proportions_per_label_and_do_not_depend_on_order():
     assert collections.Counter(splits.values()) == {"train": 35, "eval": 10, "test": 5}
     assert assign_splits(list(reversed(md5s)), fractions) == splits
     # the split follows the content-hash order: every train image sorts before every eval image
-    assert max(split_fraction(m) for m, s in splits.items() if s == "train") < \
-        min(split_fraction(m) for m, s in splits.items() if s == "eval")
+    assert max(split_fraction(m) for m, s in splits.items() if s == "train") < min(
+        split_fraction(m) for m, s in splits.items() if s == "eval"
+    )
 
 
 def test_split_cap_and_stability_when_images_are_added():
@@ -176,8 +197,13 @@ def test_streaming_split_is_stratified_in_expectation():
 def test_flag_parsers_name_the_flag():
     assert parse_image_size("299") == (299, 299) and parse_image_size("320x240") == (320, 240)
     assert parse_splits("train=0.8,eval=0.1,test=0.1") == [("train", 0.8), ("eval", 0.1), ("test", 0.1)]
-    for bad, call in [("0x10", parse_image_size), ("a", parse_image_size),
-                      ("train=0.7,eval=0.2", parse_splits), ("train=1,train=0", parse_splits), ("x=y", parse_splits)]:
+    for bad, call in [
+        ("0x10", parse_image_size),
+        ("a", parse_image_size),
+        ("train=0.7,eval=0.2", parse_splits),
+        ("train=1,train=0", parse_splits),
+        ("x=y", parse_splits),
+    ]:
         with pytest.raises(ValueError, match="--image_size|--splits"):
             call(bad)
     assert parse_label_map("cat\ndog\n", "m.txt") == ["cat", "dog"]

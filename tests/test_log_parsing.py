@@ -17,51 +17,100 @@ T0 = 1795341600.0
 def test_cloud_logging_entry():
     entry = {
         "timestamp": "2026-11-22T10:00:00.123456789Z",
-        "httpRequest": {"requestMethod": "get", "requestUrl": "https://profile.example.com/profile/al?x=1",
-                        "status": 503, "latency": "0.231s"},
+        "httpRequest": {
+            "requestMethod": "get",
+            "requestUrl": "https://profile.example.com/profile/al?x=1",
+            "status": 503,
+            "latency": "0.231s",
+        },
         "resource": {"type": "cloud_run_revision", "labels": {"service_name": "profile-web"}},
     }
     e = parse_log_record(json.dumps(entry).encode(), FORMATS)
     assert (e.service, e.host, e.method, e.path, e.status, e.log_format) == (
-        "profile-web", "profile.example.com", "GET", "/profile/al", 503, "cloud_logging")
+        "profile-web",
+        "profile.example.com",
+        "GET",
+        "/profile/al",
+        503,
+        "cloud_logging",
+    )
     assert e.latency_ms == pytest.approx(231.0)
     assert e.timestamp == pytest.approx(T0 + 0.123456)
 
 
 def test_cloud_logging_from_bigquery_export_row():
     import datetime
-    row = {"timestamp": datetime.datetime(2026, 11, 22, 10, 0, tzinfo=datetime.timezone.utc),
-           "httpRequest": {"requestMethod": "POST", "requestUrl": "/login", "status": 200,
-                           "latency": {"seconds": 1, "nanos": 500000000}},
-           "resource": {"labels": {"module_id": "profile-web"}}}
+
+    row = {
+        "timestamp": datetime.datetime(2026, 11, 22, 10, 0, tzinfo=datetime.UTC),
+        "httpRequest": {
+            "requestMethod": "POST",
+            "requestUrl": "/login",
+            "status": 200,
+            "latency": {"seconds": 1, "nanos": 500000000},
+        },
+        "resource": {"labels": {"module_id": "profile-web"}},
+    }
     e = parse_log_record(row, FORMATS)
     assert (e.timestamp, e.service, e.path, e.latency_ms) == (T0, "profile-web", "/login", 1500.0)
 
 
 def test_log4j2_json_layout_with_context_map():
-    record = {"timeMillis": int(T0 * 1000) + 250, "level": "INFO", "loggerName": "web.Access", "message": "m",
-              "contextMap": {"http.method": "PUT", "http.path": "/api/v1/profile/a", "http.status": "204",
-                             "http.latency_ms": 12.5, "service": "profile-web"}}
+    record = {
+        "timeMillis": int(T0 * 1000) + 250,
+        "level": "INFO",
+        "loggerName": "web.Access",
+        "message": "m",
+        "contextMap": {
+            "http.method": "PUT",
+            "http.path": "/api/v1/profile/a",
+            "http.status": "204",
+            "http.latency_ms": 12.5,
+            "service": "profile-web",
+        },
+    }
     e = parse_log_record(json.dumps(record), FORMATS)
     assert (e.timestamp, e.method, e.path, e.status, e.latency_ms, e.service, e.log_format) == (
-        T0 + 0.25, "PUT", "/api/v1/profile/a", 204, 12.5, "profile-web", "app_log")
+        T0 + 0.25,
+        "PUT",
+        "/api/v1/profile/a",
+        204,
+        12.5,
+        "profile-web",
+        "app_log",
+    )
 
 
 def test_logstash_encoder_nested_fields_and_log4j2_instant():
-    logstash = {"@timestamp": "2026-11-22T10:00:00.500+00:00", "level": "WARN", "logger_name": "web",
-                "message": "m", "http": {"method": "GET", "path": "/login", "status": 500, "latency_ms": 3}}
+    logstash = {
+        "@timestamp": "2026-11-22T10:00:00.500+00:00",
+        "level": "WARN",
+        "logger_name": "web",
+        "message": "m",
+        "http": {"method": "GET", "path": "/login", "status": 500, "latency_ms": 3},
+    }
     e = parse_log_record(logstash, FORMATS)
     assert (e.timestamp, e.status, e.latency_ms, e.service) == (T0 + 0.5, 500, 3.0, "unknown")
-    instant = {"instant": {"epochSecond": int(T0), "nanoOfSecond": 7_000_000}, "level": "INFO",
-               "loggerName": "web", "message": "m", "mdc": {"http.method": "GET", "http.path": "/login",
-                                                            "http.status": 200, "http.latency_ms": 1}}
+    instant = {
+        "instant": {"epochSecond": int(T0), "nanoOfSecond": 7_000_000},
+        "level": "INFO",
+        "loggerName": "web",
+        "message": "m",
+        "mdc": {"http.method": "GET", "http.path": "/login", "http.status": 200, "http.latency_ms": 1},
+    }
     assert parse_log_record(instant, FORMATS).timestamp == pytest.approx(T0 + 0.007)
 
 
 def test_log_entry_wrapping_an_app_log_uses_entry_time_when_payload_has_none():
-    entry = {"timestamp": "2026-11-22T10:00:00Z", "jsonPayload": {
-        "level": "INFO", "logger": "web", "message": "m",
-        "http": {"method": "GET", "path": "/login", "status": 200, "latency_ms": 9}}}
+    entry = {
+        "timestamp": "2026-11-22T10:00:00Z",
+        "jsonPayload": {
+            "level": "INFO",
+            "logger": "web",
+            "message": "m",
+            "http": {"method": "GET", "path": "/login", "status": 200, "latency_ms": 9},
+        },
+    }
     e = parse_log_record(entry, FORMATS)
     assert (e.timestamp, e.log_format) == (T0, "app_log")
 
@@ -73,35 +122,62 @@ def test_flat_json_with_configured_mapping_in_seconds():
 
 
 def test_flat_json_default_mapping():
-    e = parse_log_record({"timestamp": T0, "method": "GET", "path": "/a", "status": 200, "latency_ms": 7},
-                         Formats())
+    e = parse_log_record({"timestamp": T0, "method": "GET", "path": "/a", "status": 200, "latency_ms": 7}, Formats())
     assert (e.timestamp, e.latency_ms) == (T0, 7.0)
 
 
-@pytest.mark.parametrize("payload, reason, words", [
-    (b"{not json", "invalid_json", "not valid JSON"),
-    (b"\xff\xfe", "invalid_utf8", "not valid UTF-8"),
-    ("[1, 2]", "not_an_object", "JSON object"),
-    ('{"httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "1s"}}',
-     "missing_field", "receiveTimestamp"),
-    ('{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "status": 200, "latency": "1s"}}',
-     "missing_field", "requestUrl"),
-    ('{"timestamp": "soon", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "1s"}}',
-     "bad_timestamp", "soon"),
-    ('{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 700, "latency": "1s"}}',
-     "bad_status", "700"),
-    ('{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": true, "latency": "1s"}}',
-     "bad_status", "True"),
-    ('{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "-1s"}}',
-     "bad_latency", "negative"),
-    ('{"time": "2026-11-22T10:00:00Z", "method": "GET", "uri": "/a", "status": 200, "request_time": "fast"}',
-     "bad_latency", "request_time"),
-    ('{"@timestamp": "2026-11-22T10:00:00Z", "level": "INFO", "logger_name": "w", "message": "hello"}',
-     "missing_field", "formats.app_log.method_field"),
-    ('{"hello": "world"}', "missing_field", "'time'"),
-])
+@pytest.mark.parametrize(
+    "payload, reason, words",
+    [
+        (b"{not json", "invalid_json", "not valid JSON"),
+        (b"\xff\xfe", "invalid_utf8", "not valid UTF-8"),
+        ("[1, 2]", "not_an_object", "JSON object"),
+        (
+            '{"httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "1s"}}',
+            "missing_field",
+            "receiveTimestamp",
+        ),
+        (
+            '{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "status": 200, "latency": "1s"}}',
+            "missing_field",
+            "requestUrl",
+        ),
+        (
+            '{"timestamp": "soon", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "1s"}}',
+            "bad_timestamp",
+            "soon",
+        ),
+        (
+            '{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 700, "latency": "1s"}}',
+            "bad_status",
+            "700",
+        ),
+        (
+            '{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": true, "latency": "1s"}}',
+            "bad_status",
+            "True",
+        ),
+        (
+            '{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "-1s"}}',
+            "bad_latency",
+            "negative",
+        ),
+        (
+            '{"time": "2026-11-22T10:00:00Z", "method": "GET", "uri": "/a", "status": 200, "request_time": "fast"}',
+            "bad_latency",
+            "request_time",
+        ),
+        (
+            '{"@timestamp": "2026-11-22T10:00:00Z", "level": "INFO", "logger_name": "w", "message": "hello"}',
+            "missing_field",
+            "formats.app_log.method_field",
+        ),
+        ('{"hello": "world"}', "missing_field", "'time'"),
+    ],
+)
 def test_malformed_records_raise_with_reason_and_field(payload, reason, words):
     from transforms.io.deadletter import RecordError
+
     with pytest.raises(RecordError) as err:
         parse_log_record(payload, FORMATS)
     assert err.value.reason == reason
@@ -123,6 +199,7 @@ def test_dofn_keeps_pubsub_attributes_and_bytes_in_dead_letters():
     import base64
 
     from apache_beam.io.gcp.pubsub import PubsubMessage
+
     fn = ParseLogRecords(FORMATS, "sli")
     [out] = list(fn.process(PubsubMessage(b"\xff not utf8", {"origin": "lb"})))
     dead = out.value

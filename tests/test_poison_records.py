@@ -3,10 +3,12 @@ shape (valid sample records with one field replaced by anything, JSON of any sha
 huge numbers, odd unicode, deep nesting, random bytes), returns outputs or dead letters with a reason from
 the documented list, never raises, and one record in gives exactly one outcome where the step is 1:1.
 The steps after a parser (journey matching, window keys, row formatting) get whatever it let through."""
+
 import base64
 import copy
 import json
 import math
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines import feature_stats, sli, window_features
-from pipelines.samples import FEATURES_DIR, SKEW_DIR, WINDOW_FEATURES_DIR
+from pipelines.samples import FEATURES_DIR, SCORE_DIR, SKEW_DIR, WINDOW_FEATURES_DIR
 from transforms.core.records import SerializedExample
 from transforms.features.cleanse import CleanseRecords
 from transforms.features.skew import ServingValues
@@ -24,12 +26,16 @@ from transforms.features.spec import load_feature_spec
 from transforms.images.ingest import ProcessImages, ToImageInputs
 from transforms.io.deadletter import DEAD_LETTER_TAG, REASONS, cap_payload
 from transforms.io.sources import ImageInput
+from transforms.io.udf import ApplyUdf
+from transforms.scoring.model import InputSpec
+from transforms.scoring.requests import ParseRequests
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords
 from transforms.sli.rows import FormatSliRows, JourneyWindowStatsFn, MatchJourneys
 from transforms.window_features.aggregate import FormatFeatureRows, KeyByWindow, ParseEvents, WindowAggregatesFn
 from transforms.window_features.spec import load_window_spec
 
+ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SLI_CONFIG = load_sli_config(sli.SAMPLE_CONFIG)
@@ -38,34 +44,97 @@ WINDOW_SPEC = load_window_spec(window_features.SAMPLE_SPEC)
 SKEW_SPEC = load_feature_spec(str(SKEW_DIR / "training" / "feature_spec.yaml"))
 
 SLI_SAMPLES = [
-    {"timestamp": "2026-11-22T00:00:00.971498123Z", "resource": {"type": "cloud_run_revision",
-     "labels": {"service_name": "profile-web"}}, "httpRequest": {"requestMethod": "GET",
-     "requestUrl": "https://profile.example.com/profile/alice9?v=1", "status": 200, "latency": "0.086436s"}},
-    {"timeMillis": 1795305604254, "level": "INFO", "loggerName": "com.example.web.AccessLog",
-     "contextMap": {"http.method": "GET", "http.path": "/profile/erin54", "http.status": "200",
-                    "http.latency_ms": 21.115, "service": "profile-web"}},
-    {"time": "2026-11-22T00:00:06.185+00:00", "service": "profile-web", "method": "GET",
-     "uri": "/profile/alice28/avatar", "status": 200, "request_time": 0.01941},
+    {
+        "timestamp": "2026-11-22T00:00:00.971498123Z",
+        "resource": {"type": "cloud_run_revision", "labels": {"service_name": "profile-web"}},
+        "httpRequest": {
+            "requestMethod": "GET",
+            "requestUrl": "https://profile.example.com/profile/alice9?v=1",
+            "status": 200,
+            "latency": "0.086436s",
+        },
+    },
+    {
+        "timeMillis": 1795305604254,
+        "level": "INFO",
+        "loggerName": "com.example.web.AccessLog",
+        "contextMap": {
+            "http.method": "GET",
+            "http.path": "/profile/erin54",
+            "http.status": "200",
+            "http.latency_ms": 21.115,
+            "service": "profile-web",
+        },
+    },
+    {
+        "time": "2026-11-22T00:00:06.185+00:00",
+        "service": "profile-web",
+        "method": "GET",
+        "uri": "/profile/alice28/avatar",
+        "status": 200,
+        "request_time": 0.01941,
+    },
 ]
 FEATURE_SAMPLES = [json.loads(line) for line in (FEATURES_DIR / "customers.jsonl").read_text().splitlines()[:3]]
 SKEW_SAMPLES = [json.loads(line) for line in (SKEW_DIR / "serving.jsonl").read_text().splitlines()[:3]]
-WINDOW_SAMPLES = [json.loads(line) for line in
-                  (WINDOW_FEATURES_DIR / "transactions.jsonl").read_text().splitlines()[:3]]
+WINDOW_SAMPLES = [
+    json.loads(line) for line in (WINDOW_FEATURES_DIR / "transactions.jsonl").read_text().splitlines()[:3]
+]
 
 # Values of every kind; the known-hostile ones are drawn often, so that few examples find them.
-hostile = st.sampled_from([
-    0, -1, 1e308, -1e308, 2**63, 2**64 + 1, 10**400, -(10**400), 253402300799, 253402300800000, 1e11, 9e18,
-    float("nan"), float("inf"), "9999-12-31T23:59:30Z", "9999-12-31T23:59:59.999999Z", "0001-01-01T00:05:00Z",
-    "\ud800", "\ufeff", "", "#", "a/b", "x" * 5000, "inf", "NaN", "1e400", "-0", "\x00", "\n", "Z",
-    [1], {"a": 1}, [], {}, True, None])
+hostile = st.sampled_from(
+    [
+        0,
+        -1,
+        1e308,
+        -1e308,
+        2**63,
+        2**64 + 1,
+        10**400,
+        -(10**400),
+        253402300799,
+        253402300800000,
+        1e11,
+        9e18,
+        float("nan"),
+        float("inf"),
+        "9999-12-31T23:59:30Z",
+        "9999-12-31T23:59:59.999999Z",
+        "0001-01-01T00:05:00Z",
+        "\ud800",
+        "\ufeff",
+        "",
+        "#",
+        "a/b",
+        "x" * 5000,
+        "inf",
+        "NaN",
+        "1e400",
+        "-0",
+        "\x00",
+        "\n",
+        "Z",
+        [1],
+        {"a": 1},
+        [],
+        {},
+        True,
+        None,
+    ]
+)
 scalars = st.one_of(
-    hostile, st.none(), st.booleans(),
+    hostile,
+    st.none(),
+    st.booleans(),
     st.integers(min_value=-(10**400), max_value=10**400),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(alphabet=st.characters(codec=None, categories=None), max_size=20),
 )
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=6), inner, max_size=3), max_leaves=12)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
 
 
 def _paths(record, prefix=()):
@@ -77,6 +146,7 @@ def _paths(record, prefix=()):
 
 def _mutated(samples):
     """A sample record with one to three fields (at any depth) replaced by any value, or removed."""
+
     @st.composite
     def build(draw):
         record = copy.deepcopy(draw(st.sampled_from(samples)))
@@ -93,16 +163,19 @@ def _mutated(samples):
             else:
                 del node[path[-1]]
         return record
+
     return build()
 
 
 def _encoded(records):
     """A record as a pipeline may receive it: dict, JSON text (NaN/Infinity allowed, as Python writes
     them), UTF-8 bytes, bytes with a BOM, or a Pub/Sub message; plus raw bytes and deep nesting."""
+
     def forms(record):
         text = json.dumps(record, allow_nan=True)
         raw = text.encode("utf-8", "surrogatepass")
         return st.sampled_from([record, text, raw, b"\xef\xbb\xbf" + raw, PubsubMessage(raw, {"k": "v"})])
+
     deep = st.integers(min_value=1, max_value=3000).map(lambda n: "[" * n + "]" * n)
     deep_object = st.integers(min_value=60, max_value=2000).map(lambda n: '{"a":' * n + "1" + "}" * n)
     return st.one_of(records.flatmap(forms), json_values.flatmap(forms), st.binary(max_size=64), deep, deep_object)
@@ -146,8 +219,13 @@ def test_sli_parse_match_and_format_never_raise(record):
         stats = JourneyWindowStatsFn()
         accumulator = stats.add_input(stats.create_accumulator(), value)
         window_start = key[2]
-        rows = list(FORMAT_SLI.process((key, stats.extract_output(accumulator)), pane=_FINAL_PANE,
-                                       win=IntervalWindow(window_start, window_start + 60)))
+        rows = list(
+            FORMAT_SLI.process(
+                (key, stats.extract_output(accumulator)),
+                pane=_FINAL_PANE,
+                win=IntervalWindow(window_start, window_start + 60),
+            )
+        )
         for row in rows:
             json.dumps(row, allow_nan=False)
             assert "#" not in row["sli_id"] and "\n" not in row["sli_id"]
@@ -159,8 +237,7 @@ CLEANSE = _ready(CleanseRecords(FEATURE_SPEC, "feature_stats"))
 
 
 @FUZZ
-@given(st.one_of(_encoded(_mutated(FEATURE_SAMPLES)),
-                 st.binary(max_size=40).map(SerializedExample)))
+@given(st.one_of(_encoded(_mutated(FEATURE_SAMPLES)), st.binary(max_size=40).map(SerializedExample)))
 def test_feature_cleansing_never_raises(record):
     rows, dead = outcomes(CLEANSE, record)
     assert len(rows) + len(dead) == 1
@@ -197,25 +274,73 @@ def test_window_feature_parse_key_and_format_never_raise(record):
 
 
 TO_IMAGES = _ready(ToImageInputs(None, 1 << 20, "image_ingest"))
-PROCESS_IMAGES = _ready(ProcessImages("image_ingest", dict(
-    width=16, height=16, method="pad", encoding="png", jpeg_quality=90, max_bytes=1 << 20, max_pixels=1 << 16)))
+PROCESS_IMAGES = _ready(
+    ProcessImages(
+        "image_ingest",
+        dict(width=16, height=16, method="pad", encoding="png", jpeg_quality=90, max_bytes=1 << 20, max_pixels=1 << 16),
+    )
+)
 _PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==")
-IMAGE_MESSAGES = [{"image_bytes": {"b64": base64.b64encode(_PNG).decode()}, "label": "cat", "id": "a"},
-                  {"instances": [{"b64": base64.b64encode(_PNG).decode(), "label": "dog"}]}]
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
+)
+IMAGE_MESSAGES = [
+    {"image_bytes": {"b64": base64.b64encode(_PNG).decode()}, "label": "cat", "id": "a"},
+    {"instances": [{"b64": base64.b64encode(_PNG).decode(), "label": "dog"}]},
+]
 
 
 @FUZZ
-@given(st.one_of(
-    _mutated(IMAGE_MESSAGES).map(lambda r: PubsubMessage(json.dumps(r, allow_nan=True).encode(), {"label": "x"})),
-    st.binary(max_size=80).map(lambda b: PubsubMessage(b, {})),
-    st.binary(max_size=60).map(lambda b: PubsubMessage(_PNG[:20] + b, {"label": "cat"})),
-    json_values.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass")),  # manifest lines
-    st.text(max_size=40).map(lambda t: ("{" + t).encode("utf-8", "surrogatepass")),
-))
+@given(
+    st.one_of(
+        _mutated(IMAGE_MESSAGES).map(lambda r: PubsubMessage(json.dumps(r, allow_nan=True).encode(), {"label": "x"})),
+        st.binary(max_size=80).map(lambda b: PubsubMessage(b, {})),
+        st.binary(max_size=60).map(lambda b: PubsubMessage(_PNG[:20] + b, {"label": "cat"})),
+        json_values.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass")),  # manifest lines
+        st.text(max_size=40).map(lambda t: ("{" + t).encode("utf-8", "surrogatepass")),
+    )
+)
 def test_image_steps_never_raise(record):
     images, dead = outcomes(TO_IMAGES, record)
     for image in images:
         assert isinstance(image, ImageInput)
         processed, dead_images = outcomes(PROCESS_IMAGES, image)
         assert len(processed) + len(dead_images) == 1
+
+
+SCORE_SAMPLES = [json.loads(line) for line in (SCORE_DIR / "requests.jsonl").read_text().splitlines()[:3]]
+IMAGE_REQUESTS = _ready(ParseRequests([InputSpec("image_bytes", "string", ())], None, "score", 1 << 20, 1 << 16))
+PIXEL_REQUESTS = _ready(ParseRequests([InputSpec("pixels", "float32", (8, 8, 3))], None, "score", 1 << 20, 1 << 16))
+TABULAR_REQUESTS = _ready(
+    ParseRequests(
+        [InputSpec("age", "float32", ()), InputSpec("tags", "string", (None,))], None, "score", 1 << 20, 1 << 16
+    )
+)
+TABULAR_SAMPLES = [{"id": "r1", "features": {"age": 31.5, "tags": ["a", "b"]}}, {"id": 7, "age": 3, "tags": []}]
+
+
+@FUZZ
+@given(
+    st.one_of(
+        _encoded(_mutated(SCORE_SAMPLES)),
+        _encoded(_mutated(TABULAR_SAMPLES)),
+        st.binary(max_size=60).map(lambda b: PubsubMessage(_PNG[:30] + b, {"request_id": "x"})),
+        st.binary(max_size=60).map(lambda b: ImageInput("f.png", "f.png", None, b)),
+    )
+)
+def test_scoring_requests_never_raise(record):
+    for parse in (IMAGE_REQUESTS, PIXEL_REQUESTS, TABULAR_REQUESTS):
+        requests, dead = outcomes(parse, record)
+        assert len(requests) + len(dead) == 1
+        for request, _example in requests:
+            assert isinstance(request.request_id, str) and len(request.request_id) <= 1024
+
+
+SAMPLE_UDFS = [_ready(ApplyUdf(str(path), "process", "sli")) for path in sorted((ROOT / "udf").glob("[!_]*.[jp][sy]"))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(_encoded(_mutated(SLI_SAMPLES)))
+def test_sample_udfs_never_raise(record):
+    for udf in SAMPLE_UDFS:
+        outputs, dead = outcomes(udf, record)
+        assert len(outputs) + len(dead) <= 1  # a UDF may filter a record out (counted as udf_filtered)

@@ -1,4 +1,5 @@
 """Progress lines on local batch runs: printed by the counting DoFn, and only added where they belong."""
+
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -19,12 +20,15 @@ def test_progress_lines_count_records_and_dead_letters(capsys):
     assert "records read 3 (" in lines[-1] and lines[-1].endswith("dead letters 1")
 
 
-@pytest.mark.parametrize("flags, added", [
-    (["--runner", "FnApiRunner"], True),
-    (["--runner", "FnApiRunner", "--progress", "off"], False),
-    (["--runner", "BundleBasedDirectRunner", "--streaming"], False),
-    (["--runner", "DataflowRunner"], False),
-])
+@pytest.mark.parametrize(
+    "flags, added",
+    [
+        (["--runner", "FnApiRunner"], True),
+        (["--runner", "FnApiRunner", "--progress", "off"], False),
+        (["--runner", "BundleBasedDirectRunner", "--streaming"], False),
+        (["--runner", "DataflowRunner"], False),
+    ],
+)
 def test_progress_only_on_local_batch_runs(flags, added):
     pipeline = beam.Pipeline()
     records = pipeline | "Records" >> beam.Create([1])

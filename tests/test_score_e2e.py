@@ -3,6 +3,7 @@ the direct runner, predictions on a topic, in the BigQuery emulator and in the B
 repeated images served from the cache; malformed messages dead-lettered. Reports publish-to-prediction
 latency percentiles. (Model refresh is tested in test_scoring.py: the local streaming runner cannot run
 the file watcher, a splittable DoFn.)"""
+
 import base64
 import hashlib
 import json
@@ -42,8 +43,9 @@ class Predictions:
                 row = json.loads(message.message.data)
                 self.rows[row["request_id"]] = row
             if response.received_messages:
-                self._subscriber.acknowledge(subscription=self._subscription,
-                                             ack_ids=[m.ack_id for m in response.received_messages])
+                self._subscriber.acknowledge(
+                    subscription=self._subscription, ack_ids=[m.ack_id for m in response.received_messages]
+                )
         missing = set(request_ids) - set(self.rows)
         assert not missing, f"no prediction within {timeout}s for {sorted(missing)}"
         return [self.rows[i] for i in request_ids]
@@ -60,14 +62,32 @@ def streamed(image_model, services, project, tmp_path_factory):  # noqa: F811
     for name, sub in subs.items():
         subscriber.create_subscription(name=sub, topic=topics[name])
     bq_client(services, project).create_dataset("ml", exists_ok=True)
-    options = PipelineOptions([
-        "--runner", "BundleBasedDirectRunner", "--project", project,
-        "--input_subscription", subs["score-requests"],
-        "--model_path", str(models / "1"), "--label_map", str(image_model / "labels.txt"),
-        "--bigtable_instance", "serving", "--bigtable_table", "predictions",
-        "--output_table", f"{project}:ml.stream_predictions", "--predictions_topic", topics["predictions"],
-        "--dead_letter_topic", topics["score-dead-letters"], "--max_batch_duration_secs", "1",
-    ])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--project",
+            project,
+            "--input_subscription",
+            subs["score-requests"],
+            "--model_path",
+            str(models / "1"),
+            "--label_map",
+            str(image_model / "labels.txt"),
+            "--bigtable_instance",
+            "serving",
+            "--bigtable_table",
+            "predictions",
+            "--output_table",
+            f"{project}:ml.stream_predictions",
+            "--predictions_topic",
+            topics["predictions"],
+            "--dead_letter_topic",
+            topics["score-dead-letters"],
+            "--max_batch_duration_secs",
+            "1",
+        ]
+    )
     settings = score.validate(options)
     pipeline = beam.Pipeline(options=options)
     score.build(pipeline, options, settings)
@@ -89,14 +109,13 @@ def streamed(image_model, services, project, tmp_path_factory):  # noqa: F811
         dead = wait_for_messages(subscriber, subs["score-dead-letters"], 2)  # the 2 malformed requests
     finally:
         result.cancel()
-    return {"models": models, "images": images, "first": first, "again": again, "all": predictions.rows,
-            "dead": dead}
+    return {"models": models, "images": images, "first": first, "again": again, "all": predictions.rows, "dead": dead}
 
 
 def test_predictions_match_the_model_called_directly(streamed):
     ids = [row["request_id"] for row in streamed["first"]]
     expected = direct_scores(streamed["models"] / "1", [streamed["images"][i] for i in ids])
-    for row, scores in zip(streamed["first"], expected):
+    for row, scores in zip(streamed["first"], expected, strict=True):
         np.testing.assert_allclose(json.loads(row["outputs"])["scores"], scores, rtol=1e-5, atol=1e-6)
         assert row["model_version"] == "1" and row["cache_hit"] is False
         assert row["top_k"][0]["label"] == LABELS[int(np.argmax(scores))]
@@ -122,5 +141,7 @@ def test_malformed_messages_are_dead_letters_and_latency_is_reported(streamed):
     latencies = np.array([r["latency_ms"] for r in streamed["all"].values() if r["request_id"] != "warm-up"])
     assert (latencies > 0).all() and (latencies < 120_000).all()
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    print(f"\npublish-to-prediction latency over {len(latencies)} predictions: "
-          f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms")
+    print(
+        f"\npublish-to-prediction latency over {len(latencies)} predictions: "
+        f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms"
+    )

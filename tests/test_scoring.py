@@ -1,5 +1,6 @@
 """Scoring: the model handler against direct model calls, inputs checked against the signature, and the
 batch pipeline end to end into the BigQuery emulator. The models are trained here, in the test."""
+
 import base64
 import json
 import random
@@ -66,7 +67,9 @@ def test_examples_are_checked_against_the_signature(tmp_path):
     tf.keras.Model(inputs, tf.keras.layers.Dense(1)(joined)).save(keras_path)
     model = LoadedModel(str(keras_path))
     assert [(s.name, s.shape) for s in model.inputs] == [("age", ()), ("history", (3,))]
-    request_id, key, example = prepare_example({"id": "r1", "features": {"age": 31, "history": [1, 2, 3]}}, model.inputs)
+    request_id, key, example = prepare_example(
+        {"id": "r1", "features": {"age": 31, "history": [1, 2, 3]}}, model.inputs
+    )
     assert request_id == "r1" and example["history"].dtype == np.float32 and example["history"].shape == (3,)
     same_key = prepare_example({"id": "r2", "features": {"history": [1, 2, 3], "age": 31}}, model.inputs)[1]
     assert same_key == key  # the content key ignores the request id and field order
@@ -74,30 +77,41 @@ def test_examples_are_checked_against_the_signature(tmp_path):
     [result] = handler.run_inference([example], handler.load_model())
     direct = tf.keras.models.load_model(keras_path)([np.array([31.0]), np.array([[1.0, 2.0, 3.0]])]).numpy()
     np.testing.assert_allclose(result.inference["output_0"], direct[0], rtol=1e-5)
-    for record, reason in [({"id": "r", "features": {"age": 1}}, "missing_feature"),
-                           ({"id": "r", "features": {"age": 1, "history": [1, 2]}}, "bad_feature"),
-                           ({"id": "r", "features": {"age": "old", "history": [1, 2, 3]}}, "bad_feature"),
-                           ({"features": {"age": 1, "history": [1, 2, 3]}}, "missing_field")]:
+    for record, reason in [
+        ({"id": "r", "features": {"age": 1}}, "missing_feature"),
+        ({"id": "r", "features": {"age": 1, "history": [1, 2]}}, "bad_feature"),
+        ({"id": "r", "features": {"age": "old", "history": [1, 2, 3]}}, "bad_feature"),
+        ({"features": {"age": 1, "history": [1, 2, 3]}}, "missing_field"),
+    ]:
         with pytest.raises(RecordError) as e:
             prepare_example(record, model.inputs)
         assert e.value.reason == reason
 
 
 def test_top_k_lists_labels_by_score():
-    row = prediction_row(ScoringRequest("r", "k", 100.0), {"scores": np.array([0.2, 0.7, 0.1])}, "3",
-                         ["a", "b", "c"], top_k=2, scored_at=100.25)
+    row = prediction_row(
+        ScoringRequest("r", "k", 100.0),
+        {"scores": np.array([0.2, 0.7, 0.1])},
+        "3",
+        ["a", "b", "c"],
+        top_k=2,
+        scored_at=100.25,
+    )
     assert row["top_k"] == [{"label": "b", "score": pytest.approx(0.7)}, {"label": "a", "score": pytest.approx(0.2)}]
     assert (row["model_version"], row["latency_ms"]) == ("3", 250.0)
 
 
 def test_start_up_errors_name_the_flag(image_model, tmp_path):
     (tmp_path / "two.txt").write_text("a\nb\n")
-    for flags, words in [(["--model_path", str(tmp_path / "nothing")], "--model_path: cannot load"),
-                         (["--model_path", str(image_model / "models" / "1"), "--label_map", str(tmp_path / "two.txt")],
-                          "has 2 labels but the model's output 'scores' has 3"),
-                         (["--model_path", str(image_model / "models" / "1"), "--signature", "predict"],
-                          "has no signature 'predict'"),
-                         (["--model_watch_pattern", "x/*"], "--model_watch_pattern needs a streaming input")]:
+    for flags, words in [
+        (["--model_path", str(tmp_path / "nothing")], "--model_path: cannot load"),
+        (
+            ["--model_path", str(image_model / "models" / "1"), "--label_map", str(tmp_path / "two.txt")],
+            "has 2 labels but the model's output 'scores' has 3",
+        ),
+        (["--model_path", str(image_model / "models" / "1"), "--signature", "predict"], "has no signature 'predict'"),
+        (["--model_watch_pattern", "x/*"], "--model_watch_pattern needs a streaming input"),
+    ]:
         with pytest.raises(ValueError, match=words):
             score.validate(PipelineOptions(flags))
 
@@ -108,12 +122,28 @@ def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
     requests.write_text("\n".join(lines) + "\n")
     bq = bq_client(services, project)
     bq.create_dataset("ml", exists_ok=True)
-    options = PipelineOptions([
-        "--runner", "FnApiRunner", "--project", project, "--temp_location", str(tmp_path),
-        "--model_path", str(image_model / "models" / "1"), "--label_map", str(image_model / "labels.txt"),
-        "--input_files", str(requests), "--output_table", f"{project}:ml.batch_predictions",
-        "--output_dir", str(tmp_path / "out"), "--max_batch_size", "4",
-    ])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "FnApiRunner",
+            "--project",
+            project,
+            "--temp_location",
+            str(tmp_path),
+            "--model_path",
+            str(image_model / "models" / "1"),
+            "--label_map",
+            str(image_model / "labels.txt"),
+            "--input_files",
+            str(requests),
+            "--output_table",
+            f"{project}:ml.batch_predictions",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_batch_size",
+            "4",
+        ]
+    )
     settings = score.validate(options)
     with beam.Pipeline(options=options) as pipeline:
         score.build(pipeline, options, settings)
@@ -126,13 +156,15 @@ def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
             images[record["id"]] = base64.b64decode(record["image_bytes"]["b64"])
     ids = sorted(images)
     expected = direct_scores(image_model / "models" / "1", [images[i] for i in ids])
-    for request_id, scores in zip(ids, expected):
+    for request_id, scores in zip(ids, expected, strict=True):
         row = rows[request_id]
         got = row["outputs"] if isinstance(row["outputs"], dict) else json.loads(row["outputs"])
         np.testing.assert_allclose(got["scores"], scores, rtol=1e-5, atol=1e-6)
         assert [t["label"] for t in row["top_k"]] == [LABELS[i] for i in np.argsort(-scores, kind="stable")]
         assert row["model_version"] == "1" and row["cache_hit"] is False and row["latency_ms"] >= 0
-    dead = [json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
+    dead = [
+        json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()
+    ]
     assert sorted(d["reason"] for d in dead) == ["bad_base64", "invalid_json", "missing_field", "not_an_image"]
     assert len(rows) + len(dead) == len(lines)  # every request is a prediction or a dead letter
 
@@ -141,12 +173,28 @@ def test_report_counts_and_shows_the_first_predictions_written(image_model, tmp_
     lines, truth = sample_requests(count=8, seed=5)
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(lines) + "\n")
-    score.run(["--runner", "FnApiRunner", "--model_path", str(image_model / "models" / "1"),
-               "--label_map", str(image_model / "labels.txt"), "--input_files", str(requests),
-               "--output_dir", str(tmp_path / "out"), "--progress", "off"])
+    score.run(
+        [
+            "--runner",
+            "FnApiRunner",
+            "--model_path",
+            str(image_model / "models" / "1"),
+            "--label_map",
+            str(image_model / "labels.txt"),
+            "--input_files",
+            str(requests),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--progress",
+            "off",
+        ]
+    )
     report = capsys.readouterr().out.splitlines()
-    written = [json.loads(line) for f in sorted((tmp_path / "out").glob("predictions-*.jsonl"))
-               for line in f.read_text().splitlines()]
+    written = [
+        json.loads(line)
+        for f in sorted((tmp_path / "out").glob("predictions-*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
     assert len(written) == len(truth) == 9  # 8 images, one of them sent twice
     assert report[0] == f"scored: 9  from the cache: 0  dead letters: {len(lines) - 9}"
     shown = [line.split()[0] for line in report[1:] if line.split()[0] in truth]
@@ -162,13 +210,15 @@ class _WindowedRequests(beam.PTransform):
         self._timed = timed_lines
 
     def expand(self, pbegin):
-        return (pbegin
-                | beam.Create(self._timed)
-                | "Stamp" >> beam.Map(lambda x: window.TimestampedValue(x[1], x[0]))
-                | "Window" >> beam.WindowInto(window.FixedWindows(10))
-                | "Key" >> beam.Map(lambda x: ("k", x))
-                | "Group" >> beam.GroupByKey()
-                | "Emit" >> beam.FlatMap(lambda kv: kv[1]))
+        return (
+            pbegin
+            | beam.Create(self._timed)
+            | "Stamp" >> beam.Map(lambda x: window.TimestampedValue(x[1], x[0]))
+            | "Window" >> beam.WindowInto(window.FixedWindows(10))
+            | "Key" >> beam.Map(lambda x: ("k", x))
+            | "Group" >> beam.GroupByKey()
+            | "Emit" >> beam.FlatMap(lambda kv: kv[1])
+        )
 
 
 def test_predictions_switch_to_a_new_model_version_from_the_side_input(image_model, tmp_path):
@@ -181,23 +231,28 @@ def test_predictions_switch_to_a_new_model_version_from_the_side_input(image_mod
     timed = [(t0 + 2 + 10 * (i // 2), request_line(rid, data)) for i, (rid, data) in enumerate(images.items())]
     expected = {}
     for version, model_dir, ids in (("1", v1, ["r0", "r1"]), ("2", v2, ["r2", "r3"])):
-        for rid, scores in zip(ids, direct_scores(model_dir, [images[i] for i in ids])):
+        for rid, scores in zip(ids, direct_scores(model_dir, [images[i] for i in ids]), strict=True):
             expected[rid] = (version, scores)
 
     def check(rows):
         assert {r["request_id"]: r["model_version"] for r in rows} == {k: v[0] for k, v in expected.items()}
         for row in rows:
-            np.testing.assert_allclose(json.loads(row["outputs"])["scores"], expected[row["request_id"]][1],
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                json.loads(row["outputs"])["scores"], expected[row["request_id"]][1], rtol=1e-5, atol=1e-6
+            )
 
-    options = PipelineOptions(["--runner", "FnApiRunner", "--model_path", str(v1), "--output_dir", str(tmp_path / "out")])
+    options = PipelineOptions(
+        ["--runner", "FnApiRunner", "--model_path", str(v1), "--output_dir", str(tmp_path / "out")]
+    )
     settings = score.validate(options)
     with beam.Pipeline(options=options) as pipeline:
-        updates = (pipeline
-                   | "Versions" >> beam.Create([(t0 + 1, str(v1)), (t0 + 11, str(v2))])
-                   | "StampVersions" >> beam.Map(lambda x: window.TimestampedValue(
-                       ModelMetadata(model_id=x[1], model_name=x[1]), x[0]))
-                   | "WindowVersions" >> beam.WindowInto(window.FixedWindows(10)))
+        updates = (
+            pipeline
+            | "Versions" >> beam.Create([(t0 + 1, str(v1)), (t0 + 11, str(v2))])
+            | "StampVersions"
+            >> beam.Map(lambda x: window.TimestampedValue(ModelMetadata(model_id=x[1], model_name=x[1]), x[0]))
+            | "WindowVersions" >> beam.WindowInto(window.FixedWindows(10))
+        )
         outputs = score.build(pipeline, options, settings, source=_WindowedRequests(timed), model_updates=updates)
         assert_that(outputs.predictions, check)
 
@@ -227,20 +282,36 @@ def test_tabular_requests_get_the_training_transform(tmp_path):
     lines = [json.dumps({"id": k, "features": {f: v for f, v in records[k].items() if f != "churned"}}) for k in keys]
     lines.append(json.dumps({"id": "no-tenure", "features": {"age": 30, "country": "DE"}}))
     (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
-    options = PipelineOptions(["--runner", "FnApiRunner", "--model_path", str(tmp_path / "churn.keras"),
-                               "--transform_dir", str(tmp_path / "features"), "--input_files",
-                               str(tmp_path / "requests.jsonl"), "--output_dir", str(tmp_path / "out")])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "FnApiRunner",
+            "--model_path",
+            str(tmp_path / "churn.keras"),
+            "--transform_dir",
+            str(tmp_path / "features"),
+            "--input_files",
+            str(tmp_path / "requests.jsonl"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     settings = score.validate(options)
     assert [s.name for s in settings.inputs] == ["age", "income", "tenure_days", "country", "device", "review"]
     with beam.Pipeline(options=options) as pipeline:
         score.build(pipeline, options, settings)
-    rows = {r["request_id"]: r for f in (tmp_path / "out").glob("predictions-*.jsonl")
-            for r in map(json.loads, f.read_text().splitlines())}
+    rows = {
+        r["request_id"]: r
+        for f in (tmp_path / "out").glob("predictions-*.jsonl")
+        for r in map(json.loads, f.read_text().splitlines())
+    }
     assert sorted(rows) == keys
     expected = model([np.array([examples[k][n][0] for k in keys], dtype=np.float32) for n in names]).numpy()
-    for key, want in zip(keys, expected):
+    for key, want in zip(keys, expected, strict=True):
         assert json.loads(rows[key]["outputs"])["output_0"] == pytest.approx(want.tolist(), abs=1e-5)
-    dead = [json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
+    dead = [
+        json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()
+    ]
     assert [(d["reason"], "tenure_days" in d["error_message"]) for d in dead] == [("missing_feature", True)]
 
 
@@ -252,16 +323,28 @@ def test_batch_scoring_of_the_image_pipelines_tfrecords(image_model, tmp_path):
 
     ingest("--input_dir", str(image_ingest.SAMPLE_DIR), "--output_dir", str(tmp_path / "images"))
     examples = read_examples(tmp_path / "images", "train")
-    options = PipelineOptions(["--runner", "FnApiRunner", "--model_path", str(image_model / "models" / "1"),
-                               "--input_files", str(tmp_path / "images" / "train" / "images-*.tfrecord.gz"),
-                               "--output_dir", str(tmp_path / "out")])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "FnApiRunner",
+            "--model_path",
+            str(image_model / "models" / "1"),
+            "--input_files",
+            str(tmp_path / "images" / "train" / "images-*.tfrecord.gz"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     settings = score.validate(options)
     with beam.Pipeline(options=options) as pipeline:
         score.build(pipeline, options, settings)
-    rows = {r["request_id"]: r for f in (tmp_path / "out").glob("predictions-*.jsonl")
-            for r in map(json.loads, f.read_text().splitlines())}
+    rows = {
+        r["request_id"]: r
+        for f in (tmp_path / "out").glob("predictions-*.jsonl")
+        for r in map(json.loads, f.read_text().splitlines())
+    }
     ids = [e["image/source_id"].decode() for e in examples]
     assert sorted(rows) == sorted(ids)
     expected = direct_scores(image_model / "models" / "1", [e["image/encoded"] for e in examples])
-    for source_id, scores in zip(ids, expected):
+    for source_id, scores in zip(ids, expected, strict=True):
         np.testing.assert_allclose(json.loads(rows[source_id]["outputs"])["scores"], scores, rtol=1e-5, atol=1e-6)

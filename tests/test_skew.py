@@ -1,7 +1,9 @@
 """Skew and drift: measures on samples from known distributions against values worked out from the
 distributions themselves; the pipeline on a copy of the training data (no anomaly) and on the bundled
 drifted serving data (anomalies to BigQuery and Pub/Sub emulators)."""
+
 import hashlib
+import itertools
 import json
 import math
 
@@ -44,27 +46,41 @@ def test_numeric_measures_match_the_distributions():
     got = numeric_skew(train, {"count": len(serving), "missing": 0}, bins)
     # the same bins, with probabilities from the two normal distributions
     edges = [train["histogram"][0]["low"]] + [b["high"] for b in train["histogram"]]
+
     def probabilities(mean):
         cdf = [_normal_cdf(e, mean) for e in edges]
-        return np.array([cdf[0]] + [b - a for a, b in zip(cdf, cdf[1:])] + [1 - cdf[-1]])
+        return np.array([cdf[0]] + [b - a for a, b in itertools.pairwise(cdf)] + [1 - cdf[-1]])
+
     p, q = probabilities(0.0), probabilities(0.5)
     p_in = np.concatenate([[0], p[1:-1] / p[1:-1].sum(), [0]])  # training has nothing outside its own range
     m = (p_in + q) / 2
-    js = 0.5 * sum(a * math.log2(a / c) for a, c in zip(p_in, m) if a > 0) + \
-        0.5 * sum(b * math.log2(b / c) for b, c in zip(q, m) if b > 0)
+    js = 0.5 * sum(a * math.log2(a / c) for a, c in zip(p_in, m, strict=True) if a > 0) + 0.5 * sum(
+        b * math.log2(b / c) for b, c in zip(q, m, strict=True) if b > 0
+    )
     assert got["js_divergence"] == pytest.approx(js, abs=0.005)
     assert got["out_of_range"] == pytest.approx(q[0] + q[-1], abs=0.002)
-    same = numeric_skew(train, {"count": 1, "missing": 0},
-                        {i: b["count"] for i, b in enumerate(train["histogram"])})
+    same = numeric_skew(train, {"count": 1, "missing": 0}, {i: b["count"] for i, b in enumerate(train["histogram"])})
     assert same["js_divergence"] == pytest.approx(0, abs=1e-12) and same["psi"] == pytest.approx(0, abs=1e-12)
 
 
 def test_categorical_measures_match_the_distributions():
-    train = {"count": 1000, "missing": 0, "distinct": 3,
-             "top_values": [{"value": "a", "count": 500}, {"value": "b", "count": 300}, {"value": "c", "count": 200}]}
-    serving = {"count": 1000, "missing": 0, "distinct": 4,
-               "top_values": [{"value": "a", "count": 300}, {"value": "b", "count": 300}, {"value": "c", "count": 200},
-                              {"value": "d", "count": 200}]}
+    train = {
+        "count": 1000,
+        "missing": 0,
+        "distinct": 3,
+        "top_values": [{"value": "a", "count": 500}, {"value": "b", "count": 300}, {"value": "c", "count": 200}],
+    }
+    serving = {
+        "count": 1000,
+        "missing": 0,
+        "distinct": 4,
+        "top_values": [
+            {"value": "a", "count": 300},
+            {"value": "b", "count": 300},
+            {"value": "c", "count": 200},
+            {"value": "d", "count": 200},
+        ],
+    }
     got = categorical_skew(train, serving)
     assert got["linf"] == pytest.approx(0.2)  # a: 0.5 -> 0.3, d: 0 -> 0.2
     expected_psi = (0.3 - 0.5) * math.log(0.3 / 0.5) + (0.2 - 1e-4) * math.log(0.2 / 1e-4)
@@ -101,9 +117,10 @@ def train_split():
     keys = {hashlib.md5(r["user_id"].encode()).hexdigest(): r for r in _train_rows()}
     train = []
     for label in ("yes", "no"):
-        ordered = sorted((h for h, r in keys.items() if r["churned"] == label),
-                         key=lambda h: (int(h[:15], 16) / 16 ** 15, h))
-        train += [keys[h] for h in ordered[:round(0.7 * len(ordered))]]
+        ordered = sorted(
+            (h for h, r in keys.items() if r["churned"] == label), key=lambda h: (int(h[:15], 16) / 16**15, h)
+        )
+        train += [keys[h] for h in ordered[: round(0.7 * len(ordered))]]
     return train
 
 
@@ -121,13 +138,17 @@ def test_a_copy_of_the_training_data_has_no_anomaly(tmp_path):
 
 def test_drifted_serving_data_raises_anomalies_to_bigquery_and_pubsub(tmp_path, services, project):
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic, sub = publisher.topic_path(project, "feature-anomalies"), subscriber.subscription_path(project, "anomalies-check")
+    topic, sub = (
+        publisher.topic_path(project, "feature-anomalies"),
+        subscriber.subscription_path(project, "anomalies-check"),
+    )
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=sub, topic=topic)
     bq = bq_client(services, project)
     bq.create_dataset("ml", exists_ok=True)
-    report = _run(tmp_path, "--project", project, "--anomalies_table", f"{project}:ml.skew_anomalies",
-                  "--anomalies_topic", topic)
+    report = _run(
+        tmp_path, "--project", project, "--anomalies_table", f"{project}:ml.skew_anomalies", "--anomalies_topic", topic
+    )
     by_feature = {f["feature"]: f for f in report["features"]}
     assert by_feature["country"]["measures"]["new_categories"] == ["MX"]
     assert {a["measure"] for a in by_feature["age"]["anomalies"]} >= {"psi"}
@@ -143,8 +164,10 @@ def test_drifted_serving_data_raises_anomalies_to_bigquery_and_pubsub(tmp_path, 
 
 def test_a_udf_reshapes_serving_records_first(tmp_path):
     udf = tmp_path / "older.js"
-    udf.write_text("function process(inJson) { var r = JSON.parse(inJson); if (r.age) { r.age = r.age + 30; }"
-                   " return JSON.stringify(r); }")
+    udf.write_text(
+        "function process(inJson) { var r = JSON.parse(inJson); if (r.age) { r.age = r.age + 30; }"
+        " return JSON.stringify(r); }"
+    )
     report = _run(tmp_path, "--udf_path", str(udf))
     age = {f["feature"]: f for f in report["features"]}["age"]
     assert age["measures"]["out_of_range"] > 0.3  # most customers now older than any in training

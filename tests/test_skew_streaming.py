@@ -2,6 +2,7 @@
 where age has shifted (measures worked out again with numpy); then end to end through the Pub/Sub
 emulator: an alert for an out-of-range feature, a dead letter for a malformed message, the BigQuery row
 with its window."""
+
 import datetime
 import json
 import math
@@ -30,7 +31,7 @@ TRAINING = json.loads((skew.SAMPLES / "training" / "statistics.json").read_text(
 
 
 def _iso(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
 def _age_measures(ages):
@@ -56,15 +57,26 @@ def test_each_window_gets_its_own_report(tmp_path):
     train = train_split()
     shifted = [{**r, "age": r["age"] + AGE_SHIFT if r.get("age") is not None else None} for r in train]
     spacing = (WINDOW - 1) / len(train)
-    stream = (TestStream()
-              .advance_watermark_to(T0)
-              .add_elements([TimestampedValue(_message(r), T0 + i * spacing) for i, r in enumerate(train)])
-              .add_elements([TimestampedValue(PubsubMessage(b'{"age": ', {"request_id": "r-1"}), T0 + 5)])
-              .advance_watermark_to(T0 + WINDOW)
-              .add_elements([TimestampedValue(_message(r), T0 + WINDOW + i * spacing) for i, r in enumerate(shifted)])
-              .advance_watermark_to_infinity())
-    options = PipelineOptions(["--runner", "BundleBasedDirectRunner", "--streaming", "--output_dir",
-                               str(tmp_path / "out"), "--skew_window_seconds", str(WINDOW)])
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0)
+        .add_elements([TimestampedValue(_message(r), T0 + i * spacing) for i, r in enumerate(train)])
+        .add_elements([TimestampedValue(PubsubMessage(b'{"age": ', {"request_id": "r-1"}), T0 + 5)])
+        .advance_watermark_to(T0 + WINDOW)
+        .add_elements([TimestampedValue(_message(r), T0 + WINDOW + i * spacing) for i, r in enumerate(shifted)])
+        .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--streaming",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--skew_window_seconds",
+            str(WINDOW),
+        ]
+    )
     settings = skew.validate(options)
 
     expected_age = _age_measures([r["age"] for r in shifted if r["age"] is not None])
@@ -77,7 +89,8 @@ def test_each_window_gets_its_own_report(tmp_path):
         by_window = {}
         for row in rows:
             assert datetime.datetime.fromisoformat(row["window_end"]) - datetime.datetime.fromisoformat(
-                row["window_start"]) == datetime.timedelta(seconds=WINDOW)
+                row["window_start"]
+            ) == datetime.timedelta(seconds=WINDOW)
             by_window.setdefault(row["window_start"], {})[row["feature"]] = row
         assert set(by_window) == {_iso(T0), _iso(T0 + WINDOW)}
         for window_start, rows_ in by_window.items():
@@ -98,12 +111,16 @@ def test_each_window_gets_its_own_report(tmp_path):
     with beam.Pipeline(options=options) as pipeline:
         outputs = skew.build(pipeline, options, settings, source=stream)
         assert_that(outputs.rows, check)
-        assert_that(outputs.report | beam.Map(lambda r: (r["serving_rows"], r["anomalies"])),
-                    equal_to([(len(train), 0), (len(train), len(expected_anomalies))]), label="ReportsPerWindow")
-        assert_that(outputs.dead_letters | beam.Map(lambda d: (d["reason"], d["step"], d["payload_string"],
-                                                               d["attributes"])),
-                    equal_to([("invalid_json", "ServingValues", '{"age": ', [{"key": "request_id", "value": "r-1"}])]),
-                    label="DeadLetters")
+        assert_that(
+            outputs.report | beam.Map(lambda r: (r["serving_rows"], r["anomalies"])),
+            equal_to([(len(train), 0), (len(train), len(expected_anomalies))]),
+            label="ReportsPerWindow",
+        )
+        assert_that(
+            outputs.dead_letters | beam.Map(lambda d: (d["reason"], d["step"], d["payload_string"], d["attributes"])),
+            equal_to([("invalid_json", "ServingValues", '{"age": ', [{"key": "request_id", "value": "r-1"}])]),
+            label="DeadLetters",
+        )
 
 
 def test_flag_errors_name_the_flag():
@@ -137,11 +154,26 @@ def test_out_of_range_feature_raises_an_alert_end_to_end(tmp_path, services, pro
         subscriber.create_subscription(name=subs[name], topic=topic)
     bq = bq_client(services, project)
     bq.create_dataset("ml", exists_ok=True)
-    options = PipelineOptions([
-        "--runner", "BundleBasedDirectRunner", "--project", project, "--input_subscription", subs["skew-serving"],
-        "--skew_window_seconds", str(window), "--anomalies_topic", topics["skew-alerts"],
-        "--anomalies_table", f"{project}:ml.skew_stream_anomalies", "--dead_letter_topic", topics["skew-dead-letters"],
-        "--output_dir", str(tmp_path / "out")])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--project",
+            project,
+            "--input_subscription",
+            subs["skew-serving"],
+            "--skew_window_seconds",
+            str(window),
+            "--anomalies_topic",
+            topics["skew-alerts"],
+            "--anomalies_table",
+            f"{project}:ml.skew_stream_anomalies",
+            "--dead_letter_topic",
+            topics["skew-dead-letters"],
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     settings = skew.validate(options)
     pipeline = beam.Pipeline(options=options)
     skew.build(pipeline, options, settings)
@@ -154,8 +186,15 @@ def test_out_of_range_feature_raises_an_alert_end_to_end(tmp_path, services, pro
         time.sleep(window - time.time() % window + 0.3)  # just after a window boundary
         started = time.time()
         for i in range(20):  # every age above the training maximum (79)
-            row = {"user_id": f"s-{i}", "age": 100 + i, "income": 30000.0, "tenure_days": 500, "country": "DE",
-                   "device": "android", "review": "fine"}
+            row = {
+                "user_id": f"s-{i}",
+                "age": 100 + i,
+                "income": 30000.0,
+                "tenure_days": 500,
+                "country": "DE",
+                "device": "android",
+                "review": "fine",
+            }
             publisher.publish(serving, json.dumps(row).encode()).result(timeout=30)
         time.sleep(max(0.0, started - started % window + window + 0.5 - time.time()))
         # past the window's end: this pull moves the direct runner's watermark, and the window fires
@@ -166,8 +205,12 @@ def test_out_of_range_feature_raises_an_alert_end_to_end(tmp_path, services, pro
         while time.time() < deadline and not rows:
             time.sleep(1)
             try:
-                rows = [dict(r) for r in bq.query(
-                    "SELECT window_start, window_end FROM ml.skew_stream_anomalies WHERE feature = 'age'").result()]
+                rows = [
+                    dict(r)
+                    for r in bq.query(
+                        "SELECT window_start, window_end FROM ml.skew_stream_anomalies WHERE feature = 'age'"
+                    ).result()
+                ]
             except Exception:  # noqa: BLE001 - the table appears with the first write
                 continue
     finally:
@@ -181,9 +224,11 @@ def test_out_of_range_feature_raises_an_alert_end_to_end(tmp_path, services, pro
     start, end = (datetime.datetime.fromisoformat(alert[k]) for k in ("window_start", "window_end"))
     assert end - start == datetime.timedelta(seconds=window) and start.timestamp() % window == 0
     assert alert["training_dir"] == str(skew.SAMPLES / "training")
-    assert sorted((d["reason"], d["payload_string"], d["attributes"]) for d in dead) == sorted([
-        ("invalid_json", '{"age": ', [{"key": "request_id", "value": "bad-1"}]),
-        ("invalid_json", "not json", [{"key": "request_id", "value": "bad-2"}])])
-    assert rows and all(math.isclose(r["window_end"].timestamp() - r["window_start"].timestamp(), window)
-                        for r in rows)
+    assert sorted((d["reason"], d["payload_string"], d["attributes"]) for d in dead) == sorted(
+        [
+            ("invalid_json", '{"age": ', [{"key": "request_id", "value": "bad-1"}]),
+            ("invalid_json", "not json", [{"key": "request_id", "value": "bad-2"}]),
+        ]
+    )
+    assert rows and all(math.isclose(r["window_end"].timestamp() - r["window_start"].timestamp(), window) for r in rows)
     assert start in {r["window_start"] for r in rows}

@@ -34,7 +34,9 @@ def test_store_regex_and_hosts():
     assert matcher.match(service, "GET", "/apps/com.example.game/details")[0] == "app-details"
     assert matcher.match(service, "GET", "/apps/com.example.game")[0] == "app-details"
     assert matcher.match(service, "GET", "/")[0] == "home"
-    assert [s.threshold_ms for s in matcher.match(service, "POST", "/apps/x/purchase")[1] if s.kind == "latency"] == [1000]
+    assert [s.threshold_ms for s in matcher.match(service, "POST", "/apps/x/purchase")[1] if s.kind == "latency"] == [
+        1000
+    ]
 
 
 def test_template_literal_text_is_not_a_regex():
@@ -43,24 +45,42 @@ def test_template_literal_text_is_not_a_regex():
     assert _names(config, "s", "GET", "/aXb/1") == UNMATCHED_JOURNEY
 
 
-@pytest.mark.parametrize("text, field, words", [
-    ("services: []", "services", "at least 1"),
-    ("services: [{name: s, journeys: [{name: j}]}]", "services[0].journeys[0]", "exactly one of 'path'"),
-    ("services: [{name: s, journeys: [{name: j, path: x}]}]", "services[0].journeys[0].path", "start with '/'"),
-    ("services: [{name: s, journeys: [{name: j, regex: '(('}]}]", "services[0].journeys[0].regex", "invalid regex"),
-    ("services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: latency}]}]}]",
-     "services[0].journeys[0].slis[0].threshold_ms", "required"),
-    ("services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: latency, threshold_ms: 0}]}]}]",
-     "services[0].journeys[0].slis[0].threshold_ms", "greater than 0"),
-    ("services: [{name: s, slis: [{kind: availability, bad_status: [6xx]}], journeys: [{name: j, path: /a}]}]",
-     "services[0].slis[0].bad_status", "'6xx'"),
-    ("services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: speed}]}]}]",
-     "services[0].journeys[0].slis[0]", "kind"),
-    ("services: [{name: s, journeys: [{name: j, path: /a}, {name: j, path: /b}]}]", "services[0]", "unique"),
-    ("services: [{name: s, journeys: [{name: j, path: /a, typo: 1}]}]", "services[0].journeys[0].typo", "Extra"),
-    ("services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: latency, threshold_ms: 1}, {kind: latency, threshold_ms: 1}]}]}]",
-     "services[0]", "share a name"),
-])
+@pytest.mark.parametrize(
+    "text, field, words",
+    [
+        ("services: []", "services", "at least 1"),
+        ("services: [{name: s, journeys: [{name: j}]}]", "services[0].journeys[0]", "exactly one of 'path'"),
+        ("services: [{name: s, journeys: [{name: j, path: x}]}]", "services[0].journeys[0].path", "start with '/'"),
+        ("services: [{name: s, journeys: [{name: j, regex: '(('}]}]", "services[0].journeys[0].regex", "invalid regex"),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: latency}]}]}]",
+            "services[0].journeys[0].slis[0].threshold_ms",
+            "required",
+        ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: latency, threshold_ms: 0}]}]}]",
+            "services[0].journeys[0].slis[0].threshold_ms",
+            "greater than 0",
+        ),
+        (
+            "services: [{name: s, slis: [{kind: availability, bad_status: [6xx]}], journeys: [{name: j, path: /a}]}]",
+            "services[0].slis[0].bad_status",
+            "'6xx'",
+        ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: speed}]}]}]",
+            "services[0].journeys[0].slis[0]",
+            "kind",
+        ),
+        ("services: [{name: s, journeys: [{name: j, path: /a}, {name: j, path: /b}]}]", "services[0]", "unique"),
+        ("services: [{name: s, journeys: [{name: j, path: /a, typo: 1}]}]", "services[0].journeys[0].typo", "Extra"),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a, slis: [{kind: latency, threshold_ms: 1}, {kind: latency, threshold_ms: 1}]}]}]",
+            "services[0]",
+            "share a name",
+        ),
+    ],
+)
 def test_config_errors_name_file_and_field(text, field, words):
     with pytest.raises(ConfigError) as err:
         parse_sli_config(text, "slis.yaml")

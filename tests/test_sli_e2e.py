@@ -1,5 +1,6 @@
 """End to end on the emulators: Pub/Sub in, the streaming pipeline on the direct runner, BigQuery and
 Bigtable out, dead letters to a Pub/Sub topic; then the SQL of docs/sli.md on the BigQuery emulator."""
+
 import datetime
 import json
 import time
@@ -20,8 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def bq_client(services, project):
-    return bigquery.Client(project=project, credentials=AnonymousCredentials(),
-                           client_options=ClientOptions(api_endpoint=services.env["BIGQUERY_EMULATOR_HOST"]))
+    return bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=services.env["BIGQUERY_EMULATOR_HOST"]),
+    )
 
 
 def latest_panes(rows):
@@ -34,7 +38,7 @@ def latest_panes(rows):
 
 
 def _iso_utc(value):
-    return value.astimezone(datetime.timezone.utc).isoformat() if isinstance(value, datetime.datetime) else value
+    return value.astimezone(datetime.UTC).isoformat() if isinstance(value, datetime.datetime) else value
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def streamed(services, project):
     """Publishes 400 requests spread over the last 4 minutes plus malformed lines, runs the streaming
     pipeline until BigQuery holds the expected totals, and returns what the test needs."""
     now = time.time()
-    start = datetime.datetime.fromtimestamp(now - 250, datetime.timezone.utc)
+    start = datetime.datetime.fromtimestamp(now - 250, datetime.UTC)
     pairs = list(generate_with_truth(400, seconds=240, seed=11, malformed_every=100, start=start))
     truths = [t for _, t in pairs if t]
     expected = expected_rows(truths)
@@ -58,13 +62,24 @@ def streamed(services, project):
     bq = bq_client(services, project)
     bq.create_dataset("sre", exists_ok=True)
 
-    options = PipelineOptions([
-        "--runner", "BundleBasedDirectRunner", "--project", project,
-        "--input_subscription", sub,
-        "--output_table", f"{project}:sre.sli_windows",
-        "--bigtable_instance", "sre", "--bigtable_table", "sli_windows",
-        "--dead_letter_topic", dead_topic,
-    ])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--project",
+            project,
+            "--input_subscription",
+            sub,
+            "--output_table",
+            f"{project}:sre.sli_windows",
+            "--bigtable_instance",
+            "sre",
+            "--bigtable_table",
+            "sli_windows",
+            "--dead_letter_topic",
+            dead_topic,
+        ]
+    )
     config = sli.validate(options)
     pipeline = beam.Pipeline(options=options)
     sli.build(pipeline, options, config)
@@ -136,13 +151,17 @@ def test_bigtable_latest_cells_match(streamed, project):
     assert json.loads(view["burn_rates"])[0]["window_minutes"] == 5
     # a prefix scan returns one SLI's series, in time order
     some_sli = sorted(expected)[0][0]
-    keys = [r.row_key.decode() for r in table.read_rows(start_key=f"{some_sli}#".encode(), end_key=f"{some_sli}$".encode())]
+    keys = [
+        r.row_key.decode() for r in table.read_rows(start_key=f"{some_sli}#".encode(), end_key=f"{some_sli}$".encode())
+    ]
     assert keys == sorted(keys) and len(keys) == sum(1 for k in expected if k[0] == some_sli)
 
 
 def _query(streamed, name):
     sql = (ROOT / "sql" / name).read_text()
-    job_config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("day", "DATE", streamed["day"])])
+    job_config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter("day", "DATE", streamed["day"])]
+    )
     return [dict(r) for r in streamed["bq"].query(sql, job_config=job_config).result()]
 
 
@@ -160,7 +179,9 @@ def test_readme_daily_report_query(streamed):
             acc[0] += cell["total"]
             acc[1] += cell["good"]
     rows = _query(streamed, "sli_daily_report.sql")
-    got = {f"{r['service']}/{r['journey']}/{r['sli_name']}": (r["requests"], r["good"], r["good_fraction"]) for r in rows}
+    got = {
+        f"{r['service']}/{r['journey']}/{r['sli_name']}": (r["requests"], r["good"], r["good_fraction"]) for r in rows
+    }
     assert set(got) == set(per_sli)
     for sli_id, (total, good, _) in per_sli.items():
         assert got[sli_id][:2] == (total, good)
@@ -169,8 +190,11 @@ def test_readme_daily_report_query(streamed):
 
 def test_readme_worst_minutes_query(streamed):
     expected = _expected_for_day(streamed)
-    avail = [(cell["good"] / cell["total"], -cell["total"], start, sli_id)
-             for (sli_id, start), cell in expected.items() if sli_id.endswith("/availability")]
+    avail = [
+        (cell["good"] / cell["total"], -cell["total"], start, sli_id)
+        for (sli_id, start), cell in expected.items()
+        if sli_id.endswith("/availability")
+    ]
     want = sorted(avail)[:10]
     rows = _query(streamed, "sli_worst_minutes.sql")
     assert [(r["sli_id"], _iso_utc(r["window_start"])) for r in rows] == [(s, start) for _, _, start, s in want]

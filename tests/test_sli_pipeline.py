@@ -1,4 +1,5 @@
 """The whole batch pipeline on local files, its streaming twin on TestStream, and its CLI."""
+
 import gzip
 import json
 import math
@@ -29,15 +30,16 @@ def read_rows(output_dir, name="sli_rows"):
 def assert_same_rows(actual, expected):
     """Rows equal but for pane columns; floats to 1e-9 relative (sums in another order differ in the last
     bits). A plain function, so it also serves as an assert_that matcher."""
+
     def key(row):
         return row["sli_id"], row["window_start"]
 
     actual, expected = sorted(actual, key=key), sorted(expected, key=key)
     assert [key(r) for r in actual] == [key(r) for r in expected]
-    for a, e in zip(actual, expected):
-        assert {k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v
-                for k, v in e.items() if k not in PANE_COLUMNS} == \
-            {k: v for k, v in a.items() if k not in PANE_COLUMNS}, key(e)
+    for a, e in zip(actual, expected, strict=True):
+        assert {
+            k: pytest.approx(v, rel=1e-9) if isinstance(v, float) else v for k, v in e.items() if k not in PANE_COLUMNS
+        } == {k: v for k, v in a.items() if k not in PANE_COLUMNS}, key(e)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +92,11 @@ def test_sample_rows_match_independent_computation(sample_run):
         assert row["latency_max_ms"] == pytest.approx(max(cell["latencies"]))
         data = np.sort(cell["latencies"])
         rank = 0.99 * (len(data) - 1)
-        assert data[math.floor(rank)] * (1 - LATENCY_RELATIVE_ACCURACY) <= row["latency_p99_ms"] \
+        assert (
+            data[math.floor(rank)] * (1 - LATENCY_RELATIVE_ACCURACY)
+            <= row["latency_p99_ms"]
             <= data[math.ceil(rank)] * (1 + LATENCY_RELATIVE_ACCURACY)
+        )
         assert row["pane_timing"] == "ON_TIME" and row["is_final"]
 
 
@@ -114,11 +119,22 @@ def test_report_is_printed(capsys, tmp_path, subset_file):
 
 
 def test_report_line_of_an_alert_resolved_by_an_empty_window():
-    alert = {"at": "2026-11-23T06:00:00+00:00", "budget_remaining": -3.34, "burn_rate_long": 4.3437,
-             "burn_rate_short": None, "long_window_minutes": 4320, "severity": "ticket", "short_window_minutes": 360,
-             "slo": "view-profile-availability", "state": "RESOLVED", "threshold": 0.9333}
-    assert sli.alert_line(alert) == ("alert RESOLVED 2026-11-23T06:00:00+00:00 view-profile-availability ticket "
-                                     "4320m/360m burn 4.3/no data (threshold 0.93)")
+    alert = {
+        "at": "2026-11-23T06:00:00+00:00",
+        "budget_remaining": -3.34,
+        "burn_rate_long": 4.3437,
+        "burn_rate_short": None,
+        "long_window_minutes": 4320,
+        "severity": "ticket",
+        "short_window_minutes": 360,
+        "slo": "view-profile-availability",
+        "state": "RESOLVED",
+        "threshold": 0.9333,
+    }
+    assert sli.alert_line(alert) == (
+        "alert RESOLVED 2026-11-23T06:00:00+00:00 view-profile-availability ticket "
+        "4320m/360m burn 4.3/no data (threshold 0.93)"
+    )
 
 
 def test_streaming_path_gives_the_same_rows_as_backfill(subset_file, subset_batch_rows, tmp_path):
@@ -126,21 +142,36 @@ def test_streaming_path_gives_the_same_rows_as_backfill(subset_file, subset_batc
     publish_time = DAY_START.timestamp() + 86400  # like Pub/Sub: arrival (publish) time, not event time
     stream = TestStream()
     for i in range(0, len(lines), 500):
-        stream = stream.add_elements([TimestampedValue(line, publish_time) for line in lines[i:i + 500]])
+        stream = stream.add_elements([TimestampedValue(line, publish_time) for line in lines[i : i + 500]])
     stream = stream.advance_watermark_to_infinity()
     options = PipelineOptions(["--output_dir", str(tmp_path)], runner="BundleBasedDirectRunner", streaming=True)
     config = sli.validate(options)
     with beam.Pipeline(options=options) as p:
         outputs = sli.build(p, options, config, source=stream)
         assert_that(outputs.sli_rows, lambda rows: assert_same_rows(rows, subset_batch_rows), label="RowsEqual")
-        assert_that(outputs.dead_letters | beam.Map(lambda d: d["payload_string"]),
-                    equal_to([line for line in lines if line in MALFORMED]), label="DeadLettersEqual")
+        assert_that(
+            outputs.dead_letters | beam.Map(lambda d: d["payload_string"]),
+            equal_to([line for line in lines if line in MALFORMED]),
+            label="DeadLettersEqual",
+        )
 
 
 def test_backfill_with_workers_in_separate_processes(subset_file, subset_batch_rows, tmp_path):
     """As on Dataflow: DoFns pickled and shipped, modules imported afresh in each worker process."""
-    sli.run(["--input_files", str(subset_file[0]), "--output_dir", str(tmp_path), "--runner", "FnApiRunner",
-             "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    sli.run(
+        [
+            "--input_files",
+            str(subset_file[0]),
+            "--output_dir",
+            str(tmp_path),
+            "--runner",
+            "FnApiRunner",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ]
+    )
     assert_same_rows(read_rows(tmp_path), subset_batch_rows)
 
 
@@ -149,24 +180,49 @@ def test_help_lists_every_flag(capsys):
         sli.run(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--sli_config", "--input_subscription", "--input_topic", "--input_files", "--input_table",
-                 "--window_seconds", "--allowed_lateness_seconds", "--output_table", "--bigtable_instance",
-                 "--bigtable_table", "--tensorboard_dir", "--tensorboard_run", "--slo_table", "--alerts_topic", "--output_dir", "--dead_letter_table", "--dead_letter_topic",
-                 "--bq_write_method", "--runner", "--project", "--streaming"):
+    for flag in (
+        "--sli_config",
+        "--input_subscription",
+        "--input_topic",
+        "--input_files",
+        "--input_table",
+        "--window_seconds",
+        "--allowed_lateness_seconds",
+        "--output_table",
+        "--bigtable_instance",
+        "--bigtable_table",
+        "--tensorboard_dir",
+        "--tensorboard_run",
+        "--slo_table",
+        "--alerts_topic",
+        "--output_dir",
+        "--dead_letter_table",
+        "--dead_letter_topic",
+        "--bq_write_method",
+        "--runner",
+        "--project",
+        "--streaming",
+    ):
         assert flag in text, flag
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--input_files", "a", "--input_table", "p:d.t"], "--input_files and --input_table"),
-    (["--window_seconds", "0"], "--window_seconds must be positive"),
-    (["--window_seconds", "ten"], "--window_seconds"),
-    (["--bigtable_instance", "i"], "--bigtable_instance and --bigtable_table"),
-    (["--bigtable_instance", "i", "--bigtable_table", "t"], "needs --project"),
-    (["--output_table", "p:d.t"], "dead letters need a destination"),
-    (["--sli_config", "/no/such.yaml"], "--sli_config: cannot read /no/such.yaml"),
-    (["--bq_write_method", "FAST"], "--bq_write_method"),
-    (["--sli_config", str(SLI_DIR / "store.yaml"), "--slo_table", "p:d.t"], "--slo_table and --alerts_topic need SLOs"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--input_files", "a", "--input_table", "p:d.t"], "--input_files and --input_table"),
+        (["--window_seconds", "0"], "--window_seconds must be positive"),
+        (["--window_seconds", "ten"], "--window_seconds"),
+        (["--bigtable_instance", "i"], "--bigtable_instance and --bigtable_table"),
+        (["--bigtable_instance", "i", "--bigtable_table", "t"], "needs --project"),
+        (["--output_table", "p:d.t"], "dead letters need a destination"),
+        (["--sli_config", "/no/such.yaml"], "--sli_config: cannot read /no/such.yaml"),
+        (["--bq_write_method", "FAST"], "--bq_write_method"),
+        (
+            ["--sli_config", str(SLI_DIR / "store.yaml"), "--slo_table", "p:d.t"],
+            "--slo_table and --alerts_topic need SLOs",
+        ),
+    ],
+)
 def test_bad_flags_fail_naming_the_flag(argv, words, capsys):
     with pytest.raises(SystemExit) as done:
         sli.run(argv)

@@ -1,4 +1,5 @@
 """The accumulator alone (no Beam): exact counts, and percentiles within the documented 1% bound."""
+
 import math
 import random
 

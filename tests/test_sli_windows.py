@@ -1,4 +1,5 @@
 """Window math with TestStream: on-time panes, late panes that update a window, too-late data dropped."""
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
@@ -26,8 +27,17 @@ def _run(stream, expected, window_seconds=60, allowed_lateness_seconds=120):
     options = PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
     with beam.Pipeline(options=options) as p:
         rows = p | stream | ComputeSliRows(CONFIG, "sli", window_seconds, allowed_lateness_seconds)
-        projected = rows | beam.Map(lambda r: (
-            r["sli_id"], r["window_start"], r["pane_timing"], r["pane_index"], r["total"], r["good"], r["bad"]))
+        projected = rows | beam.Map(
+            lambda r: (
+                r["sli_id"],
+                r["window_start"],
+                r["pane_timing"],
+                r["pane_index"],
+                r["total"],
+                r["good"],
+                r["bad"],
+            )
+        )
         assert_that(projected, equal_to(expected))
 
 
@@ -61,16 +71,20 @@ def test_unmatched_requests_are_counted_in_their_own_row():
     stream = (
         TestStream()
         .advance_watermark_to(T0)
-        .add_elements([_event(T0 + 1, 200, 50), _event(T0 + 2, 200, 50, path="/nope"),
-                       _event(T0 + 3, 503, 50, path="/nope/2")])
+        .add_elements(
+            [_event(T0 + 1, 200, 50), _event(T0 + 2, 200, 50, path="/nope"), _event(T0 + 3, 503, 50, path="/nope/2")]
+        )
         .advance_watermark_to_infinity()
     )
     w1 = "2026-11-22T10:00:00+00:00"
-    _run(stream, [
-        ("s/j/availability", w1, "ON_TIME", 0, 1, 1, 0),
-        ("s/j/latency_100ms", w1, "ON_TIME", 0, 1, 1, 0),
-        ("s/_unmatched", w1, "ON_TIME", 0, 2, None, None),
-    ])
+    _run(
+        stream,
+        [
+            ("s/j/availability", w1, "ON_TIME", 0, 1, 1, 0),
+            ("s/j/latency_100ms", w1, "ON_TIME", 0, 1, 1, 0),
+            ("s/_unmatched", w1, "ON_TIME", 0, 2, None, None),
+        ],
+    )
 
 
 def test_window_length_and_throughput():
@@ -84,6 +98,8 @@ def test_window_length_and_throughput():
     with beam.Pipeline(options=options) as p:
         rows = p | stream | ComputeSliRows(CONFIG, "sli", window_seconds=300)
         assert_that(
-            rows | beam.Filter(lambda r: r["sli_kind"] == "availability")
+            rows
+            | beam.Filter(lambda r: r["sli_kind"] == "availability")
             | beam.Map(lambda r: (r["window_end"], r["window_seconds"], r["total"], r["throughput_rps"])),
-            equal_to([("2026-11-22T10:05:00+00:00", 300, 30, 0.1)]))
+            equal_to([("2026-11-22T10:05:00+00:00", 300, 30, 0.1)]),
+        )

@@ -1,4 +1,5 @@
 """SLO arithmetic with worked numbers (SRE workbook style), on the evaluator alone."""
+
 import datetime
 
 import pytest
@@ -33,7 +34,7 @@ def test_default_thresholds_for_30_and_28_days():
 
 def test_calendar_month_starts_over_and_scales_thresholds_to_the_month():
     ev = evaluator(window="calendar_month", min_events=0)
-    oct31 = int(datetime.datetime(2026, 10, 31, 23, 0, tzinfo=datetime.timezone.utc).timestamp()) // 60
+    oct31 = int(datetime.datetime(2026, 10, 31, 23, 0, tzinfo=datetime.UTC).timestamp()) // 60
     october, fired = feed(ev, 60, 100, bad_per_minute=50, start=oct31)  # a bad last hour of October
     assert october[-1]["window_days"] == 31 and october[-1]["compliance"] == pytest.approx(0.5)
     page = next(a for a in fired if a["long_window_minutes"] == 60)
@@ -117,8 +118,11 @@ def test_timeslices_count_good_minutes():
 
 
 def test_composite_is_the_weighted_mean_of_ratios_not_a_plain_sum():
-    slo = Slo(name="browse", target=0.99, components=[
-        {"sli": "store/home/availability", "weight": 3}, {"sli": "store/buy/availability", "weight": 1}])
+    slo = Slo(
+        name="browse",
+        target=0.99,
+        components=[{"sli": "store/home/availability", "weight": 3}, {"sli": "store/buy/availability", "weight": 1}],
+    )
     ev = SloEvaluator(slo, Alerting())
     ev.add(M0, 0, 99_990, 100_000)  # home: 99.99%
     ev.add(M0, 1, 900, 1_000)  # buy: 90%

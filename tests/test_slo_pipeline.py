@@ -1,5 +1,6 @@
 """SLOs inside the SLI pipeline: the sample's incident pages and resolves; streaming state and timers give
 the same status rows and alerts as the backfill replay; config and flag checks."""
+
 from datetime import datetime
 
 import apache_beam as beam
@@ -40,7 +41,9 @@ def test_sample_incident_pages_once_and_resolves_once(sample_run):
 
 def test_sample_compliance_matches_independent_computation(sample_run):
     _, truths = sample_truth()
-    view = [t for t in truths if t["method"] == "GET" and t["path"].count("/") == 2 and t["path"].startswith("/profile/")]
+    view = [
+        t for t in truths if t["method"] == "GET" and t["path"].count("/") == 2 and t["path"].startswith("/profile/")
+    ]
     expected = sum(t["status"] < 500 for t in view) / len(view)
     status = read_rows(sample_run, "slo_status")
     last = max((r for r in status if r["slo"] == "view-profile-availability"), key=lambda r: r["evaluated_at"])
@@ -80,20 +83,38 @@ def test_streaming_state_and_timers_match_the_backfill_replay(sample_run, tmp_pa
     assert read_lines(tmp_path / "stream_alerts") == batch_alerts
 
 
-@pytest.mark.parametrize("slos, field, words", [
-    ("[{name: a, sli: profile-web/view-profile/availability, target: 1.0}]", "slos[0].target", "less than 1"),
-    ("[{name: a, sli: profile-web/view-profile/availability, target: 0}]", "slos[0].target", "greater than 0"),
-    ("[{name: a, sli: profile-web/nope/availability, target: 0.9}]", "slos[0].sli", "no SLI 'profile-web/nope/availability'"),
-    ("[{name: a, target: 0.9, components: [{sli: profile-web/view-profile/availability}, {sli: x/y/z}]}]",
-     "slos[0].components[1].sli", "no SLI 'x/y/z'"),
-    ("[{name: a, sli: profile-web/view-profile/availability, target: 0.9, method: timeslices}]", "slos[0]",
-     "timeslice_threshold"),
-    ("[{name: a, target: 0.9}]", "slos[0]", "exactly one of 'sli'"),
-    ("[{name: a, sli: profile-web/view-profile/availability, target: 0.9, components: []}]", "slos[0]", "exactly one"),
-])
+@pytest.mark.parametrize(
+    "slos, field, words",
+    [
+        ("[{name: a, sli: profile-web/view-profile/availability, target: 1.0}]", "slos[0].target", "less than 1"),
+        ("[{name: a, sli: profile-web/view-profile/availability, target: 0}]", "slos[0].target", "greater than 0"),
+        (
+            "[{name: a, sli: profile-web/nope/availability, target: 0.9}]",
+            "slos[0].sli",
+            "no SLI 'profile-web/nope/availability'",
+        ),
+        (
+            "[{name: a, target: 0.9, components: [{sli: profile-web/view-profile/availability}, {sli: x/y/z}]}]",
+            "slos[0].components[1].sli",
+            "no SLI 'x/y/z'",
+        ),
+        (
+            "[{name: a, sli: profile-web/view-profile/availability, target: 0.9, method: timeslices}]",
+            "slos[0]",
+            "timeslice_threshold",
+        ),
+        ("[{name: a, target: 0.9}]", "slos[0]", "exactly one of 'sli'"),
+        (
+            "[{name: a, sli: profile-web/view-profile/availability, target: 0.9, components: []}]",
+            "slos[0]",
+            "exactly one",
+        ),
+    ],
+)
 def test_slo_config_errors_name_the_field(slos, field, words):
-    text = ("services: [{name: profile-web, journeys: [{name: view-profile, path: '/profile/{u}'}]}]\n"
-            f"slos: {slos}\n")
+    text = (
+        f"services: [{{name: profile-web, journeys: [{{name: view-profile, path: '/profile/{{u}}'}}]}}]\nslos: {slos}\n"
+    )
     with pytest.raises(ConfigError) as err:
         parse_sli_config(text, "c.yaml")
     assert f"c.yaml: {field}:" in str(err.value) and words in str(err.value)

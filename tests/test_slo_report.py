@@ -1,4 +1,5 @@
 """The SLO report page, opened in headless Chromium: the numbers and charts it shows."""
+
 import html.parser
 import shutil
 import subprocess
@@ -11,15 +12,27 @@ from tests.test_sli_pipeline import read_rows
 from tests.test_slo_pipeline import sample_run  # noqa: F401 - the module fixture
 from tests.test_slo_queries import loaded  # noqa: F401 - the module fixture
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def dump_dom(path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (scripts/bootstrap.sh installs it)"
-    out = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp()}", "--dump-dom",
-                          f"file://{path}"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp()}", "--dump-dom", f"file://{path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -94,9 +107,20 @@ def test_report_from_local_outputs(sample_run, tmp_path):  # noqa: F811
 def test_report_from_bigquery(loaded, project, tmp_path):  # noqa: F811
     _, status = loaded
     output = tmp_path / "report.html"
-    slo_report.main(["--slo_table", f"{project}:sre.slo_status", "--project", project,
-                     "--since", "2026-11-22T00:00:00+00:00", "--until", "2026-11-24T00:00:00+00:00",
-                     "--output", str(output)])
+    slo_report.main(
+        [
+            "--slo_table",
+            f"{project}:sre.slo_status",
+            "--project",
+            project,
+            "--since",
+            "2026-11-22T00:00:00+00:00",
+            "--until",
+            "2026-11-24T00:00:00+00:00",
+            "--output",
+            str(output),
+        ]
+    )
     page = Page(dump_dom(output))
     # alert transitions rebuilt from the status rows' alerts_firing
     transitions, previous = 0, {}
@@ -109,4 +133,3 @@ def test_report_from_bigquery(loaded, project, tmp_path):  # noqa: F811
 def test_no_status_rows_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no SLO status rows in --input_dir"):
         slo_report.main(["--input_dir", str(tmp_path)])
-

@@ -1,4 +1,5 @@
 """The feature statistics page, opened in headless Chromium: the numbers, charts and skew findings on it."""
+
 import html.parser
 import json
 
@@ -59,8 +60,16 @@ def test_page_shows_every_split_its_charts_and_the_skew_findings(tmp_path):
     with beam.Pipeline(options=options) as pipeline:
         skew.build(pipeline, options, settings)
     statistics_path = skew.SAMPLES / "training" / "statistics.json"
-    output = stats_report.main(["--statistics", str(statistics_path), "--skew_dir", str(tmp_path / "skew"),
-                                "--output", str(tmp_path / "report.html")])
+    output = stats_report.main(
+        [
+            "--statistics",
+            str(statistics_path),
+            "--skew_dir",
+            str(tmp_path / "skew"),
+            "--output",
+            str(tmp_path / "report.html"),
+        ]
+    )
     page = Page(dump_dom(output))
 
     statistics = json.loads(statistics_path.read_text())

@@ -1,5 +1,6 @@
 """TensorBoard event files written by the SLI pipeline, read back with TensorFlow's summary iterator and
 checked against the pipeline's own rows."""
+
 import datetime
 import json
 
@@ -24,8 +25,18 @@ def read_events(run_dir):
 def test_summaries_match_the_rows(subset_file, tmp_path):  # noqa: F811
     out, logdir = tmp_path / "out", tmp_path / "tb"
     for run in ("first", "second"):  # two runs side by side, as TensorBoard compares them
-        sli.run(["--input_files", str(subset_file[0]), "--output_dir", str(out / run),
-                 "--tensorboard_dir", str(logdir), "--tensorboard_run", run])
+        sli.run(
+            [
+                "--input_files",
+                str(subset_file[0]),
+                "--output_dir",
+                str(out / run),
+                "--tensorboard_dir",
+                str(logdir),
+                "--tensorboard_run",
+                run,
+            ]
+        )
     assert sorted(p.name for p in logdir.iterdir()) == ["first", "second"]
     files, points = read_events(logdir / "first")
     assert files
@@ -36,7 +47,8 @@ def test_summaries_match_the_rows(subset_file, tmp_path):  # noqa: F811
     for row in rows:
         end = int(datetime.datetime.fromisoformat(row["window_end"]).timestamp())
         value = {"error_rate": row["error_rate"], "throughput": row["throughput_rps"]}.get(
-            row["sli_kind"], row["good_fraction"])
+            row["sli_kind"], row["good_fraction"]
+        )
         wall, got = by_tag_step[(row["sli_id"], end)]
         assert wall == end and got == pytest.approx(value, rel=1e-6)  # float32 in the event file
         expected += 1
@@ -60,8 +72,14 @@ def test_feature_statistics_summaries(tmp_path):
     from pipelines import feature_stats
     from tests.test_feature_pipeline import run_pipeline
 
-    run_pipeline(feature_stats.SAMPLE_SPEC, tmp_path / "out", "--tensorboard_dir", str(tmp_path / "tb"),
-                 "--tensorboard_run", "churn-v1")
+    run_pipeline(
+        feature_stats.SAMPLE_SPEC,
+        tmp_path / "out",
+        "--tensorboard_dir",
+        str(tmp_path / "tb"),
+        "--tensorboard_run",
+        "churn-v1",
+    )
     stats = json.loads((tmp_path / "out" / "statistics.json").read_text())
     for split in ("train", "eval"):
         scalars, histograms = {}, {}
@@ -78,7 +96,8 @@ def test_feature_statistics_summaries(tmp_path):
             assert scalars[f"{name}/missing_rate"] == pytest.approx(f["missing"] / f["count"])
             if f["type"] == "numeric":
                 assert scalars[f"{name}/mean"] == pytest.approx(f["mean"], rel=1e-6)
-                np.testing.assert_allclose(histograms[f"{name}/histogram"],
-                                           [[b["low"], b["high"], b["count"]] for b in f["histogram"]])
+                np.testing.assert_allclose(
+                    histograms[f"{name}/histogram"], [[b["low"], b["high"], b["count"]] for b in f["histogram"]]
+                )
             else:
                 assert scalars[f"{name}/distinct"] == f["distinct"]

@@ -1,4 +1,5 @@
 """UDFs: loading errors, filter/transform/throw semantics in Python and JavaScript, the samples in udf/."""
+
 import json
 from pathlib import Path
 
@@ -81,14 +82,17 @@ def test_wrong_return_type_is_a_dead_letter(tmp_path):
     assert "returned int" in dead.value["error_message"]
 
 
-@pytest.mark.parametrize("name, source, words", [
-    ("bad.py", "def process(record):\n    return (\n", "--udf_path: syntax error in {path} line 2"),
-    ("bad.js", "function process(x) {\n  return x +;\n}", "--udf_path: syntax error in {path}:2"),
-    ("nofn.py", "def other(r):\n    return r\n", "--udf_function: {path} defines no function 'process'"),
-    ("nofn.js", "function other(r) { return r; }", "--udf_function: {path} defines no function 'process'"),
-    ("boom.py", "raise RuntimeError('at import')\n", "{path} failed while loading: RuntimeError: at import"),
-    ("udf.txt", "x", "must end in .py or .js"),
-])
+@pytest.mark.parametrize(
+    "name, source, words",
+    [
+        ("bad.py", "def process(record):\n    return (\n", "--udf_path: syntax error in {path} line 2"),
+        ("bad.js", "function process(x) {\n  return x +;\n}", "--udf_path: syntax error in {path}:2"),
+        ("nofn.py", "def other(r):\n    return r\n", "--udf_function: {path} defines no function 'process'"),
+        ("nofn.js", "function other(r) { return r; }", "--udf_function: {path} defines no function 'process'"),
+        ("boom.py", "raise RuntimeError('at import')\n", "{path} failed while loading: RuntimeError: at import"),
+        ("udf.txt", "x", "must end in .py or .js"),
+    ],
+)
 def test_load_errors_name_flag_file_and_line(tmp_path, name, source, words):
     path = tmp_path / name
     path.write_text(source)
@@ -104,8 +108,13 @@ def test_missing_file_names_the_flag(tmp_path):
 
 def test_sample_mask_pii():
     mask = load_udf(str(UDF_DIR / "mask_pii.py"), "process")
-    entry = {"httpRequest": {"requestUrl": "https://x.example/reset?email=bob@example.com&lang=en",
-                             "remoteIp": "203.0.113.9"}, "textPayload": "login by alice@example.org"}
+    entry = {
+        "httpRequest": {
+            "requestUrl": "https://x.example/reset?email=bob@example.com&lang=en",
+            "remoteIp": "203.0.113.9",
+        },
+        "textPayload": "login by alice@example.org",
+    }
     out = json.loads(mask(json.dumps(entry)))
     assert out["httpRequest"] == {"requestUrl": "https://x.example/reset?email=REDACTED&lang=en", "remoteIp": "0.0.0.0"}
     assert out["textPayload"] == "login by <email>"
@@ -114,11 +123,21 @@ def test_sample_mask_pii():
 
 def test_sample_nginx_to_log_entry_parses_as_cloud_logging():
     to_entry = load_udf(str(UDF_DIR / "nginx_to_log_entry.js"), "process")
-    nginx = {"time_iso8601": "2026-11-22T10:00:00+00:00", "request": "GET /profile/a?x=1 HTTP/1.1",
-             "status": "503", "request_time": "0.250", "host": "profile.example.com"}
+    nginx = {
+        "time_iso8601": "2026-11-22T10:00:00+00:00",
+        "request": "GET /profile/a?x=1 HTTP/1.1",
+        "status": "503",
+        "request_time": "0.250",
+        "host": "profile.example.com",
+    }
     event = parse_log_record(to_entry(json.dumps(nginx)), Formats())
     assert (event.method, event.path, event.status, event.latency_ms, event.service) == (
-        "GET", "/profile/a", 503, 250.0, "profile.example.com")
+        "GET",
+        "/profile/a",
+        503,
+        250.0,
+        "profile.example.com",
+    )
     other = '{"time": "x"}'
     assert to_entry(other) == other
     with pytest.raises(Exception, match="has no method and path"):

@@ -1,5 +1,6 @@
 """The UDF path end to end: Pub/Sub emulator -> UDF -> SLI pipeline (streaming, direct runner), with a
 JavaScript and a Python UDF that rename, enrich, filter and throw."""
+
 import json
 import time
 import uuid
@@ -17,8 +18,15 @@ from tests.test_udf import JS_SAMPLE, PY_SAMPLE
 def _records(now):
     records = []
     for i in range(30):  # 30 requests to view-profile over the last two minutes, every 5th a 503
-        records.append({"time": now - 120 + 4 * i, "method": "GET", "url": f"/profile/u{i}",
-                        "status": 503 if i % 5 == 0 else 200, "request_time": 0.05})
+        records.append(
+            {
+                "time": now - 120 + 4 * i,
+                "method": "GET",
+                "url": f"/profile/u{i}",
+                "status": 503 if i % 5 == 0 else 200,
+                "request_time": 0.05,
+            }
+        )
     records += [{"drop": True, "i": i} for i in range(3)]
     records += [{"explode": f"record {i}"} for i in range(2)]
     return [json.dumps(r) for r in records]
@@ -36,11 +44,24 @@ def test_udf_through_the_streaming_pipeline(services, project, tmp_path, name, s
         publisher.create_topic(name=t)
         subscriber.create_subscription(name=s, topic=t)
 
-    options = PipelineOptions([
-        "--runner", "BundleBasedDirectRunner", "--project", project, "--input_subscription", sub,
-        "--udf_path", str(udf_path), "--udf_function", "process",
-        "--dead_letter_topic", dead_topic, "--output_dir", str(tmp_path / "out"),
-    ])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--project",
+            project,
+            "--input_subscription",
+            sub,
+            "--udf_path",
+            str(udf_path),
+            "--udf_function",
+            "process",
+            "--dead_letter_topic",
+            dead_topic,
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     config = sli.validate(options)
     pipeline = beam.Pipeline(options=options)
     outputs = sli.build(pipeline, options, config)
@@ -66,8 +87,10 @@ def test_udf_through_the_streaming_pipeline(services, project, tmp_path, name, s
         result.cancel()
     assert events == 30  # renamed url->uri and enriched with the service, or they would not match
     assert sum(r["bad"] for r in avail) == 6
-    dead = [json.loads(m.message.data)
-            for m in subscriber.pull(subscription=dead_sub, max_messages=50, timeout=10).received_messages]
+    dead = [
+        json.loads(m.message.data)
+        for m in subscriber.pull(subscription=dead_sub, max_messages=50, timeout=10).received_messages
+    ]
     assert sorted(d["payload_string"] for d in dead) == sorted(r for r in records if "explode" in r)
     assert all(d["step"] == "ApplyUdf" and "cannot handle record" in d["error_message"] for d in dead)
     # published = events + dead letters + filtered (the 3 "drop" records)

@@ -1,6 +1,7 @@
 """UDFs cannot stop a job: an endless loop, a memory bomb, an exception with no message, sys.exit(), a crash
 of the UDF's process and a return value JSON cannot encode each give one dead letter with its reason
 within the time limit, and the next record is still processed."""
+
 import time
 
 import apache_beam as beam
@@ -65,12 +66,15 @@ def test_python_udf_exceptions_and_bad_returns_are_dead_letters(tmp_path):
     outcomes = []
     for kind in ("exit", "silent", "set", "ok"):
         [out] = list(fn.process(f'{{"kind": "{kind}"}}'))
-        outcomes.append((out.value["reason"], out.value["error_message"]) if isinstance(out, beam.pvalue.TaggedOutput)
-                        else out)
-    assert outcomes == [("udf_error", "SystemExit: 3"), ("udf_error", "ValueError: (no message)"),
-                        ("udf_error", "the UDF returned a dict JSON cannot encode: Object of type set is not "
-                                      "JSON serializable"),
-                        '{"kind": "ok", "seen": true}']
+        outcomes.append(
+            (out.value["reason"], out.value["error_message"]) if isinstance(out, beam.pvalue.TaggedOutput) else out
+        )
+    assert outcomes == [
+        ("udf_error", "SystemExit: 3"),
+        ("udf_error", "ValueError: (no message)"),
+        ("udf_error", "the UDF returned a dict JSON cannot encode: Object of type set is not JSON serializable"),
+        '{"kind": "ok", "seen": true}',
+    ]
 
 
 def test_python_udf_time_limit_and_crash_in_the_pipeline(tmp_path):
@@ -84,3 +88,17 @@ def test_python_udf_time_limit_and_crash_in_the_pipeline(tmp_path):
         dead = dead_letter_sources | beam.Flatten() | beam.Map(lambda d: (d["reason"], d["payload_string"]))
         assert_that(out, equal_to([r.replace("}", ', "seen": true}') for r in records if '"ok"' in r]))
         assert_that(dead, equal_to([("udf_timeout", records[1]), ("udf_error", records[3])]), label="dead")
+
+
+def test_python_udf_without_a_limit_runs_in_the_worker(tmp_path):
+    """--udf_timeout_ms 0: a trusted UDF, called in the SDK worker; its failures are still dead letters."""
+    path = tmp_path / "udf.py"
+    path.write_text(PY)
+    options = PipelineOptions(["--runner", "FnApiRunner", "--udf_path", str(path), "--udf_timeout_ms", "0"])
+    records = ['{"kind": "ok"}', '{"kind": "exit"}', '{"kind": "set"}']
+    with TestPipeline(options=options) as p:
+        out, dead_letter_sources = apply_udf(options, p | beam.Create(records), "sli")
+        assert len(dead_letter_sources) == 1  # no subprocess, so no second output for its failures
+        dead = dead_letter_sources[0] | beam.Map(lambda d: (d["reason"], d["payload_string"]))
+        assert_that(out, equal_to(['{"kind": "ok", "seen": true}']))
+        assert_that(dead, equal_to([("udf_error", records[1]), ("udf_error", records[2])]), label="dead")

@@ -1,6 +1,7 @@
 """Window features: the spec's validation, event parsing, the accumulator (one, merged, against the standard
 library), late panes with TestStream, and the bundled sample end to end against tests/window_oracle.py,
 with the Bigtable online store's lookup and the BigQuery offline store's point-in-time join."""
+
 import datetime
 import json
 from pathlib import Path
@@ -31,17 +32,22 @@ from transforms.window_features.spec import WindowFeatureSpec, load_window_spec
 
 SAMPLE_LINES = Path(window_features.SAMPLE_EVENTS).read_text().splitlines()
 SAMPLE_WINDOWS = [("10m", 600, 60), ("1h", 3600, 3600), ("1d", 86400, 86400)]
-SPEC = WindowFeatureSpec.model_validate({
-    "entity_field": "card_id", "time_field": "event_time",
-    "windows": [{"name": "1m", "size": "1m"}, {"name": "2m", "size": 120, "period": "1m"}],
-    "aggregations": [{"field": "amount", "aggregates": ["count", "sum", "mean", "min", "max", "last"]},
-                     {"field": "merchant", "aggregates": ["distinct_count"]}],
-})
+SPEC = WindowFeatureSpec.model_validate(
+    {
+        "entity_field": "card_id",
+        "time_field": "event_time",
+        "windows": [{"name": "1m", "size": "1m"}, {"name": "2m", "size": 120, "period": "1m"}],
+        "aggregations": [
+            {"field": "amount", "aggregates": ["count", "sum", "mean", "min", "max", "last"]},
+            {"field": "merchant", "aggregates": ["distinct_count"]},
+        ],
+    }
+)
 T0 = 1795341600  # 2026-11-22T10:00:00Z, a window boundary
 
 
 def _iso(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
 def row_values(rows):
@@ -60,15 +66,18 @@ def assert_same_features(actual, expected):
         assert actual[key] == pytest.approx(features, rel=1e-9), key
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"windows": [{"name": "w", "size": "10x"}]}, "windows[0].size"),
-    ({"windows": [{"name": "w", "size": "1m", "period": "2m"}]}, "period (120s) must not exceed size (60s)"),
-    ({"windows": [{"name": "w", "size": 60}, {"name": "w", "size": 120}]}, "window names must be distinct"),
-    ({"aggregations": [{"field": "amount", "aggregates": ["sum"], "windows": ["1y"]}]}, "unknown windows ['1y']"),
-    ({"aggregations": [{"field": "amount", "aggregates": ["median"]}]}, "aggregations[0].aggregates[0]"),
-    ({"aggregations": [{"field": "card_id", "aggregates": ["count"]}]}, "'card_id' is the entity or time field"),
-    ({"entity": "card_id"}, "entity: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"windows": [{"name": "w", "size": "10x"}]}, "windows[0].size"),
+        ({"windows": [{"name": "w", "size": "1m", "period": "2m"}]}, "period (120s) must not exceed size (60s)"),
+        ({"windows": [{"name": "w", "size": 60}, {"name": "w", "size": 120}]}, "window names must be distinct"),
+        ({"aggregations": [{"field": "amount", "aggregates": ["sum"], "windows": ["1y"]}]}, "unknown windows ['1y']"),
+        ({"aggregations": [{"field": "amount", "aggregates": ["median"]}]}, "aggregations[0].aggregates[0]"),
+        ({"aggregations": [{"field": "card_id", "aggregates": ["count"]}]}, "'card_id' is the entity or time field"),
+        ({"entity": "card_id"}, "entity: Extra inputs are not permitted"),
+    ],
+)
 def test_spec_errors_name_the_field(change, words, tmp_path):
     spec = {**SPEC.model_dump(exclude_none=True), **change}
     path = tmp_path / "spec.yaml"
@@ -82,39 +91,51 @@ def test_sample_spec_durations_and_features():
     spec = load_window_spec(window_features.SAMPLE_SPEC)
     assert [(w.name, w.size, w.step) for w in spec.windows] == SAMPLE_WINDOWS
     assert [name for name, _, _ in spec.aggregations_in(spec.windows[1])] == [
-        "amount_count_1h", "amount_sum_1h", "amount_mean_1h", "amount_min_1h", "amount_max_1h", "amount_last_1h",
-        "merchant_distinct_count_1h"]
+        "amount_count_1h",
+        "amount_sum_1h",
+        "amount_mean_1h",
+        "amount_min_1h",
+        "amount_max_1h",
+        "amount_last_1h",
+        "merchant_distinct_count_1h",
+    ]
 
 
-@pytest.mark.parametrize("value, unit, seconds", [
-    ("2026-11-22T10:00:00Z", "s", T0),
-    ("2026-11-22T11:00:00.5+01:00", "s", T0 + 0.5),
-    ("2026-11-22T10:00:00", "s", T0),  # no offset: UTC
-    (datetime.datetime(2026, 11, 22, 10, 0, tzinfo=datetime.timezone.utc), "s", T0),
-    (T0, "s", T0),
-    (T0 * 1000 + 250, "ms", T0 + 0.25),
-    (T0 * 1_000_000, "us", T0),
-])
+@pytest.mark.parametrize(
+    "value, unit, seconds",
+    [
+        ("2026-11-22T10:00:00Z", "s", T0),
+        ("2026-11-22T11:00:00.5+01:00", "s", T0 + 0.5),
+        ("2026-11-22T10:00:00", "s", T0),  # no offset: UTC
+        (datetime.datetime(2026, 11, 22, 10, 0, tzinfo=datetime.UTC), "s", T0),
+        (T0, "s", T0),
+        (T0 * 1000 + 250, "ms", T0 + 0.25),
+        (T0 * 1_000_000, "us", T0),
+    ],
+)
 def test_event_times(value, unit, seconds):
     spec = SPEC.model_copy(update={"epoch_unit": unit})
     event = parse_event({"card_id": 7, "event_time": value, "amount": 1}, spec)
     assert event == Event("7", pytest.approx(seconds), {"amount": 1})
 
 
-@pytest.mark.parametrize("record, reason", [
-    ('{"card_id": "c", "event_time": 1', "invalid_json"),
-    ({"event_time": T0, "amount": 1}, "missing_entity"),
-    ({"card_id": "", "event_time": T0}, "missing_entity"),
-    ({"card_id": "c" * 4097, "event_time": T0}, "entity_too_long"),
-    ({"card_id": "c", "amount": 1}, "missing_event_time"),
-    ({"card_id": "c", "event_time": "last tuesday"}, "invalid_event_time"),
-    ({"card_id": "c", "event_time": T0 * 1000 * 1000}, "invalid_event_time"),  # microseconds read as seconds
-    ({"card_id": "c", "event_time": -5}, "invalid_event_time"),
-    ({"card_id": "c", "event_time": float("nan")}, "missing_event_time"),
-    ({"card_id": "c", "event_time": T0, "amount": "12"}, "wrong_type"),
-    ({"card_id": "c", "event_time": T0, "amount": True}, "wrong_type"),
-    ({"card_id": "c", "event_time": T0, "merchant": ["a", "b"]}, "wrong_type"),
-])
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ('{"card_id": "c", "event_time": 1', "invalid_json"),
+        ({"event_time": T0, "amount": 1}, "missing_entity"),
+        ({"card_id": "", "event_time": T0}, "missing_entity"),
+        ({"card_id": "c" * 4097, "event_time": T0}, "entity_too_long"),
+        ({"card_id": "c", "amount": 1}, "missing_event_time"),
+        ({"card_id": "c", "event_time": "last tuesday"}, "invalid_event_time"),
+        ({"card_id": "c", "event_time": T0 * 1000 * 1000}, "invalid_event_time"),  # microseconds read as seconds
+        ({"card_id": "c", "event_time": -5}, "invalid_event_time"),
+        ({"card_id": "c", "event_time": float("nan")}, "missing_event_time"),
+        ({"card_id": "c", "event_time": T0, "amount": "12"}, "wrong_type"),
+        ({"card_id": "c", "event_time": T0, "amount": True}, "wrong_type"),
+        ({"card_id": "c", "event_time": T0, "merchant": ["a", "b"]}, "wrong_type"),
+    ],
+)
 def test_bad_events_are_record_errors(record, reason):
     with pytest.raises(RecordError) as error:
         parse_event(record, SPEC)
@@ -122,8 +143,10 @@ def test_bad_events_are_record_errors(record, reason):
 
 
 def test_accumulator_one_and_merged_against_the_standard_library():
-    events = [Event("c", T0 + i, {"amount": a, "merchant": m}) for i, (a, m) in
-              enumerate([(5.0, "x"), (1.5, "y"), (9.25, "x"), (2.0, "z"), (7.0, "y")])]
+    events = [
+        Event("c", T0 + i, {"amount": a, "merchant": m})
+        for i, (a, m) in enumerate([(5.0, "x"), (1.5, "y"), (9.25, "x"), (2.0, "z"), (7.0, "y")])
+    ]
     events.append(Event("c", T0 + 10, {"merchant": "w"}))  # no amount
     events.append(Event("c", T0 + 2, {"amount": 3.0}))  # out of order, same time as 9.25
     numeric, distinct = {"amount"}, {"merchant"}
@@ -135,53 +158,93 @@ def test_accumulator_one_and_merged_against_the_standard_library():
         parts[i % 3].add(e, numeric, distinct)
     merged = WindowAggregates().merge(parts[2]).merge(parts[0]).merge(parts[1])
     amounts = [5.0, 1.5, 9.25, 2.0, 7.0, 3.0]
-    expected = {("amount", "count"): 6, ("amount", "sum"): sum(amounts), ("amount", "mean"): sum(amounts) / 6,
-                ("amount", "min"): 1.5, ("amount", "max"): 9.25,
-                ("amount", "last"): 7.0,  # latest time: T0 + 4
-                ("merchant", "count"): 6, ("merchant", "distinct_count"): 4}
+    expected = {
+        ("amount", "count"): 6,
+        ("amount", "sum"): sum(amounts),
+        ("amount", "mean"): sum(amounts) / 6,
+        ("amount", "min"): 1.5,
+        ("amount", "max"): 9.25,
+        ("amount", "last"): 7.0,  # latest time: T0 + 4
+        ("merchant", "count"): 6,
+        ("merchant", "distinct_count"): 4,
+    }
     for acc in (one, merged):
         assert {k: acc.value(*k) for k in expected} == pytest.approx(expected)
     empty = WindowAggregates()
-    assert [empty.value("amount", a) for a in ("count", "sum", "mean", "last", "distinct_count")] == [0, 0.0, None, None, 0]
+    assert [empty.value("amount", a) for a in ("count", "sum", "mean", "last", "distinct_count")] == [
+        0,
+        0.0,
+        None,
+        None,
+        0,
+    ]
 
 
 def test_late_events_update_their_windows_and_too_late_ones_are_dropped():
     def event(t, amount, merchant):
         return TimestampedValue(Event("c", t, {"amount": amount, "merchant": merchant}), t)
 
-    stream = (TestStream()
-              .advance_watermark_to(T0)
-              .add_elements([event(T0 + 10, 4.0, "a"), event(T0 + 50, 6.0, "b")])
-              .advance_watermark_to(T0 + 60)  # [T0, T0+60) of 1m and [T0-60, T0+60) of 2m fire
-              .add_elements([event(T0 + 30, 20.0, "a")])  # late, within 90 s: both windows updated
-              .advance_watermark_to(T0 + 60 + 91)  # 1m window [T0, T0+60) expires
-              .add_elements([event(T0 + 59, 1.0, "c")])  # too late for [T0, T0+60), in time for [T0, T0+120)
-              .advance_watermark_to_infinity())
+    stream = (
+        TestStream()
+        .advance_watermark_to(T0)
+        .add_elements([event(T0 + 10, 4.0, "a"), event(T0 + 50, 6.0, "b")])
+        .advance_watermark_to(T0 + 60)  # [T0, T0+60) of 1m and [T0-60, T0+60) of 2m fire
+        .add_elements([event(T0 + 30, 20.0, "a")])  # late, within 90 s: both windows updated
+        .advance_watermark_to(T0 + 60 + 91)  # 1m window [T0, T0+60) expires
+        .add_elements([event(T0 + 59, 1.0, "c")])  # too late for [T0, T0+60), in time for [T0, T0+120)
+        .advance_watermark_to_infinity()
+    )
     options = PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
     with beam.Pipeline(options=options) as p:
         rows = p | stream | ComputeWindowFeatures(SPEC, "window_features", allowed_lateness_seconds=90)
-        projected = rows | beam.Map(lambda r: (r["window"], r["time_index"], r["pane_timing"], r["pane_index"],
-                                               *(f["value"] for f in r["features"])))
-        assert_that(projected, equal_to([
-            ("1m", _iso(T0 + 60), "ON_TIME", 0, 2, 10.0, 5.0, 4.0, 6.0, 6.0, 2),
-            ("2m", _iso(T0 + 60), "ON_TIME", 0, 2, 10.0, 5.0, 4.0, 6.0, 6.0, 2),
-            ("1m", _iso(T0 + 60), "LATE", 1, 3, 30.0, 10.0, 4.0, 20.0, 6.0, 2),
-            ("2m", _iso(T0 + 60), "LATE", 1, 3, 30.0, 10.0, 4.0, 20.0, 6.0, 2),
-            # [T0, T0+120) fires when the watermark passes T0+120, with the three events so far; the one at
-            # T0+59 is late for it but within 90 s: a LATE pane, where it is also the last by event time
-            ("2m", _iso(T0 + 120), "ON_TIME", 0, 3, 30.0, 10.0, 4.0, 20.0, 6.0, 2),
-            ("2m", _iso(T0 + 120), "LATE", 1, 4, 31.0, 7.75, 1.0, 20.0, 1.0, 3),
-        ]))
+        projected = rows | beam.Map(
+            lambda r: (
+                r["window"],
+                r["time_index"],
+                r["pane_timing"],
+                r["pane_index"],
+                *(f["value"] for f in r["features"]),
+            )
+        )
+        assert_that(
+            projected,
+            equal_to(
+                [
+                    ("1m", _iso(T0 + 60), "ON_TIME", 0, 2, 10.0, 5.0, 4.0, 6.0, 6.0, 2),
+                    ("2m", _iso(T0 + 60), "ON_TIME", 0, 2, 10.0, 5.0, 4.0, 6.0, 6.0, 2),
+                    ("1m", _iso(T0 + 60), "LATE", 1, 3, 30.0, 10.0, 4.0, 20.0, 6.0, 2),
+                    ("2m", _iso(T0 + 60), "LATE", 1, 3, 30.0, 10.0, 4.0, 20.0, 6.0, 2),
+                    # [T0, T0+120) fires when the watermark passes T0+120, with the three events so far; the one at
+                    # T0+59 is late for it but within 90 s: a LATE pane, where it is also the last by event time
+                    ("2m", _iso(T0 + 120), "ON_TIME", 0, 3, 30.0, 10.0, 4.0, 20.0, 6.0, 2),
+                    ("2m", _iso(T0 + 120), "LATE", 1, 4, 31.0, 7.75, 1.0, 20.0, 1.0, 3),
+                ]
+            ),
+        )
 
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory, services, project):
     output = tmp_path_factory.mktemp("window_features")
     bq_client(services, project).create_dataset("features", exists_ok=True)
-    result = window_features.run([
-        "--output_dir", str(output), "--progress", "off", "--project", project,
-        "--bigtable_instance", "features", "--bigtable_table", "sample_online", "--feature_ttl_hours", "36",
-        "--output_table", f"{project}:features.sample_windows"])
+    result = window_features.run(
+        [
+            "--output_dir",
+            str(output),
+            "--progress",
+            "off",
+            "--project",
+            project,
+            "--bigtable_instance",
+            "features",
+            "--bigtable_table",
+            "sample_online",
+            "--feature_ttl_hours",
+            "36",
+            "--output_table",
+            f"{project}:features.sample_windows",
+        ]
+    )
     rows = [json.loads(line) for path in output.glob("feature_rows*.jsonl") for line in path.read_text().splitlines()]
     return result, rows
 
@@ -207,15 +270,18 @@ def test_online_store_lookup_is_point_in_time(sample_run, project):
     table = bigtable.Client(project=project, admin=True).instance("features").table("sample_online")
     family = table.list_column_families()["features"]
     assert family.gc_rule.max_age == datetime.timedelta(hours=36)
-    burst = datetime.datetime(2026, 11, 24, 14, 10, 30, tzinfo=datetime.timezone.utc)  # c-007's burst
-    for as_of in (burst, burst + datetime.timedelta(minutes=40), datetime.datetime(2026, 11, 25, 0, 0, 1,
-                                                                                   tzinfo=datetime.timezone.utc)):
+    burst = datetime.datetime(2026, 11, 24, 14, 10, 30, tzinfo=datetime.UTC)  # c-007's burst
+    for as_of in (
+        burst,
+        burst + datetime.timedelta(minutes=40),
+        datetime.datetime(2026, 11, 25, 0, 0, 1, tzinfo=datetime.UTC),
+    ):
         got = lookup_features(table, "c-007", spec, as_of=as_of)
-        for name, size, step in SAMPLE_WINDOWS:
+        for name, _size, step in SAMPLE_WINDOWS:
             end = as_of.timestamp() // step * step  # the latest window ended at or before as_of
             current = expected.get(("c-007", name, end))
             empty = {f"amount_count_{name}": 0, f"amount_sum_{name}": 0.0, f"merchant_distinct_count_{name}": 0}
-            for feature in (current or empty):
+            for feature in current or empty:
                 want = current[feature] if current else empty[feature]
                 assert got[feature] == pytest.approx(want), (as_of, feature)
     assert lookup_features(table, "c-never", spec)["amount_count_1h"] == 0
@@ -226,13 +292,18 @@ def test_offline_store_point_in_time_join(sample_run, services, project, capsys)
     row gets, per feature, the value of the latest window that ended at or before its time and is still
     current; rows are the sample run's."""
     client = bq_client(services, project)
-    labels = [("c-007", "2026-11-24T14:10:30+00:00"), ("c-007", "2026-11-24T14:50:00+00:00"),
-              ("c-001", "2026-11-24T09:00:00+00:00")]
+    labels = [
+        ("c-007", "2026-11-24T14:10:30+00:00"),
+        ("c-007", "2026-11-24T14:50:00+00:00"),
+        ("c-001", "2026-11-24T09:00:00+00:00"),
+    ]
     client.query("CREATE OR REPLACE TABLE features.labels (entity STRING, label_time TIMESTAMP, label INT64)").result()
-    client.insert_rows_json("features.labels", [{"entity": e, "label_time": t, "label": 1} for e, t in labels],
-                            retry=None)
-    window_features_join.main(["--features_table", f"{project}:features.sample_windows",
-                               "--labels_table", "features.labels"])
+    client.insert_rows_json(
+        "features.labels", [{"entity": e, "label_time": t, "label": 1} for e, t in labels], retry=None
+    )
+    window_features_join.main(
+        ["--features_table", f"{project}:features.sample_windows", "--labels_table", "features.labels"]
+    )
     sql = capsys.readouterr().out
     got = {(r["entity"], r["label_time"].isoformat()): r for r in client.query(sql).result()}
     expected = expected_features(valid_events(SAMPLE_LINES), SAMPLE_WINDOWS)
@@ -251,10 +322,18 @@ def test_join_sql_file_is_the_generated_one_for_the_sample_spec(capsys):
     assert capsys.readouterr().out == (ROOT / "sql" / "window_features_point_in_time_join.sql").read_text()
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--labels_table", "labels"], "--labels_table: 'labels' is not a table"),
-    (["--window_spec", "no-such-spec.yaml"], "--window_spec: cannot read no-such-spec.yaml"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--labels_table", "labels"], "--labels_table: 'labels' is not a table"),
+        (
+            ["--features_table", "p:d.t` UNION ALL SELECT 1 --"],
+            "--features_table: 'p:d.t` UNION ALL SELECT 1 --' is not",
+        ),
+        (["--labels_table", "my-project:ml.labels\nDROP"], "--labels_table: 'my-project:ml.labels\\nDROP' is not"),
+        (["--window_spec", "no-such-spec.yaml"], "--window_spec: cannot read no-such-spec.yaml"),
+    ],
+)
 def test_join_sql_errors_name_the_flag(argv, words):
     with pytest.raises(SystemExit) as failed:
         window_features_join.main(argv)
@@ -263,8 +342,10 @@ def test_join_sql_errors_name_the_flag(argv, words):
 
 def test_join_sql_rejects_features_that_are_not_column_names(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text("entity_field: e\ntime_field: t\nwindows: [{name: 1h, size: 1h}]\n"
-                    "aggregations: [{field: merchant-id, aggregates: [count]}]\n")
+    spec.write_text(
+        "entity_field: e\ntime_field: t\nwindows: [{name: 1h, size: 1h}]\n"
+        "aggregations: [{field: merchant-id, aggregates: [count]}]\n"
+    )
     with pytest.raises(SystemExit) as failed:
         window_features_join.main(["--window_spec", str(spec)])
     assert "['merchant-id_count_1h'] are not BigQuery column names" in str(failed.value)
@@ -275,22 +356,43 @@ def test_help_lists_every_flag(capsys):
         window_features.run(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--window_spec", "--feature_ttl_hours", "--allowed_lateness_seconds", "--input_subscription",
-                 "--input_topic", "--input_files", "--input_table", "--input_query", "--input_format",
-                 "--output_table", "--bigtable_instance", "--bigtable_table", "--udf_path", "--output_dir",
-                 "--dead_letter_table", "--dead_letter_topic", "--runner", "--project"):
+    for flag in (
+        "--window_spec",
+        "--feature_ttl_hours",
+        "--allowed_lateness_seconds",
+        "--input_subscription",
+        "--input_topic",
+        "--input_files",
+        "--input_table",
+        "--input_query",
+        "--input_format",
+        "--output_table",
+        "--bigtable_instance",
+        "--bigtable_table",
+        "--udf_path",
+        "--output_dir",
+        "--dead_letter_table",
+        "--dead_letter_topic",
+        "--runner",
+        "--project",
+    ):
         assert flag in text, flag
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--input_files", "a.jsonl", "--input_subscription", "projects/p/subscriptions/s"],
-     "--input_files and --input_subscription"),
-    (["--feature_ttl_hours", "0"], "--feature_ttl_hours must be positive"),
-    (["--allowed_lateness_seconds", "-1"], "--allowed_lateness_seconds must be >= 0"),
-    (["--bigtable_instance", "i"], "--bigtable_instance and --bigtable_table"),
-    (["--output_table", "p:d.t"], "dead letters need a destination"),
-    (["--window_spec", "/no/such.yaml"], "--window_spec: cannot read /no/such.yaml"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (
+            ["--input_files", "a.jsonl", "--input_subscription", "projects/p/subscriptions/s"],
+            "--input_files and --input_subscription",
+        ),
+        (["--feature_ttl_hours", "0"], "--feature_ttl_hours must be positive"),
+        (["--allowed_lateness_seconds", "-1"], "--allowed_lateness_seconds must be >= 0"),
+        (["--bigtable_instance", "i"], "--bigtable_instance and --bigtable_table"),
+        (["--output_table", "p:d.t"], "dead letters need a destination"),
+        (["--window_spec", "/no/such.yaml"], "--window_spec: cannot read /no/such.yaml"),
+    ],
+)
 def test_bad_flags_fail_naming_the_flag(argv, words, capsys):
     with pytest.raises(SystemExit) as done:
         window_features.run(argv)

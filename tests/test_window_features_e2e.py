@@ -2,6 +2,7 @@
 direct runner and the Bigtable emulator (every window end kept as a cell version), and the same events
 through the batch backfill; both must equal the values worked out in tests/window_oracle.py. Malformed
 messages end on the dead-letter topic."""
+
 import datetime
 import json
 import random
@@ -25,11 +26,17 @@ def make_events(seed=5):
     """40 events of 3 cards, 2 to 6 minutes old: behind the direct runner's wall-clock watermark, so each
     one arrives late (allowed) and updates its windows with a LATE pane."""
     rng, start = random.Random(seed), (int(time.time()) // 60 - 6) * 60
-    return [json.dumps({"card_id": f"c-{rng.randrange(3)}", "amount": round(rng.uniform(1, 100), 2),
-                        "merchant": f"m-{rng.randrange(6)}",
-                        "event_time": datetime.datetime.fromtimestamp(start + rng.uniform(0, 240),
-                                                                      datetime.timezone.utc).isoformat()})
-            for _ in range(40)]
+    return [
+        json.dumps(
+            {
+                "card_id": f"c-{rng.randrange(3)}",
+                "amount": round(rng.uniform(1, 100), 2),
+                "merchant": f"m-{rng.randrange(6)}",
+                "event_time": datetime.datetime.fromtimestamp(start + rng.uniform(0, 240), datetime.UTC).isoformat(),
+            }
+        )
+        for _ in range(40)
+    ]
 
 
 def bigtable_values(table):
@@ -55,17 +62,35 @@ def streamed(services, project, tmp_path_factory):
     for name, topic in topics.items():
         publisher.create_topic(name=topic)
         subscriber.create_subscription(name=subs[name], topic=topic)
-    options = PipelineOptions([
-        "--runner", "BundleBasedDirectRunner", "--project", project, "--window_spec", str(spec_path),
-        "--input_subscription", subs["transactions"], "--bigtable_instance", "stream", "--bigtable_table", "online",
-        "--dead_letter_topic", topics["window-dead-letters"], "--allowed_lateness_seconds", "3600"])
+    options = PipelineOptions(
+        [
+            "--runner",
+            "BundleBasedDirectRunner",
+            "--project",
+            project,
+            "--window_spec",
+            str(spec_path),
+            "--input_subscription",
+            subs["transactions"],
+            "--bigtable_instance",
+            "stream",
+            "--bigtable_table",
+            "online",
+            "--dead_letter_topic",
+            topics["window-dead-letters"],
+            "--allowed_lateness_seconds",
+            "3600",
+        ]
+    )
     spec = window_features.validate(options)
     pipeline = beam.Pipeline(options=options)
     window_features.build(pipeline, options, spec)
     result = pipeline.run()
     events = make_events()
-    expected = {k: {f: v for f, v in features.items() if v is not None}
-                for k, features in expected_features(valid_events(events), WINDOWS).items()}
+    expected = {
+        k: {f: v for f, v in features.items() if v is not None}
+        for k, features in expected_features(valid_events(events), WINDOWS).items()
+    }
     table = bigtable.Client(project=project, admin=True).instance("stream").table("online")
     try:
         for line in [*events, '{"card_id": "c-0", "amount": ', '{"amount": 3, "event_time": "2026-11-25T10:00:00Z"}']:
@@ -79,8 +104,7 @@ def streamed(services, project, tmp_path_factory):
         dead = wait_for_messages(subscriber, subs["window-dead-letters"], 2)
     finally:
         result.cancel()
-    return {"events": events, "expected": expected, "online": online, "dead": dead, "tmp": tmp,
-            "spec_path": spec_path}
+    return {"events": events, "expected": expected, "online": online, "dead": dead, "tmp": tmp, "spec_path": spec_path}
 
 
 def test_streaming_online_store_matches_the_oracle(streamed):
@@ -91,10 +115,23 @@ def test_backfill_gives_the_streaming_values(streamed):
     tmp = streamed["tmp"]
     events_file = tmp / "events.jsonl"
     events_file.write_text("\n".join(streamed["events"]) + "\n")
-    window_features.run(["--window_spec", str(streamed["spec_path"]), "--input_files", str(events_file),
-                         "--output_dir", str(tmp / "backfill"), "--progress", "off"])
-    rows = [json.loads(line) for path in (tmp / "backfill").glob("feature_rows*.jsonl")
-            for line in path.read_text().splitlines()]
+    window_features.run(
+        [
+            "--window_spec",
+            str(streamed["spec_path"]),
+            "--input_files",
+            str(events_file),
+            "--output_dir",
+            str(tmp / "backfill"),
+            "--progress",
+            "off",
+        ]
+    )
+    rows = [
+        json.loads(line)
+        for path in (tmp / "backfill").glob("feature_rows*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
     backfill = {k: {f: v for f, v in features.items() if v is not None} for k, features in row_values(rows).items()}
     assert_same_features(backfill, streamed["online"])
 

@@ -1,5 +1,6 @@
 """Window features worked out the plain way, for the tests: every window end a multiple of the step
 whose window [end - size, end) holds the event, then statistics over each group with the standard library."""
+
 import datetime
 import json
 import math
@@ -16,8 +17,14 @@ def valid_events(lines):
     for line in lines:
         try:
             r = json.loads(line)
-            events.append((r["card_id"], _seconds(r["event_time"]), float(r["amount"]) if r.get("amount") is not None
-                           else None, r.get("merchant")))
+            events.append(
+                (
+                    r["card_id"],
+                    _seconds(r["event_time"]),
+                    float(r["amount"]) if r.get("amount") is not None else None,
+                    r.get("merchant"),
+                )
+            )
         except (ValueError, KeyError):
             continue
     return events

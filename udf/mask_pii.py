@@ -3,6 +3,7 @@ e-mail addresses anywhere in the record, client IP fields, and the values of sen
 
     --udf_path udf/mask_pii.py --udf_function process
 """
+
 import json
 import re
 

@@ -5,6 +5,7 @@ SLI pipeline's outputs, local files or BigQuery.
     python -m pipelines.reports.slo_report --slo_table P:sre.slo_status --project P \\
         --since 2026-11-01T00:00:00Z --until 2026-11-23T00:00:00Z --output report.html
 """
+
 import argparse
 import datetime
 import html
@@ -21,8 +22,10 @@ _MAX_POINTS = 600
 
 def read_local(input_dir):
     """(status rows, alerts) from <input_dir>/slo_status-*.jsonl and alerts-*.jsonl."""
-    return (read_jsonl(FileSystems.join(input_dir, "slo_status-*.jsonl")),
-            read_jsonl(FileSystems.join(input_dir, "alerts-*.jsonl")))
+    return (
+        read_jsonl(FileSystems.join(input_dir, "slo_status-*.jsonl")),
+        read_jsonl(FileSystems.join(input_dir, "alerts-*.jsonl")),
+    )
 
 
 def read_bigquery(table, project, since, until):
@@ -31,16 +34,21 @@ def read_bigquery(table, project, since, until):
     from google.cloud import bigquery
 
     client = bigquery.Client(project=project)
-    sql = (f"SELECT slo, evaluated_at, status, target, window_days, compliance, budget_remaining, events, "
-           f"alerts_firing FROM `{table.replace(':', '.')}` WHERE evaluated_at BETWEEN @since AND @until "
-           f"ORDER BY slo, evaluated_at")
-    config = bigquery.QueryJobConfig(query_parameters=[
-        bigquery.ScalarQueryParameter("since", "TIMESTAMP", since),
-        bigquery.ScalarQueryParameter("until", "TIMESTAMP", until)])
+    sql = (
+        f"SELECT slo, evaluated_at, status, target, window_days, compliance, budget_remaining, events, "
+        f"alerts_firing FROM `{table.replace(':', '.')}` WHERE evaluated_at BETWEEN @since AND @until "
+        f"ORDER BY slo, evaluated_at"
+    )
+    config = bigquery.QueryJobConfig(
+        query_parameters=[
+            bigquery.ScalarQueryParameter("since", "TIMESTAMP", since),
+            bigquery.ScalarQueryParameter("until", "TIMESTAMP", until),
+        ]
+    )
     rows = []
     for r in client.query(sql, job_config=config).result():
         row = dict(r)
-        row["evaluated_at"] = row["evaluated_at"].astimezone(datetime.timezone.utc).isoformat()
+        row["evaluated_at"] = row["evaluated_at"].astimezone(datetime.UTC).isoformat()
         row["alerts_firing"] = list(row["alerts_firing"] or [])
         rows.append(row)
     alerts = []
@@ -68,20 +76,25 @@ def _chart(points):
     values = [v for _, v in points]
     t0, t1 = min(times), max(times)
     lo, hi = min(values + [0.0]), max(values + [1.0])
+
     def x(t):
         return _PAD + (t - t0) / max(t1 - t0, 1) * (_CHART_W - 2 * _PAD)
+
     def y(v):
         return _CHART_H - _PAD / 2 - (v - lo) / max(hi - lo, 1e-9) * (_CHART_H - _PAD)
+
     line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
-    start = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    end = datetime.datetime.fromtimestamp(t1, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    return (f'<svg class="burndown" width="{_CHART_W}" height="{_CHART_H}" role="img" '
-            f'aria-label="error budget remaining from {start} to {end}">'
-            f'<line class="zero" x1="{_PAD}" x2="{_CHART_W - _PAD}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
-            f'<text x="4" y="{y(0) + 4:.1f}">0%</text><text x="4" y="{y(hi) + 10:.1f}">{hi:.0%}</text>'
-            f'<polyline points="{line}"/>'
-            f'<text x="{_PAD}" y="{_CHART_H - 2}">{start}</text>'
-            f'<text x="{_CHART_W - _PAD}" y="{_CHART_H - 2}" text-anchor="end">{end} UTC</text></svg>')
+    start = datetime.datetime.fromtimestamp(t0, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    end = datetime.datetime.fromtimestamp(t1, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    return (
+        f'<svg class="burndown" width="{_CHART_W}" height="{_CHART_H}" role="img" '
+        f'aria-label="error budget remaining from {start} to {end}">'
+        f'<line class="zero" x1="{_PAD}" x2="{_CHART_W - _PAD}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
+        f'<text x="4" y="{y(0) + 4:.1f}">0%</text><text x="4" y="{y(hi) + 10:.1f}">{hi:.0%}</text>'
+        f'<polyline points="{line}"/>'
+        f'<text x="{_PAD}" y="{_CHART_H - 2}">{start}</text>'
+        f'<text x="{_CHART_W - _PAD}" y="{_CHART_H - 2}" text-anchor="end">{end} UTC</text></svg>'
+    )
 
 
 def _rule(alert):
@@ -107,17 +120,24 @@ def render(status, alerts, title="SLO report"):
             f'<tr data-slo="{html.escape(name)}"><td>{html.escape(name)}</td><td>{last["target"]:.2%}</td>'
             f'<td>{last["window_days"]} d</td><td class="compliance">{_pct(last["compliance"])}</td>'
             f'<td class="budget">{_pct(last["budget_remaining"], 1)}</td><td>{alerting}</td>'
-            f'<td>{fired.get(name, 0)}</td></tr>')
-        points = [(datetime.datetime.fromisoformat(r["evaluated_at"]).timestamp(), r["budget_remaining"])
-                  for r in rows if r["budget_remaining"] is not None]
+            f"<td>{fired.get(name, 0)}</td></tr>"
+        )
+        points = [
+            (datetime.datetime.fromisoformat(r["evaluated_at"]).timestamp(), r["budget_remaining"])
+            for r in rows
+            if r["budget_remaining"] is not None
+        ]
         chart = _chart(points) if points else "<p>no data</p>"
-        sections.append(f'<section data-slo="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
-                        f'<p>Error budget remaining, {html.escape(rows[0]["evaluated_at"])} to '
-                        f'{html.escape(last["evaluated_at"])}</p>{chart}</section>')
+        sections.append(
+            f'<section data-slo="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
+            f"<p>Error budget remaining, {html.escape(rows[0]['evaluated_at'])} to "
+            f"{html.escape(last['evaluated_at'])}</p>{chart}</section>"
+        )
     alert_rows = "".join(
-        f'<tr><td>{html.escape(a["at"])}</td><td>{html.escape(a["slo"])}</td><td>{a["state"]}</td>'
-        f'<td>{html.escape(_rule(a))}</td></tr>'
-        for a in sorted(alerts, key=lambda a: (a["at"], a["slo"])))
+        f"<tr><td>{html.escape(a['at'])}</td><td>{html.escape(a['slo'])}</td><td>{a['state']}</td>"
+        f"<td>{html.escape(_rule(a))}</td></tr>"
+        for a in sorted(alerts, key=lambda a: (a["at"], a["slo"]))
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -143,21 +163,36 @@ svg.burndown text {{ font-size: 11px; fill: #555; }}
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input_dir", type=str, default=os.path.join("output", "sli"),
-                        help="Directory (local or gs://) with the pipeline's slo_status-*.jsonl and "
-                             "alerts-*.jsonl. Default: output/sli.")
-    parser.add_argument("--slo_table", type=str, default=None,
-                        help="Read status rows from this BigQuery table PROJECT:DATASET.TABLE instead.")
+    parser.add_argument(
+        "--input_dir",
+        type=str,
+        default=os.path.join("output", "sli"),
+        help="Directory (local or gs://) with the pipeline's slo_status-*.jsonl and "
+        "alerts-*.jsonl. Default: output/sli.",
+    )
+    parser.add_argument(
+        "--slo_table",
+        type=str,
+        default=None,
+        help="Read status rows from this BigQuery table PROJECT:DATASET.TABLE instead.",
+    )
     parser.add_argument("--project", type=str, default=None, help="Project to run the BigQuery query in.")
-    parser.add_argument("--since", type=str, default=None,
-                        help="With --slo_table: start time (RFC 3339). Default: 7 days before --until.")
-    parser.add_argument("--until", type=str, default=None,
-                        help="With --slo_table: end time (RFC 3339). Default: now.")
-    parser.add_argument("--output", type=str, default=None,
-                        help="HTML file to write. Default: slo_report.html in --input_dir (or here).")
+    parser.add_argument(
+        "--since",
+        type=str,
+        default=None,
+        help="With --slo_table: start time (RFC 3339). Default: 7 days before --until.",
+    )
+    parser.add_argument("--until", type=str, default=None, help="With --slo_table: end time (RFC 3339). Default: now.")
+    parser.add_argument(
+        "--output",
+        type=str,
+        default=None,
+        help="HTML file to write. Default: slo_report.html in --input_dir (or here).",
+    )
     args = parser.parse_args(argv)
     if args.slo_table:
-        until = datetime.datetime.fromisoformat(args.until) if args.until else datetime.datetime.now(datetime.timezone.utc)
+        until = datetime.datetime.fromisoformat(args.until) if args.until else datetime.datetime.now(datetime.UTC)
         since = datetime.datetime.fromisoformat(args.since) if args.since else until - datetime.timedelta(days=7)
         status, alerts = read_bigquery(args.slo_table, args.project, since, until)
         output = args.output or "slo_report.html"
@@ -169,7 +204,10 @@ def main(argv=None):
         raise SystemExit(f"error: no SLO status rows in {source}; run python -m pipelines.sli with SLOs first")
     with FileSystems.create(output) as f:
         f.write(render(status, alerts).encode("utf-8"))
-    print(f"wrote {output}: {len({r['slo'] for r in status})} SLOs, {len(status)} status rows, {len(alerts)} alert transitions")
+    print(
+        f"wrote {output}: {len({r['slo'] for r in status})} SLOs, {len(status)} status rows, "
+        f"{len(alerts)} alert transitions"
+    )
     return output
 
 

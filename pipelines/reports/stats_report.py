@@ -6,6 +6,7 @@
     python -m pipelines.reports.stats_report --statistics gs://B/datasets/churn-v3/statistics.json \\
         --skew_dir gs://B/skew/churn-v3 --output report.html
 """
+
 import argparse
 import html
 import json
@@ -39,12 +40,15 @@ def _histogram_svg(histogram, split):
     bars = "".join(
         f'<rect x="{i * width:.1f}" y="{_BAR_H - b["count"] / top * _BAR_H:.1f}" width="{width - 1:.1f}" '
         f'height="{b["count"] / top * _BAR_H:.1f}" data-count="{b["count"]}">'
-        f'<title>{_number(b["low"])} to {_number(b["high"])}: {b["count"]}</title></rect>'
-        for i, b in enumerate(histogram))
-    return (f'<svg class="histogram" data-split="{html.escape(split)}" width="{_BAR_W}" height="{_BAR_H + 14}" '
-            f'role="img" aria-label="histogram of {html.escape(split)}">{bars}'
-            f'<text x="0" y="{_BAR_H + 12}">{_number(histogram[0]["low"])}</text>'
-            f'<text x="{_BAR_W}" y="{_BAR_H + 12}" text-anchor="end">{_number(histogram[-1]["high"])}</text></svg>')
+        f"<title>{_number(b['low'])} to {_number(b['high'])}: {b['count']}</title></rect>"
+        for i, b in enumerate(histogram)
+    )
+    return (
+        f'<svg class="histogram" data-split="{html.escape(split)}" width="{_BAR_W}" height="{_BAR_H + 14}" '
+        f'role="img" aria-label="histogram of {html.escape(split)}">{bars}'
+        f'<text x="0" y="{_BAR_H + 12}">{_number(histogram[0]["low"])}</text>'
+        f'<text x="{_BAR_W}" y="{_BAR_H + 12}" text-anchor="end">{_number(histogram[-1]["high"])}</text></svg>'
+    )
 
 
 def _top_values_svg(top_values, present, split):
@@ -53,13 +57,17 @@ def _top_values_svg(top_values, present, split):
     rows = []
     for i, t in enumerate(top_values[:8]):
         share = t["count"] / present if present else 0
-        rows.append(f'<text x="0" y="{i * 14 + 11}">{html.escape(str(t["value"])[:14])}</text>'
-                    f'<rect x="100" y="{i * 14 + 2}" width="{share * (_BAR_W - 150):.1f}" height="11" '
-                    f'data-value="{html.escape(str(t["value"]))}" data-count="{t["count"]}"/>'
-                    f'<text x="{104 + share * (_BAR_W - 150):.1f}" y="{i * 14 + 11}">{share:.1%}</text>')
-    return (f'<svg class="top-values" data-split="{html.escape(split)}" width="{_BAR_W}" '
-            f'height="{len(rows) * 14 + 4}" role="img" aria-label="top values of {html.escape(split)}">'
-            f'{"".join(rows)}</svg>')
+        rows.append(
+            f'<text x="0" y="{i * 14 + 11}">{html.escape(str(t["value"])[:14])}</text>'
+            f'<rect x="100" y="{i * 14 + 2}" width="{share * (_BAR_W - 150):.1f}" height="11" '
+            f'data-value="{html.escape(str(t["value"]))}" data-count="{t["count"]}"/>'
+            f'<text x="{104 + share * (_BAR_W - 150):.1f}" y="{i * 14 + 11}">{share:.1%}</text>'
+        )
+    return (
+        f'<svg class="top-values" data-split="{html.escape(split)}" width="{_BAR_W}" '
+        f'height="{len(rows) * 14 + 4}" role="img" aria-label="top values of {html.escape(split)}">'
+        f"{''.join(rows)}</svg>"
+    )
 
 
 def render(statistics, anomalies=None, title="Feature statistics"):
@@ -73,38 +81,60 @@ def render(statistics, anomalies=None, title="Feature statistics"):
         per_split = {s: statistics[s]["features"].get(name) for s in splits}
         kind = next(f["type"] for f in per_split.values() if f)
         flagged = findings.get(name, {}).get("anomalies", [])
-        summary.append(f'<tr data-feature="{html.escape(name)}" class="{"anomaly" if flagged else ""}">'
-                       f'<td>{html.escape(name)}</td><td>{kind}</td>'
-                       + "".join(f'<td>{_missing_rate(per_split[s])}</td>' for s in splits)
-                       + f'<td>{len(flagged)}</td></tr>')
+        summary.append(
+            f'<tr data-feature="{html.escape(name)}" class="{"anomaly" if flagged else ""}">'
+            f"<td>{html.escape(name)}</td><td>{kind}</td>"
+            + "".join(f"<td>{_missing_rate(per_split[s])}</td>" for s in splits)
+            + f"<td>{len(flagged)}</td></tr>"
+        )
         rows = [("count", lambda f: _number(f["count"])), ("missing", lambda f: _missing_rate(f))]
         if kind == "numeric":
             rows += [(k, lambda f, k=k: _number(f.get(k))) for k in ("min", "max", "mean", "std")]
-            rows += [(label, lambda f, q=q: _number(f.get("quantiles", {}).get(q))) for q, label in QUANTILE_LABELS.items()]
+            rows += [
+                (label, lambda f, q=q: _number(f.get("quantiles", {}).get(q))) for q, label in QUANTILE_LABELS.items()
+            ]
         else:
             rows += [("distinct", lambda f: _number(f.get("distinct")))]
         table = "".join(
             f'<tr data-stat="{label}"><th>{label}</th>'
-            + "".join(f'<td data-split="{html.escape(s)}">{fn(per_split[s]) if per_split[s] else "-"}</td>'
-                      for s in splits) + "</tr>"
-            for label, fn in rows)
+            + "".join(
+                f'<td data-split="{html.escape(s)}">{fn(per_split[s]) if per_split[s] else "-"}</td>' for s in splits
+            )
+            + "</tr>"
+            for label, fn in rows
+        )
         charts = "".join(
-            f'<figure><figcaption>{html.escape(s)}</figcaption>'
-            + (_histogram_svg(per_split[s].get("histogram", []), s) if kind == "numeric" else
-               _top_values_svg(per_split[s].get("top_values", []), per_split[s]["count"] - per_split[s]["missing"], s))
-            + "</figure>" for s in splits if per_split[s])
+            f"<figure><figcaption>{html.escape(s)}</figcaption>"
+            + (
+                _histogram_svg(per_split[s].get("histogram", []), s)
+                if kind == "numeric"
+                else _top_values_svg(
+                    per_split[s].get("top_values", []), per_split[s]["count"] - per_split[s]["missing"], s
+                )
+            )
+            + "</figure>"
+            for s in splits
+            if per_split[s]
+        )
         finding = ""
         if name in findings:
-            measures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                 for k, v in sorted(findings[name]["measures"].items()))
-            items = "".join(f'<li class="anomaly" data-measure="{a["measure"]}">{a["measure"]} {a["value"]:.3f} '
-                            f'over {a["threshold"]:g}</li>' for a in flagged)
+            measures = ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in sorted(findings[name]["measures"].items())
+            )
+            items = "".join(
+                f'<li class="anomaly" data-measure="{a["measure"]}">{a["measure"]} {a["value"]:.3f} '
+                f"over {a['threshold']:g}</li>"
+                for a in flagged
+            )
             finding = f'<p class="measures">skew: {html.escape(measures)}</p><ul>{items}</ul>'
-        sections.append(f'<section data-feature="{html.escape(name)}" class="{"anomaly" if flagged else ""}">'
-                        f'<h2>{html.escape(name)} <small>{kind}</small></h2>{finding}'
-                        f'<table class="stats"><thead><tr><th></th>'
-                        + "".join(f"<th>{html.escape(s)}</th>" for s in splits)
-                        + f'</tr></thead><tbody>{table}</tbody></table><div class="charts">{charts}</div></section>')
+        sections.append(
+            f'<section data-feature="{html.escape(name)}" class="{"anomaly" if flagged else ""}">'
+            f"<h2>{html.escape(name)} <small>{kind}</small></h2>{finding}"
+            f'<table class="stats"><thead><tr><th></th>'
+            + "".join(f"<th>{html.escape(s)}</th>" for s in splits)
+            + f'</tr></thead><tbody>{table}</tbody></table><div class="charts">{charts}</div></section>'
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -136,17 +166,28 @@ def _missing_rate(feature):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--statistics", type=str, default=os.path.join("output", "feature_stats", "statistics.json"),
-                        help="statistics.json of a feature pipeline run (local or gs://). "
-                             "Default: output/feature_stats/statistics.json.")
-    parser.add_argument("--skew_dir", type=str, default=None,
-                        help="Output folder of a skew check (serving_statistics.json, anomalies.json) to add a "
-                             "serving column and highlight anomalies. Default: output/skew when it exists.")
-    parser.add_argument("--output", type=str, default=None,
-                        help="HTML file to write. Default: stats_report.html beside --statistics.")
+    parser.add_argument(
+        "--statistics",
+        type=str,
+        default=os.path.join("output", "feature_stats", "statistics.json"),
+        help="statistics.json of a feature pipeline run (local or gs://). "
+        "Default: output/feature_stats/statistics.json.",
+    )
+    parser.add_argument(
+        "--skew_dir",
+        type=str,
+        default=None,
+        help="Output folder of a skew check (serving_statistics.json, anomalies.json) to add a "
+        "serving column and highlight anomalies. Default: output/skew when it exists.",
+    )
+    parser.add_argument(
+        "--output", type=str, default=None, help="HTML file to write. Default: stats_report.html beside --statistics."
+    )
     args = parser.parse_args(argv)
     if not FileSystems.exists(args.statistics):
-        raise SystemExit(f"error: --statistics {args.statistics} does not exist; run python -m pipelines.feature_stats first")
+        raise SystemExit(
+            f"error: --statistics {args.statistics} does not exist; run python -m pipelines.feature_stats first"
+        )
     statistics = _read_json(args.statistics)
     default_skew_dir = os.path.join("output", "skew")
     skew_dir = args.skew_dir or (default_skew_dir if os.path.isdir(default_skew_dir) else None)

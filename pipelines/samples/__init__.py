@@ -1,5 +1,6 @@
 """The bundled samples: every pipeline's default input and config when no flag names one (also the tests'
 fixtures). `python -m pipelines.samples.<name>` regenerates a sample."""
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent

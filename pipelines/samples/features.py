@@ -3,8 +3,10 @@ values, outliers, a high-cardinality text field and a few bad records; and drift
 the skew check's sample:
 
     python -m pipelines.samples.features pipelines/samples/features/customers.jsonl
-    python -c "from pipelines.samples.features import write_serving_sample as w; w('pipelines/samples/skew/serving.jsonl')"
+    python -c "from pipelines.samples.features import write_serving_sample as w; \\
+               w('pipelines/samples/skew/serving.jsonl')"
 """
+
 import json
 import random
 import sys
@@ -32,8 +34,9 @@ def generate(count=2000, seed=17, drift=False):
             "age": None if rng.random() < 0.05 else round(rng.gauss(45 if churned else 38, 12)) + (10 if drift else 0),
             "income": round(rng.lognormvariate(10.5, 0.8), 2) if rng.random() > 0.02 else 5.0e7,  # rare outliers
             "tenure_days": rng.randrange(1, 3000),
-            "country": "MX" if drift and rng.random() < 0.2 else (
-                rng.choice(COUNTRIES[:3]) if rng.random() < 0.7 else rng.choice(COUNTRIES)),
+            "country": "MX"
+            if drift and rng.random() < 0.2
+            else (rng.choice(COUNTRIES[:3]) if rng.random() < 0.7 else rng.choice(COUNTRIES)),
             "device": None if rng.random() < (0.2 if drift else 0.03) else rng.choice(DEVICES),
             "review": " ".join(rng.choice(WORDS) for _ in range(rng.randrange(0, 6))),
             "churned": "yes" if churned else "no",

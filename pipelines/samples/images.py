@@ -3,6 +3,7 @@ with what a correct ingestion must make of them. The bundled folder `samples/ima
 
     python -m pipelines.samples.images pipelines/samples/images
 """
+
 import hashlib
 import io
 import random
@@ -47,7 +48,7 @@ def write_sample(root, per_label=(12, 10, 3), seed=7):
     no label folder. Returns {relative path: expected status} with status one of accepted, duplicate,
     and a rejection reason."""
     rng, root, expected = random.Random(seed), Path(root), {}
-    for label, count in zip(LABELS, per_label):
+    for label, count in zip(LABELS, per_label, strict=True):
         (root / label).mkdir(parents=True, exist_ok=True)
         for n in range(count):
             data, fmt = image_bytes(label, rng, FORMATS[n % len(FORMATS)])

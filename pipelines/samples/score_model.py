@@ -4,6 +4,7 @@ in the graph (as a serving input function does), plus requests to score:
 
     python -m pipelines.samples.score_model pipelines/samples/score
 """
+
 import base64
 import io
 import json
@@ -27,24 +28,27 @@ def training_data(count, seed, size=IMAGE_SIZE):
     return np.stack(images), np.array(labels)
 
 
-def build_classifier(size=IMAGE_SIZE, classes=len(LABELS)):
-    return tf.keras.Sequential([
-        tf.keras.Input((size, size, 3), name="image"),
-        tf.keras.layers.Conv2D(16, 3, activation="relu"),
-        tf.keras.layers.MaxPooling2D(),
-        tf.keras.layers.Conv2D(32, 3, activation="relu"),
-        tf.keras.layers.MaxPooling2D(),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(classes, activation="softmax"),
-    ])
+def build_classifier(size=IMAGE_SIZE, classes=None):
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((size, size, 3), name="image"),
+            tf.keras.layers.Conv2D(16, 3, activation="relu"),
+            tf.keras.layers.MaxPooling2D(),
+            tf.keras.layers.Conv2D(32, 3, activation="relu"),
+            tf.keras.layers.MaxPooling2D(),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(classes or len(LABELS), activation="softmax"),
+        ]
+    )
 
 
 def train_classifier(epochs=8, count=600, seed=0):
     tf.keras.utils.set_random_seed(seed)
     images, labels = training_data(count, seed)
     model = build_classifier()
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(images, labels, epochs=epochs, batch_size=32, verbose=0)
     return model
 
@@ -63,6 +67,7 @@ class ImageBytesServing(tf.Module):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             image = tf.image.resize(tf.cast(image, tf.float32), (self.size, self.size), antialias=True)
             return image / 255.0
+
         images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([self.size, self.size, 3]))
         return {"scores": self.model(images, training=False)}
 
@@ -90,7 +95,9 @@ def sample_requests(count=30, seed=3):
         lines.append(json.dumps({"id": request_id, "image_bytes": {"b64": base64.b64encode(data).decode()}}))
         truth[request_id] = label
         if n in (4, 11):  # the same image again, from another caller
-            lines.append(json.dumps({"id": f"{request_id}-again", "image_bytes": {"b64": base64.b64encode(data).decode()}}))
+            lines.append(
+                json.dumps({"id": f"{request_id}-again", "image_bytes": {"b64": base64.b64encode(data).decode()}})
+            )
             truth[f"{request_id}-again"] = label
     lines += [
         '{"id": "broken", "image_bytes": ',

@@ -1,4 +1,5 @@
 """The base of the thin CombineFns over the project's plain accumulators (objects with `merge(other)`)."""
+
 import apache_beam as beam
 
 

@@ -2,6 +2,7 @@
 loader, so every file is read the same way (local or gs://) and every error names the flag, the file and
 the field, e.g. `--sli_config slis.yaml: services[0].journeys[1].path: path template 'x' must start
 with '/'`."""
+
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -14,6 +15,7 @@ class ConfigError(ValueError):
 
 class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must not be silently ignored) and a loaded config is immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -39,8 +41,10 @@ def parse_config(text, model, source, union_tags=()):
     try:
         return model.model_validate(data or {})
     except ValidationError as e:
-        problems = "\n".join(f"  {source}: {_field_path(err['loc'], union_tags)}: "
-                             f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+        problems = "\n".join(
+            f"  {source}: {_field_path(err['loc'], union_tags)}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        )
         raise ConfigError(f"invalid {source}:\n{problems}") from None
 
 

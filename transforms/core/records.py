@@ -5,6 +5,7 @@ JSON is decoded with orjson, which already refuses NaN, Infinity, numbers that o
 (`1e400`), lone UTF-16 surrogates, invalid UTF-8 and nesting deeper than 1024; this module adds a tighter
 depth limit, so that no later step (encoders, dead letters) can hit Python's recursion limit.
 """
+
 import math
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ _BOM_BYTES, _BOM_TEXT = b"\xef\xbb\xbf", "\ufeff"
 class SerializedExample(NamedTuple):
     """A tf.train.Example as read from a TFRecord file, decoded by record_dict (so a corrupt one is a dead
     letter of the parse step, not a failed read)."""
+
     data: bytes
 
 
@@ -59,14 +61,20 @@ def parse_json(payload):
             raise RecordError("invalid_utf8", f"not valid UTF-8 text: {message}") from None
         if "depth limit" in message:
             raise RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-        if "infinity" in message or (("NaN" in payload or "Infinity" in payload) if isinstance(payload, str)
-                                     else (b"NaN" in payload or b"Infinity" in payload)):
-            raise RecordError("out_of_range", f"a number is not finite (NaN, Infinity or overflow): {message}") from None
+        if "infinity" in message or (
+            ("NaN" in payload or "Infinity" in payload)
+            if isinstance(payload, str)
+            else (b"NaN" in payload or b"Infinity" in payload)
+        ):
+            raise RecordError(
+                "out_of_range", f"a number is not finite (NaN, Infinity or overflow): {message}"
+            ) from None
         if not payload.strip():
             raise RecordError("empty", "the record is empty") from None
         raise RecordError("invalid_json", f"not valid JSON: {message}") from None
     brackets = payload.count(b"[" if isinstance(payload, bytes) else "[") + payload.count(
-        b"{" if isinstance(payload, bytes) else "{")
+        b"{" if isinstance(payload, bytes) else "{"
+    )
     if brackets > MAX_JSON_DEPTH and isinstance(value, (dict, list)) and _depth_exceeds(value, MAX_JSON_DEPTH):
         raise RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
@@ -138,8 +146,11 @@ MAX_EVENT_SECONDS = 221845392000.0  # 9000-01-01T00:00:00Z
 def event_time(seconds, field):
     """`seconds` since the epoch, checked to be finite and within MIN/MAX_EVENT_SECONDS."""
     if not (isinstance(seconds, (int, float)) and MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS):
-        raise RecordError("out_of_range", f"field '{field}': event time {seconds!r:.40} is outside 1970-9000 "
-                                          f"(check its unit: seconds, milliseconds or microseconds)")
+        raise RecordError(
+            "out_of_range",
+            f"field '{field}': event time {seconds!r:.40} is outside 1970-9000 "
+            f"(check its unit: seconds, milliseconds or microseconds)",
+        )
     return float(seconds)
 
 
@@ -152,6 +163,9 @@ def key_part(value, field):
     1-256 characters without '#', '/' or control characters, else RecordError("bad_key")."""
     value = text(value, field)
     if not 0 < len(value) <= MAX_KEY_PART_CHARS or not _KEY_SEPARATORS.isdisjoint(value):
-        raise RecordError("bad_key", f"field '{field}': {value[:60]!r} must be 1-{MAX_KEY_PART_CHARS} characters "
-                                     f"without '#', '/' or control characters (it becomes part of a row key)")
+        raise RecordError(
+            "bad_key",
+            f"field '{field}': {value[:60]!r} must be 1-{MAX_KEY_PART_CHARS} characters "
+            f"without '#', '/' or control characters (it becomes part of a row key)",
+        )
     return value

@@ -1,7 +1,6 @@
 def split_fraction(md5):
     """A content hash mapped to [0, 1): the deterministic position of an image in the split order."""
-    return int(md5[:15], 16) / 16 ** 15
-
+    return int(md5[:15], 16) / 16**15
 
 
 def assign_splits(md5s, fractions, cap=None):
@@ -16,9 +15,8 @@ def assign_splits(md5s, fractions, cap=None):
         end = round(cumulative * len(kept))
         splits.update((m, split) for m in kept[start:end])
         start = end
-    splits.update((m, None) for m in ordered[len(kept):])
+    splits.update((m, None) for m in ordered[len(kept) :])
     return splits
-
 
 
 def streaming_split(md5, fractions):

@@ -1,8 +1,9 @@
 """The preprocessing pipeline's steps around tf.Transform: reading records in any supported format,
 cleansing them against the feature spec, splitting deterministically, and the statistics rows."""
+
 import hashlib
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import apache_beam as beam
 
@@ -12,7 +13,7 @@ from transforms.io.deadletter import GuardedDoFn, RecordError
 
 
 class Cleansed(NamedTuple):
-    split: Optional[str]  # None until AssignSplits when stratified
+    split: str | None  # None until AssignSplits when stratified
     raw: dict  # the feature values as read (None for missing): what the statistics describe
     filled: dict  # defaults filled, numbers clipped: what tf.Transform gets
     split_hash: str  # MD5 of the key
@@ -51,15 +52,19 @@ def cleanse(record, spec):
 def serving_raw_values(record, spec):
     """A serving record -> {feature: value as read, None when missing} (the label aside), for skew checks:
     a missing value is counted, a wrong type is a RecordError."""
-    return {f.name: None if is_missing(record.get(f.name)) else clean_value(f, record[f.name])[0]
-            for f in spec.inputs if f.type != "label"}
+    return {
+        f.name: None if is_missing(record.get(f.name)) else clean_value(f, record[f.name])[0]
+        for f in spec.inputs
+        if f.type != "label"
+    }
 
 
 def serving_features(features, spec):
     """A scoring request's features -> what tf.Transform got in training (defaults, clipping, types);
     the label is not needed, and missing required features are `missing_feature`."""
-    return {f.name: clean_value(f, features.get(f.name), "missing_feature")[1]
-            for f in spec.inputs if f.type != "label"}
+    return {
+        f.name: clean_value(f, features.get(f.name), "missing_feature")[1] for f in spec.inputs if f.type != "label"
+    }
 
 
 class CleanseRecords(GuardedDoFn):
@@ -100,9 +105,9 @@ class AssignStratifiedSplits(beam.PTransform):
 
     def expand(self, rows):
         label = self._label
-        return (rows
-                | "KeyByLabel" >> beam.Map(lambda row: (row.filled[label], row))
-                | "GroupByLabel" >> beam.GroupByKey()
-                | "SplitEachLabel" >> beam.ParDo(_SplitOneLabel(self._fractions)))
-
-
+        return (
+            rows
+            | "KeyByLabel" >> beam.Map(lambda row: (row.filled[label], row))
+            | "GroupByLabel" >> beam.GroupByKey()
+            | "SplitEachLabel" >> beam.ParDo(_SplitOneLabel(self._fractions))
+        )

@@ -13,6 +13,7 @@ feature pipeline, per feature, without TFDV.
 
 An anomaly is a measure above the feature's threshold (`skew:` in the feature spec, else the defaults).
 """
+
 import datetime
 import json
 import math
@@ -47,16 +48,18 @@ def _normalized(counts):
 
 def js_divergence(p, q):
     """Jensen-Shannon divergence, base 2: 0 for equal distributions, 1 for disjoint ones."""
+
     def kl(a, m):
-        return sum(x * math.log2(x / y) for x, y in zip(a, m) if x > 0)
-    m = [(x + y) / 2 for x, y in zip(p, q)]
+        return sum(x * math.log2(x / y) for x, y in zip(a, m, strict=True) if x > 0)
+
+    m = [(x + y) / 2 for x, y in zip(p, q, strict=True)]
     return max(0.0, (kl(p, m) + kl(q, m)) / 2)
 
 
 def psi(p, q):
     """Population stability index of q (serving) against p (training), empty bins smoothed."""
-    return sum((b - a) * math.log(b / a) for a, b in
-               ((max(x, _SMOOTHING), max(y, _SMOOTHING)) for x, y in zip(p, q)))
+    smoothed = ((max(x, _SMOOTHING), max(y, _SMOOTHING)) for x, y in zip(p, q, strict=True))
+    return sum((b - a) * math.log(b / a) for a, b in smoothed)
 
 
 def _missing_rate(feature):
@@ -72,8 +75,11 @@ def numeric_skew(train, serving, serving_bins):
     p = _normalized([0] + [b["count"] for b in histogram] + [0])
     q = _normalized([serving_bins.get(i, 0) for i in indexes])
     outside = serving_bins.get(-1, 0) + serving_bins.get(len(histogram), 0)
-    return {"js_divergence": js_divergence(p, q), "psi": psi(p, q),
-            "out_of_range": outside / sum(serving_bins.values()) if serving_bins else 0.0}
+    return {
+        "js_divergence": js_divergence(p, q),
+        "psi": psi(p, q),
+        "out_of_range": outside / sum(serving_bins.values()) if serving_bins else 0.0,
+    }
 
 
 def categorical_skew(train, serving):
@@ -89,7 +95,7 @@ def categorical_skew(train, serving):
     p.append(max(0.0, 1 - sum(p)))  # the values neither side lists
     q.append(max(0.0, 1 - sum(q)))
     complete = train.get("distinct", 0) <= len(train_counts)  # the artifact lists every training value
-    result = {"linf": max(abs(a - b) for a, b in zip(p, q)), "psi": psi(p, q)}
+    result = {"linf": max(abs(a - b) for a, b in zip(p, q, strict=True)), "psi": psi(p, q)}
     if complete:
         result["new_categories"] = sorted(set(serving_counts) - set(train_counts))
     return result
@@ -101,8 +107,11 @@ def feature_skew(name, train, serving, serving_bins, thresholds, text=False):
     if text:
         measures = {}
     else:
-        measures = (numeric_skew(train, serving, serving_bins) if train["type"] == "numeric"
-                    else categorical_skew(train, serving))
+        measures = (
+            numeric_skew(train, serving, serving_bins)
+            if train["type"] == "numeric"
+            else categorical_skew(train, serving)
+        )
     measures["missing_change"] = _missing_rate(serving) - _missing_rate(train)
     anomalies = []
     for measure, limit in thresholds.items():
@@ -120,10 +129,17 @@ def skew_report(training, serving, serving_bins, thresholds_by_feature, text_fea
     features = []
     for name, served in sorted(serving["features"].items()):
         bins = {b: c for (f, b), c in serving_bins.items() if f == name}
-        features.append(feature_skew(name, training["features"][name], served, bins, thresholds_by_feature[name],
-                                     name in text_features))
-    return {"training_rows": training["rows"], "serving_rows": serving["rows"], "features": features,
-            "anomalies": sum(len(f["anomalies"]) for f in features)}
+        features.append(
+            feature_skew(
+                name, training["features"][name], served, bins, thresholds_by_feature[name], name in text_features
+            )
+        )
+    return {
+        "training_rows": training["rows"],
+        "serving_rows": serving["rows"],
+        "features": features,
+        "anomalies": sum(len(f["anomalies"]) for f in features),
+    }
 
 
 def _bin_keys(row, histograms):
@@ -142,25 +158,35 @@ class CountInTrainingBins(beam.PTransform):
         self._histograms = histograms
 
     def expand(self, rows):
-        return (rows
-                | "BinKeys" >> beam.FlatMap(_bin_keys, self._histograms)
-                | "CountBins" >> beam.combiners.Count.PerElement()
-                | "AsOneDict" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults())
+        return (
+            rows
+            | "BinKeys" >> beam.FlatMap(_bin_keys, self._histograms)
+            | "CountBins" >> beam.combiners.Count.PerElement()
+            | "AsOneDict" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults()
+        )
 
 
-ANOMALY_BQ_SCHEMA = {"fields": [
-    {"name": "checked_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-    {"name": "window_start", "type": "TIMESTAMP", "mode": "NULLABLE"},  # streaming; NULL in batch
-    {"name": "window_end", "type": "TIMESTAMP", "mode": "NULLABLE"},
-    {"name": "training_dir", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "feature", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "type", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "measures", "type": "JSON", "mode": "NULLABLE"},
-    {"name": "anomalies", "type": "RECORD", "mode": "REPEATED", "fields": [
-        {"name": "measure", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "value", "type": "FLOAT", "mode": "REQUIRED"},
-        {"name": "threshold", "type": "FLOAT", "mode": "REQUIRED"}]},
-]}
+ANOMALY_BQ_SCHEMA = {
+    "fields": [
+        {"name": "checked_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {"name": "window_start", "type": "TIMESTAMP", "mode": "NULLABLE"},  # streaming; NULL in batch
+        {"name": "window_end", "type": "TIMESTAMP", "mode": "NULLABLE"},
+        {"name": "training_dir", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "feature", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "type", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "measures", "type": "JSON", "mode": "NULLABLE"},
+        {
+            "name": "anomalies",
+            "type": "RECORD",
+            "mode": "REPEATED",
+            "fields": [
+                {"name": "measure", "type": "STRING", "mode": "REQUIRED"},
+                {"name": "value", "type": "FLOAT", "mode": "REQUIRED"},
+                {"name": "threshold", "type": "FLOAT", "mode": "REQUIRED"},
+            ],
+        },
+    ]
+}
 
 
 class ServingValues(GuardedDoFn):
@@ -186,10 +212,16 @@ def _iso(timestamp):
 
 def anomaly_rows(report, training_dir, win=beam.DoFn.WindowParam):
     """One row per feature of a report, with its window (NULL in the global window of a batch run)."""
-    checked_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    checked_at = datetime.datetime.now(datetime.UTC).isoformat()
     interval = isinstance(win, window.IntervalWindow)
     for f in report["features"]:
-        yield {"checked_at": checked_at, "window_start": _iso(win.start) if interval else None,
-               "window_end": _iso(win.end) if interval else None, "training_dir": training_dir,
-               "feature": f["feature"], "type": f["type"], "measures": json.dumps(f["measures"]),
-               "anomalies": f["anomalies"]}
+        yield {
+            "checked_at": checked_at,
+            "window_start": _iso(win.start) if interval else None,
+            "window_end": _iso(win.end) if interval else None,
+            "training_dir": training_dir,
+            "feature": f["feature"],
+            "type": f["type"],
+            "measures": json.dumps(f["measures"]),
+            "anomalies": f["anomalies"],
+        }

@@ -12,7 +12,8 @@ tf.Transform `preprocessing_fn` built from it.
     crosses:
       - {features: [country, device], hash_buckets: 1000}
 """
-from typing import Literal, Optional, Union
+
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -23,7 +24,7 @@ CATEGORICAL_TRANSFORMS = ("vocabulary", "hash")
 
 
 class Vocabulary(StrictModel):
-    top_k: Optional[int] = Field(None, gt=0)
+    top_k: int | None = Field(None, gt=0)
     frequency_threshold: int = Field(0, ge=0)
     one_hot: bool = False  # needs top_k: the one-hot width
 
@@ -37,15 +38,21 @@ class Vocabulary(StrictModel):
 class Transform(StrictModel):
     """One transform: `scale_to_0_1`, `z_score`, `log` (log1p of values >= 0), `bucketize` (quantile buckets),
     `vocabulary` (index, or one-hot), `hash` (buckets)."""
+
     kind: str
-    buckets: Optional[int] = None
-    vocabulary: Optional[Vocabulary] = None
+    buckets: int | None = None
+    vocabulary: Vocabulary | None = None
 
     @property
     def output_suffix(self):
-        return {"scale_to_0_1": "scaled", "z_score": "z", "log": "log", "bucketize": "bucket",
-                "vocabulary": "onehot" if self.vocabulary and self.vocabulary.one_hot else "index",
-                "hash": "hash"}[self.kind]
+        return {
+            "scale_to_0_1": "scaled",
+            "z_score": "z",
+            "log": "log",
+            "bucketize": "bucket",
+            "vocabulary": "onehot" if self.vocabulary and self.vocabulary.one_hot else "index",
+            "hash": "hash",
+        }[self.kind]
 
 
 def _parse_transform(value):
@@ -69,8 +76,8 @@ class Feature(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     type: Literal["numeric", "categorical", "text", "label", "key"]
     required: bool = False
-    default: Optional[Union[float, int, str]] = None
-    clip: Optional[tuple[float, float]] = None
+    default: float | int | str | None = None
+    clip: tuple[float, float] | None = None
     label_dtype: Literal["string", "float"] = "string"  # labels only: a class name, or a number (regression, 0/1)
     transforms: list[Transform] = []
     skew: dict[Literal["js_divergence", "linf", "psi", "out_of_range", "missing_change"], float] = {}  # thresholds
@@ -82,12 +89,19 @@ class Feature(StrictModel):
 
     @model_validator(mode="after")
     def _check(self):
-        allowed = {"numeric": NUMERIC_TRANSFORMS, "categorical": CATEGORICAL_TRANSFORMS,
-                   "text": ("vocabulary",), "label": (), "key": ()}[self.type]
+        allowed = {
+            "numeric": NUMERIC_TRANSFORMS,
+            "categorical": CATEGORICAL_TRANSFORMS,
+            "text": ("vocabulary",),
+            "label": (),
+            "key": (),
+        }[self.type]
         for t in self.transforms:
             if t.kind not in allowed:
-                raise ValueError(f"feature '{self.name}' ({self.type}) cannot take '{t.kind}'; allowed: "
-                                 f"{', '.join(allowed) or 'none'}")
+                raise ValueError(
+                    f"feature '{self.name}' ({self.type}) cannot take '{t.kind}'; allowed: "
+                    f"{', '.join(allowed) or 'none'}"
+                )
         if self.clip and (self.type != "numeric" or self.clip[0] >= self.clip[1]):
             raise ValueError(f"feature '{self.name}': clip needs a numeric feature and [low, high] with low < high")
         if self.type == "numeric" and isinstance(self.default, str):
@@ -113,7 +127,7 @@ class Cross(StrictModel):
 
 class FeatureSpec(StrictModel):
     key: str
-    label: Optional[str] = None
+    label: str | None = None
     stratify: bool = False
     splits: dict[str, float] = {"train": 0.7, "eval": 0.3}
     features: list[Feature] = Field(min_length=1)
@@ -185,8 +199,11 @@ def make_preprocessing_fn(spec):
         for f in spec.inputs:
             x = inputs[f.name]
             if f.type == "label":
-                outputs[f.name] = x if f.label_dtype == "float" else tft.compute_and_apply_vocabulary(
-                    x, vocab_filename=f"label_{f.name}")
+                outputs[f.name] = (
+                    x
+                    if f.label_dtype == "float"
+                    else tft.compute_and_apply_vocabulary(x, vocab_filename=f"label_{f.name}")
+                )
                 continue
             for t in f.transforms:
                 name = f"{f.name}_{t.output_suffix}"
@@ -203,8 +220,11 @@ def make_preprocessing_fn(spec):
                 else:
                     tokens = tf.strings.split(x) if f.type == "text" else x
                     index = tft.compute_and_apply_vocabulary(
-                        tokens, top_k=t.vocabulary.top_k, frequency_threshold=t.vocabulary.frequency_threshold or None,
-                        vocab_filename=f"vocab_{f.name}")
+                        tokens,
+                        top_k=t.vocabulary.top_k,
+                        frequency_threshold=t.vocabulary.frequency_threshold or None,
+                        vocab_filename=f"vocab_{f.name}",
+                    )
                     if f.type == "text":
                         index = index.to_sparse() if isinstance(index, tf.RaggedTensor) else index
                         outputs[name] = index

@@ -6,6 +6,7 @@ Mean and variance merge with Chan et al.'s pairwise update (stable for large val
 in magnitude); std is the population std (ddof=0). Quantiles come from a DDSketch with 1% relative
 accuracy; histograms have equal-width bins between the split's min and max (a second pass).
 """
+
 import math
 
 import apache_beam as beam
@@ -61,8 +62,14 @@ class NumericAccumulator:
         stats = {"type": "numeric", "count": self.count, "missing": self.missing}
         if not self.n:
             return {**stats, "min": None, "max": None, "mean": None, "std": None, "quantiles": {}}
-        return {**stats, "min": self.min, "max": self.max, "mean": self.mean, "std": math.sqrt(max(self.m2, 0.0) / self.n),
-                "quantiles": {str(q): self.sketch.get_quantile_value(q) for q in QUANTILES}}
+        return {
+            **stats,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "std": math.sqrt(max(self.m2, 0.0) / self.n),
+            "quantiles": {str(q): self.sketch.get_quantile_value(q) for q in QUANTILES},
+        }
 
 
 class StringAccumulator:
@@ -90,8 +97,10 @@ class SplitStats:
 
     def __init__(self, numeric_features, string_features):
         self.rows = 0
-        self.features = {**{f: NumericAccumulator() for f in numeric_features},
-                         **{f: StringAccumulator() for f in string_features}}
+        self.features = {
+            **{f: NumericAccumulator() for f in numeric_features},
+            **{f: StringAccumulator() for f in string_features},
+        }
 
     def add(self, row):
         self.rows += 1
@@ -137,8 +146,10 @@ def histogram(counts, low, high, bins=HISTOGRAM_BINS):
     if high <= low:
         return [{"low": low, "high": high, "count": counts.get(0, 0)}]
     width = (high - low) / bins
-    return [{"low": low + i * width, "high": low + (i + 1) * width if i < bins - 1 else high, "count": counts.get(i, 0)}
-            for i in range(bins)]
+    return [
+        {"low": low + i * width, "high": low + (i + 1) * width if i < bins - 1 else high, "count": counts.get(i, 0)}
+        for i in range(bins)
+    ]
 
 
 def _histogram_keys(split_row, numeric, stats):
@@ -197,8 +208,12 @@ class ComputeStatistics(beam.PTransform):
 
     def __init__(self, splits, numeric_features, string_features, top_k=TOP_VALUES, histograms=True):
         super().__init__()
-        self._splits, self._numeric, self._strings, self._top_k = list(splits), list(numeric_features), \
-            list(string_features), top_k
+        self._splits, self._numeric, self._strings, self._top_k = (
+            list(splits),
+            list(numeric_features),
+            list(string_features),
+            top_k,
+        )
         self._histograms = histograms
 
     def expand(self, rows):
@@ -206,24 +221,30 @@ class ComputeStatistics(beam.PTransform):
         stats = rows | "StatsPerSplit" >> beam.CombinePerKey(SplitStatsFn(numeric, strings))
         if isinstance(rows.windowing.windowfn, window.GlobalWindows):
             empty = SplitStats(numeric, strings).extract()
-            stats = ((stats, rows.pipeline | "AllSplits" >> beam.Create([(s, empty) for s in self._splits]))
-                     | "WithEmptySplits" >> beam.Flatten()
-                     | "OnePerSplit" >> beam.CombinePerKey(lambda found: max(found, key=lambda s: s["rows"])))
+            stats = (
+                (stats, rows.pipeline | "AllSplits" >> beam.Create([(s, empty) for s in self._splits]))
+                | "WithEmptySplits" >> beam.Flatten()
+                | "OnePerSplit" >> beam.CombinePerKey(lambda found: max(found, key=lambda s: s["rows"]))
+            )
         parts = {"stats": stats}
         if self._histograms:
-            parts["bins"] = (rows
-                             | "HistogramBins" >> beam.FlatMap(_histogram_keys, numeric, beam.pvalue.AsDict(stats))
-                             | "CountBins" >> beam.combiners.Count.PerElement()
-                             | "BinsBySplit" >> beam.Map(lambda kc: (kc[0][0], ((kc[0][1], kc[0][2]), kc[1]))))
-        counted = (rows
-                   | "StringValues" >> beam.FlatMap(_string_values, strings)
-                   | "CountValues" >> beam.combiners.Count.PerElement()
-                   | "ByFeature" >> beam.Map(lambda kc: ((kc[0][0], kc[0][1]), (kc[1], kc[0][2]))))
+            parts["bins"] = (
+                rows
+                | "HistogramBins" >> beam.FlatMap(_histogram_keys, numeric, beam.pvalue.AsDict(stats))
+                | "CountBins" >> beam.combiners.Count.PerElement()
+                | "BinsBySplit" >> beam.Map(lambda kc: (kc[0][0], ((kc[0][1], kc[0][2]), kc[1])))
+            )
+        counted = (
+            rows
+            | "StringValues" >> beam.FlatMap(_string_values, strings)
+            | "CountValues" >> beam.combiners.Count.PerElement()
+            | "ByFeature" >> beam.Map(lambda kc: ((kc[0][0], kc[0][1]), (kc[1], kc[0][2])))
+        )
         top = counted | "TopValues" >> beam.combiners.Top.PerKey(self._top_k, key=lambda cv: cv[0])
         distinct = counted | "DistinctValues" >> beam.combiners.Count.PerKey()
-        parts["values"] = ({"top": top, "distinct": distinct}
-                           | "JoinByFeature" >> beam.CoGroupByKey()
-                           | "ValuesBySplit" >> beam.Map(_top_and_distinct))
-        return (parts
-                | "JoinBySplit" >> beam.CoGroupByKey()
-                | "Assemble" >> beam.Map(_assemble, self._histograms))
+        parts["values"] = (
+            {"top": top, "distinct": distinct}
+            | "JoinByFeature" >> beam.CoGroupByKey()
+            | "ValuesBySplit" >> beam.Map(_top_and_distinct)
+        )
+        return parts | "JoinBySplit" >> beam.CoGroupByKey() | "Assemble" >> beam.Map(_assemble, self._histograms)

@@ -6,6 +6,7 @@ Each worker writes its own `events.out.tfevents.*` file into the run directory; 
 files of a directory. Files are written with `tf.io` (local or gs://); TensorFlow is imported on the
 workers only, in `setup()`.
 """
+
 import time
 
 import apache_beam as beam
@@ -40,18 +41,26 @@ class WriteFeatureSummaries(beam.DoFn):
                 if f["histogram"]:
                     buckets = np.array([[b["low"], b["high"], b["count"]] for b in f["histogram"]], dtype=np.float64)
                     # TensorBoard's histogram format: a [bins, 3] tensor of (left edge, right edge, count)
-                    values.append(summary_pb2.Summary.Value(
-                        tag=f"{name}/histogram", tensor=tf.make_tensor_proto(buckets),
-                        metadata=summary_pb2.SummaryMetadata(
-                            display_name=name, data_class=summary_pb2.DATA_CLASS_TENSOR,
-                            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="histograms"))))
+                    values.append(
+                        summary_pb2.Summary.Value(
+                            tag=f"{name}/histogram",
+                            tensor=tf.make_tensor_proto(buckets),
+                            metadata=summary_pb2.SummaryMetadata(
+                                display_name=name,
+                                data_class=summary_pb2.DATA_CLASS_TENSOR,
+                                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="histograms"),
+                            ),
+                        )
+                    )
             else:
                 scalars["distinct"] = f["distinct"]
-            values += [summary_pb2.Summary.Value(tag=f"{name}/{k}", simple_value=float(v))
-                       for k, v in scalars.items() if v is not None]
+            values += [
+                summary_pb2.Summary.Value(tag=f"{name}/{k}", simple_value=float(v))
+                for k, v in scalars.items()
+                if v is not None
+            ]
         with tf.io.TFRecordWriter(f"{logdir}/{_event_file_name()}") as writer:
             writer.write(event_pb2.Event(wall_time=now, step=0, file_version="brain.Event:2").SerializeToString())
-            writer.write(event_pb2.Event(wall_time=now, step=0, summary=summary_pb2.Summary(value=values))
-                         .SerializeToString())
-
-
+            writer.write(
+                event_pb2.Event(wall_time=now, step=0, summary=summary_pb2.Summary(value=values)).SerializeToString()
+            )

@@ -1,9 +1,10 @@
 """Reading what the image-ingestion pipeline wrote, for training:
 
-    from transforms.images.dataset import read_image_dataset
-    train = read_image_dataset("gs://B/datasets/flowers-v1/train/images-*.tfrecord.gz", batch_size=64)
-    model.fit(train, epochs=5)
+from transforms.images.dataset import read_image_dataset
+train = read_image_dataset("gs://B/datasets/flowers-v1/train/images-*.tfrecord.gz", batch_size=64)
+model.fit(train, epochs=5)
 """
+
 import tensorflow as tf
 
 FEATURES = {
@@ -29,7 +30,8 @@ def _decode(example):
     image = tf.cond(
         tf.equal(parsed["image/format"], "raw"),
         lambda: tf.reshape(tf.io.decode_raw(parsed["image/encoded"], tf.uint8), shape),
-        lambda: tf.io.decode_image(parsed["image/encoded"], channels=3, expand_animations=False))
+        lambda: tf.io.decode_image(parsed["image/encoded"], channels=3, expand_animations=False),
+    )
     return tf.image.convert_image_dtype(image, tf.float32), parsed["image/class/label"]
 
 
@@ -42,14 +44,18 @@ def read_image_dataset(pattern, batch_size=32, shuffle_buffer=1000, seed=None, r
     parsed = tf.io.parse_single_example(first, FEATURES)
     height, width = int(parsed["image/height"]), int(parsed["image/width"])
     dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
-    dataset = dataset.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None,
+    )
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if repeat:
         dataset = dataset.repeat()
-    return (dataset
-            .map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .map(lambda image, label: (tf.ensure_shape(image, [height, width, 3]), label))
-            .batch(batch_size)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        dataset.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(lambda image, label: (tf.ensure_shape(image, [height, width, 3]), label))
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,5 +1,6 @@
 """The image-ingestion steps as Beam transforms: read, validate/decode/resize, deduplicate, label, split,
 write TFRecords, and account for every input in a manifest."""
+
 import csv
 import datetime
 import hashlib
@@ -26,39 +27,59 @@ from transforms.io.sources import ImageInput
 MANIFEST_TAG = "manifest"  # inputs that are not written: duplicates and images over the per-label cap
 # Dead letters keep at most this much of a too-large image (BigQuery rows and Pub/Sub messages cap at 10 MB).
 
-MANIFEST_BQ_SCHEMA = {"fields": [
-    {"name": "source_id", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "source", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "label", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "status", "type": "STRING", "mode": "REQUIRED"},  # accepted, duplicate, over_cap, rejected
-    {"name": "split", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "reason", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "md5", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "duplicate_of", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "recorded_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-]}
+MANIFEST_BQ_SCHEMA = {
+    "fields": [
+        {"name": "source_id", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "source", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "label", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "status", "type": "STRING", "mode": "REQUIRED"},  # accepted, duplicate, over_cap, rejected
+        {"name": "split", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "reason", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "md5", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "duplicate_of", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "recorded_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+    ]
+}
 
 
 def utc_now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return datetime.datetime.now(datetime.UTC).isoformat()
 
 
 def manifest_row(status, source_id, source, label, recorded_at, split=None, reason=None, md5=None, duplicate_of=None):
-    return {"source_id": source_id, "source": source, "label": label, "status": status, "split": split,
-            "reason": reason, "md5": md5, "duplicate_of": duplicate_of, "recorded_at": recorded_at}
+    return {
+        "source_id": source_id,
+        "source": source,
+        "label": label,
+        "status": status,
+        "split": split,
+        "reason": reason,
+        "md5": md5,
+        "duplicate_of": duplicate_of,
+        "recorded_at": recorded_at,
+    }
 
 
 def manifest_row_from_dead_letter(dead_letter):
     attributes = {a["key"]: a["value"] for a in dead_letter["attributes"]}
-    return manifest_row("rejected", attributes.get("image.source_id"), attributes.get("image.source"),
-                        attributes.get("image.label") or None, dead_letter["failed_at"],
-                        reason=f"{dead_letter['step']}: {dead_letter['reason']}")
+    return manifest_row(
+        "rejected",
+        attributes.get("image.source_id"),
+        attributes.get("image.source"),
+        attributes.get("image.label") or None,
+        dead_letter["failed_at"],
+        reason=f"{dead_letter['step']}: {dead_letter['reason']}",
+    )
 
 
 def image_attributes(item, attributes=None):
     """A dead letter's attributes for an image: the message's, and where the image came from."""
-    return {**(attributes or {}), "image.source_id": item.source_id, "image.source": item.source,
-            "image.label": item.label or ""}
+    return {
+        **(attributes or {}),
+        "image.source_id": item.source_id,
+        "image.source": item.source,
+        "image.label": item.label or "",
+    }
 
 
 class ToImageInputs(GuardedDoFn):
@@ -115,8 +136,9 @@ class ToImageInputs(GuardedDoFn):
             with FileSystems.open(uri, compression_type="uncompressed") as f:
                 data = f.read(self._max_bytes + 1)  # over the limit: ProcessImages dead-letters it as too_large
         except Exception as e:  # noqa: BLE001 - missing file, permissions: the line's dead letter
-            yield self.dead_letter(line, RecordError("unreadable_file", f"cannot read {uri}: {e}"),
-                                   image_attributes(item))
+            yield self.dead_letter(
+                line, RecordError("unreadable_file", f"cannot read {uri}: {e}"), image_attributes(item)
+            )
             return
         yield item._replace(data=data)
 
@@ -148,10 +170,19 @@ class _FirstOfEachContent(beam.DoFn):
         first, *duplicates = sorted(images, key=lambda i: i.source_id)
         for duplicate in duplicates:
             self._duplicates.inc()
-            yield beam.pvalue.TaggedOutput(MANIFEST_TAG, manifest_row(
-                "duplicate", duplicate.source_id, duplicate.source, duplicate.label, utc_now_iso(), md5=md5,
-                duplicate_of=first.source_id,
-                reason=None if duplicate.label == first.label else f"label conflict: kept '{first.label}'"))
+            yield beam.pvalue.TaggedOutput(
+                MANIFEST_TAG,
+                manifest_row(
+                    "duplicate",
+                    duplicate.source_id,
+                    duplicate.source,
+                    duplicate.label,
+                    utc_now_iso(),
+                    md5=md5,
+                    duplicate_of=first.source_id,
+                    reason=None if duplicate.label == first.label else f"label conflict: kept '{first.label}'",
+                ),
+            )
         yield first
 
 
@@ -166,8 +197,13 @@ class _FirstWithinRetention(beam.DoFn):
         self._retention = retention_seconds
         self._duplicates = Metrics.counter(pipeline_name, "duplicates")
 
-    def process(self, keyed, timestamp=beam.DoFn.TimestampParam, first=beam.DoFn.StateParam(FIRST),
-                expiry=beam.DoFn.TimerParam(EXPIRY)):
+    def process(
+        self,
+        keyed,
+        timestamp=beam.DoFn.TimestampParam,
+        first=beam.DoFn.StateParam(FIRST),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ):
         md5, image = keyed
         kept = first.read()
         if kept is None:
@@ -176,8 +212,12 @@ class _FirstWithinRetention(beam.DoFn):
             yield image
         else:
             self._duplicates.inc()
-            yield beam.pvalue.TaggedOutput(MANIFEST_TAG, manifest_row(
-                "duplicate", image.source_id, image.source, image.label, utc_now_iso(), md5=md5, duplicate_of=kept))
+            yield beam.pvalue.TaggedOutput(
+                MANIFEST_TAG,
+                manifest_row(
+                    "duplicate", image.source_id, image.source, image.label, utc_now_iso(), md5=md5, duplicate_of=kept
+                ),
+            )
 
     @on_timer(EXPIRY)
     def expire(self, first=beam.DoFn.StateParam(FIRST)):
@@ -195,11 +235,15 @@ class DeduplicateByContent(beam.PTransform):
     def expand(self, images):
         keyed = images | "KeyByMd5" >> beam.Map(lambda i: (i.md5, i))
         if self._retention is None:
-            return (keyed
-                    | "GroupByMd5" >> beam.GroupByKey()
-                    | "KeepFirst" >> beam.ParDo(_FirstOfEachContent(self._pipeline)).with_outputs(MANIFEST_TAG, main="images"))
+            return (
+                keyed
+                | "GroupByMd5" >> beam.GroupByKey()
+                | "KeepFirst"
+                >> beam.ParDo(_FirstOfEachContent(self._pipeline)).with_outputs(MANIFEST_TAG, main="images")
+            )
         return keyed | "KeepFirstWithinRetention" >> beam.ParDo(
-            _FirstWithinRetention(self._retention, self._pipeline)).with_outputs(MANIFEST_TAG, main="images")
+            _FirstWithinRetention(self._retention, self._pipeline)
+        ).with_outputs(MANIFEST_TAG, main="images")
 
 
 class AssignLabelIds(GuardedDoFn):
@@ -217,8 +261,11 @@ class AssignLabelIds(GuardedDoFn):
         if image.label in ids:
             yield image, ids[image.label]
             return
-        error = RecordError("unknown_label", f"label '{image.label}' of '{image.source_id}' is not in the label "
-                                             f"map ({len(labels)} labels); add it to --label_map or drop the image")
+        error = RecordError(
+            "unknown_label",
+            f"label '{image.label}' of '{image.source_id}' is not in the label "
+            f"map ({len(labels)} labels); add it to --label_map or drop the image",
+        )
         if self._fail:
             raise error
         yield self.dead_letter(image.encoded, error, image_attributes(image))
@@ -236,9 +283,18 @@ class _SplitOneLabel(beam.DoFn):
             image, label_id = by_md5[md5]
             if split is None:
                 self._over_cap.inc()
-                yield beam.pvalue.TaggedOutput(MANIFEST_TAG, manifest_row(
-                    "over_cap", image.source_id, image.source, image.label, utc_now_iso(), md5=md5,
-                    reason=f"over --max_per_label={self._cap}"))
+                yield beam.pvalue.TaggedOutput(
+                    MANIFEST_TAG,
+                    manifest_row(
+                        "over_cap",
+                        image.source_id,
+                        image.source,
+                        image.label,
+                        utc_now_iso(),
+                        md5=md5,
+                        reason=f"over --max_per_label={self._cap}",
+                    ),
+                )
             else:
                 yield split, image, label_id
 
@@ -256,12 +312,17 @@ class AssignSplits(beam.PTransform):
         if self._streaming:
             fractions = self._fractions
             return labelled | "SplitByHash" >> beam.Map(
-                lambda pair: (streaming_split(pair[0].md5, fractions), *pair)).with_outputs(MANIFEST_TAG, main="split")
-        return (labelled
-                | "KeyByLabel" >> beam.Map(lambda pair: (pair[0].label, pair))
-                | "GroupByLabel" >> beam.GroupByKey()
-                | "SplitEachLabel" >> beam.ParDo(_SplitOneLabel(self._fractions, self._cap, self._pipeline)).with_outputs(
-                    MANIFEST_TAG, main="split"))
+                lambda pair: (streaming_split(pair[0].md5, fractions), *pair)
+            ).with_outputs(MANIFEST_TAG, main="split")
+        return (
+            labelled
+            | "KeyByLabel" >> beam.Map(lambda pair: (pair[0].label, pair))
+            | "GroupByLabel" >> beam.GroupByKey()
+            | "SplitEachLabel"
+            >> beam.ParDo(_SplitOneLabel(self._fractions, self._cap, self._pipeline)).with_outputs(
+                MANIFEST_TAG, main="split"
+            )
+        )
 
 
 class WriteTfRecordSplits(beam.PTransform):
@@ -277,19 +338,27 @@ class WriteTfRecordSplits(beam.PTransform):
     def expand(self, split_images):
         examples = split_images | "ToExample" >> beam.Map(lambda s: (s[0], to_example(s[1], s[2])))
         if self._window:
-            examples = (examples
-                        | "ReleaseToSinks" >> ReleaseToSinks()
-                        | "ShardWindows" >> beam.WindowInto(window.FixedWindows(self._window)))
+            examples = (
+                examples
+                | "ReleaseToSinks" >> ReleaseToSinks()
+                | "ShardWindows" >> beam.WindowInto(window.FixedWindows(self._window))
+            )
         parts = examples | "PartitionBySplit" >> beam.Partition(
-            lambda pair, n, names: names.index(pair[0]), len(self._splits), self._splits)
-        for name, part in zip(self._splits, parts):
-            (part
-             | f"Examples[{name}]" >> beam.Values()
-             | f"Write[{name}]" >> beam.io.WriteToTFRecord(
+            lambda pair, n, names: names.index(pair[0]), len(self._splits), self._splits
+        )
+        for name, part in zip(self._splits, parts, strict=True):
+            (
+                part
+                | f"Examples[{name}]" >> beam.Values()
+                | f"Write[{name}]"
+                >> beam.io.WriteToTFRecord(
                     FileSystems.join(self._output_dir, name, "images"),
                     file_name_suffix=".tfrecord.gz" if self._compress else ".tfrecord",
                     compression_type=CompressionTypes.GZIP if self._compress else CompressionTypes.UNCOMPRESSED,
-                    num_shards=self._num_shards, triggering_frequency=self._window))
+                    num_shards=self._num_shards,
+                    triggering_frequency=self._window,
+                )
+            )
 
 
 def add_to_label_report(report, row):
@@ -302,9 +371,14 @@ def add_to_label_report(report, row):
 
 def finish_label_report(report, imbalance_ratio):
     """Adds the accepted total per label and imbalance warnings (largest vs smallest class)."""
-    labels = {label: {**counts, "accepted": sum(v for k, v in counts.items()
-                                                if k not in ("duplicate", "over_cap", "rejected"))}
-              for label, counts in sorted(report.items()) if label}
+    labels = {
+        label: {
+            **counts,
+            "accepted": sum(v for k, v in counts.items() if k not in ("duplicate", "over_cap", "rejected")),
+        }
+        for label, counts in sorted(report.items())
+        if label
+    }
     warnings = []
     if labels:
         largest = max(labels, key=lambda name: labels[name]["accepted"])
@@ -314,7 +388,8 @@ def finish_label_report(report, imbalance_ratio):
                 warnings.append(
                     f"label '{name}' has {counts['accepted']} images against {most} for '{largest}' (more than "
                     f"{imbalance_ratio:g}x): the model will favour '{largest}'; add images of '{name}' or cap "
-                    f"the others with --max_per_label")
+                    f"the others with --max_per_label"
+                )
     return {"labels": labels, "unlabelled": report.get("", {}), "warnings": warnings}
 
 

@@ -3,6 +3,7 @@ bytes before decoding, decoding with a pixel cap, resizing, and the `tf.train.Ex
 
 Everything here raises `RecordError` (a dead letter with a reason) on bad input, never crashes a bundle.
 """
+
 import base64
 import binascii
 import hashlib
@@ -52,8 +53,11 @@ def _instance_bytes(instance):
         return decode_base64(instance["image_bytes"]["b64"], "image_bytes.b64")
     if "b64" in instance:
         return decode_base64(instance["b64"], "b64")
-    raise RecordError("missing_field", "no image in the JSON: expected {\"image_bytes\": {\"b64\": ...}} or "
-                                       "{\"b64\": ...}, or raw image bytes as the message body")
+    raise RecordError(
+        "missing_field",
+        'no image in the JSON: expected {"image_bytes": {"b64": ...}} or '
+        '{"b64": ...}, or raw image bytes as the message body',
+    )
 
 
 def inputs_from_message(data, attributes, message_id):
@@ -83,9 +87,17 @@ def inputs_from_message(data, attributes, message_id):
         try:
             if not isinstance(instance, dict):
                 raise RecordError("missing_field", f"an instance must be a JSON object, got {type(instance).__name__}")
-            pairs.append((payload, ImageInput(str(instance.get("id") or attributes.get("id") or default_id),
-                                              source, instance.get("label") or attributes.get("label"),
-                                              _instance_bytes(instance))))
+            pairs.append(
+                (
+                    payload,
+                    ImageInput(
+                        str(instance.get("id") or attributes.get("id") or default_id),
+                        source,
+                        instance.get("label") or attributes.get("label"),
+                        _instance_bytes(instance),
+                    ),
+                )
+            )
         except RecordError as e:
             pairs.append((payload, e))
     return pairs
@@ -106,25 +118,52 @@ def sniff_format(data):
     return None
 
 
+def check_image_header(data, max_bytes, max_pixels):
+    """The format of an image that is within the size cap and declares at most `max_pixels` pixels,
+    read from its header without decoding it (for models that decode the bytes themselves)."""
+    fmt = _check_bytes(data, max_bytes)
+    try:
+        with Image.open(io.BytesIO(data), formats=[FORMATS[fmt]]) as image:
+            _check_pixels(image, fmt, max_pixels)
+    except RecordError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise RecordError("too_many_pixels", f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise RecordError("corrupt_image", f"the {fmt} image header cannot be read: {e}") from None
+    return fmt
+
+
+def _check_bytes(data, max_bytes):
+    if not data:
+        raise RecordError("empty", "the image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise RecordError("too_large", f"the image is over --max_image_bytes={max_bytes} bytes")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise RecordError("not_an_image", f"not a JPEG, PNG, GIF, BMP or WebP image (starts with {data[:8]!r})")
+    return fmt
+
+
+def _check_pixels(image, fmt, max_pixels):
+    width, height = image.size
+    if width * height > max_pixels:
+        raise RecordError(
+            "too_many_pixels",
+            f"the {fmt} declares {width}x{height} pixels, over --max_image_pixels={max_pixels}; not decoded",
+        )
+
+
 def decode_image(data, max_bytes, max_pixels):
     """Validates then decodes to an RGB `PIL.Image` (GIF: first frame). Returns (image, format).
 
     The size cap is checked on the bytes and the pixel cap on the header, before decoding, so a
     decompression bomb (a small file declaring huge dimensions) is rejected without being expanded.
     """
-    if not data:
-        raise RecordError("empty", "the image is empty (0 bytes)")
-    if len(data) > max_bytes:
-        raise RecordError("too_large", f"the image has {len(data)} bytes, over --max_image_bytes={max_bytes}")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise RecordError("not_an_image", f"not a JPEG, PNG, GIF, BMP or WebP image (starts with {data[:8]!r})")
+    fmt = _check_bytes(data, max_bytes)
     try:
         with Image.open(io.BytesIO(data), formats=[FORMATS[fmt]]) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise RecordError("too_many_pixels", f"the {fmt} declares {width}x{height} pixels, over "
-                                                     f"--max_image_pixels={max_pixels}; not decoded")
+            _check_pixels(image, fmt, max_pixels)
             image.seek(0)
             return image.convert("RGB"), fmt  # convert() decodes: truncated data raises here
     except RecordError:
@@ -160,34 +199,52 @@ def encode(image, encoding, jpeg_quality):
 def process_image(item, width, height, method, encoding, jpeg_quality, max_bytes, max_pixels):
     """ImageInput -> ProcessedImage (label still a string)."""
     if not item.label or not isinstance(item.label, str):
-        raise RecordError("missing_label", f"image '{item.source_id}' has no label: put it in a "
-                                           f"'label' field, a 'label' attribute or a <label>/ folder")
+        raise RecordError(
+            "missing_label",
+            f"image '{item.source_id}' has no label: put it in a "
+            f"'label' field, a 'label' attribute or a <label>/ folder",
+        )
     image, fmt = decode_image(item.data, max_bytes, max_pixels)
     resized = resize(image, width, height, method)
-    return ProcessedImage(item.source_id, item.source, item.label, hashlib.md5(item.data).hexdigest(), fmt,
-                          image.height, image.width, encode(resized, encoding, jpeg_quality), encoding,
-                          height, width)
+    return ProcessedImage(
+        item.source_id,
+        item.source,
+        item.label,
+        hashlib.md5(item.data).hexdigest(),
+        fmt,
+        image.height,
+        image.width,
+        encode(resized, encoding, jpeg_quality),
+        encoding,
+        height,
+        width,
+    )
 
 
 def to_example(image, label_id):
     """The `tf.train.Example` of one image, with the keys TF's image datasets use."""
+
     def bytes_feature(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
     def int_feature(value):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": bytes_feature(image.encoded),
-        "image/format": bytes_feature(image.encoding.encode()),
-        "image/height": int_feature(image.height),
-        "image/width": int_feature(image.width),
-        "image/channels": int_feature(3),
-        "image/class/label": int_feature(label_id),
-        "image/class/text": bytes_feature(image.label.encode("utf-8")),
-        "image/source_id": bytes_feature(image.source_id.encode("utf-8")),
-        "image/md5": bytes_feature(image.md5.encode()),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": bytes_feature(image.encoded),
+                "image/format": bytes_feature(image.encoding.encode()),
+                "image/height": int_feature(image.height),
+                "image/width": int_feature(image.width),
+                "image/channels": int_feature(3),
+                "image/class/label": int_feature(label_id),
+                "image/class/text": bytes_feature(image.label.encode("utf-8")),
+                "image/source_id": bytes_feature(image.source_id.encode("utf-8")),
+                "image/md5": bytes_feature(image.md5.encode()),
+            }
+        )
+    ).SerializeToString()
 
 
 def parse_image_size(text):
@@ -212,8 +269,9 @@ def parse_splits(text):
         except ValueError:
             fraction = -1.0
         if not name.strip().isidentifier() or not 0 < fraction <= 1:
-            raise ValueError(f"--splits: '{part}' must be NAME=FRACTION with 0 < FRACTION <= 1, "
-                             f"like train=0.7,eval=0.3")
+            raise ValueError(
+                f"--splits: '{part}' must be NAME=FRACTION with 0 < FRACTION <= 1, like train=0.7,eval=0.3"
+            )
         splits.append((name.strip(), fraction))
     names = [name for name, _ in splits]
     if len(set(names)) != len(names):

@@ -24,6 +24,7 @@ and raises `RecordError` for input they expect to be bad. Whatever else happens 
 element becomes one dead letter (reason `unexpected_error`, with the exception type, message and stack)
 and the job goes on: no record can stop a pipeline.
 """
+
 import base64
 import datetime
 import hashlib
@@ -135,8 +136,11 @@ def _as_text(payload, raw):
         except UnicodeDecodeError:
             return None
         return None if "\x00" in text else text
-    return raw.decode("utf-8", "replace") if not isinstance(payload, str) else (
-        payload if raw.decode("utf-8", "ignore") == payload else None)
+    return (
+        raw.decode("utf-8", "replace")
+        if not isinstance(payload, str)
+        else (payload if raw.decode("utf-8", "ignore") == payload else None)
+    )
 
 
 def _payload_bytes(payload):
@@ -165,7 +169,7 @@ def make_dead_letter(pipeline, step, payload, error, attributes=None):
     raw = _payload_bytes(payload)
     text = _as_text(payload, raw)
     return {
-        "failed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "failed_at": datetime.datetime.now(datetime.UTC).isoformat(),
         "pipeline": pipeline,
         "step": step,
         "reason": reason,
@@ -176,8 +180,10 @@ def make_dead_letter(pipeline, step, payload, error, attributes=None):
         "payload_size": len(raw),
         "payload_sha256": hashlib.sha256(raw).hexdigest(),
         "payload_truncated": False,
-        "attributes": [{"key": _cut(k, 256), "value": _cut(v, MAX_MESSAGE_CHARS)}
-                       for k, v in sorted((attributes or {}).items(), key=lambda kv: str(kv[0]))],
+        "attributes": [
+            {"key": _cut(k, 256), "value": _cut(v, MAX_MESSAGE_CHARS)}
+            for k, v in sorted((attributes or {}).items(), key=lambda kv: str(kv[0]))
+        ],
     }
 
 
@@ -231,4 +237,5 @@ class GuardedDoFn(beam.DoFn):
         """A dead-letter TaggedOutput of this step (for a step that reports part of a record itself, such as
         one bad image of a message holding several)."""
         return beam.pvalue.TaggedOutput(
-            DEAD_LETTER_TAG, make_dead_letter(self._pipeline, self.STEP, payload, error, attributes))
+            DEAD_LETTER_TAG, make_dead_letter(self._pipeline, self.STEP, payload, error, attributes)
+        )

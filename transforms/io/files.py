@@ -16,7 +16,6 @@ def read_text(path):
         return f.read().decode("utf-8")
 
 
-
 def read_jsonl(pattern, limit=None):
     """The JSON lines of the files matching `pattern` (local or gs://; .gz read transparently), in file
     name order: all of them, or the first `limit`."""

@@ -1,6 +1,7 @@
 """Progress lines for long local batch runs: records read, throughput and dead letters so far, printed
 to stderr at most every few seconds by the process running the DoFns. Pipelines add these steps only
 for local batch runs without --progress off (on Dataflow the job page shows progress)."""
+
 import sys
 import threading
 import time
@@ -25,8 +26,10 @@ class _Progress:
                 return
             self.last_print = now
             rate = self.counts["read"] / max(now - self.started, 1e-9)
-            line = (f"[{pipeline_name}] {now - self.started:6.0f} s  records read {self.counts['read']:,} "
-                    f"({rate:,.0f}/s)  dead letters {self.counts['dead letters']:,}")
+            line = (
+                f"[{pipeline_name}] {now - self.started:6.0f} s  records read {self.counts['read']:,} "
+                f"({rate:,.0f}/s)  dead letters {self.counts['dead letters']:,}"
+            )
         print(line, file=sys.stderr, flush=True)
 
 

@@ -1,10 +1,12 @@
 """Sinks every pipeline shares: `WriteRecords` (BigQuery, Bigtable, Pub/Sub, JSONL files) and the
 dead-letter sink built on it."""
+
 import datetime
 import json
 import logging
 import time
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.gcp.bigtableio import WriteToBigTable
@@ -54,7 +56,8 @@ class WriteJsonLines(beam.PTransform):
         return (
             rows
             | "ToJson" >> beam.Map(to_json_line)
-            | "Write" >> beam.io.WriteToText(
+            | "Write"
+            >> beam.io.WriteToText(
                 self._prefix, file_name_suffix=".jsonl", triggering_frequency=self._triggering_frequency
             )
         )
@@ -68,9 +71,11 @@ class WriteJsonToPubSub(beam.PTransform):
         self._topic = topic
 
     def expand(self, records):
-        return (records
-                | "ToMessage" >> beam.Map(lambda r: to_json_line(r).encode("utf-8"))
-                | "Publish" >> beam.io.WriteToPubSub(self._topic))
+        return (
+            records
+            | "ToMessage" >> beam.Map(lambda r: to_json_line(r).encode("utf-8"))
+            | "Publish" >> beam.io.WriteToPubSub(self._topic)
+        )
 
 
 class WriteBigQueryRows(beam.PTransform):
@@ -98,14 +103,18 @@ class WriteBigQueryRows(beam.PTransform):
         )
         if self._method == "FILE_LOADS":
             return ()
-        return (result.failed_rows_with_errors
-                | "RejectedToDeadLetters" >> beam.Map(_rejected_row, self._pipeline, self._step),)
+        return (
+            result.failed_rows_with_errors
+            | "RejectedToDeadLetters" >> beam.Map(_rejected_row, self._pipeline, self._step),
+        )
 
 
 def _rejected_row(failed, pipeline_name, step):
     """WriteToBigQuery's failed row (destination, row, errors) -> dead letter."""
     _, row, errors = failed
-    return make_dead_letter(pipeline_name, step, row, RecordError("rejected_by_sink", f"BigQuery rejected the row: {errors}"))
+    return make_dead_letter(
+        pipeline_name, step, row, RecordError("rejected_by_sink", f"BigQuery rejected the row: {errors}")
+    )
 
 
 def ensure_bigtable_table(target):
@@ -164,16 +173,18 @@ class WriteBigtableRows(beam.PTransform):
 
     def expand(self, rows):
         t = self._target
-        return (rows
-                | "ToDirectRows" >> beam.ParDo(ToBigtableRows(t))
-                | "Write" >> WriteToBigTable(project_id=t.project, instance_id=t.instance, table_id=t.table))
+        return (
+            rows
+            | "ToDirectRows" >> beam.ParDo(ToBigtableRows(t))
+            | "Write" >> WriteToBigTable(project_id=t.project, instance_id=t.instance, table_id=t.table)
+        )
 
 
 class BigQueryTarget(NamedTuple):
     table: str  # PROJECT:DATASET.TABLE
     schema: dict
     partition_field: str  # day partitions
-    clustering_fields: Optional[list] = None
+    clustering_fields: list | None = None
 
 
 class BigtableTarget(NamedTuple):
@@ -183,17 +194,25 @@ class BigtableTarget(NamedTuple):
     column_family: str
     row_key: Callable  # row dict -> str
     time_field: str  # the row field holding the cell timestamp
-    max_age_hours: Optional[float] = None  # garbage-collect cells older than this (set when creating the table)
-    max_versions: Optional[int] = 1  # versions kept per cell; None: every version until max_age_hours
-    cells: Optional[Callable] = None  # row dict -> {column: value}; default: every field of the row
+    max_age_hours: float | None = None  # garbage-collect cells older than this (set when creating the table)
+    max_versions: int | None = 1  # versions kept per cell; None: every version until max_age_hours
+    cells: Callable | None = None  # row dict -> {column: value}; default: every field of the row
 
 
 class WriteRecords(beam.PTransform):
     """Writes dicts to every destination given: BigQuery, Bigtable, a Pub/Sub topic (JSON), local JSONL.
     Returns a tuple with the dead letters of rows BigQuery rejected (empty when nothing can reject)."""
 
-    def __init__(self, pipeline_name, bigquery=None, bq_write_method="STREAMING_INSERTS", bigtable=None,
-                 pubsub_topic=None, local_prefix=None, streaming=False):
+    def __init__(
+        self,
+        pipeline_name,
+        bigquery=None,
+        bq_write_method="STREAMING_INSERTS",
+        bigtable=None,
+        pubsub_topic=None,
+        local_prefix=None,
+        streaming=False,
+    ):
         super().__init__()
         self._pipeline, self._bigquery, self._method = pipeline_name, bigquery, bq_write_method
         self._bigtable, self._topic = bigtable, pubsub_topic
@@ -206,8 +225,14 @@ class WriteRecords(beam.PTransform):
         if self._bigquery:
             b = self._bigquery
             dead_letters = records | "ToBigQuery" >> WriteBigQueryRows(
-                b.table, b.schema, self._method, b.partition_field, b.clustering_fields, self._pipeline,
-                f"{self.label}/ToBigQuery")
+                b.table,
+                b.schema,
+                self._method,
+                b.partition_field,
+                b.clustering_fields,
+                self._pipeline,
+                f"{self.label}/ToBigQuery",
+            )
         if self._bigtable:
             records | "ToBigtable" >> WriteBigtableRows(self._bigtable)
         if self._topic:
@@ -221,9 +246,14 @@ def _log_rejected_dead_letter(dead_letter):
     """Only the dead letter's identity is logged: its payload may be large, and what BigQuery rejected is
     usually in the payload."""
     Metrics.counter(dead_letter["pipeline"], "dead_letters_rejected_by_bigquery").inc()
-    logging.error("BigQuery rejected a dead letter of %s step %s (reason %s, payload of %s bytes, SHA-256 %s)",
-                  dead_letter["pipeline"], dead_letter["step"], dead_letter["reason"],
-                  dead_letter.get("payload_size"), dead_letter.get("payload_sha256"))
+    logging.error(
+        "BigQuery rejected a dead letter of %s step %s (reason %s, payload of %s bytes, SHA-256 %s)",
+        dead_letter["pipeline"],
+        dead_letter["step"],
+        dead_letter["reason"],
+        dead_letter.get("payload_size"),
+        dead_letter.get("payload_sha256"),
+    )
 
 
 class CountDeadLetters(beam.DoFn):
@@ -244,15 +274,26 @@ class WriteDeadLetters(beam.PTransform):
     table, Pub/Sub topic, local JSONL prefix. Dead letters BigQuery rejects are logged and counted: nowhere
     is left to send them."""
 
-    def __init__(self, pipeline_name, bigquery_table=None, pubsub_topic=None, local_prefix=None,
-                 streaming=False, bq_write_method="STREAMING_INSERTS", max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES):
+    def __init__(
+        self,
+        pipeline_name,
+        bigquery_table=None,
+        pubsub_topic=None,
+        local_prefix=None,
+        streaming=False,
+        bq_write_method="STREAMING_INSERTS",
+        max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES,
+    ):
         super().__init__()
         self._max_payload_bytes = max_payload_bytes
         self._write = WriteRecords(
             pipeline_name,
             bigquery=BigQueryTarget(bigquery_table, DEAD_LETTER_BQ_SCHEMA, "failed_at") if bigquery_table else None,
-            bq_write_method=bq_write_method, pubsub_topic=pubsub_topic, local_prefix=local_prefix,
-            streaming=streaming)
+            bq_write_method=bq_write_method,
+            pubsub_topic=pubsub_topic,
+            local_prefix=local_prefix,
+            streaming=streaming,
+        )
 
     def expand(self, dead_letters):
         counted = dead_letters | "Count" >> beam.ParDo(CountDeadLetters(self._max_payload_bytes))

@@ -9,8 +9,9 @@ What each input yields (the raw records the pipelines' parse steps take):
 - A BigQuery table (Storage Read API) or query: dict rows.
 - A folder of images `<root>/<label>/<file>`: `ImageInput`, each file read only up to its size limit.
 """
+
 import posixpath
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -23,13 +24,14 @@ FORMATS = ("csv", "jsonl", "parquet", "tfrecord")
 
 class Input(NamedTuple):
     """The one input of a run, by flag name (exactly one is set)."""
-    input_files: Optional[str] = None
-    input_table: Optional[str] = None
-    input_query: Optional[str] = None
-    input_subscription: Optional[str] = None
-    input_topic: Optional[str] = None
-    input_dir: Optional[str] = None
-    input_manifest: Optional[str] = None
+
+    input_files: str | None = None
+    input_table: str | None = None
+    input_query: str | None = None
+    input_subscription: str | None = None
+    input_topic: str | None = None
+    input_dir: str | None = None
+    input_manifest: str | None = None
 
     def given(self):
         return [f"--{name}" for name, value in self._asdict().items() if value]
@@ -37,20 +39,29 @@ class Input(NamedTuple):
 
 class ImageInput(NamedTuple):
     """One image as it arrived: its bytes and where they came from."""
+
     source_id: str  # the caller's id, else the file path or `<message id>/<instance index>`
     source: str  # file path, or `pubsub:<message id>`
-    label: Optional[str]
+    label: str | None
     data: bytes
 
 
 def detect_format(pattern):
     name = pattern.lower().removesuffix(".gz")
-    for suffix, fmt in ((".csv", "csv"), (".jsonl", "jsonl"), (".json", "jsonl"), (".parquet", "parquet"),
-                        (".tfrecord", "tfrecord"), (".tfrecords", "tfrecord")):
+    for suffix, fmt in (
+        (".csv", "csv"),
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".parquet", "parquet"),
+        (".tfrecord", "tfrecord"),
+        (".tfrecords", "tfrecord"),
+    ):
         if name.endswith(suffix):
             return fmt
-    raise ValueError(f"--input_files: cannot tell the format of {pattern} from its extension; "
-                     f"give --input_format ({', '.join(FORMATS)})")
+    raise ValueError(
+        f"--input_files: cannot tell the format of {pattern} from its extension; "
+        f"give --input_format ({', '.join(FORMATS)})"
+    )
 
 
 class ReadRecords(beam.PTransform):
@@ -69,31 +80,42 @@ class ReadRecords(beam.PTransform):
         s = self._source
         if s.input_subscription or s.input_topic:
             return pbegin | "ReadPubsub" >> beam.io.ReadFromPubSub(
-                subscription=s.input_subscription, topic=s.input_topic, with_attributes=True)
+                subscription=s.input_subscription, topic=s.input_topic, with_attributes=True
+            )
         if s.input_table or s.input_query:
             return pbegin | "ReadBigQuery" >> beam.io.ReadFromBigQuery(
-                table=s.input_table, query=s.input_query, use_standard_sql=True,
-                method=beam.io.ReadFromBigQuery.Method.DIRECT_READ if s.input_table else
-                beam.io.ReadFromBigQuery.Method.EXPORT)
+                table=s.input_table,
+                query=s.input_query,
+                use_standard_sql=True,
+                method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
+                if s.input_table
+                else beam.io.ReadFromBigQuery.Method.EXPORT,
+            )
         if s.input_manifest:
             return pbegin | "ReadManifest" >> beam.io.ReadFromText(s.input_manifest, coder=beam.coders.BytesCoder())
         if s.input_dir:
             root = s.input_dir.rstrip("/")
-            return (pbegin
-                    | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
-                    | "ReadMatches" >> fileio.ReadMatches()
-                    | "ToImageInput" >> beam.Map(_folder_input, root, self._max_file_bytes))
+            return (
+                pbegin
+                | "MatchFiles" >> fileio.MatchFiles(FileSystems.join(root, "**"))
+                | "ReadMatches" >> fileio.ReadMatches()
+                | "ToImageInput" >> beam.Map(_folder_input, root, self._max_file_bytes)
+            )
         fmt = self._format or detect_format(s.input_files)
         if fmt == "csv":
-            return (pbegin
-                    | "ReadCsv" >> beam.io.ReadFromCsv(s.input_files)
-                    | "RowsToDicts" >> beam.Map(lambda row: row._asdict()))
+            return (
+                pbegin
+                | "ReadCsv" >> beam.io.ReadFromCsv(s.input_files)
+                | "RowsToDicts" >> beam.Map(lambda row: row._asdict())
+            )
         if fmt == "parquet":
             return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(s.input_files)
         if fmt == "tfrecord":
-            return (pbegin
-                    | "ReadTfRecord" >> beam.io.ReadFromTFRecord(s.input_files, coder=beam.coders.BytesCoder())
-                    | "AsExamples" >> beam.Map(SerializedExample))
+            return (
+                pbegin
+                | "ReadTfRecord" >> beam.io.ReadFromTFRecord(s.input_files, coder=beam.coders.BytesCoder())
+                | "AsExamples" >> beam.Map(SerializedExample)
+            )
         return pbegin | "ReadJsonl" >> beam.io.ReadFromText(s.input_files, coder=beam.coders.BytesCoder())
 
 

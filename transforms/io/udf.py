@@ -13,6 +13,7 @@ Raising (or a JS `throw`, or `sys.exit()`), running past `--udf_timeout_ms`, goi
 worker in `setup()`; `load_udf` also runs at start-up so a broken file fails before any work is done,
 naming the file and line.
 """
+
 import json
 
 from apache_beam.io.filesystems import FileSystems
@@ -55,6 +56,7 @@ def _load_python(path, function, source):
 
 def _call_python(fn):
     """The Python UDF's call, with whatever it raises (SystemExit included) as the record's RecordError."""
+
     def call(record):
         try:
             return fn(record)
@@ -70,12 +72,14 @@ def _load_javascript(path, function, source, timeout_ms, max_memory_bytes):
 
     ctx = MiniRacer()
     try:
-        ctx.eval(source, timeout=timeout_ms, max_memory=max_memory_bytes)
+        ctx.eval(source, timeout=timeout_ms or None, max_memory=max_memory_bytes)
     except JSParseException as e:
         first_line = (str(e).splitlines() or ["?"])[0].replace("<anonymous>", path)
         raise UdfError(f"--udf_path: syntax error in {first_line}") from None
     except Exception as e:  # noqa: BLE001 - a throw, a loop or a memory bomb at load time
-        raise UdfError(f"--udf_path: {path} failed while loading: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        raise UdfError(
+            f"--udf_path: {path} failed while loading: {(str(e).splitlines() or [type(e).__name__])[0]}"
+        ) from None
     if ctx.eval(f"typeof {function}") != "function":
         raise UdfError(f"--udf_function: {path} defines no function {function!r}")
     # undefined cannot cross into Python: map it (and null) to None, meaning "filter the record out"
@@ -84,7 +88,7 @@ def _load_javascript(path, function, source, timeout_ms, max_memory_bytes):
     def call(record):
         text = record if isinstance(record, str) else json.dumps(record)
         try:
-            return ctx.call("__call_udf", text, timeout=timeout_ms, max_memory=max_memory_bytes)
+            return ctx.call("__call_udf", text, timeout=timeout_ms or None, max_memory=max_memory_bytes)
         except JSTimeoutException:
             raise RecordError("udf_timeout", f"the UDF ran past --udf_timeout_ms={timeout_ms}") from None
         except JSOOMException:
@@ -133,8 +137,9 @@ class ApplyUdf(GuardedDoFn):
 
     STEP = "ApplyUdf"
 
-    def __init__(self, path, function, pipeline_name, timeout_ms=DEFAULT_TIMEOUT_MS,
-                 max_memory_bytes=DEFAULT_MAX_MEMORY_BYTES):
+    def __init__(
+        self, path, function, pipeline_name, timeout_ms=DEFAULT_TIMEOUT_MS, max_memory_bytes=DEFAULT_MAX_MEMORY_BYTES
+    ):
         super().__init__(pipeline_name)
         self._path, self._function = path, function
         self._timeout_ms, self._max_memory_bytes = timeout_ms, max_memory_bytes

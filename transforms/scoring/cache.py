@@ -21,16 +21,20 @@ def content_row_key(version, content_key):
 def lookup_prediction(table, request_id):
     """The prediction row cached for a request id (as written to BigQuery), or None. For callers:
 
-        table = bigtable.Client(project=P).instance("serving").table("predictions")
-        lookup_prediction(table, "req-42")["top_k"]
+    table = bigtable.Client(project=P).instance("serving").table("predictions")
+    lookup_prediction(table, "req-42")["top_k"]
     """
     row = table.read_row(request_row_key(request_id).encode())
     if row is None:
         return None
     cells = {q.decode(): c[0].value.decode("utf-8") for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
     cells.pop("cache_key", None)
-    return {**cells, "top_k": json.loads(cells["top_k"]), "latency_ms": float(cells["latency_ms"]),
-            "cache_hit": cells["cache_hit"] == "True"}
+    return {
+        **cells,
+        "top_k": json.loads(cells["top_k"]),
+        "latency_ms": float(cells["latency_ms"]),
+        "cache_hit": cells["cache_hit"] == "True",
+    }
 
 
 class LookupCache(beam.DoFn):
@@ -45,6 +49,7 @@ class LookupCache(beam.DoFn):
 
     def setup(self):
         from google.cloud import bigtable
+
         ensure_bigtable_table(self._target)  # the first lookups come before the first write
         self._client = bigtable.Client(project=self._target.project)
         self._bt = self._client.instance(self._target.instance).table(self._target.table)
@@ -60,8 +65,12 @@ class LookupCache(beam.DoFn):
         cells = {q.decode(): c[0].value.decode() for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
         self._hits.inc()
         now = time.time()
-        yield {**prediction_row(request, {}, version, scored_at=now), "outputs": cells["outputs"],
-               "top_k": json.loads(cells["top_k"]), "cache_hit": True}
+        yield {
+            **prediction_row(request, {}, version, scored_at=now),
+            "outputs": cells["outputs"],
+            "top_k": json.loads(cells["top_k"]),
+            "cache_hit": True,
+        }
 
     def teardown(self):
         self._client.close()

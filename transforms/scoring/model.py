@@ -2,6 +2,7 @@
 through their serving signature) and `.keras` files, that calls the model once per batch and hands back
 numpy rows, plus the per-element preparation of inputs from the signature and the prediction rows.
 """
+
 import datetime
 import hashlib
 import json
@@ -13,10 +14,14 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.images.pixels import decode_base64, decode_image, resize, sniff_format
+from transforms.core.records import text
+from transforms.images.pixels import check_image_header, decode_base64, decode_image, resize
 from transforms.io.deadletter import RecordError
 
 INFERENCE_ERROR = "__inference_error__"
+
+
+MAX_REQUEST_ID_CHARS = 1024
 
 
 class InputSpec(NamedTuple):
@@ -51,12 +56,17 @@ class LoadedModel:
         produced = output.transformed_feature_spec()
         missing = [s.name for s in self.inputs if s.name not in produced]
         if missing:
-            raise ValueError(f"--transform_dir: the model takes {missing}, which the transform in {transform_dir} "
-                             f"does not produce (it produces {sorted(produced)})")
+            raise ValueError(
+                f"--transform_dir: the model takes {missing}, which the transform in {transform_dir} "
+                f"does not produce (it produces {sorted(produced)})"
+            )
         self._transform = output.transform_features_layer()
         self._raw_spec = tf_feature_spec(self.feature_spec)
-        self.inputs = [InputSpec(f.name, "float32" if self._raw_spec[f.name].dtype == tf.float32 else "string", ())
-                       for f in self.feature_spec.inputs if f.type != "label"]
+        self.inputs = [
+            InputSpec(f.name, "float32" if self._raw_spec[f.name].dtype == tf.float32 else "string", ())
+            for f in self.feature_spec.inputs
+            if f.type != "label"
+        ]
 
     def _transformed(self, batch):
         """Raw feature arrays -> the model's inputs; the key and label the transform also reads get
@@ -77,20 +87,25 @@ class LoadedModel:
             # one traced graph per input shape: eager Keras calls cost ~20 ms each on small models
             self._keras_call = tf.function(lambda x: self._keras(x, training=False), reduce_retracing=True)
             self._signature = None
-            self.inputs = [InputSpec(t.name.split(":")[0], tf.as_dtype(t.dtype).name, tuple(t.shape[1:]))
-                           for t in self._keras.inputs]
+            self.inputs = [
+                InputSpec(t.name.split(":")[0], tf.as_dtype(t.dtype).name, tuple(t.shape[1:]))
+                for t in self._keras.inputs
+            ]
             self.output_names = [f"output_{i}" for i in range(len(self._keras.outputs))]
             self.output_shapes = [tuple(t.shape[1:]) for t in self._keras.outputs]
             return
         loaded = tf.saved_model.load(path)
         if signature_name not in loaded.signatures:
-            raise ValueError(f"--signature: {path} has no signature '{signature_name}'; it has "
-                             f"{sorted(loaded.signatures)}")
+            raise ValueError(
+                f"--signature: {path} has no signature '{signature_name}'; it has {sorted(loaded.signatures)}"
+            )
         self._keras, self._loaded = None, loaded  # keep the object alive: the signature refers to it
         self._signature = loaded.signatures[signature_name]
         specs = self._signature.structured_input_signature[1]
-        self.inputs = [InputSpec(name, "string" if s.dtype == tf.string else s.dtype.as_numpy_dtype.__name__,
-                                 tuple(s.shape[1:])) for name, s in sorted(specs.items())]
+        self.inputs = [
+            InputSpec(name, "string" if s.dtype == tf.string else s.dtype.as_numpy_dtype.__name__, tuple(s.shape[1:]))
+            for name, s in sorted(specs.items())
+        ]
         self.output_names = sorted(self._signature.structured_outputs)
         self.output_shapes = [tuple(self._signature.structured_outputs[n].shape[1:]) for n in self.output_names]
 
@@ -101,7 +116,7 @@ class LoadedModel:
             arrays = [batch[spec.name] for spec in self._model_inputs]
             outputs = self._keras_call(arrays if len(arrays) > 1 else arrays[0])
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            return {name: np.asarray(o) for name, o in zip(self.output_names, outputs)}
+            return {name: np.asarray(o) for name, o in zip(self.output_names, outputs, strict=True)}
         tensors = {name: tf.constant(value) for name, value in batch.items()}
         return {name: value.numpy() for name, value in self._signature(**tensors).items()}
 
@@ -111,8 +126,15 @@ class TfModelHandler(ModelHandler):
     call; the rows of the result are numpy slices, never converted tensor by tensor. The model can be
     swapped while running (RunInference's model-metadata side input calls `update_model_path`)."""
 
-    def __init__(self, model_path, signature_name="serving_default", min_batch_size=1, max_batch_size=256,
-                 max_batch_duration_secs=None, transform_dir=None):
+    def __init__(
+        self,
+        model_path,
+        signature_name="serving_default",
+        min_batch_size=1,
+        max_batch_size=256,
+        max_batch_duration_secs=None,
+        transform_dir=None,
+    ):
         self._model_path, self._signature_name, self._transform_dir = model_path, signature_name, transform_dir
         self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         if max_batch_duration_secs:
@@ -131,8 +153,11 @@ class TfModelHandler(ModelHandler):
 
     def get_num_bytes(self, batch):
         """For RunInference's byte metrics: the arrays' sizes (the default pickles the whole batch)."""
-        return sum(np.asarray(value).nbytes if np.asarray(value).dtype != object else len(value.item())
-                   for example in batch for value in example.values())
+        return sum(
+            np.asarray(value).nbytes if np.asarray(value).dtype != object else len(value.item())
+            for example in batch
+            for value in example.values()
+        )
 
     def run_inference(self, batch, model, inference_args=None):
         """One model call per batch. When it fails, the batch is scored one example at a time, so only
@@ -144,8 +169,10 @@ class TfModelHandler(ModelHandler):
             if len(batch) == 1:
                 return [PredictionResult(batch[0], {INFERENCE_ERROR: f"{type(e).__name__}: {e}"}, version)]
             return [result for example in batch for result in self.run_inference([example], model)]
-        return [PredictionResult(example, {name: value[i] for name, value in outputs.items()}, version)
-                for i, example in enumerate(batch)]
+        return [
+            PredictionResult(example, {name: value[i] for name, value in outputs.items()}, version)
+            for i, example in enumerate(batch)
+        ]
 
     def get_metrics_namespace(self):
         return "score"
@@ -164,12 +191,13 @@ def model_version(path):
 
 class ScoringRequest(NamedTuple):
     """What travels with an example through RunInference, as the key."""
+
     request_id: str
     content_key: str  # MD5 of the model input (image bytes or canonical JSON of the features)
     received_at: float  # epoch seconds: publish time in streaming, read time in batch
 
 
-def prepare_example(record, inputs, tabular=False):
+def prepare_example(record, inputs, tabular=False, max_image_bytes=20 * 1024 * 1024, max_image_pixels=40_000_000):
     """A JSON record -> (request id, content key, {input name: numpy value}) for the model's inputs.
 
     One string input takes the image bytes as they are (the model decodes them). One image-shaped input
@@ -179,17 +207,23 @@ def prepare_example(record, inputs, tabular=False):
     request_id = record.get("id") or record.get("request_id")
     if not request_id:
         raise RecordError("missing_field", "the record has no 'id' (or 'request_id') to return predictions under")
+    request_id = text(request_id, "id")
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise RecordError(
+            "bad_key",
+            f"the request id has {len(request_id)} characters, over {MAX_REQUEST_ID_CHARS} "
+            f"(it becomes a Bigtable row key)",
+        )
     image_input = not tabular and len(inputs) == 1 and (inputs[0].dtype == "string" or len(inputs[0].shape) == 3)
     if image_input:
         spec = inputs[0]
         data = _image_bytes(record)
         content_key = hashlib.md5(data).hexdigest()
-        if spec.dtype == "string":  # the model decodes; check the format so one bad image fails alone
-            if sniff_format(data) is None:
-                raise RecordError("not_an_image", f"not a JPEG, PNG, GIF, BMP or WebP image (starts with {data[:8]!r})")
+        if spec.dtype == "string":  # the model decodes: check the format and the pixel count from the header
+            check_image_header(data, max_image_bytes, max_image_pixels)
             return str(request_id), content_key, {spec.name: np.array(data, dtype=object)}
         height, width, _ = spec.shape
-        decoded, _ = decode_image(data, max_bytes=20 * 1024 * 1024, max_pixels=40_000_000)
+        decoded, _ = decode_image(data, max_image_bytes, max_image_pixels)
         pixels = np.asarray(resize(decoded, width, height, "stretch"))
         value = pixels if spec.dtype == "uint8" else (pixels / 255.0).astype(spec.dtype)
         return str(request_id), content_key, {spec.name: value}
@@ -197,15 +231,17 @@ def prepare_example(record, inputs, tabular=False):
     example = {}
     for spec in inputs:
         if spec.name not in features:
-            raise RecordError("missing_feature", f"feature '{spec.name}' is missing; the model takes "
-                                                 f"{[s.name for s in inputs]}")
+            raise RecordError(
+                "missing_feature", f"feature '{spec.name}' is missing; the model takes {[s.name for s in inputs]}"
+            )
         try:
             value = np.asarray(features[spec.name], dtype=object if spec.dtype == "string" else spec.dtype)
         except (TypeError, ValueError) as e:
             raise RecordError("bad_feature", f"feature '{spec.name}' is not {spec.dtype}: {e}") from None
         if value.shape != spec.shape and not (None in spec.shape and len(value.shape) == len(spec.shape)):
-            raise RecordError("bad_feature", f"feature '{spec.name}' has shape {value.shape}, the model "
-                                             f"takes {spec.shape}")
+            raise RecordError(
+                "bad_feature", f"feature '{spec.name}' has shape {value.shape}, the model takes {spec.shape}"
+            )
         example[spec.name] = value
     canonical = json.dumps({s.name: features[s.name] for s in inputs}, sort_keys=True, default=str)
     return str(request_id), hashlib.md5(canonical.encode()).hexdigest(), example
@@ -219,7 +255,7 @@ def _image_bytes(record):
         return decode_base64(image["b64"], "image_bytes.b64")
     if "b64" in record:
         return decode_base64(record["b64"], "b64")
-    raise RecordError("missing_field", "the model takes an image: send {\"image_bytes\": {\"b64\": ...}}")
+    raise RecordError("missing_field", 'the model takes an image: send {"image_bytes": {"b64": ...}}')
 
 
 def prediction_row(request, outputs, version, labels=None, top_k=3, scored_at=None):
@@ -232,7 +268,7 @@ def prediction_row(request, outputs, version, labels=None, top_k=3, scored_at=No
         "content_key": request.content_key,
         "outputs": json.dumps({name: np.asarray(v).tolist() for name, v in sorted(outputs.items())}),
         "top_k": [],
-        "scored_at": datetime.datetime.fromtimestamp(scored_at, datetime.timezone.utc).isoformat(),
+        "scored_at": datetime.datetime.fromtimestamp(scored_at, datetime.UTC).isoformat(),
         "latency_ms": round((scored_at - request.received_at) * 1000, 3),
         "cache_hit": False,
     }
@@ -244,18 +280,23 @@ def prediction_row(request, outputs, version, labels=None, top_k=3, scored_at=No
     return row
 
 
-PREDICTION_BQ_SCHEMA = {"fields": [
-    {"name": "request_id", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "model_version", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "content_key", "type": "STRING", "mode": "NULLABLE"},
-    {"name": "outputs", "type": "JSON", "mode": "NULLABLE"},
-    {"name": "top_k", "type": "RECORD", "mode": "REPEATED", "fields": [
-        {"name": "label", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "score", "type": "FLOAT", "mode": "REQUIRED"},
-    ]},
-    {"name": "scored_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-    {"name": "latency_ms", "type": "FLOAT", "mode": "NULLABLE"},
-    {"name": "cache_hit", "type": "BOOLEAN", "mode": "REQUIRED"},
-]}
-
-
+PREDICTION_BQ_SCHEMA = {
+    "fields": [
+        {"name": "request_id", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "model_version", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "content_key", "type": "STRING", "mode": "NULLABLE"},
+        {"name": "outputs", "type": "JSON", "mode": "NULLABLE"},
+        {
+            "name": "top_k",
+            "type": "RECORD",
+            "mode": "REPEATED",
+            "fields": [
+                {"name": "label", "type": "STRING", "mode": "REQUIRED"},
+                {"name": "score", "type": "FLOAT", "mode": "REQUIRED"},
+            ],
+        },
+        {"name": "scored_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {"name": "latency_ms", "type": "FLOAT", "mode": "NULLABLE"},
+        {"name": "cache_hit", "type": "BOOLEAN", "mode": "REQUIRED"},
+    ]
+}

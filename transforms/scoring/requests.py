@@ -16,9 +16,10 @@ class ParseRequests(GuardedDoFn):
 
     STEP = "ParseRequests"
 
-    def __init__(self, inputs, feature_spec, pipeline_name):
+    def __init__(self, inputs, feature_spec, pipeline_name, max_image_bytes, max_image_pixels):
         super().__init__(pipeline_name)
         self._inputs, self._feature_spec = inputs, feature_spec
+        self._limits = {"max_image_bytes": max_image_bytes, "max_image_pixels": max_image_pixels}
 
     def dead_letter_payload(self, raw):
         return (raw.data, None) if isinstance(raw, ImageInput) else payload_and_attributes(raw)
@@ -39,7 +40,9 @@ class ParseRequests(GuardedDoFn):
                 record = {"id": record.get("image/source_id"), "image_data": record["image/encoded"]}
         if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
             record = {**record, "features": serving_features(record.get("features", record), self._feature_spec)}
-        request_id, content_key, example = prepare_example(record, self._inputs, self._feature_spec is not None)
+        request_id, content_key, example = prepare_example(
+            record, self._inputs, self._feature_spec is not None, **self._limits
+        )
         yield ScoringRequest(request_id, content_key, received_at), example
 
 
@@ -70,5 +73,9 @@ def failed_batch_dead_letters(failed, pipeline_name):
     """RunInference's own dead-letter output: (batch of keyed examples, (type, message, traceback lines))."""
     batch, (_, message, _) = failed
     for request, _ in batch if isinstance(batch, list) else [batch]:
-        yield make_dead_letter(pipeline_name, "RunInference", {"request_id": request.request_id},
-                               RecordError("inference_failed", f"the model failed on the batch: {message}"))
+        yield make_dead_letter(
+            pipeline_name,
+            "RunInference",
+            {"request_id": request.request_id},
+            RecordError("inference_failed", f"the model failed on the batch: {message}"),
+        )

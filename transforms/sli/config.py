@@ -2,8 +2,9 @@
 
 See `pipelines/samples/sli/*.yaml` for annotated examples. Errors name the file and the field at fault.
 """
+
 import re
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,30 +34,30 @@ def status_matcher(values):
 
 class AvailabilitySli(StrictModel):
     kind: Literal["availability"]
-    name: Optional[str] = None
-    bad_status: list[Union[int, str]] = ["5xx"]
+    name: str | None = None
+    bad_status: list[int | str] = ["5xx"]
     check_bad_status = field_validator("bad_status")(_check_statuses)
 
 
 class LatencySli(StrictModel):
     kind: Literal["latency"]
-    name: Optional[str] = None
+    name: str | None = None
     threshold_ms: float = Field(gt=0)
 
 
 class ThroughputSli(StrictModel):
     kind: Literal["throughput"]
-    name: Optional[str] = None
+    name: str | None = None
 
 
 class ErrorRateSli(StrictModel):
     kind: Literal["error_rate"]
-    name: Optional[str] = None
-    error_status: list[Union[int, str]] = ["5xx"]
+    name: str | None = None
+    error_status: list[int | str] = ["5xx"]
     check_error_status = field_validator("error_status")(_check_statuses)
 
 
-Sli = Annotated[Union[AvailabilitySli, LatencySli, ThroughputSli, ErrorRateSli], Field(discriminator="kind")]
+Sli = Annotated[AvailabilitySli | LatencySli | ThroughputSli | ErrorRateSli, Field(discriminator="kind")]
 
 
 def sli_short_name(sli):
@@ -68,11 +69,11 @@ def sli_short_name(sli):
 
 
 class Journey(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # part of SLI ids and row keys
     methods: list[str] = Field(default_factory=list, description="empty: any method")
-    path: Optional[str] = Field(None, description="template such as /profile/{user}")
-    regex: Optional[str] = Field(None, description="Python regex matched against the whole path")
-    slis: Optional[list[Sli]] = None
+    path: str | None = Field(None, description="template such as /profile/{user}")
+    regex: str | None = Field(None, description="Python regex matched against the whole path")
+    slis: list[Sli] | None = None
 
     @field_validator("methods")
     @classmethod
@@ -111,7 +112,7 @@ class Journey(StrictModel):
 
 
 class Service(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # part of SLI ids and row keys
     hosts: list[str] = Field(default_factory=list, description="URL hosts that also identify this service")
     slis: list[Sli] = Field(default_factory=lambda: [AvailabilitySli(kind="availability")])
     journeys: list[Journey] = Field(min_length=1)
@@ -168,14 +169,14 @@ class Slo(StrictModel):
     good/total (occurrences) or good minutes/minutes with data (timeslices) over that window; components
     without data in the window are left out of both sums."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    sli: Optional[str] = None
-    components: Optional[list[SloComponent]] = None
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # part of SLI ids and row keys
+    sli: str | None = None
+    components: list[SloComponent] | None = None
     target: float = Field(gt=0, lt=1)
     window: Literal["rolling", "calendar_month"] = "rolling"
     window_days: int = Field(28, ge=1, le=90, description="rolling windows: their length")
     method: Literal["occurrences", "timeslices"] = "occurrences"
-    timeslice_threshold: Optional[float] = Field(None, gt=0, le=1)
+    timeslice_threshold: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _shape(self):
@@ -235,7 +236,9 @@ class SliConfig(StrictModel):
     def sli_ids(self):
         return {
             f"{service.name}/{journey.name}/{sli_short_name(sli)}"
-            for service in self.services for journey in service.journeys for sli in (journey.slis or service.slis)
+            for service in self.services
+            for journey in service.journeys
+            for sli in (journey.slis or service.slis)
         }
 
 
@@ -246,8 +249,9 @@ def _check_slo_references(config, source):
         for j, (sli_id, _) in enumerate(slo.slis()):
             if sli_id not in known:
                 field = f"slos[{i}].sli" if slo.sli else f"slos[{i}].components[{j}].sli"
-                problems.append(f"  {source}: {field}: no SLI {sli_id!r} in services; known: "
-                                f"{', '.join(sorted(known))}")
+                problems.append(
+                    f"  {source}: {field}: no SLI {sli_id!r} in services; known: {', '.join(sorted(known))}"
+                )
     if problems:
         raise ConfigError(f"invalid {source}:\n" + "\n".join(problems))
     return config

@@ -10,6 +10,7 @@
 Anything else (invalid JSON, missing or malformed required fields) raises `RecordError`, which the DoFn
 turns into a dead letter.
 """
+
 import datetime
 import math
 import re
@@ -63,7 +64,7 @@ def parse_timestamp(value, field):
 
 def _timestamp_seconds(value, field):
     if isinstance(value, datetime.datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        dt = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
         return dt.timestamp()
     if isinstance(value, dict):
         secs = value.get("epochSecond", value.get("seconds"))
@@ -82,7 +83,7 @@ def _timestamp_seconds(value, field):
         except ValueError:
             pass
         else:
-            return (dt if dt.tzinfo else dt.replace(tzinfo=datetime.timezone.utc)).timestamp()
+            return (dt if dt.tzinfo else dt.replace(tzinfo=datetime.UTC)).timestamp()
     raise RecordError("bad_timestamp", f"field '{field}': {value!r} is not an RFC 3339 time or epoch number")
 
 
@@ -98,8 +99,10 @@ def parse_latency_ms(value, field, unit):
             except ValueError:
                 raise RecordError("bad_latency", f"field '{field}': {value!r} is not a duration") from None
     elif isinstance(value, dict) and ("seconds" in value or "nanos" in value):
-        ms = finite(value.get("seconds", 0), f"{field}.seconds") * 1000.0 + finite(
-            value.get("nanos", 0), f"{field}.nanos") / 1e6
+        ms = (
+            finite(value.get("seconds", 0), f"{field}.seconds") * 1000.0
+            + finite(value.get("nanos", 0), f"{field}.nanos") / 1e6
+        )
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         ms = finite(value, field) * _UNIT_TO_MS[unit]
     else:
@@ -151,15 +154,19 @@ def _from_cloud_logging(entry, mapping):
     latency = parse_latency_ms(_required(http, "latency", "LogEntry httpRequest"), "httpRequest.latency", "s")
     labels = _dict(_dict(entry.get("resource")).get("labels"))
     service = (
-        labels.get("service_name") or labels.get("module_id") or labels.get("backend_service_name")
-        or _dict(entry.get("labels")).get("service") or host or "unknown"
+        labels.get("service_name")
+        or labels.get("module_id")
+        or labels.get("backend_service_name")
+        or _dict(entry.get("labels")).get("service")
+        or host
+        or "unknown"
     )
-    return RequestEvent(timestamp, key_part(service, "service"), host, method, path, status, latency,
-                        "cloud_logging")
+    return RequestEvent(timestamp, key_part(service, "service"), host, method, path, status, latency, "cloud_logging")
 
 
 def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
     """App log or flat JSON: request fields looked up in `context` (the MDC) first, then `obj`."""
+
     def get(field):
         if context is not None:
             value = _lookup(context, field)
@@ -177,8 +184,10 @@ def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
         field = getattr(mapping, name)
         value = get(field)
         if value is None or value == "":
-            raise RecordError("missing_field", f"{fmt} record has no '{field}' (required; mapped by "
-                                               f"formats.{fmt}.{name} in the SLI config)")
+            raise RecordError(
+                "missing_field",
+                f"{fmt} record has no '{field}' (required; mapped by formats.{fmt}.{name} in the SLI config)",
+            )
         values[name] = value
     host, path = _split_url(values["path_field"], mapping.path_field)
     return RequestEvent(

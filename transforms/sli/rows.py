@@ -20,6 +20,7 @@ Row schema (one row per SLI, journey and event-time window; `SLI_ROW_BQ_SCHEMA` 
 Requests that match no journey of their service are counted in rows with journey "_unmatched" and
 sli_kind "unmatched" (good/bad NULL), so totals reconcile with the input.
 """
+
 import datetime
 
 import apache_beam as beam
@@ -60,7 +61,6 @@ SLI_ROW_BQ_SCHEMA = {
 }
 # Columns that describe the pane rather than the data: equal inputs give equal rows without them.
 PANE_COLUMNS = ("pane_timing", "pane_index", "is_final", "emitted_at")
-
 
 
 def _bad_predicate(sli):
@@ -153,13 +153,22 @@ class FormatSliRows(beam.DoFn):
             "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
             "pane_index": pane.index,
             "is_final": bool(pane.is_last) or self._bounded_input,
-            "emitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "emitted_at": datetime.datetime.now(datetime.UTC).isoformat(),
         }
         if journey == UNMATCHED_JOURNEY:
-            yield {**common, "sli_id": f"{service}/{journey}", "sli_kind": "unmatched", "sli_name": "unmatched",
-                   "threshold_ms": None, "good": None, "bad": None, "good_fraction": None, "error_rate": None}
+            yield {
+                **common,
+                "sli_id": f"{service}/{journey}",
+                "sli_kind": "unmatched",
+                "sli_name": "unmatched",
+                "threshold_ms": None,
+                "good": None,
+                "bad": None,
+                "good_fraction": None,
+                "error_rate": None,
+            }
             return
-        for sli, bad in zip(self._slis[(service, journey)], stats.bad):
+        for sli, bad in zip(self._slis[(service, journey)], stats.bad, strict=True):
             name = sli_short_name(sli)
             yield {
                 **common,
@@ -212,9 +221,8 @@ class ComputeSliRows(beam.PTransform):
 BIGTABLE_COLUMN_FAMILY = "sli"
 
 
-
 def bigtable_row_key(row):
     """`<sli_id>#<window_start as YYYY-MM-DDTHH:MM:SSZ>`: one SLI's windows are contiguous and in time
     order, so a prefix scan returns its series and a key range returns a time range."""
-    start = datetime.datetime.fromisoformat(row["window_start"]).astimezone(datetime.timezone.utc)
+    start = datetime.datetime.fromisoformat(row["window_start"]).astimezone(datetime.UTC)
     return f"{row['sli_id']}#{start:%Y-%m-%dT%H:%M:%SZ}"

@@ -4,6 +4,7 @@ Latency percentiles come from DDSketch (DataDog's mergeable quantile sketch) wit
 `LATENCY_RELATIVE_ACCURACY` = 1%: a reported pXX is within 1% of the true latency at that rank, whatever
 the distribution and however partial sketches were merged. Good/bad counts are exact.
 """
+
 from ddsketch import DDSketch
 
 LATENCY_RELATIVE_ACCURACY = 0.01
@@ -43,7 +44,7 @@ class JourneyWindowStats:
         if self.bad is None:
             self.bad = [0] * len(other.bad)
         self.count += other.count
-        self.bad = [a + b for a, b in zip(self.bad, other.bad)]
+        self.bad = [a + b for a, b in zip(self.bad, other.bad, strict=True)]
         self.latency_sum_ms += other.latency_sum_ms
         self.latency_max_ms = max(self.latency_max_ms, other.latency_max_ms)
         self.sketch.merge(other.sketch)

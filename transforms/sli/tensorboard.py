@@ -23,7 +23,8 @@ class WriteSliSummaries(beam.DoFn):
         self._tf = tf
         self._first_sli = {
             f"{service.name}/{journey.name}/{sli_short_name((journey.slis or service.slis)[0])}"
-            for service in self._config.services for journey in service.journeys
+            for service in self._config.services
+            for journey in service.journeys
         }
         tf.io.gfile.makedirs(self._logdir)
         self._writer = tf.io.TFRecordWriter(f"{self._logdir.rstrip('/')}/{_event_file_name()}")
@@ -37,8 +38,11 @@ class WriteSliSummaries(beam.DoFn):
         if file_version:
             event.file_version = file_version
         else:
-            event.summary.CopyFrom(summary_pb2.Summary(
-                value=[summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in values]))
+            event.summary.CopyFrom(
+                summary_pb2.Summary(
+                    value=[summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in values]
+                )
+            )
         return event.SerializeToString()
 
     def process(self, row):
@@ -46,12 +50,15 @@ class WriteSliSummaries(beam.DoFn):
             return
         end = datetime.datetime.fromisoformat(row["window_end"]).timestamp()
         value = {"error_rate": row["error_rate"], "throughput": row["throughput_rps"]}.get(
-            row["sli_kind"], row["good_fraction"])
+            row["sli_kind"], row["good_fraction"]
+        )
         values = [(row["sli_id"], value)]
         if row["sli_id"] in self._first_sli:
             journey = f"{row['service']}/{row['journey']}"
-            values += [(f"{journey}/latency_p50_ms", row["latency_p50_ms"]),
-                       (f"{journey}/latency_p99_ms", row["latency_p99_ms"])]
+            values += [
+                (f"{journey}/latency_p50_ms", row["latency_p50_ms"]),
+                (f"{journey}/latency_p99_ms", row["latency_p99_ms"]),
+            ]
         self._writer.write(self._event(end, int(end), values=values))
 
     def finish_bundle(self):

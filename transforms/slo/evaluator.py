@@ -12,6 +12,7 @@ SLO covers the hours of m's month (UTC) up to H instead, and its period for the 
 month's length. Alert windows are exact to the minute: at minute m a W-minute window covers minutes
 (m - W, m].
 """
+
 import calendar
 import datetime
 
@@ -20,14 +21,14 @@ _MINUTES_PER_HOUR = 60
 
 def _month(minute):
     """(first hour index of the minute's UTC month, days in that month)"""
-    dt = datetime.datetime.fromtimestamp(minute * 60, datetime.timezone.utc)
-    start = datetime.datetime(dt.year, dt.month, 1, tzinfo=datetime.timezone.utc)
+    dt = datetime.datetime.fromtimestamp(minute * 60, datetime.UTC)
+    start = datetime.datetime(dt.year, dt.month, 1, tzinfo=datetime.UTC)
     return int(start.timestamp()) // 3600, calendar.monthrange(dt.year, dt.month)[1]
 
 
 def minute_iso(minute):
     """ISO time of the end of minute index `minute` (minutes since the epoch)."""
-    return datetime.datetime.fromtimestamp((minute + 1) * 60, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp((minute + 1) * 60, datetime.UTC).isoformat()
 
 
 class SloEvaluator:
@@ -58,7 +59,11 @@ class SloEvaluator:
     def _contribution(self, good, total):
         """(c0, c1, events): good/total for occurrences; good minute/minute with data for timeslices."""
         if self.slo.method == "timeslices":
-            return (1.0 if total and good / total >= self.slo.timeslice_threshold else 0.0, 1.0 if total else 0.0, total)
+            return (
+                1.0 if total and good / total >= self.slo.timeslice_threshold else 0.0,
+                1.0 if total else 0.0,
+                total,
+            )
         return (float(good), float(total), total)
 
     # -- input ---------------------------------------------------------------------------------------------
@@ -77,7 +82,7 @@ class SloEvaluator:
         # late data for an evaluated minute: apply the difference wherever that minute is still counted
         before = self._contribution(*old[:2]) if old else (0.0, 0.0, 0)
         after = self._contribution(good, total)
-        delta = [a - b for a, b in zip(after, before)]
+        delta = [a - b for a, b in zip(after, before, strict=True)]
         for w, sums in self.window_sums.items():
             if minute > self.now - w:
                 self._apply(sums[component], delta, 1)
@@ -143,7 +148,7 @@ class SloEvaluator:
 
     def ratio(self, sums):
         """Weighted mean of the components' ratios; None without data."""
-        weighted = [(w, c0 / c1) for w, (c0, c1, _) in zip(self.weights, sums) if c1 > 0]
+        weighted = [(w, c0 / c1) for w, (c0, c1, _) in zip(self.weights, sums, strict=True) if c1 > 0]
         if not weighted:
             return None
         return sum(w * r for w, r in weighted) / sum(w for w, _ in weighted)
@@ -168,17 +173,29 @@ class SloEvaluator:
             threshold = rule.threshold(period_days)
             long_burn, short_burn = burn[rule.long_window_minutes], burn[rule.short_window_minutes]
             long_events = sum(e for _, _, e in self.window_sums[rule.long_window_minutes])
-            firing = (long_events >= self.min_events and long_burn is not None and short_burn is not None
-                      and long_burn > threshold and short_burn > threshold)
+            firing = (
+                long_events >= self.min_events
+                and long_burn is not None
+                and short_burn is not None
+                and long_burn > threshold
+                and short_burn > threshold
+            )
             if firing != self.firing[i]:
                 self.firing[i] = firing
-                transitions.append({
-                    "slo": slo.name, "state": "FIRING" if firing else "RESOLVED", "severity": rule.severity,
-                    "at": at, "long_window_minutes": rule.long_window_minutes,
-                    "short_window_minutes": rule.short_window_minutes, "threshold": threshold,
-                    "burn_rate_long": long_burn, "burn_rate_short": short_burn,
-                    "budget_remaining": None if consumed is None else 1 - consumed,
-                })
+                transitions.append(
+                    {
+                        "slo": slo.name,
+                        "state": "FIRING" if firing else "RESOLVED",
+                        "severity": rule.severity,
+                        "at": at,
+                        "long_window_minutes": rule.long_window_minutes,
+                        "short_window_minutes": rule.short_window_minutes,
+                        "threshold": threshold,
+                        "burn_rate_long": long_burn,
+                        "burn_rate_short": short_burn,
+                        "budget_remaining": None if consumed is None else 1 - consumed,
+                    }
+                )
         row = {
             "slo": slo.name,
             "evaluated_at": at,
@@ -195,9 +212,14 @@ class SloEvaluator:
             "budget_remaining": None if consumed is None else 1 - consumed,
             "allowed_bad_events": allowed_bad,
             "allowed_bad_events_left": None if allowed_bad is None else allowed_bad - bad,
-            "burn_rates": [{"window_minutes": w, "burn_rate": burn[w],
-                            "events": sum(e for _, _, e in self.window_sums[w])} for w in self.alert_windows],
-            "alerts_firing": [f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m"
-                              for r, on in zip(self.rules, self.firing) if on],
+            "burn_rates": [
+                {"window_minutes": w, "burn_rate": burn[w], "events": sum(e for _, _, e in self.window_sums[w])}
+                for w in self.alert_windows
+            ],
+            "alerts_firing": [
+                f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m"
+                for r, on in zip(self.rules, self.firing, strict=True)
+                if on
+            ],
         }
         return row, transitions

@@ -1,6 +1,7 @@
 """SLOs from per-window SLI rows: one `SloEvaluator` per SLO, in Beam state with event-time timers when
 streaming, replayed in minute order per SLO when backfilling. Outputs status rows (one per SLO and
 evaluated minute) and alert transitions (FIRING/RESOLVED, once each)."""
+
 import datetime
 
 import apache_beam as beam
@@ -31,11 +32,16 @@ SLO_STATUS_BQ_SCHEMA = {
         {"name": "budget_remaining", "type": "FLOAT64", "mode": "NULLABLE"},
         {"name": "allowed_bad_events", "type": "FLOAT64", "mode": "NULLABLE"},
         {"name": "allowed_bad_events_left", "type": "FLOAT64", "mode": "NULLABLE"},
-        {"name": "burn_rates", "type": "RECORD", "mode": "REPEATED", "fields": [
-            {"name": "window_minutes", "type": "INT64", "mode": "REQUIRED"},
-            {"name": "burn_rate", "type": "FLOAT64", "mode": "NULLABLE"},
-            {"name": "events", "type": "INT64", "mode": "REQUIRED"},
-        ]},
+        {
+            "name": "burn_rates",
+            "type": "RECORD",
+            "mode": "REPEATED",
+            "fields": [
+                {"name": "window_minutes", "type": "INT64", "mode": "REQUIRED"},
+                {"name": "burn_rate", "type": "FLOAT64", "mode": "NULLABLE"},
+                {"name": "events", "type": "INT64", "mode": "REQUIRED"},
+            ],
+        },
         {"name": "alerts_firing", "type": "STRING", "mode": "REPEATED"},
     ]
 }
@@ -76,8 +82,7 @@ class _EvaluatorMixin:
 
     @staticmethod
     def _emit(rows, alerts):
-        for row in rows:
-            yield row
+        yield from rows
         for alert in alerts:
             yield beam.pvalue.TaggedOutput(ALERTS_TAG, alert)
 
@@ -89,8 +94,9 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
     EVALUATOR = ReadModifyWriteStateSpec("evaluator", PickleCoder())
     NEXT_MINUTE = TimerSpec("next_minute", TimeDomain.WATERMARK)
 
-    def process(self, element, evaluator_state=beam.DoFn.StateParam(EVALUATOR),
-                timer=beam.DoFn.TimerParam(NEXT_MINUTE)):
+    def process(
+        self, element, evaluator_state=beam.DoFn.StateParam(EVALUATOR), timer=beam.DoFn.TimerParam(NEXT_MINUTE)
+    ):
         name, value = element
         evaluator = evaluator_state.read() or self._new(name)
         self._add(evaluator, value)
@@ -99,8 +105,13 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
         evaluator_state.write(evaluator)
 
     @on_timer(NEXT_MINUTE)
-    def evaluate(self, key=beam.DoFn.KeyParam, fire_time=beam.DoFn.TimestampParam,
-                 evaluator_state=beam.DoFn.StateParam(EVALUATOR), timer=beam.DoFn.TimerParam(NEXT_MINUTE)):
+    def evaluate(
+        self,
+        key=beam.DoFn.KeyParam,
+        fire_time=beam.DoFn.TimestampParam,
+        evaluator_state=beam.DoFn.StateParam(EVALUATOR),
+        timer=beam.DoFn.TimerParam(NEXT_MINUTE),
+    ):
         evaluator = evaluator_state.read()
         minute = int(fire_time.micros // 60_000_000) - 1
         rows, alerts = evaluator.advance_to(minute)
@@ -144,17 +155,22 @@ class ComputeSloStatus(beam.PTransform):
         self._config, self._bounded, self._pipeline = config, bounded, pipeline_name
 
     def expand(self, sli_rows):
-        inputs = (sli_rows
-                  | "ToSloInputs" >> beam.ParDo(SliRowsToSloInputs(self._config))
-                  | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()))
+        inputs = (
+            sli_rows
+            | "ToSloInputs" >> beam.ParDo(SliRowsToSloInputs(self._config))
+            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+        )
         if self._bounded:
-            evaluated = (inputs
-                         | "GroupBySlo" >> beam.GroupByKey()
-                         | "EvaluateSlos" >> beam.ParDo(EvaluateSlosBatch(self._config, self._pipeline)).with_outputs(
-                             ALERTS_TAG, main="status"))
+            evaluated = (
+                inputs
+                | "GroupBySlo" >> beam.GroupByKey()
+                | "EvaluateSlos"
+                >> beam.ParDo(EvaluateSlosBatch(self._config, self._pipeline)).with_outputs(ALERTS_TAG, main="status")
+            )
         else:
-            evaluated = inputs | "EvaluateSlos" >> beam.ParDo(EvaluateSlosStreaming(self._config, self._pipeline)).with_outputs(
-                ALERTS_TAG, main="status")
+            evaluated = inputs | "EvaluateSlos" >> beam.ParDo(
+                EvaluateSlosStreaming(self._config, self._pipeline)
+            ).with_outputs(ALERTS_TAG, main="status")
         return evaluated
 
 

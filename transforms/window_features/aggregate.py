@@ -15,6 +15,7 @@ Events (dicts, JSON text or Pub/Sub messages) -> per entity, window spec and win
 Bigtable online store: row key = entity, one column per feature (family "features"), cell timestamp =
 window end, every version kept until the column family's max age; `lookup_features` reads them back.
 """
+
 import datetime
 import json
 from typing import NamedTuple
@@ -34,19 +35,27 @@ MAX_ENTITY_BYTES = 4096  # the online store's row key is the entity
 _EPOCH_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000}
 _EMPTY = {"count": 0, "distinct_count": 0, "sum": 0.0}  # the value of these over no events; others: None
 
-WINDOW_FEATURES_BQ_SCHEMA = {"fields": [
-    {"name": "entity", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "window", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "window_start", "type": "TIMESTAMP", "mode": "REQUIRED"},
-    {"name": "time_index", "type": "TIMESTAMP", "mode": "REQUIRED"},
-    {"name": "valid_until", "type": "TIMESTAMP", "mode": "REQUIRED"},
-    {"name": "features", "type": "RECORD", "mode": "REPEATED", "fields": [
-        {"name": "name", "type": "STRING", "mode": "REQUIRED"},
-        {"name": "value", "type": "FLOAT64", "mode": "NULLABLE"}]},
-    {"name": "pane_timing", "type": "STRING", "mode": "REQUIRED"},
-    {"name": "pane_index", "type": "INT64", "mode": "REQUIRED"},
-    {"name": "emitted_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
-]}
+WINDOW_FEATURES_BQ_SCHEMA = {
+    "fields": [
+        {"name": "entity", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "window", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "window_start", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {"name": "time_index", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {"name": "valid_until", "type": "TIMESTAMP", "mode": "REQUIRED"},
+        {
+            "name": "features",
+            "type": "RECORD",
+            "mode": "REPEATED",
+            "fields": [
+                {"name": "name", "type": "STRING", "mode": "REQUIRED"},
+                {"name": "value", "type": "FLOAT64", "mode": "NULLABLE"},
+            ],
+        },
+        {"name": "pane_timing", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "pane_index", "type": "INT64", "mode": "REQUIRED"},
+        {"name": "emitted_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
+    ]
+}
 
 
 class Event(NamedTuple):
@@ -60,22 +69,28 @@ def event_seconds(value, epoch_unit):
     (in `epoch_unit`), within the range every window can represent (1970-9000: a larger number is usually a
     wrong epoch_unit)."""
     if isinstance(value, datetime.datetime):
-        seconds = (value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)).timestamp()
+        seconds = (value if value.tzinfo else value.replace(tzinfo=datetime.UTC)).timestamp()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = finite(value, "event_time") / _EPOCH_UNITS[epoch_unit]
     elif isinstance(value, str):
         try:
             parsed = datetime.datetime.fromisoformat(value)
         except ValueError:
-            raise RecordError("invalid_event_time",
-                              f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})")
-        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)).timestamp()
+            raise RecordError(
+                "invalid_event_time",
+                f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
+            ) from None
+        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)).timestamp()
     else:
-        raise RecordError("invalid_event_time",
-                          f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})")
+        raise RecordError(
+            "invalid_event_time",
+            f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
+        )
     if not MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS:
-        raise RecordError("invalid_event_time", f"event time {value!r:.60} is not between 1970 and 9000: check "
-                                                f"the spec's epoch_unit (s, ms or us)")
+        raise RecordError(
+            "invalid_event_time",
+            f"event time {value!r:.60} is not between 1970 and 9000: check the spec's epoch_unit (s, ms or us)",
+        )
     return seconds
 
 
@@ -88,8 +103,10 @@ def parse_event(record, spec):
         raise RecordError("missing_entity", f"the entity field '{spec.entity_field}' is missing or not a value")
     entity = str(entity)
     if len(entity.encode("utf-8")) > MAX_ENTITY_BYTES:
-        raise RecordError("entity_too_long", f"the entity '{entity[:40]}...' is over {MAX_ENTITY_BYTES} bytes, "
-                                             f"the most a Bigtable row key holds")
+        raise RecordError(
+            "entity_too_long",
+            f"the entity '{entity[:40]}...' is over {MAX_ENTITY_BYTES} bytes, the most a Bigtable row key holds",
+        )
     if is_missing(row.get(spec.time_field)):
         raise RecordError("missing_event_time", f"the event time field '{spec.time_field}' is missing")
     timestamp = event_seconds(row[spec.time_field], spec.epoch_unit)
@@ -155,8 +172,12 @@ class WindowAggregates:
             if mine is None:
                 self.numbers[field] = list(theirs)
             else:
-                self.numbers[field] = [mine[0] + theirs[0], min(mine[1], theirs[1]), max(mine[2], theirs[2]),
-                                       max(mine[3], theirs[3])]
+                self.numbers[field] = [
+                    mine[0] + theirs[0],
+                    min(mine[1], theirs[1]),
+                    max(mine[2], theirs[2]),
+                    max(mine[3], theirs[3]),
+                ]
         for field, values in other.distinct.items():
             self.distinct.setdefault(field, set()).update(values)
         return self
@@ -170,8 +191,9 @@ class WindowAggregates:
         if field not in self.numbers:
             return _EMPTY.get(aggregate)
         total, low, high, (_, last) = self.numbers[field]
-        return float({"sum": total, "mean": total / self.counts[field], "min": low, "max": high,
-                      "last": last}[aggregate])
+        return float(
+            {"sum": total, "mean": total / self.counts[field], "min": low, "max": high, "last": last}[aggregate]
+        )
 
 
 class WindowAggregatesFn(MergingCombineFn):
@@ -216,7 +238,7 @@ class WindowFromKey(window.NonMergingWindowFn):
 
 
 def _iso_seconds(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
 _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
@@ -246,7 +268,7 @@ class FormatFeatureRows(beam.DoFn):
             "features": [{"name": feature, "value": aggregates.value(field, agg)} for feature, field, agg in features],
             "pane_timing": "ON_TIME" if self._bounded_input else _PANE_TIMING.get(pane.timing, "UNKNOWN"),
             "pane_index": 0 if self._bounded_input else pane.index,
-            "emitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "emitted_at": datetime.datetime.now(datetime.UTC).isoformat(),
         }
 
 
@@ -273,10 +295,12 @@ class ComputeWindowFeatures(beam.PTransform):
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                 allowed_lateness=Duration(seconds=self._allowed_lateness),
             )
-        rows = (keyed
-                | "AggregatePerEntity" >> beam.CombinePerKey(
-                    WindowAggregatesFn(self._spec.numeric_fields, self._spec.distinct_fields))
-                | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, events.is_bounded, self._pipeline)))
+        rows = (
+            keyed
+            | "AggregatePerEntity"
+            >> beam.CombinePerKey(WindowAggregatesFn(self._spec.numeric_fields, self._spec.distinct_fields))
+            | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, events.is_bounded, self._pipeline))
+        )
         if events.is_bounded:
             return rows
         # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.
@@ -299,11 +323,15 @@ def lookup_features(table, entity, spec, as_of=None):
     """
     from google.cloud.bigtable import row_filters
 
-    as_of = as_of or datetime.datetime.now(datetime.timezone.utc)
-    filters = row_filters.RowFilterChain([
-        row_filters.TimestampRangeFilter(row_filters.TimestampRange(end=as_of + datetime.timedelta(milliseconds=1))),
-        row_filters.CellsColumnLimitFilter(1),
-    ])
+    as_of = as_of or datetime.datetime.now(datetime.UTC)
+    filters = row_filters.RowFilterChain(
+        [
+            row_filters.TimestampRangeFilter(
+                row_filters.TimestampRange(end=as_of + datetime.timedelta(milliseconds=1))
+            ),
+            row_filters.CellsColumnLimitFilter(1),
+        ]
+    )
     row = table.read_row(entity.encode("utf-8"), filter_=filters)
     cells = row.cells.get(BIGTABLE_COLUMN_FAMILY, {}) if row else {}
     features = {}

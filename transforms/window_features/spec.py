@@ -13,9 +13,10 @@
 Durations are seconds or text such as 90s, 10m, 1h, 1d. `count` and `distinct_count` take any value;
 the other aggregates need numbers.
 """
+
 import re
 from functools import cached_property
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,7 +40,7 @@ def parse_duration(value):
 class EventWindow(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     size: int  # seconds
-    period: Optional[int] = None  # seconds; None: fixed windows
+    period: int | None = None  # seconds; None: fixed windows
 
     @field_validator("size", "period", mode="before")
     @classmethod
@@ -66,7 +67,7 @@ class EventWindow(StrictModel):
 class Aggregation(StrictModel):
     field: str
     aggregates: list[Literal[AGGREGATES]] = Field(min_length=1)
-    windows: Optional[list[str]] = None  # default: every window
+    windows: list[str] | None = None  # default: every window
 
 
 class WindowFeatureSpec(StrictModel):
@@ -84,8 +85,9 @@ class WindowFeatureSpec(StrictModel):
         for a in self.aggregations:
             unknown = set(a.windows or ()) - set(names)
             if unknown:
-                raise ValueError(f"aggregation of '{a.field}' names unknown windows {sorted(unknown)}; "
-                                 f"the windows are {names}")
+                raise ValueError(
+                    f"aggregation of '{a.field}' names unknown windows {sorted(unknown)}; the windows are {names}"
+                )
             if a.field in (self.entity_field, self.time_field):
                 raise ValueError(f"'{a.field}' is the entity or time field: it cannot be aggregated")
         features = [name for w in self.windows for name, _, _ in self.aggregations_in(w)]
@@ -95,8 +97,12 @@ class WindowFeatureSpec(StrictModel):
 
     def aggregations_in(self, window):
         """[(feature name, field, aggregate)] computed in `window`."""
-        return [(f"{a.field}_{agg}_{window.name}", a.field, agg) for a in self.aggregations if a.windows is None or window.name in a.windows
-                for agg in a.aggregates]
+        return [
+            (f"{a.field}_{agg}_{window.name}", a.field, agg)
+            for a in self.aggregations
+            if a.windows is None or window.name in a.windows
+            for agg in a.aggregates
+        ]
 
     # cached: read for every event
     @cached_property
