@@ -9,31 +9,50 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from pipelines.options import OutputOptions, UdfOptions
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.sinks import WriteDeadLetters
-from transforms.io.udf import ApplyUdf, udf_failure_dead_letter
+from transforms.io.udf import ApplyUdf, ApplyUdfToBatch, udf_failure_dead_letter
+
+UDF_BATCH = 32  # records per round trip to a Python UDF's subprocess
 
 
 def apply_udf(options, records, pipeline_name):
     """`records` through --udf_path's function when one is given: (records, [the UDF's dead letters]).
 
     JavaScript runs in an embedded V8 with its own time and memory limits. A Python UDF runs in a
-    long-lived subprocess through Beam's `with_exception_handling(use_subprocess=True, timeout=...)`: a
-    record past --udf_timeout_ms, or one whose UDF kills its process, is a dead letter, and a fresh
-    subprocess takes the next record (the restart costs about a second). --udf_timeout_ms 0 runs either
-    kind in the worker with no time limit."""
+    long-lived subprocess through Beam's `with_exception_handling(use_subprocess=True, timeout=...)`, which
+    survives a UDF that hangs or kills its process. Records cross to it UDF_BATCH at a time, with a time
+    limit of UDF_BATCH x --udf_timeout_ms; a batch that hits it (or whose process dies) is tried again one
+    record at a time with the per-record limit, so only the records at fault become dead letters (a UDF
+    is a pure function: trying a record again is safe). --udf_timeout_ms 0 runs either kind in the worker
+    with no time limit."""
     udf = options.view_as(UdfOptions)
     if not udf.udf_path:
         return records, []
-    apply = beam.ParDo(ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name, udf.udf_timeout_ms))
+    fn = ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name, udf.udf_timeout_ms)
     if not udf.udf_path.endswith(".py") or not udf.udf_timeout_ms:
-        transformed = records | "ApplyUdf" >> apply.with_outputs(DEAD_LETTER_TAG, main="records")
+        transformed = records | "ApplyUdf" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="records")
         return transformed.records, [transformed[DEAD_LETTER_TAG]]
-    transformed = records | "ApplyUdf" >> apply.with_exception_handling(
-        main_tag="records", dead_letter_tag="udf_failures", use_subprocess=True, timeout=udf.udf_timeout_ms / 1000
+    limit_s = udf.udf_timeout_ms / 1000
+    batched = (
+        records
+        | "UdfBatches" >> beam.BatchElements(min_batch_size=UDF_BATCH, max_batch_size=UDF_BATCH)
+        | "ApplyUdf"
+        >> beam.ParDo(ApplyUdfToBatch(fn)).with_exception_handling(
+            main_tag="records", dead_letter_tag="failed_batches", use_subprocess=True, timeout=UDF_BATCH * limit_s
+        )
     )
-    failures = transformed["udf_failures"] | "UdfFailures" >> beam.Map(
+    one_by_one = (
+        batched["failed_batches"]
+        | "RecordsOfFailedBatches" >> beam.FlatMap(lambda failed: failed[0])
+        | "ApplyUdfOneByOne"
+        >> beam.ParDo(fn).with_exception_handling(
+            main_tag="records", dead_letter_tag="failed_records", use_subprocess=True, timeout=limit_s
+        )
+    )
+    failures = one_by_one["failed_records"] | "UdfFailures" >> beam.Map(
         udf_failure_dead_letter, pipeline_name, udf.udf_path, udf.udf_function, udf.udf_timeout_ms
     )
-    return transformed["records"], [transformed[DEAD_LETTER_TAG], failures]
+    outputs = (batched["records"], one_by_one["records"]) | "UdfOutputs" >> beam.Flatten()
+    return outputs, [batched[DEAD_LETTER_TAG], one_by_one[DEAD_LETTER_TAG], failures]
 
 
 def parse_pipeline_options(argv, description, option_classes):

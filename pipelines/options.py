@@ -296,7 +296,7 @@ class UdfOptions(PipelineOptions):
             default=DEFAULT_UDF_TIMEOUT_MS,
             help="Time limit of the UDF per record, in milliseconds; a record over it is a udf_timeout dead "
             "letter and the UDF goes on with the next one. JavaScript UDFs also have a 256 MiB heap limit "
-            "(udf_memory). Python UDFs run in a subprocess to enforce it, which costs about 1 ms per record "
+            "(udf_memory). Python UDFs run in a subprocess to enforce it, which costs about 70 us per record "
             "(bench/udf.py); 0 runs a trusted Python UDF in the worker itself, with no limit. "
             f"Default: {DEFAULT_UDF_TIMEOUT_MS}.",
         )

@@ -16,6 +16,7 @@ naming the file and line.
 
 import json
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
@@ -165,6 +166,21 @@ class ApplyUdf(GuardedDoFn):
             yield PubsubMessage(text.encode("utf-8"), message.attributes)
         else:
             yield result
+
+
+class ApplyUdfToBatch(beam.DoFn):
+    """ApplyUdf over a list of records (one subprocess round trip for all of them); the outputs of each
+    record as ApplyUdf gives them."""
+
+    def __init__(self, apply_udf):
+        self._apply = apply_udf
+
+    def setup(self):
+        self._apply.setup()
+
+    def process(self, batch):
+        for record in batch:
+            yield from self._apply.process(record)
 
 
 def udf_failure_dead_letter(failed, pipeline_name, path, function, timeout_ms):
