@@ -5,6 +5,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.options import OutputOptions, UdfOptions
 from transforms.io.deadletter import DEAD_LETTER_TAG
@@ -34,6 +35,7 @@ def apply_udf(options, records, pipeline_name):
     limit_s = udf.udf_timeout_ms / 1000
     batched = (
         records
+        | "WithTimestamps" >> beam.Map(lambda record, at=beam.DoFn.TimestampParam: (record, at))
         | "UdfBatches" >> beam.BatchElements(min_batch_size=UDF_BATCH, max_batch_size=UDF_BATCH)
         | "ApplyUdf"
         >> beam.ParDo(ApplyUdfToBatch(fn)).with_exception_handling(
@@ -42,7 +44,7 @@ def apply_udf(options, records, pipeline_name):
     )
     one_by_one = (
         batched["failed_batches"]
-        | "RecordsOfFailedBatches" >> beam.FlatMap(lambda failed: failed[0])
+        | "RecordsOfFailedBatches" >> beam.FlatMap(lambda failed: [TimestampedValue(r, at) for r, at in failed[0]])
         | "ApplyUdfOneByOne"
         >> beam.ParDo(fn).with_exception_handling(
             main_tag="records", dead_letter_tag="failed_records", use_subprocess=True, timeout=limit_s

@@ -72,7 +72,7 @@ def test_udf_through_the_streaming_pipeline(services, project, tmp_path, name, s
     try:
         for f in [publisher.publish(topic, r.encode()) for r in records]:
             f.result(timeout=30)
-        deadline, events = time.time() + 120, 0
+        deadline, events = time.time() + 240, 0  # a Python UDF first starts its subprocess
         while time.time() < deadline and events < 30:
             time.sleep(3)
             latest = {}

@@ -2,12 +2,14 @@
 of the UDF's process and a return value JSON cannot encode each give one dead letter with its reason
 within the time limit, and the next record is still processed."""
 
+import json
 import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.launch import apply_udf
 from transforms.io.udf import ApplyUdf
@@ -103,3 +105,18 @@ def test_python_udf_without_a_limit_runs_in_the_worker(tmp_path):
         dead = dead_letter_sources[0] | beam.Map(lambda d: (d["reason"], d["payload_string"]))
         assert_that(out, equal_to(['{"kind": "ok", "seen": true}']))
         assert_that(dead, equal_to([("udf_error", records[1]), ("udf_error", records[2])]), label="dead")
+
+
+def test_records_keep_their_timestamps_through_a_bounded_python_udf(tmp_path):
+    """Streaming pipelines window records by their timestamps after the UDF: batching for the subprocess
+    must not restamp them, neither in a batch nor when a failed batch is tried one record at a time."""
+    path = tmp_path / "udf.py"
+    path.write_text(PY)
+    options = PipelineOptions(["--runner", "FnApiRunner", "--udf_path", str(path), "--udf_timeout_ms", "200"])
+    kinds = ["ok"] * 40 + ["crash"] + ["ok"] * 10
+    records = [f'{{"kind": "{kind}", "n": {n}}}' for n, kind in enumerate(kinds)]
+    with TestPipeline(options=options) as p:
+        stamped = p | beam.Create(list(enumerate(records))) | beam.MapTuple(lambda n, r: TimestampedValue(r, 1000 + n))
+        out, _ = apply_udf(options, stamped, "sli")
+        got = out | beam.Map(lambda r, at=beam.DoFn.TimestampParam: (json.loads(r)["n"], at.micros // 1_000_000))
+        assert_that(got, equal_to([(n, 1000 + n) for n, kind in enumerate(kinds) if kind == "ok"]))

@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
 
 from transforms.io.deadletter import GuardedDoFn, RecordError, make_dead_letter, payload_and_attributes
 
@@ -169,8 +170,9 @@ class ApplyUdf(GuardedDoFn):
 
 
 class ApplyUdfToBatch(beam.DoFn):
-    """ApplyUdf over a list of records (one subprocess round trip for all of them); the outputs of each
-    record as ApplyUdf gives them."""
+    """ApplyUdf over a list of (record, timestamp) pairs (one subprocess round trip for all of them): the
+    outputs of each record as ApplyUdf gives them, with the record's own timestamp (batching would
+    otherwise stamp them with the batch's)."""
 
     def __init__(self, apply_udf):
         self._apply = apply_udf
@@ -179,8 +181,9 @@ class ApplyUdfToBatch(beam.DoFn):
         self._apply.setup()
 
     def process(self, batch):
-        for record in batch:
-            yield from self._apply.process(record)
+        for record, at in batch:
+            for output in self._apply.process(record):
+                yield output if isinstance(output, beam.pvalue.TaggedOutput) else TimestampedValue(output, at)
 
 
 def udf_failure_dead_letter(failed, pipeline_name, path, function, timeout_ms):
