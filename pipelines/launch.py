@@ -1,3 +1,6 @@
+"""What every `python -m pipelines.<name>` shares around its graph: parsing and --help, the local runner
+choice, the first and last steps of build() (records in, dead letters, progress), the UDF step, reports."""
+
 import argparse
 import logging
 

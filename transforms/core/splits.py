@@ -1,3 +1,7 @@
+"""Deterministic splits by content or key hash, shared by the feature and image pipelines: exact
+proportions by rank in batch, in expectation by the hash alone in streaming."""
+
+
 def split_fraction(md5):
     """A content hash mapped to [0, 1): the deterministic position of an image in the split order."""
     return int(md5[:15], 16) / 16**15

@@ -1,0 +1,1 @@
+"""Feature preprocessing: the spec, cleansing, statistics, skew, the artifacts a run writes, TensorBoard."""

@@ -1,6 +1,11 @@
+"""What a feature pipeline run writes and the skew and scoring pipelines read: statistics.json, the spec
+file beside transform_fn/, and the statistics rows with their BigQuery schema."""
+
 import json
 
 from apache_beam.io.filesystems import FileSystems
+
+from transforms.io.files import read_text
 
 STATS_BQ_SCHEMA = {
     "fields": [
@@ -72,8 +77,7 @@ def stats_rows(artifact, run_id, computed_at):
 
 def read_statistics(output_dir):
     """{split: artifact} from a run's statistics.json (for the skew check, reports and tests)."""
-    with FileSystems.open(FileSystems.join(str(output_dir), "statistics.json"), compression_type="uncompressed") as f:
-        return json.loads(f.read())
+    return json.loads(read_text(FileSystems.join(str(output_dir), "statistics.json")))
 
 
 SPEC_FILE = "feature_spec.yaml"  # written next to transform_fn/: scoring reads it with --transform_dir

@@ -1,6 +1,4 @@
-"""TensorBoard event files: SLI scalars whose step and wall time are the event-time window end (not when
-the pipeline ran), so runs over the same period line up; and feature statistics per split (scalars and
-histograms).
+"""TensorBoard event files of feature statistics per split (scalars and histograms).
 
 Each worker writes its own `events.out.tfevents.*` file into the run directory; TensorBoard merges the
 files of a directory. Files are written with `tf.io` (local or gs://); TensorFlow is imported on the
@@ -11,7 +9,7 @@ import time
 
 import apache_beam as beam
 
-from transforms.io.files import _event_file_name
+from transforms.io.files import event_file_name
 
 
 class WriteFeatureSummaries(beam.DoFn):
@@ -59,7 +57,7 @@ class WriteFeatureSummaries(beam.DoFn):
                 for k, v in scalars.items()
                 if v is not None
             ]
-        with tf.io.TFRecordWriter(f"{logdir}/{_event_file_name()}") as writer:
+        with tf.io.TFRecordWriter(f"{logdir}/{event_file_name()}") as writer:
             writer.write(event_pb2.Event(wall_time=now, step=0, file_version="brain.Event:2").SerializeToString())
             writer.write(
                 event_pb2.Event(wall_time=now, step=0, summary=summary_pb2.Summary(value=values)).SerializeToString()

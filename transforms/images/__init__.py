@@ -1,0 +1,1 @@
+"""Images: pixels (validate, decode, resize, encode), ingestion steps, the tf.data reader."""

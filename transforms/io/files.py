@@ -1,3 +1,5 @@
+"""Small file readers (local or gs://) for configs, reports and tests, and the event-file names of TensorBoard."""
+
 import json
 import socket
 import time
@@ -6,7 +8,7 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 
-def _event_file_name():
+def event_file_name():
     return f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
 
 

@@ -1,0 +1,1 @@
+"""Model scoring: the model handler, request parsing and prediction rows, the Bigtable cache."""

@@ -1,3 +1,5 @@
+"""The Bigtable serving cache of predictions: row keys, the lookup before scoring, the rows written after."""
+
 import json
 import time
 

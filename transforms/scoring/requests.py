@@ -1,3 +1,5 @@
+"""Scoring requests in and prediction rows out, around RunInference."""
+
 import time
 
 from apache_beam.io.gcp.pubsub import PubsubMessage

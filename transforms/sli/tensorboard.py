@@ -1,9 +1,13 @@
+"""TensorBoard event files of SLI rows: scalars whose step and wall time are the event-time window end (not
+when the pipeline ran), so runs over the same period line up. Each worker writes its own
+`events.out.tfevents.*` file into the run directory; TensorFlow is imported on the workers only."""
+
 import datetime
 import time
 
 import apache_beam as beam
 
-from transforms.io.files import _event_file_name
+from transforms.io.files import event_file_name
 from transforms.sli.config import sli_short_name
 
 
@@ -27,7 +31,7 @@ class WriteSliSummaries(beam.DoFn):
             for journey in service.journeys
         }
         tf.io.gfile.makedirs(self._logdir)
-        self._writer = tf.io.TFRecordWriter(f"{self._logdir.rstrip('/')}/{_event_file_name()}")
+        self._writer = tf.io.TFRecordWriter(f"{self._logdir.rstrip('/')}/{event_file_name()}")
         self._writer.write(self._event(time.time(), 0, file_version="brain.Event:2"))
 
     def _event(self, wall_time, step, file_version=None, values=()):

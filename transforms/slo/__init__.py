@@ -1,0 +1,1 @@
+"""SLOs over SLI rows: the evaluator (compliance, budgets, burn-rate alerts) and the status rows."""

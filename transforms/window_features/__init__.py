@@ -1,0 +1,1 @@
+"""Window-aggregation features: the window spec and the aggregation per entity and window."""
