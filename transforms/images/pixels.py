@@ -121,37 +121,7 @@ def sniff_format(data):
 def check_image_header(data, max_bytes, max_pixels):
     """The format of an image that is within the size cap and declares at most `max_pixels` pixels,
     read from its header without decoding it (for models that decode the bytes themselves)."""
-    fmt = _check_bytes(data, max_bytes)
-    try:
-        with Image.open(io.BytesIO(data), formats=[FORMATS[fmt]]) as image:
-            _check_pixels(image, fmt, max_pixels)
-    except RecordError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise RecordError("too_many_pixels", f"decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RecordError("corrupt_image", f"the {fmt} image header cannot be read: {e}") from None
-    return fmt
-
-
-def _check_bytes(data, max_bytes):
-    if not data:
-        raise RecordError("empty", "the image is empty (0 bytes)")
-    if len(data) > max_bytes:
-        raise RecordError("too_large", f"the image is over --max_image_bytes={max_bytes} bytes")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise RecordError("not_an_image", f"not a JPEG, PNG, GIF, BMP or WebP image (starts with {data[:8]!r})")
-    return fmt
-
-
-def _check_pixels(image, fmt, max_pixels):
-    width, height = image.size
-    if width * height > max_pixels:
-        raise RecordError(
-            "too_many_pixels",
-            f"the {fmt} declares {width}x{height} pixels, over --max_image_pixels={max_pixels}; not decoded",
-        )
+    return _read_image(data, max_bytes, max_pixels, decode=False)[1]
 
 
 def decode_image(data, max_bytes, max_pixels):
@@ -160,10 +130,28 @@ def decode_image(data, max_bytes, max_pixels):
     The size cap is checked on the bytes and the pixel cap on the header, before decoding, so a
     decompression bomb (a small file declaring huge dimensions) is rejected without being expanded.
     """
-    fmt = _check_bytes(data, max_bytes)
+    return _read_image(data, max_bytes, max_pixels, decode=True)
+
+
+def _read_image(data, max_bytes, max_pixels, decode):
+    """(RGB image or None, format): the checks of both callers, then the decoding when `decode`."""
+    if not data:
+        raise RecordError("empty", "the image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise RecordError("too_large", f"the image is over --max_image_bytes={max_bytes} bytes")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise RecordError("not_an_image", f"not a JPEG, PNG, GIF, BMP or WebP image (starts with {data[:8]!r})")
     try:
         with Image.open(io.BytesIO(data), formats=[FORMATS[fmt]]) as image:
-            _check_pixels(image, fmt, max_pixels)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise RecordError(
+                    "too_many_pixels",
+                    f"the {fmt} declares {width}x{height} pixels, over --max_image_pixels={max_pixels}; not decoded",
+                )
+            if not decode:
+                return None, fmt
             image.seek(0)
             return image.convert("RGB"), fmt  # convert() decodes: truncated data raises here
     except RecordError:
