@@ -154,7 +154,7 @@ def build(pipeline, options, settings, source=None):
         DEAD_LETTER_TAG, main="rows"
     )
     rows = cleansed.rows
-    if spec.stratify:
+    if spec.stratify_by:
         rows = rows | "AssignStratifiedSplits" >> AssignStratifiedSplits(spec)
     splits = list(spec.splits)
     rows = rows | "CountRowsPerSplit" >> beam.Map(lambda r: _count_split(r, PIPELINE))

@@ -1,12 +1,27 @@
 """The statistics accumulator without Beam, against numpy: one accumulator, merged partial accumulators,
-and merged-then-merged-again (tree) accumulators; empty, all-missing, single-value and very large data."""
+and merged-then-merged-again (tree) accumulators; empty, all-missing, single-value and very large data;
+histogram bins against np.histogram, values on the edges included."""
 
+import math
 import random
 
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from transforms.features.statistics import NumericAccumulator, SplitStats, histogram, histogram_bin
+from transforms.features.statistics import (
+    ComputeStatistics,
+    NumericAccumulator,
+    SplitStats,
+    histogram,
+    histogram_bin,
+    histogram_edges,
+)
 
 
 def _values(seed, n=5000, scale=1.0, missing=0.1):
@@ -72,7 +87,7 @@ def test_empty_all_missing_and_single_value():
     single = _tree([7.5] * 40)
     assert (single["min"], single["max"], single["mean"], single["std"]) == (7.5, 7.5, 7.5, 0.0)
     assert all(v == pytest.approx(7.5, rel=0.01) for v in single["quantiles"].values())
-    assert histogram({0: 40}, 7.5, 7.5) == [{"low": 7.5, "high": 7.5, "count": 40}]
+    assert histogram({0: 40}, histogram_edges(7.5, 7.5)) == [{"low": 7.5, "high": 7.5, "count": 40}]
 
 
 def test_merging_with_an_empty_accumulator_changes_nothing():
@@ -85,18 +100,66 @@ def test_merging_with_an_empty_accumulator_changes_nothing():
     assert NumericAccumulator().merge(full).extract() == before
 
 
+def _binned(values):
+    """The histogram the statistics report for `values`, through the binning functions."""
+    edges = histogram_edges(min(values), max(values))
+    counts = {}
+    for v in values:
+        i = histogram_bin(v, edges)
+        counts[i] = counts.get(i, 0) + 1
+    return histogram(counts, edges)
+
+
 def test_histogram_bins_cover_min_to_max():
     values = np.random.default_rng(3).uniform(-5, 5, 1000)
     low, high = values.min(), values.max()
-    counts = {}
-    for v in values:
-        i = histogram_bin(v, low, high)
-        counts[i] = counts.get(i, 0) + 1
-    bins = histogram(counts, low, high)
+    bins = _binned(values)
     expected, edges = np.histogram(values, bins=10, range=(low, high))
     assert [b["count"] for b in bins] == expected.tolist()
     assert [b["low"] for b in bins] == pytest.approx(edges[:-1].tolist())
     assert bins[-1]["high"] == high
+
+
+ON_EDGES = {
+    "tenths": [i / 10 for i in range(11)],  # 0.3 is just below the edge 0 + 3 * 0.1 = 0.30000000000000004
+    "the edges themselves": np.linspace(-3.7, 12.1, 11).tolist(),
+    "clip-like range": np.linspace(11.5, 14.5, 31).tolist(),
+    "thousandths": [i / 1000 for i in range(3, 14)],
+}
+
+
+@pytest.mark.parametrize("values", ON_EDGES.values(), ids=ON_EDGES)
+def test_values_on_every_edge_are_binned_as_np_histogram(values):
+    values = values * 3 + np.random.default_rng(4).uniform(min(values), max(values), 50).tolist()
+    bins = _binned(values)
+    counts, edges = np.histogram(values, bins=10, range=(min(values), max(values)))
+    assert [b["count"] for b in bins] == counts.tolist()
+    assert [b["low"] for b in bins] + [bins[-1]["high"]] == edges.tolist()  # exactly, not approximately
+
+
+def test_the_statistics_transform_bins_values_on_edges_as_np_histogram():
+    values = [i / 10 for i in range(11)] * 4 + [0.25, 0.55]
+    counts, edges = np.histogram(values, bins=10, range=(0.0, 1.0))
+    expected = [
+        {"low": low, "high": high, "count": c}
+        for low, high, c in zip(edges[:-1].tolist(), edges[1:].tolist(), counts.tolist(), strict=True)
+    ]
+    with TestPipeline(options=PipelineOptions(["--runner", "FnApiRunner"])) as p:
+        stats = p | beam.Create([("train", {"x": v}) for v in values]) | ComputeStatistics(["train"], ["x"], [])
+        assert_that(stats | beam.Map(lambda artifact: artifact["features"]["x"]["histogram"]), equal_to([expected]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=30))
+def test_any_finite_values_get_finite_ordered_edges_and_np_histogram_counts(values):
+    edges = histogram_edges(min(values), max(values))
+    assert all(math.isfinite(e) for e in edges) and edges == sorted(edges)
+    assert (edges[0], edges[-1]) == (min(values), max(values))
+    bins = _binned(values)
+    assert [b["count"] for b in bins] == np.histogram(values, bins=np.array(edges))[0].tolist()
+    low, high = min(values), max(values)
+    if high > low and math.isfinite(high - low) and (high - low) / 10 > 0:  # np.linspace's ordinary case
+        assert edges == np.linspace(low, high, 11).tolist()
 
 
 def test_split_stats_counts_rows_and_strings():

@@ -1,5 +1,5 @@
 """Deterministic splits by content or key hash, shared by the feature and image pipelines: exact
-proportions by rank in batch, in expectation by the hash alone in streaming."""
+proportions per stratum (a label, a column's value) by rank in batch, in expectation by the hash alone."""
 
 
 def split_fraction(md5):
@@ -8,9 +8,10 @@ def split_fraction(md5):
 
 
 def assign_splits(md5s, fractions, cap=None):
-    """{md5: split} for one label's images. Sorted by content hash, the first `cap` images (all when no
-    cap) are cut by rank into the splits, so each label keeps the configured proportions; the rest map to
-    None (over the cap). `fractions`: [(split, fraction)], fractions summing to 1."""
+    """{md5: split} for one stratum (one label's images, one value's rows). Sorted by hash, the first `cap`
+    (all when no cap) are cut by rank into the splits: with n of them and cumulative fractions F, split i
+    gets round(F_i n) - round(F_i-1 n), so each stratum keeps the configured proportions to within one;
+    the rest map to None (over the cap). `fractions`: [(split, fraction)], fractions summing to 1."""
     ordered = sorted(md5s, key=lambda m: (split_fraction(m), m))
     kept = ordered[:cap] if cap else ordered
     splits, start, cumulative = {}, 0, 0.0

@@ -84,7 +84,7 @@ class CleanseRecords(GuardedDoFn):
         yield cleansed
 
 
-class _SplitOneLabel(beam.DoFn):
+class _SplitOneStratum(beam.DoFn):
     def __init__(self, fractions):
         self._fractions = fractions
 
@@ -96,18 +96,19 @@ class _SplitOneLabel(beam.DoFn):
 
 
 class AssignStratifiedSplits(beam.PTransform):
-    """Within each label value, rows ordered by key hash and cut by rank: every split keeps the label's
-    proportions exactly. Rows with one key share a hash, so they stay together."""
+    """Within each value of the spec's `stratify` column (after defaults), rows ordered by key hash and cut
+    by rank: every split gets its fraction of each value's rows, to within one row (one row per key). Rows
+    with one key and one value share a hash, so they stay together."""
 
     def __init__(self, spec):
         super().__init__()
-        self._label, self._fractions = spec.label, spec.split_fractions
+        self._column, self._fractions = spec.stratify_by, spec.split_fractions
 
     def expand(self, rows):
-        label = self._label
+        column = self._column
         return (
             rows
-            | "KeyByLabel" >> beam.Map(lambda row: (row.filled[label], row))
-            | "GroupByLabel" >> beam.GroupByKey()
-            | "SplitEachLabel" >> beam.ParDo(_SplitOneLabel(self._fractions))
+            | "KeyByStratum" >> beam.Map(lambda row: (row.filled[column], row))
+            | "GroupByStratum" >> beam.GroupByKey()
+            | "SplitEachStratum" >> beam.ParDo(_SplitOneStratum(self._fractions))
         )

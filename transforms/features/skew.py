@@ -1,10 +1,11 @@
 """Training/serving skew and drift: serving data compared with the training statistics artifact of the
 feature pipeline, per feature, without TFDV.
 
-- numeric features: serving values are counted in the training histogram's bins (plus one bin below the
-  training min and one above the max); Jensen-Shannon divergence (base 2, in [0, 1]) and the population
-  stability index (PSI) compare the two bin distributions; the out-of-range rate is the share of serving
-  values outside [training min, training max];
+- numeric features: serving values are counted in the training histogram's bins, by the same rule and
+  edges as the training values (plus one bin below the training min and one above the max);
+  Jensen-Shannon divergence (base 2, in [0, 1]) and the population stability index (PSI) compare the two
+  bin distributions; the out-of-range rate is the share of serving values outside [training min,
+  training max];
 - categorical features: the L-infinity distance (largest difference in a value's frequency) and PSI
   over the training top values, the serving top values, and one "other" bucket for the rest; new
   categories are serving values the training split never had (known exactly when the training split
@@ -24,21 +25,17 @@ from apache_beam.transforms import window
 
 from transforms.core.records import record_dict
 from transforms.features.cleanse import serving_raw_values
+from transforms.features.statistics import histogram_bin
 from transforms.io.deadletter import GuardedDoFn, payload_and_attributes
 
 DEFAULT_THRESHOLDS = {"js_divergence": 0.1, "linf": 0.1, "psi": 0.25, "out_of_range": 0.01, "missing_change": 0.05}
 _SMOOTHING = 1e-4  # added to empty bins in PSI so a bin missing on one side does not make it infinite
 
 
-def training_bin(value, histogram):
-    """Index of value among the training histogram's bins: -1 below the first, len(histogram) above the
-    last (the last bin includes its upper edge)."""
-    if value < histogram[0]["low"]:
-        return -1
-    for i, b in enumerate(histogram):
-        if value < b["high"] or (i == len(histogram) - 1 and value == b["high"]):
-            return i
-    return len(histogram)
+def training_edges(histogram):
+    """The edges of a training histogram as the statistics binned with them (bins from the artifact's
+    edges, never recomputed, so float rounding cannot move a value across an edge)."""
+    return [b["low"] for b in histogram] + [histogram[-1]["high"]] if histogram else []
 
 
 def _normalized(counts):
@@ -142,11 +139,11 @@ def skew_report(training, serving, serving_bins, thresholds_by_feature, text_fea
     }
 
 
-def _bin_keys(row, histograms):
-    for name, histogram in histograms.items():
+def _bin_keys(row, edges):
+    for name, feature_edges in edges.items():
         value = row.get(name)
-        if value is not None and histogram:
-            yield name, training_bin(value, histogram)
+        if value is not None and feature_edges:
+            yield name, histogram_bin(value, feature_edges)
 
 
 class CountInTrainingBins(beam.PTransform):
@@ -155,12 +152,12 @@ class CountInTrainingBins(beam.PTransform):
 
     def __init__(self, histograms):
         super().__init__()
-        self._histograms = histograms
+        self._edges = {name: training_edges(histogram) for name, histogram in histograms.items()}
 
     def expand(self, rows):
         return (
             rows
-            | "BinKeys" >> beam.FlatMap(_bin_keys, self._histograms)
+            | "BinKeys" >> beam.FlatMap(_bin_keys, self._edges)
             | "CountBins" >> beam.combiners.Count.PerElement()
             | "AsOneDict" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults()
         )

@@ -2,20 +2,25 @@
 tf.Transform `preprocessing_fn` built from it.
 
     key: user_id                  # split by a hash of this column
-    label: churned                # optional; `stratify: true` keeps its proportions in every split
+    label: churned                # optional
+    stratify: country             # optional: each value keeps its proportions in every split (true: the label)
     splits: {train: 0.7, eval: 0.3}
     features:
       - {name: age, type: numeric, default: 0, clip: [0, 120], transforms: [scale_to_0_1, z_score, {bucketize: 4}]}
+      - {name: tenure, type: numeric, default: 0, transforms: [{bucketize: [1, 2, 5, 10]}]}
       - {name: country, type: categorical, default: "", transforms: [{vocabulary: {top_k: 50}}, {hash: 100}]}
+      - {name: sex, type: categorical, default: "", transforms: [{vocabulary: {keys: [F, M], num_oov_buckets: 1}}]}
       - {name: bio, type: text, default: "", transforms: [{vocabulary: {top_k: 1000}}]}
       - {name: churned, type: label}
     crosses:
       - {features: [country, device], hash_buckets: 1000}
 """
 
+import itertools
+import math
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictFloat, field_validator, model_validator
 
 from transforms.core.config import StrictModel, load_config, parse_config
 
@@ -24,24 +29,54 @@ CATEGORICAL_TRANSFORMS = ("vocabulary", "hash")
 
 
 class Vocabulary(StrictModel):
+    """Computed on the training split (most frequent first), or fixed by `keys`; a value out of the
+    vocabulary is -1, or one of `num_oov_buckets` indices after the vocabulary (by its hash)."""
+
     top_k: int | None = Field(None, gt=0)
     frequency_threshold: int = Field(0, ge=0)
-    one_hot: bool = False  # needs top_k: the one-hot width
+    keys: list[str] | None = Field(None, min_length=1)
+    num_oov_buckets: int = Field(0, ge=0)
+    one_hot: bool = False  # needs top_k or keys: the one-hot width
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _keys(cls, values):
+        """Whole numbers as strings, the way cleansing reads categorical values."""
+        if not isinstance(values, list):
+            return values
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
 
     @model_validator(mode="after")
     def _check(self):
-        if self.one_hot and not self.top_k:
-            raise ValueError("one_hot needs top_k (the width of the one-hot vector)")
+        if self.keys and (self.top_k or self.frequency_threshold):
+            raise ValueError("keys is a fixed vocabulary: leave out top_k and frequency_threshold")
+        if self.keys and len(set(self.keys)) != len(self.keys):
+            raise ValueError(f"keys listed twice: {sorted({k for k in self.keys if self.keys.count(k) > 1})}")
+        if self.one_hot and not (self.top_k or self.keys):
+            raise ValueError("one_hot needs top_k or keys (the width of the one-hot vector)")
         return self
+
+    @property
+    def width(self):
+        """The number of indices: the vocabulary's (at most top_k) and the out-of-vocabulary buckets."""
+        return (len(self.keys) if self.keys else self.top_k) + self.num_oov_buckets
 
 
 class Transform(StrictModel):
-    """One transform: `scale_to_0_1`, `z_score`, `log` (log1p of values >= 0), `bucketize` (quantile buckets),
-    `vocabulary` (index, or one-hot), `hash` (buckets)."""
+    """One transform: `scale_to_0_1`, `z_score`, `log` (log1p of values >= 0), `bucketize` (quantile buckets,
+    or fixed `boundaries`), `vocabulary` (index, or one-hot), `hash` (buckets)."""
 
     kind: str
     buckets: int | None = None
+    boundaries: list[StrictFloat] | None = None  # numbers only: YAML true or "18" is a mistake here
     vocabulary: Vocabulary | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        b = self.boundaries
+        if b is not None and not (b and all(map(math.isfinite, b)) and all(x < y for x, y in itertools.pairwise(b))):
+            raise ValueError(f"bucketize boundaries must be one or more finite numbers, strictly increasing; got {b}")
+        return self
 
     @property
     def output_suffix(self):
@@ -56,16 +91,19 @@ class Transform(StrictModel):
 
 
 def _parse_transform(value):
-    """'z_score' | {'bucketize': 4} | {'hash': 100} | {'vocabulary': {...}}."""
+    """'z_score' | {'bucketize': 4} | {'bucketize': [18, 25, 30]} | {'hash': 100} | {'vocabulary': {...}}."""
     if isinstance(value, str):
         if value in ("bucketize", "hash"):
             raise ValueError(f"'{value}' needs a number of buckets, e.g. {{{value}: 10}}")
         return Transform(kind=value, vocabulary=Vocabulary() if value == "vocabulary" else None)
     if isinstance(value, dict) and len(value) == 1:
         kind, arg = next(iter(value.items()))
+        if kind == "bucketize" and isinstance(arg, list):
+            return Transform(kind=kind, boundaries=arg)
         if kind in ("bucketize", "hash"):
             if not isinstance(arg, int) or arg < 1:
-                raise ValueError(f"'{kind}' takes a positive number of buckets, got {arg!r}")
+                what = "a positive number of buckets" + (" or a list of boundaries" if kind == "bucketize" else "")
+                raise ValueError(f"'{kind}' takes {what}, got {arg!r}")
             return Transform(kind=kind, buckets=arg)
         if kind == "vocabulary":
             return Transform(kind=kind, vocabulary=Vocabulary(**(arg or {})))
@@ -102,10 +140,19 @@ class Feature(StrictModel):
                     f"feature '{self.name}' ({self.type}) cannot take '{t.kind}'; allowed: "
                     f"{', '.join(allowed) or 'none'}"
                 )
+        outputs = [f"{self.name}_{t.output_suffix}" for t in self.transforms]
+        if len(set(outputs)) != len(outputs):
+            twice = sorted({o for o in outputs if outputs.count(o) > 1})
+            raise ValueError(f"feature '{self.name}': two transforms would both write {twice}; keep one of each kind")
         if self.clip and (self.type != "numeric" or self.clip[0] >= self.clip[1]):
             raise ValueError(f"feature '{self.name}': clip needs a numeric feature and [low, high] with low < high")
         if self.type == "numeric" and isinstance(self.default, str):
             raise ValueError(f"feature '{self.name}': a numeric default must be a number")
+        if self.clip and self.default is not None and not self.clip[0] <= self.default <= self.clip[1]:
+            raise ValueError(
+                f"feature '{self.name}': default {self.default} is outside clip [{self.clip[0]}, {self.clip[1]}]"
+                " (defaults are not clipped); give a default within clip, or widen clip"
+            )
         if not self.required and self.default is None and self.type not in ("label", "key"):
             raise ValueError(f"feature '{self.name}': give a default (filled when missing) or set required: true")
         return self
@@ -128,7 +175,7 @@ class Cross(StrictModel):
 class FeatureSpec(StrictModel):
     key: str
     label: str | None = None
-    stratify: bool = False
+    stratify: bool | str = False  # a categorical feature or the label; true: the label
     splits: dict[str, float] = {"train": 0.7, "eval": 0.3}
     features: list[Feature] = Field(min_length=1)
     crosses: list[Cross] = []
@@ -147,8 +194,14 @@ class FeatureSpec(StrictModel):
             raise ValueError(f"key '{self.key}' is listed as a {by_name[self.key].type} feature")
         if self.label and self.label not in by_name:
             raise ValueError(f"label '{self.label}' is not among the features")
-        if self.stratify and not self.label:
+        if self.stratify is True and not self.label:
             raise ValueError("stratify: true needs a label")
+        column = self.stratify_by
+        if column is not None and (column not in by_name or by_name[column].type not in ("categorical", "label")):
+            raise ValueError(
+                f"stratify: '{column}' must name a categorical feature or the label "
+                f"(categorical features: {[f.name for f in self.features if f.type == 'categorical']})"
+            )
         for cross in self.crosses:
             for name in cross.features:
                 if name not in by_name or by_name[name].type != "categorical":
@@ -158,6 +211,13 @@ class FeatureSpec(StrictModel):
     @property
     def split_fractions(self):
         return list(self.splits.items())
+
+    @property
+    def stratify_by(self):
+        """The column whose values each keep their proportions in every split, or None."""
+        if self.stratify is True:
+            return self.label
+        return self.stratify if isinstance(self.stratify, str) else None
 
     @property
     def inputs(self):
@@ -184,6 +244,19 @@ def tf_feature_spec(spec):
         numeric = f.is_numeric
         out[f.name] = tf.io.FixedLenFeature([], tf.float32 if numeric else tf.string)
     return out
+
+
+def _fixed_vocabulary(vocabulary):
+    """A lookup table of `keys` in their order: the transform function carries it, so serving needs no
+    vocabulary file. Out of vocabulary: -1, or len(keys) + FarmHash64 of the value mod num_oov_buckets."""
+    import tensorflow as tf
+
+    keys = tf.lookup.KeyValueTensorInitializer(
+        tf.constant(vocabulary.keys), tf.range(len(vocabulary.keys), dtype=tf.int64)
+    )
+    if vocabulary.num_oov_buckets:
+        return tf.lookup.StaticVocabularyTable(keys, vocabulary.num_oov_buckets)
+    return tf.lookup.StaticHashTable(keys, default_value=-1)
 
 
 def make_preprocessing_fn(spec):
@@ -213,23 +286,30 @@ def make_preprocessing_fn(spec):
                     outputs[name] = tft.scale_to_z_score(x)
                 elif t.kind == "log":
                     outputs[name] = tf.math.log1p(tf.maximum(x, 0.0))
+                elif t.kind == "bucketize" and t.boundaries:
+                    outputs[name] = tft.apply_buckets(x, tf.constant([t.boundaries], tf.float32))
                 elif t.kind == "bucketize":
                     outputs[name] = tft.bucketize(x, t.buckets)
                 elif t.kind == "hash":
                     outputs[name] = tft.hash_strings(x, t.buckets)
                 else:
+                    vocabulary = t.vocabulary
                     tokens = tf.strings.split(x) if f.type == "text" else x
-                    index = tft.compute_and_apply_vocabulary(
-                        tokens,
-                        top_k=t.vocabulary.top_k,
-                        frequency_threshold=t.vocabulary.frequency_threshold or None,
-                        vocab_filename=f"vocab_{f.name}",
-                    )
+                    if vocabulary.keys:
+                        index = tf.ragged.map_flat_values(_fixed_vocabulary(vocabulary).lookup, tokens)
+                    else:
+                        index = tft.compute_and_apply_vocabulary(
+                            tokens,
+                            top_k=vocabulary.top_k,
+                            frequency_threshold=vocabulary.frequency_threshold or None,
+                            num_oov_buckets=vocabulary.num_oov_buckets,
+                            vocab_filename=f"vocab_{f.name}",
+                        )
                     if f.type == "text":
                         index = index.to_sparse() if isinstance(index, tf.RaggedTensor) else index
                         outputs[name] = index
-                    elif t.vocabulary.one_hot:  # top_k wide; out of vocabulary (-1) is all zeros
-                        outputs[name] = tf.one_hot(index, t.vocabulary.top_k, dtype=tf.float32)
+                    elif vocabulary.one_hot:  # `width` wide; out of vocabulary without buckets (-1) is all zeros
+                        outputs[name] = tf.one_hot(index, vocabulary.width, dtype=tf.float32)
                     else:
                         outputs[name] = index
         for cross in spec.crosses:

@@ -4,9 +4,12 @@ strings) in a few passes.
 
 Mean and variance merge with Chan et al.'s pairwise update (stable for large values, up to about 1e150
 in magnitude); std is the population std (ddof=0). Quantiles come from a DDSketch with 1% relative
-accuracy; histograms have equal-width bins between the split's min and max (a second pass).
+accuracy; histograms have equal-width bins between the split's min and max (a second pass), binned with
+np.histogram's rule on one edge list (`histogram_edges`) that the skew check reuses from the artifact.
 """
 
+import bisect
+import itertools
 import math
 
 import apache_beam as beam
@@ -132,33 +135,46 @@ class SplitStatsFn(MergingCombineFn):
         return accumulator.extract()
 
 
-def histogram_bin(value, low, high, bins=HISTOGRAM_BINS):
-    """Equal-width bin index of value in [low, high]; the max falls in the last bin."""
-    if high <= low:
-        return 0
-    return min(int((value - low) / (high - low) * bins), bins - 1)
-
-
-def histogram(counts, low, high, bins=HISTOGRAM_BINS):
-    """[{low, high, count}] from {bin index: count}; one bin when all values are equal."""
+def histogram_edges(low, high, bins=HISTOGRAM_BINS):
+    """The bin edges from a feature's min to its max: low + i * width with width = (high - low) / bins, then
+    high, as np.histogram computes them; [low, high] (one bin) when all values are equal, [] without values."""
     if low is None:
         return []
     if high <= low:
-        return [{"low": low, "high": high, "count": counts.get(0, 0)}]
+        return [low, high]
+    if math.isinf(high - low):  # a range wider than the largest float: the same edges, computed halved
+        return [2 * e for e in histogram_edges(low / 2, high / 2, bins)]
     width = (high - low) / bins
+    return [low + i * width for i in range(bins)] + [high]
+
+
+def histogram_bin(value, edges):
+    """Index of value's bin among `edges` by np.histogram's rule: [low, high), the last bin [low, high];
+    -1 below the first edge, len(edges) - 1 above the last."""
+    i = bisect.bisect_right(edges, value) - 1
+    return i - 1 if value == edges[-1] else i
+
+
+def histogram(counts, edges):
+    """[{low, high, count}] of the bins between `edges`, from {bin index: count}."""
     return [
-        {"low": low + i * width, "high": low + (i + 1) * width if i < bins - 1 else high, "count": counts.get(i, 0)}
-        for i in range(bins)
+        {"low": low, "high": high, "count": counts.get(i, 0)} for i, (low, high) in enumerate(itertools.pairwise(edges))
     ]
 
 
-def _histogram_keys(split_row, numeric, stats):
+def _split_edges(split_stats, numeric):
+    split, stats = split_stats
+    return split, {
+        name: histogram_edges(stats["features"][name]["min"], stats["features"][name]["max"]) for name in numeric
+    }
+
+
+def _histogram_keys(split_row, edges):
     split, row = split_row
-    for name in numeric:
+    for name, feature_edges in edges[split].items():
         value = row.get(name)
-        feature = stats[split]["features"][name]
         if value is not None:
-            yield (split, name, histogram_bin(value, feature["min"], feature["max"]))
+            yield (split, name, histogram_bin(value, feature_edges))
 
 
 def _string_values(split_row, strings):
@@ -181,7 +197,7 @@ def _assemble(split_and_parts, histograms=True):
     for name, feature in stats["features"].items():
         if feature["type"] == "numeric":
             if histograms:
-                feature["histogram"] = histogram(bins.get(name, {}), feature["min"], feature["max"])
+                feature["histogram"] = histogram(bins.get(name, {}), histogram_edges(feature["min"], feature["max"]))
         else:
             top, distinct = values.get(name, ([], 0))
             feature["distinct"] = distinct
@@ -228,9 +244,10 @@ class ComputeStatistics(beam.PTransform):
             )
         parts = {"stats": stats}
         if self._histograms:
+            edges = stats | "HistogramEdges" >> beam.Map(_split_edges, numeric)
             parts["bins"] = (
                 rows
-                | "HistogramBins" >> beam.FlatMap(_histogram_keys, numeric, beam.pvalue.AsDict(stats))
+                | "HistogramBins" >> beam.FlatMap(_histogram_keys, beam.pvalue.AsDict(edges))
                 | "CountBins" >> beam.combiners.Count.PerElement()
                 | "BinsBySplit" >> beam.Map(lambda kc: (kc[0][0], ((kc[0][1], kc[0][2]), kc[1])))
             )
