@@ -67,7 +67,15 @@ from transforms.images.ingest import (
     manifest_row_from_dead_letter,
     utc_now_iso,
 )
-from transforms.images.pixels import ENCODINGS, RESIZE_METHODS, parse_image_size, parse_label_map, parse_splits
+from transforms.images.pixels import (
+    DEDUP_KEYS,
+    ENCODINGS,
+    EXIF_ORIENTATIONS,
+    RESIZE_METHODS,
+    parse_image_size,
+    parse_label_map,
+    parse_splits,
+)
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_text
 from transforms.io.sinks import BigQueryTarget, WriteRecords
@@ -110,6 +118,23 @@ class ImageIngestOptions(PipelineOptions):
         )
         parser.add_argument(
             "--jpeg_quality", type=int, default=90, help="JPEG quality 1-95 with --encoding jpeg. Default: 90."
+        )
+        parser.add_argument(
+            "--exif_orientation",
+            type=str,
+            default="apply",
+            choices=EXIF_ORIENTATIONS,
+            help="apply: turn each image as its EXIF Orientation tag says, as a person sees the photo; ignore: "
+            "keep the pixels as stored (what tf.io.decode_image does). Default: apply.",
+        )
+        parser.add_argument(
+            "--dedup_by",
+            type=str,
+            default="bytes",
+            choices=DEDUP_KEYS,
+            help="What makes two images duplicates: bytes (MD5 of the source file) or pixels (MD5 of the decoded, "
+            "oriented RGB pixels with their size, before the resize: lossless re-encodes and metadata edits "
+            "are duplicates, lossy re-encodes are not). Default: bytes.",
         )
         parser.add_argument(
             "--unknown_label",
@@ -263,6 +288,8 @@ def build(pipeline, options, settings, source=None):
                 jpeg_quality=opts.jpeg_quality,
                 max_bytes=limits.max_image_bytes,
                 max_pixels=limits.max_image_pixels,
+                exif_orientation=opts.exif_orientation,
+                dedup_by=opts.dedup_by,
             ),
         )
     ).with_outputs(DEAD_LETTER_TAG, main="images")

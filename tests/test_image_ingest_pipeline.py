@@ -1,5 +1,5 @@
 """The batch image pipeline on the local runner, from a generated folder and a manifest: every input
-accounted for, TFRecords read back with TensorFlow, label maps reused, and a Keras model trained on the
+accounted for (pixel deduplication with and without EXIF orientation included), TFRecords read back with TensorFlow, label maps reused, and a Keras model trained on the
 output through the reader helper."""
 
 import base64
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image, PngImagePlugin
 
 from pipelines import image_ingest
 from pipelines.samples.images import LABELS, write_sample
@@ -42,11 +43,25 @@ def read_examples(output_dir, split):
     return examples
 
 
+def add_pixel_copies(root, original):
+    """Two files with other bytes but the pixels of `original` (a PNG): re-saved with other compression and
+    metadata, and stored turned a quarter with EXIF orientation 8 (turn back a quarter to view)."""
+    pixels = np.asarray(Image.open(root / original).convert("RGB"))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "another editor")
+    Image.fromarray(pixels).save(root / original.replace("/", "/resaved-"), "PNG", compress_level=1, pnginfo=info)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.rot90(pixels, -1)).save(root / original.replace("/", "/turned-"), "PNG", exif=exif.tobytes())
+    return {original.replace("/", "/resaved-"): "duplicate", original.replace("/", "/turned-"): "duplicate"}
+
+
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     root, out = tmp_path_factory.mktemp("images"), tmp_path_factory.mktemp("out")
     expected = write_sample(root, per_label=(10, 7, 3), seed=21)
-    run_pipeline("--input_dir", str(root), "--output_dir", str(out))
+    expected.update(add_pixel_copies(root, "square/001.png"))
+    run_pipeline("--input_dir", str(root), "--output_dir", str(out), "--dedup_by", "pixels")
     return root, out, expected
 
 
@@ -60,7 +75,12 @@ def test_every_input_is_in_the_manifest_once_with_its_fate(folder_run):
     }
     assert got == expected
     duplicates = {row["source_id"]: row["duplicate_of"] for row in manifest if row["status"] == "duplicate"}
-    assert duplicates == {"circle/copy-of-000.jpg": "circle/000.jpg", "square/copy-of-001.png": "square/001.png"}
+    assert duplicates == {
+        "circle/copy-of-000.jpg": "circle/000.jpg",
+        "square/copy-of-001.png": "square/001.png",
+        "square/resaved-001.png": "square/001.png",
+        "square/turned-001.png": "square/001.png",  # the default --exif_orientation apply
+    }
 
 
 def test_tfrecords_hold_each_accepted_image_once_with_its_label_and_hash(folder_run):
@@ -129,7 +149,10 @@ def test_label_map_is_reused_and_unknown_labels_dead_lettered(folder_run, tmp_pa
     label_map = tmp_path / "labels.txt"
     label_map.write_text("square\ncircle\n")
     out = tmp_path / "out"
-    run_pipeline("--input_dir", str(root), "--output_dir", str(out), "--label_map", str(label_map))
+    flags = ("--dedup_by", "pixels", "--exif_orientation", "ignore")
+    run_pipeline("--input_dir", str(root), "--output_dir", str(out), "--label_map", str(label_map), *flags)
+    status = {row["source_id"]: row["status"] for row in read_jsonl(f"{out}/manifest-*.jsonl")}
+    assert (status["square/resaved-001.png"], status["square/turned-001.png"]) == ("duplicate", "accepted")
     examples = read_examples(out, "train") + read_examples(out, "eval")
     assert {(e["image/class/text"], e["image/class/label"]) for e in examples} == {(b"square", 0), (b"circle", 1)}
     unknown = [d for d in read_jsonl(f"{out}/dead_letters-*.jsonl") if d["reason"] == "unknown_label"]

@@ -1,5 +1,5 @@
-"""The image functions without Beam: payload formats, validation before decoding, resizing against
-TensorFlow, the split assignment."""
+"""The image functions without Beam: payload formats, validation before decoding, 16-bit scaling and EXIF
+orientation against numpy, pixel keys, resizing against TensorFlow, the split assignment."""
 
 import base64
 import collections
@@ -7,11 +7,13 @@ import hashlib
 import io
 import json
 import random
+import struct
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from pipelines.samples.images import FORMATS, image_bytes
 from transforms.core.splits import assign_splits, split_fraction, streaming_split
@@ -22,9 +24,11 @@ from transforms.images.pixels import (
     parse_image_size,
     parse_label_map,
     parse_splits,
+    pixel_key,
     process_image,
     resize,
     sniff_format,
+    to_rgb,
 )
 from transforms.io.deadletter import RecordError
 from transforms.io.sources import ImageInput
@@ -211,3 +215,124 @@ def test_flag_parsers_name_the_flag():
         parse_label_map("cat\n\ndog\n", "m.txt")
     with pytest.raises(ValueError, match="twice: cat"):
         parse_label_map("cat\ndog\ncat", "m.txt")
+
+
+def _png16(pixels):
+    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA by the channel count) written with zlib, not Pillow,
+    which cannot write 16-bit colour."""
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)  # filter 0 per row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+SIXTEEN_BIT = np.random.default_rng(16).integers(0, 65536, (5, 7, 4), dtype=np.uint16)
+SIXTEEN_BIT[0, :4, :] = [[0, 0, 0, 0], [255, 256, 511, 512], [65279, 65280, 65534, 65535], [32767, 32768, 1, 2]]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_16_bit_pngs_keep_the_high_byte(channels):
+    pixels = SIXTEEN_BIT[..., :channels]
+    data = _png16(pixels)
+    image, fmt = decode_image(data, 10_000, 1_000)
+    high = (pixels >> 8).astype(np.uint8)
+    colour = np.repeat(high[..., :1], 3, axis=2) if channels <= 2 else high[..., :3]  # gray repeated, alpha dropped
+    assert fmt == "png" and np.array_equal(np.asarray(image), colour)
+    served = tf.io.decode_png(data, channels=3 if channels <= 2 else channels, dtype=tf.uint8).numpy()[..., :3]
+    assert np.array_equal(np.asarray(image), served)  # what a TensorFlow serving graph decodes
+
+
+@pytest.mark.parametrize("mode, dtype", [("I;16", "<u2"), ("I;16L", "<u2"), ("I;16B", ">u2")])
+def test_16_bit_grayscale_modes_keep_the_high_byte(mode, dtype):
+    gray = SIXTEEN_BIT[..., 0]
+    image = Image.frombytes(mode, (7, 5), gray.astype(dtype).tobytes())
+    assert image.mode == mode
+    expected = np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    assert np.array_equal(np.asarray(to_rgb(image)), expected)
+
+
+def test_32_bit_grayscale_is_clipped_to_16_bits_then_keeps_the_high_byte():
+    values = np.array([[-5, 0, 255, 256, 40_000, 65_535, 70_000]], dtype=np.int32)
+    rgb = np.asarray(to_rgb(Image.fromarray(values)))
+    assert rgb.shape == (1, 7, 3) and rgb[0, :, 0].tolist() == [0, 0, 0, 1, 156, 255, 255]  # 40000 // 256 = 156
+    buffer = io.BytesIO()
+    Image.fromarray(SIXTEEN_BIT[..., 0]).save(buffer, "PNG")  # Pillow's own 16-bit grayscale PNG
+    image, _ = decode_image(buffer.getvalue(), 10_000, 1_000)
+    assert np.array_equal(np.asarray(image)[..., 1], (SIXTEEN_BIT[..., 0] >> 8).astype(np.uint8))
+
+
+STORED = np.random.default_rng(8).integers(0, 256, (16, 24, 3), dtype=np.uint8)  # as the camera wrote it
+GRADIENT = np.stack(np.broadcast_arrays(*np.ogrid[0:160:10, 0:240:10], 128), axis=2).astype(
+    np.uint8
+)  # smooth: JPEG-safe
+# EXIF orientation -> the numpy turn that shows the photo upright (the EXIF 2.3 definitions)
+TURNS = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}
+
+
+def _with_orientation(pixels, fmt, orientation, **save):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, exif=exif.tobytes(), **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_apply_turns_the_pixels_and_ignore_keeps_them(orientation):
+    png = _with_orientation(STORED, "PNG", orientation)
+    applied, _ = decode_image(png, 10_000, 1_000, exif_orientation="apply")
+    ignored, _ = decode_image(png, 10_000, 1_000, exif_orientation="ignore")
+    assert np.array_equal(np.asarray(applied), TURNS[orientation](STORED))
+    assert np.array_equal(np.asarray(ignored), STORED)
+    jpeg = _with_orientation(GRADIENT, "JPEG", orientation, quality=95)
+    as_stored = np.asarray(decode_image(jpeg, 10_000, 1_000, exif_orientation="ignore")[0])
+    assert np.abs(as_stored.astype(int) - GRADIENT).max() <= 8  # lossy, but the stored layout
+    assert np.array_equal(np.asarray(decode_image(jpeg, 10_000, 1_000)[0]), TURNS[orientation](as_stored))
+
+
+def test_unreadable_exif_is_a_dead_letter_only_when_applied():
+    buffer = io.BytesIO()
+    Image.fromarray(STORED).save(buffer, "PNG", exif=b"Exif\x00\x00not a TIFF header")
+    with pytest.raises(RecordError) as e:
+        decode_image(buffer.getvalue(), 10_000, 1_000)
+    assert e.value.reason == "bad_exif" and "--exif_orientation ignore" in str(e.value)
+    image, _ = decode_image(buffer.getvalue(), 10_000, 1_000, exif_orientation="ignore")
+    assert np.array_equal(np.asarray(image), STORED)
+
+
+def _encoded(pixels, fmt, **save):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def test_pixel_key_is_the_md5_of_size_and_rgb_pixels_whatever_the_encoding():
+    tagged = PngImagePlugin.PngInfo()
+    tagged.add_text("Comment", "re-encoded")
+    png, resaved = _encoded(STORED, "PNG", compress_level=9), _encoded(STORED, "PNG", compress_level=1, pnginfo=tagged)
+    assert png != resaved
+    key = hashlib.md5(b"RGB 24 16\n" + STORED.tobytes()).hexdigest()  # width 24, height 16
+    assert pixel_key(decode_image(png, 10_000, 1_000)[0]) == pixel_key(decode_image(resaved, 10_000, 1_000)[0]) == key
+    jpeg = _encoded(STORED, "JPEG", quality=90)
+    decoded = np.asarray(decode_image(jpeg, 10_000, 1_000)[0])
+    as_png = _encoded(decoded, "PNG")
+    assert pixel_key(decode_image(as_png, 10_000, 1_000)[0]) == pixel_key(decode_image(jpeg, 10_000, 1_000)[0])
+    lossy = _encoded(decoded, "JPEG", quality=90)  # a second lossy pass changes pixels
+    assert pixel_key(decode_image(lossy, 10_000, 1_000)[0]) != pixel_key(decode_image(jpeg, 10_000, 1_000)[0])
+
+
+def test_process_image_dedup_key_follows_dedup_by():
+    item = ImageInput("id1", "file", "cat", _with_orientation(STORED, "PNG", 6))
+    by_bytes = process_image(item, 8, 8, "pad", "png", 90, 1_000_000, 10_000)
+    assert by_bytes.dedup_key == by_bytes.md5 == hashlib.md5(item.data).hexdigest()
+    upright = np.rot90(STORED, -1)  # orientation 6, applied: 16 wide, 24 high
+    by_pixels = process_image(item, 8, 8, "pad", "png", 90, 1_000_000, 10_000, dedup_by="pixels")
+    assert by_pixels.dedup_key == hashlib.md5(b"RGB 16 24\n" + upright.tobytes()).hexdigest()
+    assert (by_pixels.source_width, by_pixels.source_height) == (16, 24)
+    stored = process_image(item, 8, 8, "pad", "png", 90, 1_000_000, 10_000, "ignore", "pixels")
+    assert stored.dedup_key == hashlib.md5(b"RGB 24 16\n" + STORED.tobytes()).hexdigest()

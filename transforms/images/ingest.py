@@ -160,13 +160,13 @@ class ProcessImages(GuardedDoFn):
 
 
 class _FirstOfEachContent(beam.DoFn):
-    """(md5, images) -> the image with the smallest source id; the others go to the manifest."""
+    """(dedup key, images) -> the image with the smallest source id; the others go to the manifest."""
 
     def __init__(self, pipeline_name):
         self._duplicates = Metrics.counter(pipeline_name, "duplicates")
 
     def process(self, keyed):
-        md5, images = keyed
+        _, images = keyed
         first, *duplicates = sorted(images, key=lambda i: i.source_id)
         for duplicate in duplicates:
             self._duplicates.inc()
@@ -178,7 +178,7 @@ class _FirstOfEachContent(beam.DoFn):
                     duplicate.source,
                     duplicate.label,
                     utc_now_iso(),
-                    md5=md5,
+                    md5=duplicate.md5,
                     duplicate_of=first.source_id,
                     reason=None if duplicate.label == first.label else f"label conflict: kept '{first.label}'",
                 ),
@@ -187,8 +187,8 @@ class _FirstOfEachContent(beam.DoFn):
 
 
 class _FirstWithinRetention(beam.DoFn):
-    """Streaming: keeps the first image of each content hash; later copies within the retention (event
-    time since the first) go to the manifest. The state of a hash expires with an event-time timer."""
+    """Streaming: keeps the first image of each dedup key; later copies within the retention (event
+    time since the first) go to the manifest. The state of a key expires with an event-time timer."""
 
     FIRST = ReadModifyWriteStateSpec("first_source_id", StrUtf8Coder())
     EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
@@ -204,7 +204,7 @@ class _FirstWithinRetention(beam.DoFn):
         first=beam.DoFn.StateParam(FIRST),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ):
-        md5, image = keyed
+        _, image = keyed
         kept = first.read()
         if kept is None:
             first.write(image.source_id)
@@ -215,7 +215,13 @@ class _FirstWithinRetention(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 MANIFEST_TAG,
                 manifest_row(
-                    "duplicate", image.source_id, image.source, image.label, utc_now_iso(), md5=md5, duplicate_of=kept
+                    "duplicate",
+                    image.source_id,
+                    image.source,
+                    image.label,
+                    utc_now_iso(),
+                    md5=image.md5,
+                    duplicate_of=kept,
                 ),
             )
 
@@ -225,15 +231,16 @@ class _FirstWithinRetention(beam.DoFn):
 
 
 class DeduplicateByContent(beam.PTransform):
-    """One image per MD5 of its source bytes: across the whole run in batch, within `retention_seconds`
-    in streaming. Outputs: main (unique images) and MANIFEST_TAG (duplicates)."""
+    """One image per dedup key (MD5 of the source bytes, or the pixel key: see `process_image`): across
+    the whole run in batch, within `retention_seconds` in streaming. Outputs: main (unique images) and
+    MANIFEST_TAG (duplicates)."""
 
     def __init__(self, retention_seconds, pipeline_name):
         super().__init__()
         self._retention, self._pipeline = retention_seconds, pipeline_name
 
     def expand(self, images):
-        keyed = images | "KeyByMd5" >> beam.Map(lambda i: (i.md5, i))
+        keyed = images | "KeyByMd5" >> beam.Map(lambda i: (i.dedup_key, i))
         if self._retention is None:
             return (
                 keyed

@@ -1,5 +1,6 @@
 """Image payloads and pixels, without Beam: reading the TensorFlow Serving JSON convention, validating
-bytes before decoding, decoding with a pixel cap, resizing, and the `tf.train.Example` written per image.
+bytes before decoding, decoding with a pixel cap (16-bit to 8-bit, EXIF orientation), resizing, the
+content keys for deduplication, and the `tf.train.Example` written per image.
 
 Everything here raises `RecordError` (a dead letter with a reason) on bad input, never crashes a bundle.
 """
@@ -11,6 +12,7 @@ import io
 import json
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
 
@@ -21,6 +23,8 @@ from transforms.io.sources import ImageInput
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 RESIZE_METHODS = ("pad", "crop", "stretch")
 ENCODINGS = ("jpeg", "png", "raw")
+EXIF_ORIENTATIONS = ("apply", "ignore")  # apply: as a person sees the photo; ignore: as the pixels are stored
+DEDUP_KEYS = ("bytes", "pixels")  # MD5 of the source bytes, or pixel_key of the decoded image
 
 
 class ProcessedImage(NamedTuple):
@@ -35,6 +39,7 @@ class ProcessedImage(NamedTuple):
     encoding: str
     height: int
     width: int
+    dedup_key: str  # what deduplication compares: md5, or pixel_key with dedup_by="pixels"
 
 
 def decode_base64(text, field):
@@ -124,16 +129,39 @@ def check_image_header(data, max_bytes, max_pixels):
     return _read_image(data, max_bytes, max_pixels, decode=False)[1]
 
 
-def decode_image(data, max_bytes, max_pixels):
+def decode_image(data, max_bytes, max_pixels, exif_orientation="apply"):
     """Validates then decodes to an RGB `PIL.Image` (GIF: first frame). Returns (image, format).
 
     The size cap is checked on the bytes and the pixel cap on the header, before decoding, so a
     decompression bomb (a small file declaring huge dimensions) is rejected without being expanded.
+    `exif_orientation="apply"` turns the pixels as the EXIF Orientation tag says (as a person sees the
+    photo); "ignore" keeps them as stored. 16-bit images are scaled to 8 bits (`to_rgb`).
     """
-    return _read_image(data, max_bytes, max_pixels, decode=True)
+    return _read_image(data, max_bytes, max_pixels, decode=True, exif_orientation=exif_orientation)
 
 
-def _read_image(data, max_bytes, max_pixels, decode):
+def to_rgb(image):
+    """The image as 8-bit RGB. 16-bit grayscale (Pillow modes `I;16`, `I;16B`, `I;16L`, and `I`, clipped to
+    0-65535) keeps the high byte, v >> 8: what Pillow already does to 16-bit RGB(A) PNGs and what
+    TensorFlow's `decode_png`/`decode_image` give as uint8, so serving graphs see the same pixels."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        high = np.clip(np.asarray(image), 0, 65535) >> 8
+        image = Image.fromarray(high.astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _orient(image, fmt):
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception as e:  # noqa: BLE001 - Pillow's EXIF parser raises many kinds of errors on bad metadata
+        raise RecordError(
+            "bad_exif",
+            f"the {fmt}'s EXIF metadata cannot be read ({type(e).__name__}: {e}); fix the file, or pass "
+            f"--exif_orientation ignore to take its pixels as stored",
+        ) from None
+
+
+def _read_image(data, max_bytes, max_pixels, decode, exif_orientation="apply"):
     """(RGB image or None, format): the checks of both callers, then the decoding when `decode`."""
     if not data:
         raise RecordError("empty", "the image is empty (0 bytes)")
@@ -153,7 +181,10 @@ def _read_image(data, max_bytes, max_pixels, decode):
             if not decode:
                 return None, fmt
             image.seek(0)
-            return image.convert("RGB"), fmt  # convert() decodes: truncated data raises here
+            image.load()  # decodes: truncated data raises here
+            if exif_orientation == "apply":
+                _orient(image, fmt)
+            return to_rgb(image), fmt
     except RecordError:
         raise
     except Image.DecompressionBombError as e:
@@ -173,6 +204,14 @@ def resize(image, width, height, method):
     return ImageOps.pad(image, (width, height), Image.Resampling.BILINEAR, color=(0, 0, 0))
 
 
+def pixel_key(image):
+    """MD5 (hex) of the header `<mode> <width> <height>\n` (ASCII) followed by the pixels, row-major: the
+    same for every file that decodes to the same pixels, whatever its format, compression or metadata."""
+    key = hashlib.md5(b"%s %d %d\n" % (image.mode.encode(), image.width, image.height))
+    key.update(image.tobytes())
+    return key.hexdigest()
+
+
 def encode(image, encoding, jpeg_quality):
     if encoding == "raw":  # height x width x 3 uint8, row-major
         return image.tobytes()
@@ -184,21 +223,34 @@ def encode(image, encoding, jpeg_quality):
     return buffer.getvalue()
 
 
-def process_image(item, width, height, method, encoding, jpeg_quality, max_bytes, max_pixels):
-    """ImageInput -> ProcessedImage (label still a string)."""
+def process_image(
+    item,
+    width,
+    height,
+    method,
+    encoding,
+    jpeg_quality,
+    max_bytes,
+    max_pixels,
+    exif_orientation="apply",
+    dedup_by="bytes",
+):
+    """ImageInput -> ProcessedImage (label still a string). The pixel key is of the decoded image (RGB,
+    oriented per `exif_orientation`), before the resize."""
     if not item.label or not isinstance(item.label, str):
         raise RecordError(
             "missing_label",
             f"image '{item.source_id}' has no label: put it in a "
             f"'label' field, a 'label' attribute or a <label>/ folder",
         )
-    image, fmt = decode_image(item.data, max_bytes, max_pixels)
+    image, fmt = decode_image(item.data, max_bytes, max_pixels, exif_orientation)
     resized = resize(image, width, height, method)
+    md5 = hashlib.md5(item.data).hexdigest()
     return ProcessedImage(
         item.source_id,
         item.source,
         item.label,
-        hashlib.md5(item.data).hexdigest(),
+        md5,
         fmt,
         image.height,
         image.width,
@@ -206,6 +258,7 @@ def process_image(item, width, height, method, encoding, jpeg_quality, max_bytes
         encoding,
         height,
         width,
+        pixel_key(image) if dedup_by == "pixels" else md5,
     )
 
 
