@@ -6,14 +6,17 @@ JSON is decoded with orjson, which already refuses NaN, Infinity, numbers that o
 depth limit, so that no later step (encoders, dead letters) can hit Python's recursion limit.
 """
 
+import datetime
 import math
 from typing import NamedTuple
 
 import orjson
+from apache_beam.utils.timestamp import Timestamp
 
 from transforms.io.deadletter import RecordError
 
 MAX_JSON_DEPTH = 64
+MAX_RECORD_BYTES = 10 * 1024 * 1024  # a record over it is too_large (Pub/Sub's messages are at most 10 MB)
 _BOM_BYTES, _BOM_TEXT = b"\xef\xbb\xbf", "\ufeff"
 
 
@@ -43,7 +46,8 @@ def _depth_exceeds(value, limit):
 
 def parse_json(payload):
     """JSON text or bytes -> the decoded value; a leading byte-order mark is ignored. Raises RecordError:
-    invalid_utf8, out_of_range (NaN, Infinity, overflow), too_deep, empty or invalid_json."""
+    too_large (over MAX_RECORD_BYTES), invalid_utf8, out_of_range (NaN, Infinity, overflow), too_deep, empty or
+    invalid_json."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         payload = bytes(payload)
         if payload.startswith(_BOM_BYTES):
@@ -53,6 +57,10 @@ def parse_json(payload):
             payload = payload[1:]
     else:
         raise RecordError("wrong_type", f"expected JSON text, got {type(payload).__name__}")
+    if len(payload) > MAX_RECORD_BYTES:
+        raise RecordError(
+            "too_large", f"the record is over {MAX_RECORD_BYTES} bytes, the most one JSON record may hold"
+        )
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
@@ -71,7 +79,11 @@ def parse_json(payload):
             ) from None
         if not payload.strip():
             raise RecordError("empty", "the record is empty") from None
-        raise RecordError("invalid_json", f"not valid JSON: {message}") from None
+        raise RecordError(
+            "invalid_json",
+            f"not valid JSON: {message} (a record is one JSON object: a line of a JSONL file, a value of a "
+            f"multi-line JSON file or array, or a message)",
+        ) from None
     brackets = payload.count(b"[" if isinstance(payload, bytes) else "[") + payload.count(
         b"{" if isinstance(payload, bytes) else "{"
     )
@@ -141,17 +153,48 @@ def text(value, field):
 # rolling SLO period after it without leaving the years 1-9999 that timestamps and ISO text can represent.
 MIN_EVENT_SECONDS = 0.0
 MAX_EVENT_SECONDS = 221845392000.0  # 9000-01-01T00:00:00Z
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
-def event_time(seconds, field):
-    """`seconds` since the epoch, checked to be finite and within MIN/MAX_EVENT_SECONDS."""
-    if not (isinstance(seconds, (int, float)) and MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS):
+def datetime_micros(value):
+    """A datetime (naive: UTC) -> whole microseconds since the epoch."""
+    return ((value if value.tzinfo else value.replace(tzinfo=datetime.UTC)) - _EPOCH) // _MICROSECOND
+
+
+def epoch_micros(number, per_second, field):
+    """An epoch number counting `per_second` units a second -> whole microseconds since the epoch, truncated
+    toward the past in exact integer arithmetic (nanoseconds never round up); RecordError as `finite`."""
+    finite(number, field)
+    numerator, denominator = number.as_integer_ratio()
+    return numerator * 1_000_000 // (denominator * per_second)
+
+
+def micros_seconds(micros):
+    """Whole microseconds -> seconds as the largest float not after them, so that float window arithmetic
+    (`seconds // 60`) never moves an event into the next window; `event_timestamp` gives the microsecond back."""
+    seconds = micros / 1_000_000
+    numerator, denominator = seconds.as_integer_ratio()
+    return seconds if numerator * 1_000_000 <= micros * denominator else math.nextafter(seconds, -math.inf)
+
+
+def event_timestamp(seconds):
+    """The Beam timestamp of seconds from `micros_seconds`: the same microsecond (floats are at most 1 us
+    below it up to 2**33 s, the year 2242; later, a microsecond not after the time, so never a later window)."""
+    numerator, denominator = seconds.as_integer_ratio()
+    return Timestamp(micros=-(-numerator * 1_000_000 // denominator))  # rounded up to the microsecond
+
+
+def event_time(micros, field):
+    """Whole microseconds since the epoch, checked to be within MIN/MAX_EVENT_SECONDS -> `micros_seconds`."""
+    seconds = micros_seconds(micros)
+    if not MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS:
         raise RecordError(
             "out_of_range",
-            f"field '{field}': event time {seconds!r:.40} is outside 1970-9000 "
+            f"field '{field}': event time {seconds!r:.40} s is outside 1970-9000 "
             f"(check its unit: seconds, milliseconds or microseconds)",
         )
-    return float(seconds)
+    return seconds
 
 
 MAX_KEY_PART_CHARS = 256

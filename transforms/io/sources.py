@@ -2,14 +2,17 @@
 
 What each input yields (the raw records the pipelines' parse steps take):
 - Pub/Sub subscription or topic: `PubsubMessage` (body bytes, attributes, message id, publish time).
-- Files (local or gs:// globs; `.gz` decompressed): JSONL lines as bytes (decoded per record by the parse
-  step, so one invalid UTF-8 line is one dead letter, not a failed read), CSV rows as dicts (header
+- Files (local or gs:// globs; `.gz` decompressed): JSON records as bytes (decoded per record by the parse
+  step, so one invalid UTF-8 line is one dead letter, not a failed read): JSONL lines, or, in a file whose
+  first line is not a whole JSON object, each of its concatenated or array-wrapped JSON values (log4j2
+  `JsonLayout` complete=true, logback pretty-printed; see files.JsonValueSplitter); CSV rows as dicts (header
   names), Parquet rows as dicts, TFRecords as `SerializedExample` (decoded by the parse step).
 - A text manifest (one line per image): lines as bytes.
 - A BigQuery table (Storage Read API) or query: dict rows.
 - A folder of images `<root>/<label>/<file>`: `ImageInput`, each file read only up to its size limit.
 """
 
+import codecs
 import posixpath
 from typing import NamedTuple
 
@@ -17,9 +20,12 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.core.records import SerializedExample
+from transforms.core.records import MAX_RECORD_BYTES, SerializedExample
+from transforms.io.files import JsonValueSplitter, is_json_lines
 
 FORMATS = ("csv", "jsonl", "parquet", "tfrecord")
+_JSON_LINES_FILES = "json_lines_files"
+_JSON_CHUNK_BYTES = 1 << 20  # the first chunk decides JSONL or multi-line JSON
 
 
 class Input(NamedTuple):
@@ -105,7 +111,8 @@ class ReadRecords(beam.PTransform):
         if fmt == "csv":
             return (
                 pbegin
-                | "ReadCsv" >> beam.io.ReadFromCsv(s.input_files)
+                # pandas' default float parser can be a few ulp off on 17-digit values; round_trip is exact
+                | "ReadCsv" >> beam.io.ReadFromCsv(s.input_files, float_precision="round_trip")
                 | "RowsToDicts" >> beam.Map(lambda row: row._asdict())
             )
         if fmt == "parquet":
@@ -116,7 +123,31 @@ class ReadRecords(beam.PTransform):
                 | "ReadTfRecord" >> beam.io.ReadFromTFRecord(s.input_files, coder=beam.coders.BytesCoder())
                 | "AsExamples" >> beam.Map(SerializedExample)
             )
-        return pbegin | "ReadJsonl" >> beam.io.ReadFromText(s.input_files, coder=beam.coders.BytesCoder())
+        files = (
+            pbegin
+            | "MatchJsonFiles" >> fileio.MatchFiles(s.input_files, fileio.EmptyMatchTreatment.DISALLOW)
+            | "ReadJsonMatches" >> fileio.ReadMatches()
+            | "SplitJsonValues" >> beam.ParDo(_JsonFileRecords()).with_outputs(_JSON_LINES_FILES, main="records")
+        )
+        lines = files[_JSON_LINES_FILES] | "ReadJsonl" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
+        return (files.records, lines) | "FlattenJsonRecords" >> beam.Flatten()
+
+
+class _JsonFileRecords(beam.DoFn):
+    """A JSON file -> its records when it holds multi-line JSON values (see files.JsonValueSplitter), read as a
+    stream; a JSONL file -> its path, to the `_JSON_LINES_FILES` output (read by lines, splittable)."""
+
+    def process(self, readable_file):
+        with readable_file.open() as f:
+            chunk = f.read(_JSON_CHUNK_BYTES).removeprefix(codecs.BOM_UTF8)
+            if is_json_lines(chunk):
+                yield beam.pvalue.TaggedOutput(_JSON_LINES_FILES, readable_file.metadata.path)
+                return
+            splitter = JsonValueSplitter(MAX_RECORD_BYTES)
+            while chunk:
+                yield from splitter.feed(chunk)
+                chunk = f.read(_JSON_CHUNK_BYTES)
+            yield from splitter.close()
 
 
 def _folder_input(readable_file, root, max_bytes=None):

@@ -20,12 +20,21 @@ from urllib.parse import urlsplit
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.core.records import event_time, finite, key_part, parse_json, text
+from transforms.core.records import (
+    datetime_micros,
+    epoch_micros,
+    event_time,
+    event_timestamp,
+    finite,
+    key_part,
+    parse_json,
+    text,
+)
 from transforms.io.deadletter import GuardedDoFn, RecordError, payload_and_attributes
 
 
 class RequestEvent(NamedTuple):
-    timestamp: float  # event time, seconds since the epoch (UTC)
+    timestamp: float  # event time, seconds since the epoch (UTC), from records.micros_seconds
     service: str
     host: str
     method: str
@@ -39,7 +48,6 @@ _CONTEXT_MAPS = ("contextMap", "mdc", "context", "contextData")
 _APP_LOG_LEVEL = ("level", "log.level", "severity")
 _APP_LOG_LOGGER = ("logger", "logger_name", "loggerName", "log.logger")
 _APP_LOG_TIME = ("@timestamp", "timestamp", "timeMillis", "instant", "time")
-_FRACTION = re.compile(r"(\.\d{6})\d+")
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)s\s*$")
 _UNIT_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 
@@ -57,33 +65,29 @@ def _lookup(obj, dotted):
 
 
 def parse_timestamp(value, field):
-    """Seconds since the epoch from RFC 3339 text (nanoseconds allowed), epoch seconds/millis,
-    {epochSecond, nanoOfSecond} (log4j2), {seconds, nanos} or a datetime; within the event-time range."""
-    return event_time(_timestamp_seconds(value, field), field)
+    """Seconds since the epoch (see `micros_seconds`), truncated to the microsecond in integer arithmetic, from
+    RFC 3339 text (nanoseconds allowed), epoch seconds/millis, {epochSecond, nanoOfSecond} (log4j2),
+    {seconds, nanos} or a datetime; within the event-time range."""
+    return event_time(_timestamp_micros(value, field), field)
 
 
-def _timestamp_seconds(value, field):
+def _timestamp_micros(value, field):
     if isinstance(value, datetime.datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
-        return dt.timestamp()
+        return datetime_micros(value)
     if isinstance(value, dict):
         secs = value.get("epochSecond", value.get("seconds"))
         nanos = value.get("nanoOfSecond", value.get("nanos", 0))
         if isinstance(secs, (int, float)) and isinstance(nanos, (int, float)):
-            return finite(secs, field) + finite(nanos, field) / 1e9
+            return epoch_micros(secs, 1, field) + epoch_micros(nanos, 1_000_000_000, field)
     elif isinstance(value, bool):
         pass
     elif isinstance(value, (int, float)):
-        value = finite(value, field)
-        return value / 1000.0 if value > 1e11 else value  # > 1e11: milliseconds (after 1973)
+        return epoch_micros(value, 1000 if value > 1e11 else 1, field)  # > 1e11: milliseconds (after 1973)
     elif isinstance(value, str):
-        text = _FRACTION.sub(r"\1", value.strip()).replace(" UTC", "Z")
-        try:
-            dt = datetime.datetime.fromisoformat(text)
+        try:  # fromisoformat truncates digits after the microsecond
+            return datetime_micros(datetime.datetime.fromisoformat(value.strip().replace(" UTC", "Z")))
         except ValueError:
             pass
-        else:
-            return (dt if dt.tzinfo else dt.replace(tzinfo=datetime.UTC)).timestamp()
     raise RecordError("bad_timestamp", f"field '{field}': {value!r} is not an RFC 3339 time or epoch number")
 
 
@@ -243,4 +247,4 @@ class ParseLogRecords(GuardedDoFn):
     def handle(self, record):
         event = parse_log_record(payload_and_attributes(record)[0], self._formats)
         self._parsed.inc()
-        yield TimestampedValue(event, event.timestamp)
+        yield TimestampedValue(event, event_timestamp(event.timestamp))

@@ -27,7 +27,17 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 
 from transforms.core.accumulators import MergingCombineFn
-from transforms.core.records import MAX_EVENT_SECONDS, MIN_EVENT_SECONDS, finite, is_missing, record_dict
+from transforms.core.records import (
+    MAX_EVENT_SECONDS,
+    MIN_EVENT_SECONDS,
+    datetime_micros,
+    epoch_micros,
+    event_timestamp,
+    finite,
+    is_missing,
+    micros_seconds,
+    record_dict,
+)
 from transforms.io.deadletter import GuardedDoFn, RecordError, payload_and_attributes
 
 BIGTABLE_COLUMN_FAMILY = "features"
@@ -60,32 +70,32 @@ WINDOW_FEATURES_BQ_SCHEMA = {
 
 class Event(NamedTuple):
     entity: str
-    timestamp: float  # seconds since the epoch
+    timestamp: float  # seconds since the epoch, from records.micros_seconds
     values: dict  # aggregated field -> value (missing fields left out)
 
 
 def event_seconds(value, epoch_unit):
-    """Event time in seconds since the epoch from RFC 3339 text, a datetime (naive: UTC) or an epoch number
-    (in `epoch_unit`), within the range every window can represent (1970-9000: a larger number is usually a
-    wrong epoch_unit)."""
+    """Event time in seconds since the epoch (see `micros_seconds`: truncated to the microsecond, never rounded
+    into a later window) from RFC 3339 text, a datetime (naive: UTC) or an epoch number (in `epoch_unit`),
+    within the range every window can represent (1970-9000: a larger number is usually a wrong epoch_unit)."""
     if isinstance(value, datetime.datetime):
-        seconds = (value if value.tzinfo else value.replace(tzinfo=datetime.UTC)).timestamp()
+        micros = datetime_micros(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = finite(value, "event_time") / _EPOCH_UNITS[epoch_unit]
+        micros = epoch_micros(value, _EPOCH_UNITS[epoch_unit], "event_time")
     elif isinstance(value, str):
-        try:
-            parsed = datetime.datetime.fromisoformat(value)
+        try:  # fromisoformat truncates digits after the microsecond
+            micros = datetime_micros(datetime.datetime.fromisoformat(value))
         except ValueError:
             raise RecordError(
                 "invalid_event_time",
                 f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
             ) from None
-        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)).timestamp()
     else:
         raise RecordError(
             "invalid_event_time",
             f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
         )
+    seconds = micros_seconds(micros)
     if not MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS:
         raise RecordError(
             "invalid_event_time",
@@ -136,7 +146,7 @@ class ParseEvents(GuardedDoFn):
     def handle(self, record):
         event = parse_event(payload_and_attributes(record)[0], self._spec)
         self._events.inc()
-        yield window.TimestampedValue(event, event.timestamp)
+        yield window.TimestampedValue(event, event_timestamp(event.timestamp))
 
 
 class WindowAggregates:
