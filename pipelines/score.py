@@ -68,8 +68,24 @@ from transforms.io.files import read_jsonl, read_text
 from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
 from transforms.io.sources import Input, ReadRecords
 from transforms.scoring.cache import CACHE_COLUMN_FAMILY, LookupCache, cache_key, cache_rows
-from transforms.scoring.model import PREDICTION_BQ_SCHEMA, LoadedModel, TfModelHandler, model_directory, model_version
-from transforms.scoring.requests import ParseRequests, ToPredictionRows, failed_batch_dead_letters
+from transforms.scoring.model import (
+    IMAGE_SCALES,
+    PREDICTION_BQ_SCHEMA,
+    LoadedModel,
+    TfModelHandler,
+    check_image_scale,
+    model_directory,
+    model_version,
+)
+from transforms.scoring.requests import (
+    DEFAULT_MAX_INSTANCES,
+    ENVELOPES_TAG,
+    PREDICTIONS_FORMATS,
+    ParseRequests,
+    TfServingResponses,
+    ToPredictionRows,
+    failed_batch_dead_letters,
+)
 
 PIPELINE = "score"
 SAMPLE_MODEL = SCORE_DIR / "model" / "1"
@@ -138,6 +154,32 @@ class ScoreOptions(PipelineOptions):
             "lets callers correlate).",
         )
         parser.add_argument(
+            "--predictions_format",
+            type=str,
+            choices=PREDICTIONS_FORMATS,
+            default="rows",
+            help="What --predictions_topic gets: 'rows', one prediction row per example (as in BigQuery), or "
+            '\'tf_serving\', one TensorFlow Serving response {"request_id", "predictions": [...]} per request '
+            'body, in instance order ({"request_id", "error"} when an instance failed). Default: rows.',
+        )
+        parser.add_argument(
+            "--max_instances_per_request",
+            type=int,
+            default=DEFAULT_MAX_INSTANCES,
+            help='Most instances a TensorFlow Serving request body ({"instances": [...]}, "inputs" or '
+            f'"examples") may hold; a larger body is one dead letter (too_large). Default: {DEFAULT_MAX_INSTANCES}.',
+        )
+        parser.add_argument(
+            "--image_scale",
+            type=str,
+            choices=IMAGE_SCALES,
+            default="auto",
+            help="For a model taking decoded pixels (one height x width x 3 input): the pixel values it was "
+            "trained on: 0_1 (pixel/255), 0_255, -1_1 (pixel/127.5 - 1, Keras applications' 'tf' mode) or "
+            "none (raw uint8 values in the input's dtype, for models that preprocess in the graph). "
+            "Default: auto, 0_1 for a float input and none for an integer one.",
+        )
+        parser.add_argument(
             "--cache_ttl_hours",
             type=float,
             default=24.0,
@@ -185,9 +227,11 @@ def validate(options):
         raise ValueError(
             f"need 1 <= --min_batch_size <= --max_batch_size, got {opts.min_batch_size} and {opts.max_batch_size}"
         )
-    for flag in ("top_k", "model_watch_interval_seconds"):
+    for flag in ("top_k", "model_watch_interval_seconds", "max_instances_per_request"):
         if getattr(opts, flag) <= 0:
             raise ValueError(f"--{flag} must be positive, got {getattr(opts, flag)}")
+    if opts.predictions_format == "tf_serving" and not opts.predictions_topic:
+        raise ValueError("--predictions_format tf_serving shapes the messages of --predictions_topic: give a topic")
     if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
     check_udf(options)
@@ -207,6 +251,7 @@ def validate(options):
             raise ValueError(
                 f"--transform_dir: cannot load a transform from {opts.transform_dir}: {str(e).splitlines()[0]}"
             ) from None
+    check_image_scale(opts.image_scale, model.inputs)
     label_map = options.view_as(LabelMapOptions).label_map
     labels_path = str(SAMPLE_LABELS) if default_model and not label_map else label_map
     labels = None
@@ -241,8 +286,17 @@ def build(pipeline, options, settings, source=None, model_updates=None):
     )
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
     parsed = raw | "ParseRequests" >> beam.ParDo(
-        ParseRequests(settings.inputs, settings.feature_spec, PIPELINE, limits.max_image_bytes, limits.max_image_pixels)
-    ).with_outputs(DEAD_LETTER_TAG, main="requests")
+        ParseRequests(
+            settings.inputs,
+            settings.feature_spec,
+            PIPELINE,
+            limits.max_image_bytes,
+            limits.max_image_pixels,
+            opts.image_scale,
+            opts.max_instances_per_request,
+            opts.signature,
+        )
+    ).with_outputs(DEAD_LETTER_TAG, ENVELOPES_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
     requests = parsed.requests
     if model_updates is None and opts.model_watch_pattern:
@@ -287,20 +341,29 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         ToPredictionRows(settings.labels, opts.top_k, PIPELINE)
     ).with_outputs(DEAD_LETTER_TAG, main="rows")
     predictions.append(scored.rows)
-    dead_letter_sources += [
+    instance_sources = [  # where the dead letter of one instance of a request body can come from
+        parsed[DEAD_LETTER_TAG],
         scored[DEAD_LETTER_TAG],
         failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, PIPELINE),
     ]
+    dead_letter_sources += instance_sources[1:]
     rows = predictions | "AllPredictions" >> beam.Flatten()
     output_table = options.view_as(BigQueryOutputOptions).output_table
+    tf_serving = opts.predictions_format == "tf_serving"
     sink_failures = rows | "WritePredictions" >> WriteRecords(
         PIPELINE,
         BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"]) if output_table else None,
         out.bq_write_method,
-        pubsub_topic=opts.predictions_topic,
+        pubsub_topic=None if tf_serving else opts.predictions_topic,
         local_prefix=local_output(options, "predictions"),
         streaming=streaming,
     )
+    if tf_serving:
+        (
+            (rows, parsed[ENVELOPES_TAG], instance_sources | "InstanceDeadLetters" >> beam.Flatten())
+            | "TfServingResponses" >> TfServingResponses()
+            | "WriteResponses" >> WriteRecords(PIPELINE, pubsub_topic=opts.predictions_topic, streaming=streaming)
+        )
     if cache:
         (
             rows
@@ -318,6 +381,10 @@ def report(result, options, _settings):
         f"scored: {counts.get('scored', 0)}  from the cache: {counts.get('cache_hits', 0)}  "
         f"dead letters: {counts.get('dead_letters', 0)}"
     ]
+    if counts.get("envelopes"):
+        lines.append(
+            f"TF Serving request bodies: {counts['envelopes']}, holding {counts.get('envelope_instances', 0)} instances"
+        )
     by_reason = dead_letters_by_reason(counts)
     if by_reason:
         lines.append(by_reason)

@@ -61,6 +61,8 @@ PARAMETERS = {
     "max_image_pixels": ("TEXT", [POSITIVE_INT], "25000000"),
     "label_map": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/datasets/flowers-v1/label_map.txt"),
     "unknown_label": ("TEXT", [one_of(("dead_letter", "fail"))], "fail"),
+    "exif_orientation": ("TEXT", [one_of(images.EXIF_ORIENTATIONS)], "ignore"),
+    "dedup_by": ("TEXT", [one_of(images.DEDUP_KEYS)], "pixels"),
     "splits": (
         "TEXT",
         [r"^[A-Za-z_][A-Za-z0-9_]*=[0-9.]+(,[A-Za-z_][A-Za-z0-9_]*=[0-9.]+)*$"],
@@ -82,6 +84,9 @@ PARAMETERS = {
     "max_batch_size": ("TEXT", [POSITIVE_INT], "128"),
     "max_batch_duration_secs": ("TEXT", [POSITIVE_INT], "2"),
     "predictions_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/predictions"),
+    "predictions_format": ("TEXT", [one_of(score.PREDICTIONS_FORMATS)], "tf_serving"),
+    "max_instances_per_request": ("TEXT", [POSITIVE_INT], "500"),
+    "image_scale": ("TEXT", [one_of(score.IMAGE_SCALES)], "-1_1"),
     "cache_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "48.0"),
     "feature_spec": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/specs/churn.yaml"),
     "input_format": ("TEXT", [one_of(("csv", "jsonl", "parquet", "tfrecord"))], "parquet"),

@@ -6,16 +6,19 @@ The steps after a parser (journey matching, window keys, row formatting) get wha
 
 import base64
 import copy
+import io
 import json
 import math
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from pipelines import feature_stats, sli, window_features
 from pipelines.samples import FEATURES_DIR, SCORE_DIR, SKEW_DIR, WINDOW_FEATURES_DIR
@@ -28,7 +31,7 @@ from transforms.io.deadletter import DEAD_LETTER_TAG, REASONS, cap_payload
 from transforms.io.sources import ImageInput
 from transforms.io.udf import ApplyUdf
 from transforms.scoring.model import InputSpec
-from transforms.scoring.requests import ParseRequests
+from transforms.scoring.requests import ENVELOPES_TAG, ParseRequests
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords
 from transforms.sli.rows import FormatSliRows, JourneyWindowStatsFn, MatchJourneys
@@ -181,11 +184,14 @@ def _encoded(records):
     return st.one_of(records.flatmap(forms), json_values.flatmap(forms), st.binary(max_size=64), deep, deep_object)
 
 
-def outcomes(dofn, element, *args):
-    """(main outputs, dead letters) of one element; every dead letter checked for shape and size."""
+def outcomes(dofn, element, *args, side=None):
+    """(main outputs, dead letters) of one element; every dead letter checked for shape and size. Other
+    tagged outputs go to `side` ({tag: [values]}) when it is given."""
     main, dead = [], []
     for output in dofn.process(element, *args):
-        if isinstance(output, beam.pvalue.TaggedOutput):
+        if isinstance(output, beam.pvalue.TaggedOutput) and side is not None and output.tag != DEAD_LETTER_TAG:
+            side.setdefault(output.tag, []).append(output.value)
+        elif isinstance(output, beam.pvalue.TaggedOutput):
             assert output.tag == DEAD_LETTER_TAG
             letter = output.value
             assert letter["reason"] in REASONS, letter
@@ -277,12 +283,33 @@ TO_IMAGES = _ready(ToImageInputs(None, 1 << 20, "image_ingest"))
 PROCESS_IMAGES = _ready(
     ProcessImages(
         "image_ingest",
-        dict(width=16, height=16, method="pad", encoding="png", jpeg_quality=90, max_bytes=1 << 20, max_pixels=1 << 16),
+        dict(
+            width=16,
+            height=16,
+            method="pad",
+            encoding="png",
+            jpeg_quality=90,
+            max_bytes=1 << 20,
+            max_pixels=1 << 16,
+            exif_orientation="apply",
+            dedup_by="pixels",
+        ),
     )
 )
 _PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
 )
+# An EXIF block: a big-endian TIFF header and one entry, Orientation (SHORT, count 1), its value and the rest fuzzed
+_EXIF_ORIENTATION = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01"
+
+
+def _png16_with_exif(exif):
+    """A 16-bit grayscale PNG carrying `exif` (any bytes) as its EXIF chunk."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.array([[0, 300], [65535, 4096]], dtype=np.uint16)).save(buffer, "PNG", exif=exif)
+    return buffer.getvalue()
+
+
 IMAGE_MESSAGES = [
     {"image_bytes": {"b64": base64.b64encode(_PNG).decode()}, "label": "cat", "id": "a"},
     {"instances": [{"b64": base64.b64encode(_PNG).decode(), "label": "dog"}]},
@@ -295,6 +322,8 @@ IMAGE_MESSAGES = [
         _mutated(IMAGE_MESSAGES).map(lambda r: PubsubMessage(json.dumps(r, allow_nan=True).encode(), {"label": "x"})),
         st.binary(max_size=80).map(lambda b: PubsubMessage(b, {})),
         st.binary(max_size=60).map(lambda b: PubsubMessage(_PNG[:20] + b, {"label": "cat"})),
+        st.binary(max_size=40).map(lambda b: PubsubMessage(_png16_with_exif(_EXIF_ORIENTATION + b), {"label": "cat"})),
+        st.binary(max_size=40).map(lambda b: PubsubMessage(_png16_with_exif(b"Exif\x00\x00" + b), {"label": "cat"})),
         json_values.map(lambda v: json.dumps(v, allow_nan=True).encode("utf-8", "surrogatepass")),  # manifest lines
         st.text(max_size=40).map(lambda t: ("{" + t).encode("utf-8", "surrogatepass")),
     )
@@ -305,17 +334,54 @@ def test_image_steps_never_raise(record):
         assert isinstance(image, ImageInput)
         processed, dead_images = outcomes(PROCESS_IMAGES, image)
         assert len(processed) + len(dead_images) == 1
+        assert [d["reason"] for d in dead_images if d["reason"] == "unexpected_error"] == [], dead_images
 
 
 SCORE_SAMPLES = [json.loads(line) for line in (SCORE_DIR / "requests.jsonl").read_text().splitlines()[:3]]
-IMAGE_REQUESTS = _ready(ParseRequests([InputSpec("image_bytes", "string", ())], None, "score", 1 << 20, 1 << 16))
-PIXEL_REQUESTS = _ready(ParseRequests([InputSpec("pixels", "float32", (8, 8, 3))], None, "score", 1 << 20, 1 << 16))
+IMAGE_REQUESTS = _ready(
+    ParseRequests([InputSpec("image_bytes", "string", ())], None, "score", 1 << 20, 1 << 16, max_instances=4)
+)
+PIXEL_REQUESTS = _ready(
+    ParseRequests([InputSpec("pixels", "float32", (8, 8, 3))], None, "score", 1 << 20, 1 << 16, "-1_1", 4)
+)
 TABULAR_REQUESTS = _ready(
     ParseRequests(
-        [InputSpec("age", "float32", ()), InputSpec("tags", "string", (None,))], None, "score", 1 << 20, 1 << 16
+        [InputSpec("age", "float32", ()), InputSpec("tags", "string", (None,))],
+        None,
+        "score",
+        1 << 20,
+        1 << 16,
+        max_instances=4,
     )
 )
 TABULAR_SAMPLES = [{"id": "r1", "features": {"age": 31.5, "tags": ["a", "b"]}}, {"id": 7, "age": 3, "tags": []}]
+INSTANCE_SAMPLES = [
+    {"image_bytes": {"b64": base64.b64encode(_PNG).decode()}},
+    {"b64": base64.b64encode(_PNG).decode()},
+    {"age": 31.5, "tags": ["a", "b"]},
+    {"pixels": [[[0, 1, 2]] * 8] * 8},
+]
+good_instances = st.one_of(st.sampled_from(INSTANCE_SAMPLES), st.just([[[0, 1, 2]] * 8] * 8))
+instances = st.one_of(good_instances, good_instances, _mutated(INSTANCE_SAMPLES), json_values)
+RESERVED = {"score.request_id": "b1/0", "score.instance_index": "0"}  # as the pipeline marks instances
+# TensorFlow Serving bodies: instances, columnar inputs or examples, good and bad mixed, of any size
+envelopes = st.builds(
+    lambda key, body, extra: {key: body, **extra},
+    st.sampled_from(["instances", "inputs", "examples"]),
+    st.one_of(
+        st.lists(instances, min_size=1, max_size=5),
+        st.lists(instances, max_size=6),
+        st.dictionaries(st.sampled_from(["age", "tags", "image_bytes", "pixels"]), st.lists(instances, max_size=5)),
+        json_values,
+    ),
+    st.fixed_dictionaries(
+        {"id": st.one_of(st.sampled_from(["b1", "b/2"]), st.just("b1"), hostile)},
+        optional={
+            "signature_name": st.sampled_from(["serving_default", "classify"]),
+            "context": st.one_of(st.just({"tags": ["c"]}), json_values),
+        },
+    ),
+)
 
 
 @FUZZ
@@ -325,14 +391,33 @@ TABULAR_SAMPLES = [{"id": "r1", "features": {"age": 31.5, "tags": ["a", "b"]}}, 
         _encoded(_mutated(TABULAR_SAMPLES)),
         st.binary(max_size=60).map(lambda b: PubsubMessage(_PNG[:30] + b, {"request_id": "x"})),
         st.binary(max_size=60).map(lambda b: ImageInput("f.png", "f.png", None, b)),
+        _encoded(envelopes),
+        envelopes.map(
+            lambda e: PubsubMessage(json.dumps(e, allow_nan=True).encode("utf-8", "surrogatepass"), RESERVED, "m")
+        ),
     )
 )
 def test_scoring_requests_never_raise(record):
+    """A plain request is one outcome; a TF Serving body is one dead letter, or one outcome per instance
+    (instance_index 0..n-1, each once) plus its (body id, n) marker."""
     for parse in (IMAGE_REQUESTS, PIXEL_REQUESTS, TABULAR_REQUESTS):
-        requests, dead = outcomes(parse, record)
-        assert len(requests) + len(dead) == 1
+        side = {}
+        requests, dead = outcomes(parse, record, side=side)
         for request, _example in requests:
             assert isinstance(request.request_id, str) and len(request.request_id) <= 1024
+        marked = [{a["key"]: a["value"] for a in d["attributes"]} for d in dead]
+        envelope = side.pop(ENVELOPES_TAG, [])
+        assert not side
+        if not envelope:
+            assert len(requests) + len(dead) == 1
+            assert all(key not in a for a in marked for key in RESERVED)  # callers cannot fake an instance
+            continue
+        [(body_id, count)] = envelope
+        assert 1 <= count <= 4
+        positions = [r.instance_index for r, _ in requests] + [int(a["score.instance_index"]) for a in marked]
+        assert sorted(positions) == list(range(count))
+        ids = [r.request_id for r, _ in requests] + [a["score.request_id"] for a in marked]
+        assert sorted(ids) == sorted(f"{body_id}/{i}" for i in positions)
 
 
 SAMPLE_UDFS = [_ready(ApplyUdf(str(path), "process", "sli")) for path in sorted((ROOT / "udf").glob("[!_]*.[jp][sy]"))]

@@ -101,15 +101,26 @@ def streamed(image_model, services, project, tmp_path_factory):  # noqa: F811
             publisher.publish(topics["score-requests"], request(request_id, image)).result(timeout=30)
         publisher.publish(topics["score-requests"], b'{"id": "cut", "image_bytes": ').result(timeout=30)
         publisher.publish(topics["score-requests"], request("text", b"plain text, not an image")).result(timeout=30)
+        body = {"instances": [{"b64": base64.b64encode(images["a5"]).decode()}, {"b64": "***"}]}  # TF Serving
+        publisher.publish(topics["score-requests"], json.dumps(body).encode(), request_id="body").result(timeout=30)
         first = predictions.wait_for(list(images))
+        instance = predictions.wait_for(["body/0"])[0]
         # the same images under new request ids: answered from the cache
         for source in ("a0", "a1"):
             publisher.publish(topics["score-requests"], request(f"again-{source}", images[source])).result(timeout=30)
         again = predictions.wait_for(["again-a0", "again-a1"])
-        dead = wait_for_messages(subscriber, subs["score-dead-letters"], 2)  # the 2 malformed requests
+        dead = wait_for_messages(subscriber, subs["score-dead-letters"], 3)  # 2 malformed requests, 1 instance
     finally:
         result.cancel()
-    return {"models": models, "images": images, "first": first, "again": again, "all": predictions.rows, "dead": dead}
+    return {
+        "models": models,
+        "images": images,
+        "first": first,
+        "again": again,
+        "instance": instance,
+        "all": predictions.rows,
+        "dead": dead,
+    }
 
 
 def test_predictions_match_the_model_called_directly(streamed):
@@ -136,8 +147,20 @@ def test_repeated_images_are_served_from_the_cache(streamed, project):
     assert lookup_prediction(table, "never-sent") is None
 
 
+def test_a_tf_serving_body_is_scored_per_instance(streamed):
+    """Instance 0 is the image of a5 (so it may come from the cache); instance 1 is a dead letter."""
+    first = {row["request_id"]: row for row in streamed["first"]}
+    row = streamed["instance"]
+    assert (row["request_id"], row["instance_index"]) == ("body/0", 0)
+    scores = [json.loads(r["outputs"])["scores"] for r in (row, first["a5"])]
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+    [dead] = [d for d in streamed["dead"] if d["reason"] == "bad_base64"]
+    attributes = {a["key"]: a["value"] for a in dead["attributes"]}
+    assert (attributes["score.request_id"], attributes["score.instance_index"]) == ("body/1", "1")
+
+
 def test_malformed_messages_are_dead_letters_and_latency_is_reported(streamed):
-    assert sorted(d["reason"] for d in streamed["dead"]) == ["invalid_json", "not_an_image"]
+    assert sorted(d["reason"] for d in streamed["dead"]) == ["bad_base64", "invalid_json", "not_an_image"]
     latencies = np.array([r["latency_ms"] for r in streamed["all"].values() if r["request_id"] != "warm-up"])
     assert (latencies > 0).all() and (latencies < 120_000).all()
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99])

@@ -4,6 +4,7 @@ batch pipeline end to end into the BigQuery emulator. The models are trained her
 import base64
 import json
 import random
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -13,10 +14,12 @@ from apache_beam.ml.inference.base import ModelMetadata
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms import window
+from google.cloud import bigquery, pubsub_v1
 
 from pipelines import image_ingest, score
 from pipelines.samples.images import LABELS
 from pipelines.samples.score_model import encoded_image, export_serving, sample_requests, train_classifier
+from tests.pubsub_wait import wait_for_messages
 from tests.test_sli_e2e import bq_client
 from transforms.io.deadletter import RecordError
 from transforms.scoring.model import (
@@ -27,6 +30,8 @@ from transforms.scoring.model import (
     prediction_row,
     prepare_example,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -117,11 +122,29 @@ def test_start_up_errors_name_the_flag(image_model, tmp_path):
 
 
 def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
+    """Plain requests and TensorFlow Serving bodies into BigQuery, with TF Serving responses on a topic."""
     lines, truth = sample_requests(count=12, seed=5)
+    rng = random.Random(6)
+    body_images = [encoded_image(LABELS[i], rng) for i in range(3)]
+    b64 = [base64.b64encode(data).decode() for data in body_images]
+    bodies = [  # one whole, one with a bad instance (1 of 3): 5 instances in 2 bodies
+        {"id": "body-ok", "instances": [{"b64": b64[0]}, {"image_bytes": {"b64": b64[1]}}]},
+        {
+            "id": "body-part",
+            "signature_name": "serving_default",
+            "inputs": {"image_bytes": [{"b64": b64[2]}, 5, {"b64": b64[0]}]},
+        },
+    ]
+    lines += [json.dumps(body) for body in bodies]
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(lines) + "\n")
     bq = bq_client(services, project)
     bq.create_dataset("ml", exists_ok=True)
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.create_topic(name=publisher.topic_path(project, "batch-responses")).name
+    responses = subscriber.create_subscription(
+        name=subscriber.subscription_path(project, "batch-responses-check"), topic=topic
+    ).name
     options = PipelineOptions(
         [
             "--runner",
@@ -137,36 +160,75 @@ def test_batch_pipeline_into_bigquery(image_model, services, project, tmp_path):
             "--input_files",
             str(requests),
             "--output_table",
-            f"{project}:ml.batch_predictions",
+            f"{project}:ml.predictions",
             "--output_dir",
             str(tmp_path / "out"),
             "--max_batch_size",
             "4",
+            "--predictions_topic",
+            topic,
+            "--predictions_format",
+            "tf_serving",
         ]
     )
     settings = score.validate(options)
     with beam.Pipeline(options=options) as pipeline:
         score.build(pipeline, options, settings)
-    rows = {r["request_id"]: dict(r) for r in bq.query("SELECT * FROM ml.batch_predictions").result()}
-    assert set(rows) == set(truth)
-    images = {}
+    rows = {r["request_id"]: dict(r) for r in bq.query("SELECT * FROM `ml`.`predictions`").result()}
+    instance_images = {"body-ok/0": 0, "body-ok/1": 1, "body-part/0": 2, "body-part/2": 0}
+    assert set(rows) == set(truth) | set(instance_images)
+    assert {i: rows[i]["instance_index"] for i in instance_images} == {i: int(i[-1]) for i in instance_images}
+    images = {request_id: body_images[n] for request_id, n in instance_images.items()}
     for line in lines:
         record = json.loads(line) if line.endswith("}") else None
         if record and record.get("id") in truth:
             images[record["id"]] = base64.b64decode(record["image_bytes"]["b64"])
+            assert rows[record["id"]]["instance_index"] is None
     ids = sorted(images)
     expected = direct_scores(image_model / "models" / "1", [images[i] for i in ids])
+    outputs = {i: r["outputs"] if isinstance(r["outputs"], dict) else json.loads(r["outputs"]) for i, r in rows.items()}
     for request_id, scores in zip(ids, expected, strict=True):
         row = rows[request_id]
-        got = row["outputs"] if isinstance(row["outputs"], dict) else json.loads(row["outputs"])
-        np.testing.assert_allclose(got["scores"], scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outputs[request_id]["scores"], scores, rtol=1e-5, atol=1e-6)
         assert [t["label"] for t in row["top_k"]] == [LABELS[i] for i in np.argsort(-scores, kind="stable")]
         assert row["model_version"] == "1" and row["cache_hit"] is False and row["latency_ms"] >= 0
     dead = [
         json.loads(line) for f in (tmp_path / "out").glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()
     ]
-    assert sorted(d["reason"] for d in dead) == ["bad_base64", "invalid_json", "missing_field", "not_an_image"]
-    assert len(rows) + len(dead) == len(lines)  # every request is a prediction or a dead letter
+    reasons = ["bad_base64", "invalid_json", "missing_field", "missing_field", "not_an_image"]
+    assert sorted(d["reason"] for d in dead) == reasons
+    # every request is a prediction or a dead letter; a body counts as its instances
+    assert len(rows) + len(dead) == len(lines) - len(bodies) + 5
+    [bad_instance] = [d for d in dead if d["attributes"]]
+    assert {a["key"]: a["value"] for a in bad_instance["attributes"]} == {
+        "score.request_id": "body-part/1",
+        "score.instance_index": "1",
+    }
+    assert json.loads(bad_instance["payload_string"]) == {"image_bytes": 5}
+
+    by_id = {m["request_id"]: m for m in wait_for_messages(subscriber, responses, len(truth) + 2, timeout=60)}
+    assert set(by_id) == set(truth) | {"body-ok", "body-part"}
+    np.testing.assert_allclose(
+        by_id["body-ok"]["predictions"],
+        direct_scores(image_model / "models" / "1", body_images[:2]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert set(by_id["body-part"]) == {"request_id", "error"}
+    assert by_id["body-part"]["error"].startswith(
+        "1 of 3 instances failed (see the dead letters): instance 1: missing_field"
+    )
+    for request_id in truth:  # a plain request is a body of one
+        np.testing.assert_allclose(by_id[request_id]["predictions"], [outputs[request_id]["scores"]], rtol=1e-6)
+
+    sql = (ROOT / "sql" / "score_request_body.sql").read_text()
+    assert sql.strip() in (ROOT / "docs" / "score.md").read_text()
+    job = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("body_id", "STRING", "body-part")])
+    got = [dict(r) for r in bq.query(sql, job_config=job).result()]
+    assert [(r["instance_index"], r["request_id"]) for r in got] == [(0, "body-part/0"), (2, "body-part/2")]
+    for r in got:
+        best = rows[r["request_id"]]["top_k"][0]
+        assert (r["top_label"], r["top_score"]) == (best["label"], pytest.approx(best["score"]))
 
 
 def test_report_counts_and_shows_the_first_predictions_written(image_model, tmp_path, capsys):

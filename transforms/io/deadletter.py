@@ -66,6 +66,7 @@ REASONS = {
     "unreadable_file": "a file named by the input cannot be read",
     "not_an_image": "the bytes are not an image of a supported format",
     "corrupt_image": "the image cannot be decoded",
+    "bad_exif": "the image's EXIF metadata cannot be read to orient it (--exif_orientation apply)",
     "too_many_pixels": "the image declares more pixels than --max_pixels",
     "unknown_label": "the label is not in --label_map",
     "inference_failed": "the model raised on the example or its batch",

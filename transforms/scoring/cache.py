@@ -36,6 +36,7 @@ def lookup_prediction(table, request_id):
         "top_k": json.loads(cells["top_k"]),
         "latency_ms": float(cells["latency_ms"]),
         "cache_hit": cells["cache_hit"] == "True",
+        "instance_index": int(cells["instance_index"]) if "instance_index" in cells else None,
     }
 
 

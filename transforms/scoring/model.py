@@ -23,6 +23,8 @@ INFERENCE_ERROR = "__inference_error__"
 
 MAX_REQUEST_ID_CHARS = 1024
 
+IMAGE_SCALES = ("auto", "0_1", "0_255", "-1_1", "none")  # --image_scale: see pixel_values
+
 
 class InputSpec(NamedTuple):
     name: str
@@ -195,15 +197,47 @@ class ScoringRequest(NamedTuple):
     request_id: str
     content_key: str  # MD5 of the model input (image bytes or canonical JSON of the features)
     received_at: float  # epoch seconds: publish time in streaming, read time in batch
+    instance_index: int | None = None  # the position in a TF Serving request body; None for a plain request
 
 
-def prepare_example(record, inputs, tabular=False, max_image_bytes=20 * 1024 * 1024, max_image_pixels=40_000_000):
-    """A JSON record -> (request id, content key, {input name: numpy value}) for the model's inputs.
+def image_input(inputs):
+    """The model's one input when it takes an image: encoded bytes (a string input: the model decodes) or
+    decoded pixels (height x width x 3); None otherwise."""
+    if len(inputs) == 1 and (inputs[0].dtype == "string" or len(inputs[0].shape) == 3):
+        return inputs[0]
+    return None
 
-    One string input takes the image bytes as they are (the model decodes them). One image-shaped input
-    (height x width x 3) gets the image decoded and resized here (stretch, bilinear), as float32 in
-    [0, 1] or uint8. Otherwise each input is a named feature taken from `features` (or the top level).
-    """
+
+def check_image_scale(scale, inputs):
+    """Start-up check of --image_scale against the model's inputs."""
+    spec = image_input(inputs)
+    if scale == "auto":
+        return
+    if spec is None or spec.dtype == "string":
+        takes = "encoded image bytes, which it decodes itself" if spec else f"the inputs {[s.name for s in inputs]}"
+        raise ValueError(f"--image_scale {scale}: the model takes {takes}, not decoded pixels; leave --image_scale out")
+    if scale in ("0_1", "-1_1") and np.issubdtype(np.dtype(spec.dtype), np.integer):
+        raise ValueError(
+            f"--image_scale {scale} gives fractional pixel values, but the model's input '{spec.name}' is "
+            f"{spec.dtype}: use --image_scale none (the raw 0-255 values)"
+        )
+
+
+def pixel_values(pixels, scale, dtype):
+    """Decoded uint8 pixels (height x width x 3) -> the values of an input of `dtype`, by --image_scale:
+    0_1 is pixel / 255, -1_1 pixel / 127.5 - 1 (Keras applications' "tf" mode), 0_255 and none the values
+    as they are; auto is 0_1 for a float input, none for an integer one."""
+    if scale == "auto":
+        scale = "none" if np.issubdtype(np.dtype(dtype), np.integer) else "0_1"
+    if scale == "0_1":
+        return (pixels / 255.0).astype(dtype)
+    if scale == "-1_1":
+        return (pixels / 127.5 - 1.0).astype(dtype)
+    return pixels.astype(dtype)  # 0_255 and none: the values as they are
+
+
+def request_id_of(record):
+    """A record's `id` (or `request_id`) as text, checked to fit a Bigtable row key."""
     request_id = record.get("id") or record.get("request_id")
     if not request_id:
         raise RecordError("missing_field", "the record has no 'id' (or 'request_id') to return predictions under")
@@ -214,19 +248,36 @@ def prepare_example(record, inputs, tabular=False, max_image_bytes=20 * 1024 * 1
             f"the request id has {len(request_id)} characters, over {MAX_REQUEST_ID_CHARS} "
             f"(it becomes a Bigtable row key)",
         )
-    image_input = not tabular and len(inputs) == 1 and (inputs[0].dtype == "string" or len(inputs[0].shape) == 3)
-    if image_input:
-        spec = inputs[0]
-        data = _image_bytes(record)
+    return request_id
+
+
+def prepare_example(
+    record,
+    inputs,
+    tabular=False,
+    max_image_bytes=20 * 1024 * 1024,
+    max_image_pixels=40_000_000,
+    image_scale="auto",
+):
+    """A JSON record -> (request id, content key, {input name: numpy value}) for the model's inputs.
+
+    One string input takes the image bytes as they are (the model decodes them). One image-shaped input
+    (height x width x 3) gets the image decoded and resized here (stretch, bilinear), its pixel values
+    scaled by `image_scale` (see pixel_values). Otherwise, or when `tabular` (the values are given as they
+    are), each input is a named feature taken from `features` (or the top level).
+    """
+    request_id = request_id_of(record)
+    spec = None if tabular else image_input(inputs)
+    if spec is not None:
+        data = _image_bytes(record, spec.name)
         content_key = hashlib.md5(data).hexdigest()
         if spec.dtype == "string":  # the model decodes: check the format and the pixel count from the header
             check_image_header(data, max_image_bytes, max_image_pixels)
-            return str(request_id), content_key, {spec.name: np.array(data, dtype=object)}
+            return request_id, content_key, {spec.name: np.array(data, dtype=object)}
         height, width, _ = spec.shape
         decoded, _ = decode_image(data, max_image_bytes, max_image_pixels)
         pixels = np.asarray(resize(decoded, width, height, "stretch"))
-        value = pixels if spec.dtype == "uint8" else (pixels / 255.0).astype(spec.dtype)
-        return str(request_id), content_key, {spec.name: value}
+        return request_id, content_key, {spec.name: pixel_values(pixels, image_scale, spec.dtype)}
     features = record.get("features", record)
     example = {}
     for spec in inputs:
@@ -244,15 +295,16 @@ def prepare_example(record, inputs, tabular=False, max_image_bytes=20 * 1024 * 1
             )
         example[spec.name] = value
     canonical = json.dumps({s.name: features[s.name] for s in inputs}, sort_keys=True, default=str)
-    return str(request_id), hashlib.md5(canonical.encode()).hexdigest(), example
+    return request_id, hashlib.md5(canonical.encode()).hexdigest(), example
 
 
-def _image_bytes(record):
+def _image_bytes(record, input_name):
     if isinstance(record.get("image_data"), bytes):  # raw bytes: an image file or a Pub/Sub body
         return record["image_data"]
-    image = record.get("image_bytes")
-    if isinstance(image, dict) and "b64" in image:
-        return decode_base64(image["b64"], "image_bytes.b64")
+    for key in dict.fromkeys(("image_bytes", input_name)):  # TF Serving clients name the signature's input
+        image = record.get(key)
+        if isinstance(image, dict) and "b64" in image:
+            return decode_base64(image["b64"], f"{key}.b64")
     if "b64" in record:
         return decode_base64(record["b64"], "b64")
     raise RecordError("missing_field", 'the model takes an image: send {"image_bytes": {"b64": ...}}')
@@ -264,6 +316,7 @@ def prediction_row(request, outputs, version, labels=None, top_k=3, scored_at=No
     scored_at = scored_at or time.time()
     row = {
         "request_id": request.request_id,
+        "instance_index": request.instance_index,
         "model_version": version,
         "content_key": request.content_key,
         "outputs": json.dumps({name: np.asarray(v).tolist() for name, v in sorted(outputs.items())}),
@@ -283,6 +336,7 @@ def prediction_row(request, outputs, version, labels=None, top_k=3, scored_at=No
 PREDICTION_BQ_SCHEMA = {
     "fields": [
         {"name": "request_id", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "instance_index", "type": "INTEGER", "mode": "NULLABLE"},
         {"name": "model_version", "type": "STRING", "mode": "REQUIRED"},
         {"name": "content_key", "type": "STRING", "mode": "NULLABLE"},
         {"name": "outputs", "type": "JSON", "mode": "NULLABLE"},

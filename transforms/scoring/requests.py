@@ -1,33 +1,156 @@
-"""Scoring requests in and prediction rows out, around RunInference."""
+"""Scoring requests in and prediction rows out, around RunInference: plain requests, TensorFlow Serving
+REST bodies split into one example per instance, and the TF Serving response per body regrouped from the
+instances' outcomes."""
 
+import json
 import time
 
+import apache_beam as beam
+from apache_beam.coders import StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
 from transforms.core.records import record_dict
 from transforms.features.cleanse import serving_features
 from transforms.io.deadletter import GuardedDoFn, RecordError, make_dead_letter, payload_and_attributes
 from transforms.io.sources import ImageInput
-from transforms.scoring.model import INFERENCE_ERROR, ScoringRequest, prediction_row, prepare_example
+from transforms.scoring.model import (
+    INFERENCE_ERROR,
+    ScoringRequest,
+    image_input,
+    prediction_row,
+    prepare_example,
+    request_id_of,
+)
+
+DEFAULT_MAX_INSTANCES = 1000  # --max_instances_per_request
+ENVELOPES_TAG = "envelopes"  # (body id, number of instances) per TF Serving body, for the responses
+ENVELOPE_KEYS = ("instances", "inputs", "examples")
+PREDICTIONS_FORMATS = ("rows", "tf_serving")  # --predictions_format
+MAX_ERRORS_SHOWN = 10  # failed instances described in a tf_serving error response
+
+
+def envelope_instances(record, max_instances, signature):
+    """The instances of a TensorFlow Serving REST body, or None for a plain request: `instances` (the
+    "row" format), `inputs` (the "columnar" format: {input: [one value per instance]}, or a list for a
+    one-input model) or `examples` (the classify/regress API, each merged over `context`). A body that is
+    unusable as a whole raises RecordError."""
+    keys = [key for key in ENVELOPE_KEYS if key in record]
+    if not keys:
+        return None
+    if len(keys) > 1:
+        raise RecordError("bad_field", f"the body has {keys}: send one of 'instances', 'inputs' or 'examples'")
+    key, instances = keys[0], record[keys[0]]
+    asked = record.get("signature_name")
+    if asked is not None and asked != signature:
+        raise RecordError(
+            "bad_field",
+            f"'signature_name' is {str(asked)[:100]!r} but this job serves --signature {signature!r}: "
+            f"send it to a job started with that signature, or leave 'signature_name' out",
+        )
+    if key == "inputs" and isinstance(instances, dict):
+        instances = _columns_to_rows(instances, max_instances)
+    if not isinstance(instances, list):
+        raise RecordError("wrong_type", f"'{key}' must be a list of instances, got {type(instances).__name__}")
+    _check_count(key, len(instances), max_instances)
+    if key == "examples":
+        context = record.get("context", {})
+        if not isinstance(context, dict):
+            raise RecordError("wrong_type", f"'context' must be an object of features, got {type(context).__name__}")
+        instances = [{**context, **e} if isinstance(e, dict) else e for e in instances]
+    return instances
+
+
+def _check_count(key, count, max_instances):
+    if not count:
+        raise RecordError("empty", f"'{key}' holds no instances: send at least one")
+    if count > max_instances:
+        raise RecordError(
+            "too_large",
+            f"'{key}' has {count} instances, over --max_instances_per_request {max_instances}: "
+            f"split the body into smaller requests, or raise the flag",
+        )
+
+
+def _columns_to_rows(columns, max_instances):
+    """The columnar `inputs` {input: [values]} -> one {input: value} per instance."""
+    lengths = {name: len(v) if isinstance(v, list) else None for name, v in columns.items()}
+    for name, length in lengths.items():
+        if length is None:
+            raise RecordError("wrong_type", f"'inputs.{name[:100]}' must be a list: one value per instance")
+    if len(set(lengths.values())) > 1:
+        raise RecordError("bad_field", f"the lists of 'inputs' differ in length: {dict(list(lengths.items())[:10])}")
+    count = next(iter(lengths.values()), 0)
+    _check_count("inputs", count, max_instances)
+    return [{name: values[i] for name, values in columns.items()} for i in range(count)]
+
+
+def instance_record(instance, request_id, inputs, image):
+    """One instance -> (record for prepare_example, whether its values are given as they are). An object
+    names the inputs (or is an image: {"b64": ...}, {"<input>": {"b64": ...}}); any other value is the
+    value of a one-input model. A pixel tensor for an image-shaped input, named or not, is used unscaled."""
+    if isinstance(instance, dict):
+        if image is None:
+            return {"id": request_id, "features": instance}, False
+        named = instance.get(image.name)
+        if image.dtype != "string" and image.name in instance and not (isinstance(named, dict) and "b64" in named):
+            return {"id": request_id, "features": instance}, True
+        return {**instance, "id": request_id}, False
+    if len(inputs) == 1 and not (image and image.dtype == "string"):
+        return {"id": request_id, "features": {inputs[0].name: instance}}, True
+    wanted = '{"b64": ...}' if image else f"an object of the inputs {[s.name for s in inputs]}"
+    raise RecordError("wrong_type", f"an instance must be {wanted}, got {type(instance).__name__}")
+
+
+RESERVED_ATTRIBUTES = "score."  # dead-letter attributes of this prefix are the pipeline's, never the caller's
+
+
+def instance_attributes(request_id, instance_index):
+    """What the dead letter of an instance carries to find it (None for a plain request)."""
+    if instance_index is None:
+        return None
+    return {"score.request_id": request_id, "score.instance_index": str(instance_index)}
 
 
 class ParseRequests(GuardedDoFn):
     """Raw request (PubsubMessage, JSON line, BigQuery row, image file) -> (ScoringRequest, model
-    example), or a dead letter naming the field at fault."""
+    example), or a dead letter naming the field at fault. A TensorFlow Serving body gives one of either per
+    instance, under the request id `<body id>/<position>`, plus (body id, instance count) tagged ENVELOPES_TAG."""
 
     STEP = "ParseRequests"
 
-    def __init__(self, inputs, feature_spec, pipeline_name, max_image_bytes, max_image_pixels):
+    def __init__(
+        self,
+        inputs,
+        feature_spec,
+        pipeline_name,
+        max_image_bytes,
+        max_image_pixels,
+        image_scale="auto",
+        max_instances=DEFAULT_MAX_INSTANCES,
+        signature="serving_default",
+    ):
         super().__init__(pipeline_name)
         self._inputs, self._feature_spec = inputs, feature_spec
-        self._limits = {"max_image_bytes": max_image_bytes, "max_image_pixels": max_image_pixels}
+        self._image = None if feature_spec else image_input(inputs)
+        self._max_instances, self._signature = max_instances, signature
+        self._limits = {
+            "max_image_bytes": max_image_bytes,
+            "max_image_pixels": max_image_pixels,
+            "image_scale": image_scale,
+        }
+        self._envelopes = Metrics.counter(pipeline_name, "envelopes")
+        self._envelope_instances = Metrics.counter(pipeline_name, "envelope_instances")
 
     def dead_letter_payload(self, raw):
-        return (raw.data, None) if isinstance(raw, ImageInput) else payload_and_attributes(raw)
+        if isinstance(raw, ImageInput):
+            return raw.data, None
+        payload, attributes = payload_and_attributes(raw)
+        return payload, {k: v for k, v in (attributes or {}).items() if not k.startswith(RESERVED_ATTRIBUTES)}
 
     def handle(self, raw):
-        received_at = time.time()
+        received_at, attributes = time.time(), None
         if isinstance(raw, PubsubMessage):
             attributes = raw.attributes or {}
             if raw.publish_time:
@@ -40,12 +163,30 @@ class ParseRequests(GuardedDoFn):
             record = record_dict(raw)
             if "image/encoded" in record:  # a tf.train.Example of the image-ingestion pipeline
                 record = {"id": record.get("image/source_id"), "image_data": record["image/encoded"]}
+        instances = envelope_instances(record, self._max_instances, self._signature)
+        if instances is None:
+            yield self._scoring_input(record, False, received_at)
+            return
+        body_id = request_id_of(record)
+        for position, instance in enumerate(instances):
+            request_id = f"{body_id}/{position}"
+            try:
+                yield self._scoring_input(
+                    *instance_record(instance, request_id, self._inputs, self._image), received_at, position
+                )
+            except Exception as e:  # noqa: BLE001 - one dead letter per bad instance, the others go on
+                yield self.dead_letter(instance, e, {**(attributes or {}), **instance_attributes(request_id, position)})
+        self._envelopes.inc()
+        self._envelope_instances.inc(len(instances))
+        yield beam.pvalue.TaggedOutput(ENVELOPES_TAG, (body_id, len(instances)))
+
+    def _scoring_input(self, record, values_given, received_at, instance_index=None):
         if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
             record = {**record, "features": serving_features(record.get("features", record), self._feature_spec)}
         request_id, content_key, example = prepare_example(
-            record, self._inputs, self._feature_spec is not None, **self._limits
+            record, self._inputs, values_given or self._feature_spec is not None, **self._limits
         )
-        yield ScoringRequest(request_id, content_key, received_at), example
+        return ScoringRequest(request_id, content_key, received_at, instance_index), example
 
 
 class ToPredictionRows(GuardedDoFn):
@@ -60,7 +201,10 @@ class ToPredictionRows(GuardedDoFn):
 
     def dead_letter_payload(self, keyed):
         request = keyed[0]
-        return {"request_id": request.request_id, "content_key": request.content_key}, None
+        return (
+            {"request_id": request.request_id, "content_key": request.content_key},
+            instance_attributes(request.request_id, request.instance_index),
+        )
 
     def handle(self, keyed):
         request, result = keyed
@@ -80,4 +224,104 @@ def failed_batch_dead_letters(failed, pipeline_name):
             "RunInference",
             {"request_id": request.request_id},
             RecordError("inference_failed", f"the model failed on the batch: {message}"),
+            instance_attributes(request.request_id, request.instance_index),
         )
+
+
+def tf_serving_prediction(row):
+    """A prediction row's outputs as TF Serving's "row" response gives one prediction: the value of the
+    one output, or {output name: value}."""
+    outputs = json.loads(row["outputs"])
+    return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+
+def tf_serving_response(body_id, outcomes):
+    """The response to a body from its instances' outcomes in order, each ("prediction", JSON text) or
+    ("error", reason: message). Like TF Serving, a body with a failed instance gets an error, not
+    predictions (the other instances' rows are still written)."""
+    failed = [(i, text) for i, (kind, text) in enumerate(outcomes) if kind == "error"]
+    if not failed:
+        return {"request_id": body_id, "predictions": [json.loads(text) for _, text in outcomes]}
+    shown = "; ".join(f"instance {i}: {text}" for i, text in failed[:MAX_ERRORS_SHOWN])
+    more = f"; {len(failed) - MAX_ERRORS_SHOWN} more" if len(failed) > MAX_ERRORS_SHOWN else ""
+    return {
+        "request_id": body_id,
+        "error": f"{len(failed)} of {len(outcomes)} instances failed (see the dead letters): {shown}{more}",
+    }
+
+
+def _row_outcome(row):
+    """A row of an instance -> (body id, ("prediction", position, JSON)); rows of plain requests: none."""
+    index = row["instance_index"]
+    if index is not None:
+        body_id = row["request_id"].removesuffix(f"/{index}")
+        yield body_id, ("prediction", index, json.dumps(tf_serving_prediction(row)))
+
+
+def _dead_letter_outcome(dead_letter):
+    """A dead letter of an instance -> (body id, ("error", position, reason: message))."""
+    attributes = {a["key"]: a["value"] for a in dead_letter["attributes"]}
+    if "score.instance_index" in attributes:
+        index = int(attributes["score.instance_index"])
+        body_id = attributes["score.request_id"].removesuffix(f"/{index}")
+        yield body_id, ("error", index, f"{dead_letter['reason']}: {dead_letter['error_message']}")
+
+
+def _plain_response(row):
+    if row["instance_index"] is None:
+        yield {"request_id": row["request_id"], "predictions": [tf_serving_prediction(row)]}
+
+
+class RegroupInstances(beam.DoFn):
+    """(body id, outcome) -> the body's response once the outcomes of all its instances are in. An outcome
+    is ("count", instance count, "") from ParseRequests, or ("prediction" | "error", position, text); a
+    position seen twice (a redelivered message) counts once."""
+
+    COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
+    SEEN = ReadModifyWriteStateSpec("seen", VarIntCoder())
+    OUTCOMES = BagStateSpec("outcomes", TupleCoder([StrUtf8Coder(), VarIntCoder(), StrUtf8Coder()]))
+
+    def process(
+        self,
+        keyed,
+        count_state=beam.DoFn.StateParam(COUNT),
+        seen=beam.DoFn.StateParam(SEEN),
+        outcomes=beam.DoFn.StateParam(OUTCOMES),
+    ):
+        body_id, (kind, number, text) = keyed
+        if kind == "count":
+            count_state.write(number)
+        else:
+            outcomes.add((kind, number, text))
+            seen.write((seen.read() or 0) + 1)
+        count = count_state.read()
+        if count is None or (seen.read() or 0) < count:
+            return
+        by_position = {position: (kind, text) for kind, position, text in outcomes.read()}
+        if len(by_position) < count:
+            return
+        count_state.clear()
+        seen.clear()
+        outcomes.clear()
+        yield tf_serving_response(body_id, [by_position[i] for i in range(count)])
+
+
+class TfServingResponses(beam.PTransform):
+    """(prediction rows, ENVELOPES_TAG output, dead letters) -> {"request_id", "predictions": [...]} per
+    request body (a plain request is a body of one), or {"request_id", "error"} for a body of instances of
+    which one failed. Bodies that fail as a whole are dead letters only."""
+
+    def expand(self, pcolls):
+        rows, envelopes, dead_letters = pcolls
+        outcomes = (
+            rows | "InstanceRows" >> beam.FlatMap(_row_outcome),
+            dead_letters | "InstanceDeadLetters" >> beam.FlatMap(_dead_letter_outcome),
+            envelopes | "InstanceCounts" >> beam.MapTuple(lambda body_id, count: (body_id, ("count", count, ""))),
+        )
+        regrouped = (
+            outcomes
+            | "Outcomes" >> beam.Flatten()
+            | "Regroup" >> beam.ParDo(RegroupInstances()).with_input_types(tuple[str, tuple[str, int, str]])
+        )
+        plain = rows | "PlainRequests" >> beam.FlatMap(_plain_response)
+        return (plain, regrouped) | "Responses" >> beam.Flatten()

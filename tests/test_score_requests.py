@@ -1,0 +1,274 @@
+"""TensorFlow Serving request bodies (instances, columnar inputs, classify/regress examples) through the
+request parser, the TF Serving responses regrouped per body, and the pixel scaling of --image_scale,
+without a pipeline run or a trained model."""
+
+import base64
+import hashlib
+import io
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from pipelines import score
+from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
+from transforms.scoring.model import InputSpec, ScoringRequest, check_image_scale, prediction_row, prepare_example
+from transforms.scoring.requests import ENVELOPES_TAG, ParseRequests, TfServingResponses, tf_serving_response
+
+IMAGE_MODEL = [InputSpec("image_bytes", "string", ())]
+TABULAR_MODEL = [InputSpec("age", "float32", ()), InputSpec("history", "float32", (3,))]
+
+
+def png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def parsed(parse, raw):
+    """(requests as (request id, instance index, example), dead letters as (attributes, reason, payload),
+    envelope markers) of one raw request."""
+    requests, dead, envelopes = [], [], []
+    for output in parse.process(raw):
+        if not isinstance(output, beam.pvalue.TaggedOutput):
+            request, example = output
+            requests.append((request.request_id, request.instance_index, example, request.content_key))
+        elif output.tag == ENVELOPES_TAG:
+            envelopes.append(output.value)
+        else:
+            assert output.tag == DEAD_LETTER_TAG
+            letter = output.value
+            attributes = {a["key"]: a["value"] for a in letter["attributes"]}
+            dead.append((attributes, letter["reason"], letter["payload_string"]))
+    return requests, dead, envelopes
+
+
+def test_an_instances_body_gives_one_example_or_dead_letter_per_instance():
+    red, blue = png(np.full((4, 4, 3), (200, 0, 0), np.uint8)), png(np.full((2, 3, 3), (0, 0, 200), np.uint8))
+    body = {"instances": [{"image_bytes": {"b64": b64(red)}}, {"b64": "***"}, 7, {"b64": b64(blue)}]}
+    message = PubsubMessage(json.dumps(body).encode(), {"request_id": "m1", "client": "web"}, message_id="41")
+    requests, dead, envelopes = parsed(ParseRequests(IMAGE_MODEL, None, "score", 1 << 20, 1 << 16), message)
+    assert [(r[0], r[1], r[2]["image_bytes"].item(), r[3]) for r in requests] == [
+        ("m1/0", 0, red, hashlib.md5(red).hexdigest()),
+        ("m1/3", 3, blue, hashlib.md5(blue).hexdigest()),
+    ]
+    base = {"request_id": "m1", "client": "web"}
+    assert dead == [
+        ({**base, "score.request_id": "m1/1", "score.instance_index": "1"}, "bad_base64", '{"b64": "***"}'),
+        ({**base, "score.request_id": "m1/2", "score.instance_index": "2"}, "wrong_type", "7"),
+    ]
+    assert envelopes == [("m1", 4)]
+    # without a request_id attribute the body id is the message id; in a file, the body's own "id"
+    requests, _, envelopes = parsed(
+        ParseRequests(IMAGE_MODEL, None, "score", 1 << 20, 1 << 16),
+        PubsubMessage(json.dumps({"instances": [{"b64": b64(red)}]}).encode(), {}, message_id="41"),
+    )
+    assert [r[0] for r in requests] == ["41/0"] and envelopes == [("41", 1)]
+
+
+def test_tabular_bodies_in_the_row_columnar_and_examples_forms():
+    parse = ParseRequests(TABULAR_MODEL, None, "score", 1 << 20, 1 << 16)
+    rows = {
+        "id": "t",
+        "instances": [{"age": 31, "history": [1, 2, 3]}, {"age": "old", "history": [1, 2, 3]}, {"age": 1}, [1, 2, 3]],
+    }
+    requests, dead, envelopes = parsed(parse, json.dumps(rows))
+    [(request_id, index, example, key)] = requests
+    assert (request_id, index, float(example["age"]), example["history"].tolist()) == ("t/0", 0, 31.0, [1, 2, 3])
+    assert example["age"].dtype == np.float32 and example["history"].dtype == np.float32
+    assert key == hashlib.md5(b'{"age": 31, "history": [1, 2, 3]}').hexdigest()
+    assert [(a["score.instance_index"], reason) for a, reason, _ in dead] == [
+        ("1", "bad_feature"),
+        ("2", "missing_feature"),
+        ("3", "wrong_type"),
+    ]
+    assert envelopes == [("t", 4)]
+
+    columnar = {"id": "c", "inputs": {"age": [1, 2], "history": [[1, 2, 3], [4, 5, 6]]}}
+    examples = {"id": "e", "context": {"history": [0, 0, 1]}, "examples": [{"age": 5}, {"age": 6, "history": [1] * 3}]}
+    for body, expected in [
+        (columnar, [("c/0", 1.0, [1, 2, 3]), ("c/1", 2.0, [4, 5, 6])]),
+        (examples, [("e/0", 5.0, [0, 0, 1]), ("e/1", 6.0, [1, 1, 1])]),
+    ]:
+        requests, dead, envelopes = parsed(parse, body)
+        assert [(r[0], float(r[2]["age"]), r[2]["history"].tolist()) for r in requests] == expected
+        assert dead == [] and envelopes == [(body["id"], 2)]
+
+    one_input = ParseRequests([InputSpec("x", "float32", (2,))], None, "score", 1 << 20, 1 << 16)
+    requests, dead, _ = parsed(one_input, {"id": "v", "instances": [[1, 2], [3]], "signature_name": "serving_default"})
+    assert [(r[0], r[2]["x"].tolist()) for r in requests] == [("v/0", [1.0, 2.0])]
+    assert [(a["score.request_id"], reason) for a, reason, _ in dead] == [("v/1", "bad_feature")]
+
+
+@pytest.mark.parametrize(
+    "body, reason, words",
+    [
+        ({"id": "b", "instances": []}, "empty", "'instances' holds no instances"),
+        ({"id": "b", "instances": {"age": 1}}, "wrong_type", "'instances' must be a list"),
+        ({"id": "b", "inputs": {}}, "empty", "'inputs' holds no instances"),
+        ({"id": "b", "inputs": {"age": [1], "history": [[1, 2, 3]] * 2}}, "bad_field", "differ in length"),
+        ({"id": "b", "inputs": {"age": 1}}, "wrong_type", "'inputs.age' must be a list"),
+        ({"id": "b", "examples": [{"age": 1}], "context": [1]}, "wrong_type", "'context' must be an object"),
+        ({"id": "b", "instances": [1] * 4}, "too_large", "over --max_instances_per_request 3"),
+        ({"id": "b", "inputs": {"age": [1] * 4, "history": [[1, 2, 3]] * 4}}, "too_large", "--max_instances_per"),
+        ({"id": "b", "instances": [1], "signature_name": "classify"}, "bad_field", "--signature 'serving_default'"),
+        ({"id": "b", "instances": [1], "examples": [1]}, "bad_field", "send one of"),
+        ({"instances": [{"age": 1, "history": [1, 2, 3]}]}, "missing_field", "no 'id'"),
+    ],
+)
+def test_a_body_unusable_as_a_whole_is_one_dead_letter(body, reason, words):
+    parse = ParseRequests(TABULAR_MODEL, None, "score", 1 << 20, 1 << 16, max_instances=3)
+    outputs = list(parse.process(json.dumps(body)))
+    [letter] = [o.value for o in outputs]
+    assert outputs[0].tag == DEAD_LETTER_TAG and letter["reason"] == reason and words in letter["error_message"]
+    assert json.loads(letter["payload_string"]) == body
+
+
+def _row(request_id, index, scores):
+    return prediction_row(ScoringRequest(request_id, "k", 0.0, index), {"scores": np.array(scores)}, "1")
+
+
+def _instance_dead_letter(request_id, index, reason):
+    attributes = {"score.request_id": request_id, "score.instance_index": str(index)}
+    return make_dead_letter("score", "RunInference", {}, RecordError(reason, "it broke"), attributes)
+
+
+def test_responses_are_regrouped_per_body_in_instance_order():
+    rows = [
+        _row("b/2", 2, [0.5, 0.5]),
+        _row("b/0", 0, [0.1, 0.9]),
+        _row("b/1", 1, [1.0, 0.0]),
+        _row("b/1", 1, [1.0, 0.0]),  # a redelivered message: counted once
+        _row("plain", None, [0.3, 0.7]),
+        _row("f/0", 0, [0.2, 0.8]),
+    ]
+    dead = [_instance_dead_letter("f/1", 1, "inference_failed"), make_dead_letter("score", "ParseRequests", "x", "?")]
+    with TestPipeline(options=PipelineOptions(["--runner", "FnApiRunner"])) as p:
+        responses = (
+            p | "Rows" >> beam.Create(rows),
+            p | "Envelopes" >> beam.Create([("b", 3), ("f", 2), ("never-complete", 2)]),
+            p | "Dead" >> beam.Create(dead),
+        ) | TfServingResponses()
+        assert_that(
+            responses,
+            equal_to(
+                [
+                    {"request_id": "b", "predictions": [[0.1, 0.9], [1.0, 0.0], [0.5, 0.5]]},
+                    {"request_id": "plain", "predictions": [[0.3, 0.7]]},
+                    {
+                        "request_id": "f",
+                        "error": "1 of 2 instances failed (see the dead letters): "
+                        "instance 1: inference_failed: it broke",
+                    },
+                ]
+            ),
+        )
+
+
+def test_responses_in_streaming_wait_for_the_last_instance():
+    """On the streaming runner, outcomes arriving in separate bundles: the body is answered once, when its
+    last instance is in."""
+    tagged = [
+        beam.window.TimestampedValue(("row", _row("s/1", 1, [0.0, 1.0])), 10),
+        beam.window.TimestampedValue(("envelope", ("s", 2)), 10),
+        beam.window.TimestampedValue(("row", _row("s/0", 0, [1.0, 0.0])), 12),
+    ]
+    stream = TestStream().add_elements(tagged[:1]).advance_watermark_to(11).add_elements(tagged[1:2])
+    stream = stream.advance_watermark_to(12).add_elements(tagged[2:]).advance_watermark_to_infinity()
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as p:
+        inputs = p | stream
+        responses = (
+            inputs | "Rows" >> beam.Filter(lambda t: t[0] == "row") | "R" >> beam.Map(lambda t: t[1]),
+            inputs | "Envelopes" >> beam.Filter(lambda t: t[0] == "envelope") | "E" >> beam.Map(lambda t: t[1]),
+            p | "NoDeadLetters" >> beam.Create([]),
+        ) | TfServingResponses()
+        assert_that(responses, equal_to([{"request_id": "s", "predictions": [[1.0, 0.0], [0.0, 1.0]]}]))
+
+
+def test_a_response_with_several_outputs_and_many_failures():
+    outcomes = [("prediction", '{"a": [1], "b": 2}')] + [("error", f"bad_feature: no {i}") for i in range(1, 13)]
+    assert tf_serving_response("x", outcomes[:1]) == {"request_id": "x", "predictions": [{"a": [1], "b": 2}]}
+    error = tf_serving_response("x", outcomes)["error"]
+    assert error.startswith("12 of 13 instances failed") and "instance 10: bad_feature: no 10" in error
+    assert "instance 11:" not in error and error.endswith("; 2 more")
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A 6 x 5 RGB image (height x width) of random pixels, and its lossless PNG."""
+    pixels = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    return pixels, png(pixels)
+
+
+@pytest.mark.parametrize(
+    "scale, dtype, expected",
+    [
+        ("auto", "float32", lambda p: p.astype(np.float64) / 255),
+        ("0_1", "float32", lambda p: p.astype(np.float64) / 255),
+        ("0_255", "float32", lambda p: p.astype(np.float64)),
+        ("-1_1", "float32", lambda p: tf.keras.applications.mobilenet_v2.preprocess_input(p.astype(np.float32))),
+        ("none", "float32", lambda p: p.astype(np.float64)),
+        ("-1_1", "float16", lambda p: p.astype(np.float64) / 127.5 - 1),
+        ("auto", "uint8", lambda p: p),
+        ("none", "uint8", lambda p: p),
+    ],
+)
+def test_each_image_scale_against_numpy(image, scale, dtype, expected):
+    pixels, data = image
+    spec = InputSpec("pixels", dtype, (6, 5, 3))
+    _, _, example = prepare_example({"id": "r", "image_bytes": {"b64": b64(data)}}, [spec], image_scale=scale)
+    value = example["pixels"]
+    assert value.dtype == np.dtype(dtype) and value.shape == (6, 5, 3)
+    tolerance = 1e-3 if dtype == "float16" else 1e-6
+    np.testing.assert_allclose(value.astype(np.float64), np.asarray(expected(pixels), np.float64), atol=tolerance)
+
+
+def test_a_pixel_tensor_instance_is_taken_unscaled():
+    tensor = [[[0, 10, 255], [1, 2, 3]], [[4, 5, 6], [7, 8, 9]]]
+    parse = ParseRequests([InputSpec("pixels", "float32", (2, 2, 3))], None, "score", 1 << 20, 1 << 16, "-1_1")
+    requests, dead, _ = parsed(parse, {"id": "p", "instances": [tensor, {"pixels": tensor}, {"pixels": [1]}]})
+    assert [(r[0], r[2]["pixels"].tolist()) for r in requests] == [("p/0", tensor), ("p/1", tensor)]
+    assert [(a["score.request_id"], reason) for a, reason, _ in dead] == [("p/2", "bad_feature")]
+
+
+def test_image_scale_is_checked_against_the_signature(tmp_path):
+    uint8_pixels = [InputSpec("pixels", "uint8", (8, 8, 3))]
+    for scale in ("0_1", "-1_1"):
+        with pytest.raises(ValueError, match=f"--image_scale {scale} gives fractional .* 'pixels' is uint8"):
+            check_image_scale(scale, uint8_pixels)
+    for scale in ("auto", "none", "0_255"):
+        check_image_scale(scale, uint8_pixels)
+    with pytest.raises(ValueError, match="--image_scale 0_1: the model takes encoded image bytes"):
+        check_image_scale("0_1", IMAGE_MODEL)
+    with pytest.raises(ValueError, match=r"--image_scale none: the model takes the inputs \['age', 'history'\]"):
+        check_image_scale("none", TABULAR_MODEL)
+    # at start-up, from the model's own signature
+    inputs = tf.keras.Input((8, 8, 3), dtype="uint8", name="pixels")
+    scaled = tf.keras.layers.Rescaling(1 / 255)(inputs)
+    tf.keras.Model(inputs, tf.keras.layers.Dense(2)(tf.keras.layers.Flatten()(scaled))).save(tmp_path / "u8.keras")
+    flags = ["--model_path", str(tmp_path / "u8.keras"), "--image_scale", "0_1"]
+    with pytest.raises(ValueError, match="--image_scale 0_1 gives fractional"):
+        score.validate(PipelineOptions(flags))
+
+
+def test_start_up_checks_of_the_request_and_response_flags():
+    for flags, words in [
+        (["--predictions_format", "tf_serving"], "--predictions_format tf_serving .* give a topic"),
+        (["--max_instances_per_request", "0"], "--max_instances_per_request must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            score.validate(PipelineOptions(flags))
