@@ -5,7 +5,7 @@ from transforms.core.config import ConfigError
 from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher, load_sli_config, parse_sli_config
 
 
-@pytest.mark.parametrize("name", ["profile_service.yaml", "store.yaml"])
+@pytest.mark.parametrize("name", ["profile_service.yaml", "store.yaml", "starter_slos.yaml"])
 def test_sample_configs_load(name):
     config = load_sli_config(SLI_DIR / name)
     assert config.services
@@ -79,6 +79,35 @@ def test_template_literal_text_is_not_a_regex():
             "services[0]",
             "share a name",
         ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a}]}]\nalerting: {rules: [{severity: page, "
+            "long_window_minutes: 60, short_window_minutes: 5, budget_share: 0.02, keep_firing_for_minutes: -5}]}",
+            "alerting.rules[0].keep_firing_for_minutes",
+            "greater than or equal to 0",
+        ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a}], exclusions: [{reason: deploy}]}]",
+            "services[0].exclusions[0]",
+            "give either 'start' and 'end'",
+        ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a}], exclusions: [{reason: x, "
+            "start: '2026-11-22T14:00:00Z', end: '2026-11-22T13:00:00Z'}]}]",
+            "services[0].exclusions[0]",
+            "a later 'end'",
+        ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a}], exclusions: [{reason: x, "
+            "start: '2026-11-22T14:00:00', end: '2026-11-22T15:00:00Z'}]}]",
+            "services[0].exclusions[0].start",
+            "timezone",
+        ),
+        (
+            "services: [{name: s, journeys: [{name: j, path: /a}], exclusions: [{reason: x, "
+            "weekly: {day: sunday, start: 12:30, minutes: 60}}]}]",
+            "services[0].exclusions[0].weekly.start",
+            "write the time in quotes",
+        ),
     ],
 )
 def test_config_errors_name_file_and_field(text, field, words):
@@ -96,3 +125,21 @@ def test_unreadable_file_names_the_flag(tmp_path):
     bad.write_text("services: [\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_sli_config(bad)
+
+
+def test_an_slo_gets_its_own_exclusions_and_its_services():
+    config = parse_sli_config(
+        """
+services:
+  - {name: s, journeys: [{name: j, path: /a}], exclusions: [{reason: deploy, weekly: {day: sunday, start: '02:00', minutes: 60}}]}
+  - {name: t, journeys: [{name: j, path: /a}], exclusions: [{reason: other, weekly: {day: monday, start: '02:00', minutes: 60}}]}
+slos:
+  - name: a
+    sli: s/j/availability
+    target: 0.99
+    exclusions: [{reason: migration, start: '2026-11-22T14:00:00Z', end: '2026-11-22T15:00:00Z'}]
+  - {name: b, sli: t/j/availability, target: 0.99}
+"""
+    )
+    assert [e.reason for e in config.exclusions_for(config.slos[0])] == ["migration", "deploy"]
+    assert [e.reason for e in config.exclusions_for(config.slos[1])] == ["other"]

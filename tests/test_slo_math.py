@@ -1,10 +1,13 @@
 """SLO arithmetic with worked numbers (SRE workbook style), on the evaluator alone."""
 
 import datetime
+from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from transforms.sli.config import Alerting, Slo
+from transforms.sli.config import Alerting, BurnRateRule, Exclusion, Slo
 from transforms.slo.evaluator import SloEvaluator
 
 M0 = 29_000_000  # a minute index (2025-02-20); any will do
@@ -150,3 +153,200 @@ def test_compliance_window_forgets_old_hours():
     rows, _ = feed(ev, 24 * 60, 100)
     assert rows[-1]["compliance"] == pytest.approx(1.0)
     assert rows[-1]["events"] == 24 * 60 * 100
+
+
+# Exact ties, worked by hand: one minute of 1,000,000 requests whose bad count puts the burn rate exactly
+# on the threshold (bad = threshold x (1 - target) x 1,000,000), in every window at once. A 30-day SLO;
+# thresholds 14.4, 6, 3 and 1 from (long window, budget share) = (60, 0.02), (360, 0.05), (1440, 0.1), (4320, 0.1).
+RULES = {14.4: (60, 0.02), 6: (360, 0.05), 3: (1440, 0.1), 1: (4320, 0.1)}
+TIES = [
+    (0.999, 14.4, 14_400),
+    (0.999, 6, 6_000),
+    (0.999, 3, 3_000),
+    (0.999, 1, 1_000),
+    (0.9995, 14.4, 7_200),
+    (0.9995, 6, 3_000),
+    (0.9995, 3, 1_500),
+    (0.9995, 1, 500),
+    (0.9999, 14.4, 1_440),
+    (0.9999, 6, 600),
+    (0.9999, 3, 300),
+    (0.9999, 1, 100),
+    (0.995, 14.4, 72_000),
+    (0.995, 6, 30_000),
+    (0.995, 3, 15_000),
+    (0.995, 1, 5_000),
+    (0.9, 6, 600_000),  # 14.4 cannot be reached at 90%: the burn rate is at most 1 / 0.1 = 10
+    (0.9, 3, 300_000),
+    (0.9, 1, 100_000),
+]
+
+
+def one_rule_evaluator(target, threshold, **damping):
+    long_window, share = RULES[threshold]
+    rule = BurnRateRule(
+        severity="page", long_window_minutes=long_window, short_window_minutes=5, budget_share=share, **damping
+    )
+    slo = Slo(name="s", sli="svc/j/availability", target=target, window_days=30)
+    return SloEvaluator(slo, Alerting(min_events=0, rules=[rule]))
+
+
+def fires(target, threshold, total, bad):
+    ev = one_rule_evaluator(target, threshold)
+    ev.add(M0, 0, total - bad, total)
+    return [a["state"] for a in ev.advance_to(M0)[1]] == ["FIRING"]
+
+
+@pytest.mark.parametrize("target, threshold, tie", TIES)
+def test_a_burn_rate_equal_to_the_threshold_does_not_fire_one_more_bad_event_does(target, threshold, tie):
+    assert not fires(target, threshold, 1_000_000, tie)
+    assert fires(target, threshold, 1_000_000, tie + 1)
+
+
+def test_the_issue_example_72_bad_of_50000_at_9999_is_a_tie():
+    # 72 / 50,000 = 0.00144 = 14.4 x 0.0001: exactly the 1-hour threshold (floats made it 14.4000000000016)
+    assert not fires(0.9999, 14.4, 50_000, 72)
+    assert fires(0.9999, 14.4, 50_000, 73)
+
+
+def test_thresholds_are_exact_fractions():
+    assert [r.threshold(30) for r in Alerting().rules] == [Fraction(72, 5), 6, 1]
+    assert [r.threshold(28) for r in Alerting().rules] == [Fraction(336, 25), Fraction(28, 5), Fraction(14, 15)]
+
+
+# A low-traffic journey flapping, worked by hand. 4 requests a minute, target 99.9%, one page rule 1h/5m at
+# 14.4; after an hour of clean traffic, one bad request at minutes B, B+10, ..., B+90. At minute m the 5-minute
+# burn is (bad in 5 min / 20) / 0.001 = 50 per bad request, above 14.4 with one; the 1-hour burn is
+# (bad in 1 h / 240) / 0.001 = 4.17 per bad request, above 14.4 from 4 on (3 give 12.5). So the condition
+# holds at B+30..B+34, B+40..B+44, ..., B+90..B+94 and is clear in between (5 minutes each time) and after.
+def flapping(**damping):
+    ev = one_rule_evaluator(0.999, 14.4, **damping)
+    ev.min_events = 100
+    feed(ev, 60, 4, start=M0)
+    b = ev.now + 1
+    transitions, rows = [], {}
+    for m in range(b, b + 160):
+        ev.add(m, 0, 3 if (m - b) % 10 == 0 and m - b <= 90 else 4, 4)
+        [row], alerts = ev.advance_to(m)
+        rows[m - b] = row
+        transitions += [(a["state"], _offset(a["at"], b)) for a in alerts]
+    return transitions, rows
+
+
+def _offset(at, start):
+    """Minutes after `start` of the minute ending at `at`."""
+    return int(datetime.datetime.fromisoformat(at).timestamp()) // 60 - 1 - start
+
+
+def test_undamped_flapping_fires_and_resolves_every_ten_minutes():
+    transitions, _ = flapping()
+    expected = []
+    for k in range(3, 10):
+        expected += [("FIRING", 10 * k), ("RESOLVED", 10 * k + 5)]
+    assert transitions == expected  # 14 transitions in 100 minutes
+
+
+def test_damping_turns_the_flapping_into_one_page_and_one_resolve():
+    transitions, rows = flapping(for_minutes=2, keep_firing_for_minutes=5)
+    # held since B+30 for 2 minutes: fires at B+32; each clear gap lasts 5 minutes (B+35..B+39 clear, B+40
+    # true again), so it never resolves until the last clear run B+95..B+100
+    assert transitions == [("FIRING", 32), ("RESOLVED", 100)]
+    assert rows[31]["status"] == "OK" and rows[31]["alerts_firing"] == []  # pending, not firing yet
+    assert rows[37]["status"] == "ALERTING" and rows[99]["status"] == "ALERTING"  # clear, held
+    assert rows[100]["status"] == "OK"
+    # a shorter hold-off does not bridge the 5-minute gaps: clear at B+35..B+39, resolved at B+39
+    assert flapping(keep_firing_for_minutes=4)[0][:3] == [("FIRING", 30), ("RESOLVED", 39), ("FIRING", 40)]
+
+
+def test_for_minutes_longer_than_each_blip_never_fires():
+    # each run of the condition lasts 5 minutes (s..s+4): with for_minutes=5 it would fire at s+5
+    assert flapping(for_minutes=5)[0] == []
+    assert flapping(for_minutes=4)[0][:2] == [("FIRING", 34), ("RESOLVED", 35)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    k=st.integers(1, 9999),
+    share=st.sampled_from([(60, 2), (360, 5), (1440, 10), (4320, 10)]),
+    total=st.integers(1, 10**6),
+    bad_share=st.fractions(0, 1),
+)
+def test_firing_is_the_integer_comparison(k, share, total, bad_share):
+    """target k/10,000, threshold s% x 43,200 / L: burn > threshold <=> bad x 10^4 x 100 x L > s x 43,200 x
+    (10^4 - k) x total, all integers."""
+    (long_window, percent), bad = share, int(bad_share * total)
+    rule = BurnRateRule(
+        severity="page", long_window_minutes=long_window, short_window_minutes=5, budget_share=percent / 100
+    )
+    slo = Slo(name="s", sli="svc/j/availability", target=k / 10_000, window_days=30)
+    ev = SloEvaluator(slo, Alerting(min_events=0, rules=[rule]))
+    ev.add(M0, 0, total - bad, total)
+    fired = bool(ev.advance_to(M0)[1])
+    assert fired == (bad * 10**4 * 100 * long_window > percent * 43_200 * (10**4 - k) * total)
+
+
+def test_an_excluded_stretch_counts_in_no_window_and_is_reported():
+    start = M0 - M0 % 60  # an hour boundary
+    bad_from = start + 60
+    migration = Exclusion(
+        reason="db migration",
+        start=datetime.datetime.fromtimestamp(bad_from * 60, datetime.UTC),
+        end=datetime.datetime.fromtimestamp((bad_from + 10) * 60, datetime.UTC),
+    )
+    results = {}
+    for name, exclusions in (("plain", []), ("excluded", [migration])):
+        slo = Slo(name="s", sli="svc/j/availability", target=0.999, window_days=30)
+        ev = SloEvaluator(slo, Alerting(), exclusions)
+        feed(ev, 60, 100, start=start)
+        _, fired = feed(ev, 10, 100, bad_per_minute=100)  # 10 minutes of nothing but errors
+        rows, after = feed(ev, 60, 100)
+        results[name] = rows[-1], fired + after
+    plain, excluded = results["plain"], results["excluded"]
+    # without the exclusion: 1000 bad of 13,000, and the 1h/5m page (1000 / 6000 bad: burn 167) fires
+    assert plain[0]["bad_events"] == 1000 and plain[0]["events"] == 13_000
+    assert ("FIRING", 60) in [(a["state"], a["long_window_minutes"]) for a in plain[1]]
+    assert plain[0]["excluded_minutes"] == 0 and plain[0]["exclusions"] == []
+    # with it: the 10 minutes are in no window
+    row, alerts = excluded
+    assert alerts == []
+    assert row["events"] == 12_000 and row["bad_events"] == 0 and row["compliance"] == 1.0
+    assert row["budget_remaining"] == 1.0
+    assert row["excluded_minutes"] == 10 and row["exclusions"] == [{"reason": "db migration", "minutes": 10}]
+
+
+def test_excluded_minutes_leave_the_compliance_window_with_their_hour():
+    start = M0 - M0 % 60
+    deploy = Exclusion(
+        reason="deploy",
+        start=datetime.datetime.fromtimestamp((start + 10) * 60, datetime.UTC),
+        end=datetime.datetime.fromtimestamp((start + 40) * 60, datetime.UTC),
+    )
+    ev = SloEvaluator(Slo(name="s", sli="svc/j/availability", target=0.999, window_days=1), Alerting(), [deploy])
+    rows, _ = feed(ev, 25 * 60, 100, start=start)
+    by_minute = {int(datetime.datetime.fromisoformat(r["evaluated_at"]).timestamp()) // 60 - 1 - start: r for r in rows}
+    assert by_minute[9]["excluded_minutes"] == 0
+    assert by_minute[39]["excluded_minutes"] == 30 and by_minute[39]["events"] == 10 * 100
+    assert by_minute[24 * 60 - 1]["excluded_minutes"] == 30  # the window holds hours (H - 24, H]
+    assert by_minute[24 * 60]["excluded_minutes"] == 0 and by_minute[24 * 60]["exclusions"] == []
+    assert by_minute[24 * 60]["events"] == (23 * 60 + 1) * 100  # hours 1..23 and this minute
+
+
+DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    minute=st.integers(0, 60_000_000),
+    day=st.sampled_from(DAYS),
+    at=st.integers(0, 1439),
+    length=st.integers(1, 7 * 1440),
+)
+def test_a_weekly_slot_covers_the_minutes_a_calendar_says(minute, day, at, length):
+    slot = Exclusion(reason="r", weekly={"day": day, "start": f"{at // 60:02d}:{at % 60:02d}", "minutes": length})
+    t = datetime.datetime.fromtimestamp(minute * 60, datetime.UTC)
+    # the slot's latest start at or before t, found with the calendar
+    days_back = (t.weekday() - DAYS.index(day)) % 7
+    slot_start = (t - datetime.timedelta(days=days_back)).replace(hour=at // 60, minute=at % 60)
+    if slot_start > t:
+        slot_start -= datetime.timedelta(days=7)
+    assert slot.covers(minute) == (t - slot_start < datetime.timedelta(minutes=length))

@@ -15,7 +15,7 @@ from tests.collect import AppendJsonLines, read_lines
 from tests.oracle import sample_truth
 from tests.test_sli_pipeline import read_rows
 from transforms.core.config import ConfigError
-from transforms.sli.config import load_sli_config, parse_sli_config
+from transforms.sli.config import Alerting, Exclusion, load_sli_config, parse_sli_config
 from transforms.slo.status import ComputeSloStatus
 
 CONFIG = load_sli_config(SLI_DIR / "profile_service.yaml")
@@ -57,9 +57,16 @@ def test_sample_compliance_matches_independent_computation(sample_run):
 
 def test_streaming_state_and_timers_match_the_backfill_replay(sample_run, tmp_path):
     rows = [r for r in read_rows(sample_run) if "2026-11-22T13:30" <= r["window_start"] < "2026-11-22T15:30"]
+    # damped rules and a weekly maintenance slot (2026-11-22 is a Sunday): their state is in Beam state too
+    damping = {"for_minutes": 2, "keep_firing_for_minutes": 10}
+    rules = [rule.model_copy(update=damping) for rule in CONFIG.alerting.rules]
+    slot = Exclusion(reason="weekly deploy", weekly={"day": "sunday", "start": "14:40", "minutes": 15})
+    services = [CONFIG.services[0].model_copy(update={"exclusions": [slot]}), *CONFIG.services[1:]]
+    alerting = Alerting(min_events=CONFIG.alerting.min_events, rules=rules)
+    config = CONFIG.model_copy(update={"alerting": alerting, "services": services})
 
     def evaluate(pipeline, source, bounded, name):
-        out = pipeline | source | ComputeSloStatus(CONFIG, bounded, "sli")
+        out = pipeline | source | ComputeSloStatus(config, bounded, "sli")
         out.status | "CollectStatus" >> beam.ParDo(AppendJsonLines(tmp_path / f"{name}_status"))
         out.alerts | "CollectAlerts" >> beam.ParDo(AppendJsonLines(tmp_path / f"{name}_alerts"))
 
@@ -77,6 +84,7 @@ def test_streaming_state_and_timers_match_the_backfill_replay(sample_run, tmp_pa
 
     batch_status = read_lines(tmp_path / "batch_status")
     assert len(batch_status) > 100
+    assert any('"excluded_minutes": 15' in r and '"weekly deploy"' in r for r in batch_status)
     assert read_lines(tmp_path / "stream_status") == batch_status
     batch_alerts = read_lines(tmp_path / "batch_alerts")
     assert any('"FIRING"' in a for a in batch_alerts)

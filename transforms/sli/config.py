@@ -4,9 +4,10 @@ See `pipelines/samples/sli/*.yaml` for annotated examples. Errors name the file 
 """
 
 import re
+from fractions import Fraction
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from transforms.core.config import ConfigError, StrictModel, load_config, parse_config
 
@@ -68,6 +69,54 @@ def sli_short_name(sli):
     return sli.kind
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_MINUTES_PER_WEEK = 7 * 1440
+
+
+class WeeklySlot(StrictModel):
+    day: Literal[_WEEKDAYS]
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM, UTC")
+    minutes: int = Field(gt=0, le=_MINUTES_PER_WEEK)
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _quoted(cls, start):
+        if not isinstance(start, str):
+            raise ValueError("write the time in quotes, e.g. '12:30' (YAML reads 12:30 unquoted as a number)")
+        return start
+
+    def first_minute(self):
+        """Minute of the week (Monday 00:00 UTC is 0) the slot starts at."""
+        hours, minutes = map(int, self.start.split(":"))
+        return _WEEKDAYS.index(self.day) * 1440 + hours * 60 + minutes
+
+
+class Exclusion(StrictModel):
+    """Minutes left out of an SLO's compliance, budget and alerts: one interval [start, end) or a weekly
+    slot. A minute is excluded when its start falls inside."""
+
+    reason: str = Field(min_length=1, description="shown in the status rows")
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+    weekly: WeeklySlot | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        one_off = self.start is not None or self.end is not None
+        if one_off == (self.weekly is not None):
+            raise ValueError("give either 'start' and 'end' (one interval) or 'weekly' (a slot every week)")
+        if one_off and (self.start is None or self.end is None or self.end <= self.start):
+            raise ValueError("an interval needs 'start' and a later 'end' (ISO times with a zone)")
+        return self
+
+    def covers(self, minute):
+        """Whether minute index `minute` (minutes since the epoch) is excluded."""
+        if self.weekly is None:
+            return self.start.timestamp() <= minute * 60 < self.end.timestamp()
+        minute_of_week = (minute // 1440 + 3) % 7 * 1440 + minute % 1440  # 1970-01-01 was a Thursday
+        return (minute_of_week - self.weekly.first_minute()) % _MINUTES_PER_WEEK < self.weekly.minutes
+
+
 class Journey(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # part of SLI ids and row keys
     methods: list[str] = Field(default_factory=list, description="empty: any method")
@@ -116,6 +165,7 @@ class Service(StrictModel):
     hosts: list[str] = Field(default_factory=list, description="URL hosts that also identify this service")
     slis: list[Sli] = Field(default_factory=lambda: [AvailabilitySli(kind="availability")])
     journeys: list[Journey] = Field(min_length=1)
+    exclusions: list[Exclusion] = Field(default_factory=list, description="for every SLO over this service")
 
     @model_validator(mode="after")
     def _unique(self):
@@ -177,6 +227,7 @@ class Slo(StrictModel):
     window_days: int = Field(28, ge=1, le=90, description="rolling windows: their length")
     method: Literal["occurrences", "timeslices"] = "occurrences"
     timeslice_threshold: float | None = Field(None, gt=0, le=1)
+    exclusions: list[Exclusion] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _shape(self):
@@ -193,16 +244,29 @@ class Slo(StrictModel):
         return [(self.sli, 1.0)] if self.sli else [(c.sli, c.weight) for c in self.components]
 
 
+def exact(number):
+    """A config number or count as a Fraction, a float through its decimal text (0.9999 is 9999/10000), so
+    that decisions compare exactly."""
+    return Fraction(str(number)) if isinstance(number, float) else Fraction(number)
+
+
 class BurnRateRule(StrictModel):
-    """Alert when the burn rate over both windows exceeds share * compliance period / long window."""
+    """Alert when the burn rate over both windows exceeds share * compliance period / long window (strictly:
+    a burn rate equal to the threshold does not fire), once that has held for `for_minutes`; resolve once
+    it has not held for `keep_firing_for_minutes`."""
 
     severity: Literal["page", "ticket"]
     long_window_minutes: int = Field(gt=0)
     short_window_minutes: int = Field(gt=0)
     budget_share: float = Field(gt=0, le=1, description="budget consumed over the long window at that rate")
+    for_minutes: int = Field(0, ge=0, description="fire once the condition has held this long (Prometheus for)")
+    keep_firing_for_minutes: int = Field(
+        0, ge=0, description="resolve once the condition has been clear this long (Prometheus keep_firing_for)"
+    )
 
     def threshold(self, window_days):
-        return self.budget_share * window_days * 24 * 60 / self.long_window_minutes
+        """The burn-rate threshold, exact (a Fraction)."""
+        return exact(self.budget_share) * window_days * 24 * 60 / self.long_window_minutes
 
 
 DEFAULT_BURN_RATE_RULES = (  # the SRE workbook's policy: 14.4, 6 and 1 for a 30-day window
@@ -232,6 +296,11 @@ class SliConfig(StrictModel):
         if len(set(slo_names)) != len(slo_names):
             raise ValueError(f"SLO names must be unique: {slo_names}")
         return self
+
+    def exclusions_for(self, slo):
+        """The SLO's own exclusions and those of the services its SLIs belong to."""
+        services = {sli_id.split("/")[0] for sli_id, _ in slo.slis()}
+        return list(slo.exclusions) + [e for s in self.services if s.name in services for e in s.exclusions]
 
     def sli_ids(self):
         return {

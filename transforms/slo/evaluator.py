@@ -11,10 +11,25 @@ H being m's hour, so it is up to 59 minutes longer than window_days at the old e
 SLO covers the hours of m's month (UTC) up to H instead, and its period for the alert thresholds is that
 month's length. Alert windows are exact to the minute: at minute m a W-minute window covers minutes
 (m - W, m].
+
+Decisions are exact: counts are summed as integers and ratios, burn rates and thresholds are Fractions
+(config numbers through their decimal text), so a burn rate equal to a threshold never fires, whatever
+the target. Reported numbers are those Fractions rounded to floats.
+
+Damping, per rule: a rule fires at the minute its condition has held for `for_minutes` (true from minute s
+to s + for_minutes) and resolves at the minute it has been clear for `keep_firing_for_minutes`; both 0
+by default, which fires and resolves at the first minute the condition changes.
+
+Exclusions (maintenance windows): data of an excluded minute is dropped on arrival, so it counts in no
+window; the excluded minutes the compliance window has stepped through are counted per reason.
 """
 
 import calendar
+import collections
 import datetime
+from fractions import Fraction
+
+from transforms.sli.config import exact
 
 _MINUTES_PER_HOUR = 60
 
@@ -26,6 +41,15 @@ def _month(minute):
     return int(start.timestamp()) // 3600, calendar.monthrange(dt.year, dt.month)[1]
 
 
+def _quotient(a, b):
+    """a / b as a Fraction (counts are ints; floats go through `exact`)."""
+    return Fraction(a, b) if isinstance(a, int) and isinstance(b, int) else exact(a) / exact(b)
+
+
+def _float(value):
+    return None if value is None else float(value)
+
+
 def minute_iso(minute):
     """ISO time of the end of minute index `minute` (minutes since the epoch)."""
     return datetime.datetime.fromtimestamp((minute + 1) * 60, datetime.UTC).isoformat()
@@ -33,11 +57,16 @@ def minute_iso(minute):
 
 class SloEvaluator:
     """Feed `add(minute, component, good, total, pane_index)`; call `advance_to(minute)` to evaluate every
-    minute up to `minute` (inclusive) that has data in reach; it returns (status rows, alert transitions)."""
+    minute up to `minute` (inclusive) that has data in reach; it returns (status rows, alert transitions).
+    `exclusions`: the SLO's `Exclusion`s (`SliConfig.exclusions_for`)."""
 
-    def __init__(self, slo, alerting):
+    def __init__(self, slo, alerting, exclusions=()):
         self.slo = slo
-        self.weights = [w for _, w in slo.slis()]
+        self.exclusions = list(exclusions)
+        self.weights = [exact(w) for _, w in slo.slis()]
+        self.target = exact(slo.target)
+        self.budget = 1 - self.target
+        self.timeslice_threshold = None if slo.timeslice_threshold is None else exact(slo.timeslice_threshold)
         self.rules = list(alerting.rules)
         self.min_events = alerting.min_events
         self.calendar_month = slo.window == "calendar_month"
@@ -45,26 +74,28 @@ class SloEvaluator:
         self.keep_minutes = max(self.alert_windows)
         self.idle_minutes = max(r.short_window_minutes for r in self.rules)
         self.compliance_hours = slo.window_days * 24  # rolling windows only
+        periods = (28, 29, 30, 31) if self.calendar_month else (slo.window_days,)
+        self.thresholds = {days: [r.threshold(days) for r in self.rules] for days in periods}
         self.now = None  # last evaluated minute
         self.buckets = {}  # minute -> {component: (good, total, pane_index)}
         self.hours = {}  # hour -> [[c0, c1, events] per component], folded minutes only
         self.window_sums = {w: self._zeros() for w in self.alert_windows}
         self.compliance = self._zeros()
+        self.excluded_hours = {}  # hour -> Counter(reason -> minutes; None -> minutes with any reason)
+        self.excluded = collections.Counter()  # the same over the compliance window
         self.firing = [False] * len(self.rules)
+        self.changing_since = [None] * len(self.rules)  # first minute of a run where condition != firing
         self.last_data_minute = None
 
     def _zeros(self):
-        return [[0.0, 0.0, 0] for _ in self.weights]
+        return [[0, 0, 0] for _ in self.weights]
 
     def _contribution(self, good, total):
         """(c0, c1, events): good/total for occurrences; good minute/minute with data for timeslices."""
         if self.slo.method == "timeslices":
-            return (
-                1.0 if total and good / total >= self.slo.timeslice_threshold else 0.0,
-                1.0 if total else 0.0,
-                total,
-            )
-        return (float(good), float(total), total)
+            good_minute = total and exact(good) >= self.timeslice_threshold * exact(total)
+            return (1 if good_minute else 0, 1 if total else 0, total)
+        return (good, total, total)
 
     # -- input ---------------------------------------------------------------------------------------------
     def add(self, minute, component, good, total, pane_index=0):
@@ -72,6 +103,8 @@ class SloEvaluator:
         than the longest alert window, which can no longer be applied exactly (the caller counts it)."""
         if self.now is not None and minute <= self.now - self.keep_minutes:
             return False
+        if self.exclusion_reasons(minute):
+            return True  # excluded: never counted
         bucket = self.buckets.setdefault(minute, {})
         old = bucket.get(component)
         if old is not None and old[2] > pane_index:
@@ -80,7 +113,7 @@ class SloEvaluator:
         if self.now is None or minute > self.now:
             return True  # folded in when evaluation reaches that minute
         # late data for an evaluated minute: apply the difference wherever that minute is still counted
-        before = self._contribution(*old[:2]) if old else (0.0, 0.0, 0)
+        before = self._contribution(*old[:2]) if old else (0, 0, 0)
         after = self._contribution(good, total)
         delta = [a - b for a, b in zip(after, before, strict=True)]
         for w, sums in self.window_sums.items():
@@ -92,6 +125,10 @@ class SloEvaluator:
             self._apply(self.compliance[component], delta, 1)
         self.last_data_minute = max(self.last_data_minute or minute, minute)
         return True
+
+    def exclusion_reasons(self, minute):
+        """The reasons of the exclusions covering minute index `minute`, sorted; [] when none does."""
+        return sorted({e.reason for e in self.exclusions if e.covers(minute)})
 
     @staticmethod
     def _apply(target, values, sign):
@@ -121,6 +158,8 @@ class SloEvaluator:
                 row, transitions = self._evaluate()
                 rows.append(row)
                 alerts.extend(transitions)
+            else:  # nothing fires and no rule's short window holds data: every condition is false
+                self.changing_since = [None] * len(self.rules)
         return rows, alerts
 
     def _step(self):
@@ -132,10 +171,16 @@ class SloEvaluator:
         hour = m // _MINUTES_PER_HOUR
         if hour not in self.hours:
             self.hours[hour] = self._zeros()
+            self.excluded_hours[hour] = collections.Counter()
             expired = _month(m)[0] - 1 if self.calendar_month else hour - self.compliance_hours
             for old_hour in [h for h in self.hours if h <= expired]:
                 for c, values in enumerate(self.hours.pop(old_hour)):
                     self._apply(self.compliance[c], values, -1)
+                self.excluded -= self.excluded_hours.pop(old_hour)
+        reasons = self.exclusion_reasons(m)
+        if reasons:
+            self.excluded_hours[hour].update([None, *reasons])
+            self.excluded.update([None, *reasons])
         for c, values in contributions.items():
             self._apply(self.hours[hour][c], values, 1)
             self._apply(self.compliance[c], values, 1)
@@ -147,55 +192,62 @@ class SloEvaluator:
         self.buckets.pop(m - self.keep_minutes, None)
 
     def ratio(self, sums):
-        """Weighted mean of the components' ratios; None without data."""
-        weighted = [(w, c0 / c1) for w, (c0, c1, _) in zip(self.weights, sums, strict=True) if c1 > 0]
-        if not weighted:
-            return None
+        """Weighted mean of the components' ratios, a Fraction; None without data."""
+        weighted = [(w, _quotient(c0, c1)) for w, (c0, c1, _) in zip(self.weights, sums, strict=True) if c1 > 0]
+        if len(weighted) < 2:
+            return weighted[0][1] if weighted else None
         return sum(w * r for w, r in weighted) / sum(w for w, _ in weighted)
 
     def burn_rate(self, sums):
         ratio = self.ratio(sums)
-        return None if ratio is None else (1 - ratio) / (1 - self.slo.target)
+        return None if ratio is None else (1 - ratio) / self.budget
 
     def _evaluate(self):
-        slo, budget = self.slo, 1 - self.slo.target
+        slo, budget = self.slo, self.budget
         period_days = _month(self.now)[1] if self.calendar_month else slo.window_days
         compliance = self.ratio(self.compliance)
         events = sum(e for _, _, e in self.compliance)
         single_occurrences = len(self.weights) == 1 and slo.method == "occurrences"
-        consumed = None if compliance is None else (1 - compliance) / budget
+        consumed = None if compliance is None else float((1 - compliance) / budget)
         allowed_bad = budget * events if single_occurrences else None
         bad = events - self.compliance[0][0] if single_occurrences else None
         burn = {w: self.burn_rate(s) for w, s in self.window_sums.items()}
         at = minute_iso(self.now)
         transitions = []
         for i, rule in enumerate(self.rules):
-            threshold = rule.threshold(period_days)
+            threshold = self.thresholds[period_days][i]
             long_burn, short_burn = burn[rule.long_window_minutes], burn[rule.short_window_minutes]
             long_events = sum(e for _, _, e in self.window_sums[rule.long_window_minutes])
-            firing = (
+            condition = (
                 long_events >= self.min_events
                 and long_burn is not None
                 and short_burn is not None
                 and long_burn > threshold
                 and short_burn > threshold
             )
-            if firing != self.firing[i]:
-                self.firing[i] = firing
-                transitions.append(
-                    {
-                        "slo": slo.name,
-                        "state": "FIRING" if firing else "RESOLVED",
-                        "severity": rule.severity,
-                        "at": at,
-                        "long_window_minutes": rule.long_window_minutes,
-                        "short_window_minutes": rule.short_window_minutes,
-                        "threshold": threshold,
-                        "burn_rate_long": long_burn,
-                        "burn_rate_short": short_burn,
-                        "budget_remaining": None if consumed is None else 1 - consumed,
-                    }
-                )
+            if condition == self.firing[i]:
+                self.changing_since[i] = None
+                continue
+            if self.changing_since[i] is None:
+                self.changing_since[i] = self.now
+            hold = rule.for_minutes if condition else rule.keep_firing_for_minutes
+            if self.now - self.changing_since[i] < hold:
+                continue
+            self.firing[i], self.changing_since[i] = condition, None
+            transitions.append(
+                {
+                    "slo": slo.name,
+                    "state": "FIRING" if condition else "RESOLVED",
+                    "severity": rule.severity,
+                    "at": at,
+                    "long_window_minutes": rule.long_window_minutes,
+                    "short_window_minutes": rule.short_window_minutes,
+                    "threshold": float(threshold),
+                    "burn_rate_long": _float(long_burn),
+                    "burn_rate_short": _float(short_burn),
+                    "budget_remaining": None if consumed is None else 1 - consumed,
+                }
+            )
         row = {
             "slo": slo.name,
             "evaluated_at": at,
@@ -204,17 +256,22 @@ class SloEvaluator:
             "target": slo.target,
             "window": slo.window,
             "window_days": period_days,
-            "compliance": compliance,
+            "compliance": _float(compliance),
             "events": events,
             "bad_events": bad,
-            "error_budget": budget,
+            "error_budget": float(budget),
             "budget_consumed": consumed,
             "budget_remaining": None if consumed is None else 1 - consumed,
-            "allowed_bad_events": allowed_bad,
-            "allowed_bad_events_left": None if allowed_bad is None else allowed_bad - bad,
+            "allowed_bad_events": _float(allowed_bad),
+            "allowed_bad_events_left": None if allowed_bad is None else float(allowed_bad - exact(bad)),
             "burn_rates": [
-                {"window_minutes": w, "burn_rate": burn[w], "events": sum(e for _, _, e in self.window_sums[w])}
+                {"window_minutes": w, "burn_rate": _float(burn[w]), "events": sum(e for _, _, e in self.window_sums[w])}
                 for w in self.alert_windows
+            ],
+            "excluded_minutes": self.excluded[None],
+            "exclusions": [
+                {"reason": reason, "minutes": n}
+                for reason, n in sorted((r, n) for r, n in self.excluded.items() if r is not None)
             ],
             "alerts_firing": [
                 f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m"

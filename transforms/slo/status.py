@@ -42,6 +42,16 @@ SLO_STATUS_BQ_SCHEMA = {
                 {"name": "events", "type": "INT64", "mode": "REQUIRED"},
             ],
         },
+        {"name": "excluded_minutes", "type": "INT64", "mode": "NULLABLE"},  # NULLABLE: addable to old tables
+        {
+            "name": "exclusions",
+            "type": "RECORD",
+            "mode": "REPEATED",
+            "fields": [
+                {"name": "reason", "type": "STRING", "mode": "REQUIRED"},
+                {"name": "minutes", "type": "INT64", "mode": "REQUIRED"},
+            ],
+        },
         {"name": "alerts_firing", "type": "STRING", "mode": "REPEATED"},
     ]
 }
@@ -72,11 +82,15 @@ class _EvaluatorMixin:
     def setup(self):
         self._slos = {slo.name: slo for slo in self._config.slos}
         self._ignored = Metrics.counter(self._pipeline, "late_updates_beyond_alert_windows")
+        self._excluded = Metrics.counter(self._pipeline, "slo_inputs_in_exclusions")
 
     def _new(self, name):
-        return SloEvaluator(self._slos[name], self._config.alerting)
+        slo = self._slos[name]
+        return SloEvaluator(slo, self._config.alerting, self._config.exclusions_for(slo))
 
     def _add(self, evaluator, value):
+        if evaluator.exclusion_reasons(value[0]):
+            self._excluded.inc()  # add() leaves it out
         if not evaluator.add(*value):
             self._ignored.inc()
 
@@ -100,8 +114,9 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
         name, value = element
         evaluator = evaluator_state.read() or self._new(name)
         self._add(evaluator, value)
-        if evaluator.now is None or not evaluator.active(evaluator.now):
-            timer.set((evaluator.first_pending_minute() + 1) * 60)  # a paused SLO resumes with its data
+        pending = evaluator.first_pending_minute()  # None: nothing pending (excluded or too late)
+        if pending is not None and (evaluator.now is None or not evaluator.active(evaluator.now)):
+            timer.set((pending + 1) * 60)  # a paused SLO resumes with its data
         evaluator_state.write(evaluator)
 
     @on_timer(NEXT_MINUTE)
