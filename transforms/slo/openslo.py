@@ -36,7 +36,7 @@ class _Document:
     """One OpenSLO object being read: raises ConfigError lines that say where it is."""
 
     def __init__(self, source, where, obj):
-        self.source, self.where, self.obj = source, where, obj
+        self.source, self.obj = source, obj
         metadata = obj.get("metadata")
         name = metadata.get("name") if isinstance(metadata, dict) else None
         self.label = f"{where} ({obj.get('kind')} {name!r})" if isinstance(name, str) else where
@@ -69,11 +69,11 @@ class _Document:
         """A duration shorthand (or a number of minutes) as whole minutes."""
         if "m" in units and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        match = _DURATION.match(value) if isinstance(value, str) else None
         if value == "0m":
             return 0
+        match = _DURATION.match(value) if isinstance(value, str) else None
         if not match or match.group(2) not in units:
-            self.fail(path, f"{value!r} is not a duration this project supports: write e.g. 5m, 1h, 28d or 4w")
+            self.fail(path, f"{value!r} is not a duration here: write a whole number and one of the units {units}")
         return int(match.group(1)) * _UNIT_MINUTES[match.group(2)]
 
 
@@ -81,6 +81,15 @@ def _shorthand(minutes):
     for unit in "dhm":
         if minutes % _UNIT_MINUTES[unit] == 0 and (minutes or unit == "m"):
             return f"{minutes // _UNIT_MINUTES[unit]}{unit}"
+
+
+def _period(slo):
+    """The days an SLO's burn-rate thresholds are written for."""
+    return CALENDAR_PERIOD_DAYS if slo.window == "calendar_month" else slo.window_days
+
+
+def _policy_name(index, period):
+    return f"burn-rate-{index + 1}-{period}d"
 
 
 def _journey_slis(base):
@@ -92,8 +101,8 @@ def _journey_slis(base):
 
 
 def _objects(documents, source):
-    """[(where, object)]: a YAML document holding a list (as the OpenSLO repository's examples do) gives
-    one object per item; empty documents are skipped."""
+    """A `_Document` per OpenSLO object: a YAML document holding a list (as the OpenSLO repository's examples
+    do) gives one per item; empty documents are skipped."""
     for i, doc in enumerate(documents, 1):
         items = (
             [(f"document {i}[{j}]", d) for j, d in enumerate(doc)]
@@ -256,16 +265,14 @@ class _Importer:
                 {"displayName", "op", "value", "target", "targetPercent", "timeSliceTarget"}
                 | {"timeSliceWindow", "indicator", "indicatorRef", "compositeWeight"},
             )
-        fields = {"name": name, **self.window(doc, spec["timeWindow"])}
-        fields.update(self.objective(doc, spec["budgetingMethod"], objectives[0], paths[0]))
+        first = self.objective(doc, spec["budgetingMethod"], objectives[0], paths[0])
+        fields = {"name": name, **self.window(doc, spec["timeWindow"]), **first}
         composite = any("indicator" in o or "indicatorRef" in o for o in objectives)
         if composite:
             if "indicator" in spec or "indicatorRef" in spec:
                 doc.fail("spec.indicator", "a composite gives an indicator per objective; remove the SLO's own")
             for path, obj in zip(paths[1:], objectives[1:], strict=True):
-                if self.objective(doc, spec["budgetingMethod"], obj, path) != self.objective(
-                    doc, spec["budgetingMethod"], objectives[0], paths[0]
-                ):
+                if self.objective(doc, spec["budgetingMethod"], obj, path) != first:
                     doc.fail(
                         path,
                         "a composite has one target (and time slice) for the weighted mean: "
@@ -357,7 +364,7 @@ class _Importer:
         if not isinstance(policies, list):
             doc.fail("spec.alertPolicies", "expected a list of AlertPolicy names or inline AlertPolicy objects")
         rules = []
-        period = CALENDAR_PERIOD_DAYS if slo.window == "calendar_month" else slo.window_days
+        period = _period(slo)
         for i, item in enumerate(policies):
             path = f"spec.alertPolicies[{i}]"
             if isinstance(item, dict) and "alertPolicyRef" in item:
@@ -502,8 +509,8 @@ def parse_openslo(text, base, source="<openslo>"):
 # -- export ---------------------------------------------------------------------------------------------------
 
 
-def _object(kind, name, spec, **metadata):
-    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, **metadata}, "spec": spec}
+def _object(kind, name, spec):
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
 def _indicator(sli_id):
@@ -534,7 +541,7 @@ def _policy(index, rule, period):
     annotations = {SHORT_WINDOW: _shorthand(rule.short_window_minutes)}
     if rule.keep_firing_for_minutes:
         annotations[KEEP_FIRING_FOR] = _shorthand(rule.keep_firing_for_minutes)
-    name = f"burn-rate-{index + 1}-{period}d"
+    name = _policy_name(index, period)
     condition_object = {
         "kind": "AlertCondition",
         "metadata": {"name": name, "annotations": annotations},
@@ -547,7 +554,7 @@ def _policy(index, rule, period):
 def export_documents(config, source="<config>"):
     """SliConfig -> [OpenSLO object]: a Service per service, an AlertPolicy per burn-rate rule and SLO
     period, and an SLO per SLO. ConfigError for an SLO with its own exclusions (OpenSLO v1 has none)."""
-    periods = sorted({CALENDAR_PERIOD_DAYS if s.window == "calendar_month" else s.window_days for s in config.slos})
+    periods = sorted({_period(s) for s in config.slos})
     documents = [
         _object("Service", s.name, {"description": f"journeys: {', '.join(j.name for j in s.journeys)}"})
         for s in config.services
@@ -560,12 +567,13 @@ def export_documents(config, source="<config>"):
                 "move them to the service or keep this SLO in the SLI config"
             )
         if slo.window == "calendar_month":
-            period, window = (
-                CALENDAR_PERIOD_DAYS,
-                {"duration": "1M", "isRolling": False, "calendar": {"startTime": CALENDAR_START, "timeZone": "UTC"}},
-            )
+            window = {
+                "duration": "1M",
+                "isRolling": False,
+                "calendar": {"startTime": CALENDAR_START, "timeZone": "UTC"},
+            }
         else:
-            period, window = slo.window_days, {"duration": f"{slo.window_days}d", "isRolling": True}
+            window = {"duration": f"{slo.window_days}d", "isRolling": True}
         spec = {"service": slo.slis()[0][0].split("/")[0]}
         if slo.sli:
             spec["indicator"] = _indicator(slo.sli)
@@ -578,7 +586,7 @@ def export_documents(config, source="<config>"):
             timeWindow=[window],
             budgetingMethod=slo.method.capitalize(),
             objectives=objectives,
-            alertPolicies=[f"burn-rate-{j + 1}-{period}d" for j in range(len(config.alerting.rules))],
+            alertPolicies=[_policy_name(j, _period(slo)) for j in range(len(config.alerting.rules))],
         )
         documents.append(_object("SLO", slo.name, spec))
     return documents
