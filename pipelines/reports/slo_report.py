@@ -1,5 +1,6 @@
-"""SLO report: a self-contained HTML page (a table, and an error-budget burn-down chart per SLO) from the
-SLI pipeline's outputs, local files or BigQuery.
+"""SLO report: a self-contained HTML page from the SLI pipeline's outputs, local files or BigQuery: a table,
+then per SLO interactive charts of the error-budget burn-down, the SLI against the target and the burn
+rates against the alert thresholds with firing periods shaded (plotly.js inlined: works offline).
 
     python -m pipelines.reports.slo_report                                 # from output/sli (the default run)
     python -m pipelines.reports.slo_report --slo_table P:sre.slo_status --project P \\
@@ -14,10 +15,10 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.reports.charts import chart, draw, library
 from transforms.io.files import read_jsonl
 
-_CHART_W, _CHART_H, _PAD = 720, 180, 40
-_MAX_POINTS = 600
+_MAX_POINTS = 2000  # per chart line; longer series are sampled evenly
 
 
 def read_local(input_dir):
@@ -35,9 +36,9 @@ def read_bigquery(table, project, since, until):
 
     client = bigquery.Client(project=project)
     sql = (
-        f"SELECT slo, evaluated_at, status, target, window_days, compliance, budget_remaining, events, "
-        f"alerts_firing FROM `{table.replace(':', '.')}` WHERE evaluated_at BETWEEN @since AND @until "
-        f"ORDER BY slo, evaluated_at"
+        f"SELECT slo, evaluated_at, status, target, window_days, compliance, error_budget, budget_remaining, "
+        f"events, burn_rates, alerts_firing FROM `{table.replace(':', '.')}` "
+        f"WHERE evaluated_at BETWEEN @since AND @until ORDER BY slo, evaluated_at"
     )
     config = bigquery.QueryJobConfig(
         query_parameters=[
@@ -67,34 +68,135 @@ def _pct(value, digits=4):
     return "no data" if value is None else f"{value:.{digits}%}"
 
 
-def _chart(points):
-    """Inline SVG of budget remaining (fraction) over time, with the zero line."""
-    if len(points) > _MAX_POINTS:
-        step = len(points) / _MAX_POINTS
-        points = [points[int(i * step)] for i in range(_MAX_POINTS)] + [points[-1]]
-    times = [t for t, _ in points]
-    values = [v for _, v in points]
-    t0, t1 = min(times), max(times)
-    lo, hi = min(values + [0.0]), max(values + [1.0])
+def _utc(iso):
+    """RFC 3339 -> "YYYY-MM-DD HH:MM:SS" in UTC, the form plotly.js reads as a date."""
+    return datetime.datetime.fromisoformat(iso).astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
-    def x(t):
-        return _PAD + (t - t0) / max(t1 - t0, 1) * (_CHART_W - 2 * _PAD)
 
-    def y(v):
-        return _CHART_H - _PAD / 2 - (v - lo) / max(hi - lo, 1e-9) * (_CHART_H - _PAD)
+def _sample(rows):
+    """At most _MAX_POINTS rows, evenly spaced, the last one kept."""
+    if len(rows) <= _MAX_POINTS:
+        return rows
+    step = len(rows) / _MAX_POINTS
+    return [rows[int(i * step)] for i in range(_MAX_POINTS - 1)] + [rows[-1]]
 
-    line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
-    start = datetime.datetime.fromtimestamp(t0, datetime.UTC).strftime("%Y-%m-%d %H:%M")
-    end = datetime.datetime.fromtimestamp(t1, datetime.UTC).strftime("%Y-%m-%d %H:%M")
-    return (
-        f'<svg class="burndown" width="{_CHART_W}" height="{_CHART_H}" role="img" '
-        f'aria-label="error budget remaining from {start} to {end}">'
-        f'<line class="zero" x1="{_PAD}" x2="{_CHART_W - _PAD}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>'
-        f'<text x="4" y="{y(0) + 4:.1f}">0%</text><text x="4" y="{y(hi) + 10:.1f}">{hi:.0%}</text>'
-        f'<polyline points="{line}"/>'
-        f'<text x="{_PAD}" y="{_CHART_H - 2}">{start}</text>'
-        f'<text x="{_CHART_W - _PAD}" y="{_CHART_H - 2}" text-anchor="end">{end} UTC</text></svg>'
-    )
+
+def firing_periods(rows):
+    """[(rule, first firing evaluated_at, first clear evaluated_at or None while still firing)] from
+    the rows' alerts_firing, rows in time order."""
+    periods, open_since = [], {}
+    for row in rows:
+        now = set(row["alerts_firing"] or [])
+        for rule in sorted(now - set(open_since)):
+            open_since[rule] = row["evaluated_at"]
+        for rule in sorted(set(open_since) - now):
+            periods.append((rule, open_since.pop(rule), row["evaluated_at"]))
+    periods += [(rule, since, None) for rule, since in sorted(open_since.items())]
+    return sorted(periods, key=lambda p: (p[1], p[0]))
+
+
+def _line(y, yref, colour, dash):
+    """A horizontal line across the plot at y on axis yref."""
+    return {
+        "type": "line",
+        "xref": "x domain",
+        "x0": 0,
+        "x1": 1,
+        "yref": yref,
+        "y0": y,
+        "y1": y,
+        "line": {"color": colour, "dash": dash, "width": 1.5},
+    }
+
+
+def _label(y, yref, text):
+    return {
+        "xref": "x domain",
+        "x": 1,
+        "yref": yref,
+        "y": y,
+        "text": text,
+        "showarrow": False,
+        "xanchor": "right",
+        "yanchor": "bottom",
+        "font": {"size": 11},
+    }
+
+
+def figure(rows, thresholds):
+    """The plotly figure of one SLO's rows (time order), three panels on one time axis: the budget
+    burn-down (axis from its lowest value or 0 to its highest or 100%), the SLI against the target, and
+    the burn rate of each alert window against the thresholds {rule: threshold} known from alerts;
+    alert firing periods shaded on all three."""
+    last = rows[-1]
+    shown = _sample(rows)
+    x = [_utc(r["evaluated_at"]) for r in shown]
+    windows = [b["window_minutes"] for b in last["burn_rates"]]
+    burn = {w: [{b["window_minutes"]: b["burn_rate"] for b in r["burn_rates"]}.get(w) for r in shown] for w in windows}
+
+    def line(y, name, axis, hover, **style):
+        return {
+            "type": "scatter",
+            "mode": "lines",
+            "x": x,
+            "y": y,
+            "name": name,
+            "xaxis": "x",
+            "yaxis": axis,
+            "hovertemplate": hover,
+            **style,
+        }
+
+    budget = [r["budget_remaining"] for r in shown]
+    traces = [line(budget, "budget remaining", "y", "%{y:.1%}", line={"color": "#1a73e8", "width": 2})]
+    traces.append(line([r["compliance"] for r in shown], f"SLI over {last['window_days']} d", "y2", "%{y:.4%}"))
+    if windows:  # the SLI over the shortest alert window shows an incident as it happens
+        sli = [None if b is None else 1 - b * r["error_budget"] for b, r in zip(burn[windows[0]], shown, strict=True)]
+        traces.append(line(sli, f"SLI over {windows[0]} min", "y2", "%{y:.4%}"))
+    traces += [line(burn[w], f"burn rate {w} min", "y3", "%{y:.2f}") for w in windows]
+
+    known = [v for v in budget if v is not None]
+    lo, hi = min(known + [0.0]), max(known + [1.0])
+    pad = (hi - lo) * 0.05
+    shapes = [_line(0, "y", "#d93025", "dash"), _line(last["target"], "y2", "#d93025", "dash")]
+    annotations = [_label(last["target"], "y2", f"target {last['target']:.2%}")]
+    for rule, threshold in sorted(thresholds.items()):
+        shapes.append(_line(threshold, "y3", "#5f6368", "dot"))
+        annotations.append(_label(threshold, "y3", f"{rule} threshold {threshold:.2f}"))
+    for rule, start, end in firing_periods(rows):
+        shapes.append(
+            {
+                "type": "rect",
+                "xref": "x",
+                "x0": _utc(start),
+                "x1": _utc(end or last["evaluated_at"]),
+                "yref": "paper",
+                "y0": 0,
+                "y1": 1,
+                "fillcolor": "#d93025" if rule.startswith("page:") else "#f9ab00",
+                "opacity": 0.15,
+                "line": {"width": 0},
+                "layer": "below",
+            }
+        )
+    layout = {
+        "height": 640,
+        "margin": {"l": 70, "r": 20, "t": 20, "b": 40},
+        "hovermode": "x unified",
+        "legend": {"orientation": "h", "y": -0.08},
+        "xaxis": {"type": "date", "anchor": "y3", "title": {"text": "UTC"}},
+        "yaxis": {
+            "domain": [0.7, 1],
+            "range": [lo - pad, hi + pad],
+            "tickformat": ".0%",
+            "title": {"text": "budget left"},
+        },
+        "yaxis2": {"domain": [0.36, 0.64], "anchor": "x", "tickformat": ".2%", "title": {"text": "SLI"}},
+        "yaxis3": {"domain": [0, 0.3], "anchor": "x", "title": {"text": "burn rate"}},
+        "shapes": shapes,
+        "annotations": annotations,
+    }
+    return {"data": traces, "layout": layout}
 
 
 def _rule(alert):
@@ -108,10 +210,12 @@ def render(status, alerts, title="SLO report"):
     by_slo = {}
     for row in sorted(status, key=lambda r: r["evaluated_at"]):
         by_slo.setdefault(row["slo"], []).append(row)
-    fired = {}
-    for alert in alerts:
+    fired, thresholds = {}, {}
+    for alert in sorted(alerts, key=lambda a: a["at"]):
         if alert["state"] == "FIRING":
             fired[alert["slo"]] = fired.get(alert["slo"], 0) + 1
+        if alert.get("threshold") is not None:  # alerts rebuilt from BigQuery rows carry none
+            thresholds.setdefault(alert["slo"], {})[_rule(alert)] = alert["threshold"]
     table_rows, sections = [], []
     for name, rows in sorted(by_slo.items()):
         last = rows[-1]
@@ -122,16 +226,18 @@ def render(status, alerts, title="SLO report"):
             f'<td class="budget">{_pct(last["budget_remaining"], 1)}</td><td>{alerting}</td>'
             f"<td>{fired.get(name, 0)}</td></tr>"
         )
-        points = [
-            (datetime.datetime.fromisoformat(r["evaluated_at"]).timestamp(), r["budget_remaining"])
-            for r in rows
-            if r["budget_remaining"] is not None
-        ]
-        chart = _chart(points) if points else "<p>no data</p>"
+        firing = "".join(
+            f'<li data-rule="{html.escape(rule)}">{html.escape(rule)}: {html.escape(start)} to '
+            f"{html.escape(end or 'now (still firing)')}</li>"
+            for rule, start, end in firing_periods(rows)
+        )
+        plotted = [r for r in rows if r["budget_remaining"] is not None]
+        body = chart(figure(rows, thresholds.get(name, {})), f"{name}: budget, SLI and burn rates") if plotted else ""
         sections.append(
             f'<section data-slo="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
-            f"<p>Error budget remaining, {html.escape(rows[0]['evaluated_at'])} to "
-            f"{html.escape(last['evaluated_at'])}</p>{chart}</section>"
+            f"<p>{html.escape(rows[0]['evaluated_at'])} to {html.escape(last['evaluated_at'])}; "
+            f"shaded: alerts firing (red: page, amber: other)</p>{body or '<p>no data</p>'}"
+            f'<ul class="firing">{firing}</ul></section>'
         )
     alert_rows = "".join(
         f"<tr><td>{html.escape(a['at'])}</td><td>{html.escape(a['slo'])}</td><td>{a['state']}</td>"
@@ -145,10 +251,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
-svg.burndown polyline {{ fill: none; stroke: #1a73e8; stroke-width: 2; }}
-svg.burndown line.zero {{ stroke: #d93025; stroke-dasharray: 4 3; }}
-svg.burndown text {{ font-size: 11px; fill: #555; }}
-</style></head><body>
+ul.firing {{ font-size: 13px; color: #555; }}
+</style>{library()}</head><body>
 <h1>{html.escape(title)}</h1>
 <table id="slos"><thead><tr><th>SLO</th><th>target</th><th>window</th><th>compliance</th>
 <th>budget remaining</th><th>minutes alerting</th><th>alerts fired</th></tr></thead>
@@ -157,6 +261,7 @@ svg.burndown text {{ font-size: 11px; fill: #555; }}
 <h2>Alerts</h2>
 <table id="alerts"><thead><tr><th>at</th><th>SLO</th><th>state</th><th>rule</th></tr></thead>
 <tbody>{alert_rows}</tbody></table>
+{draw()}
 </body></html>
 """
 

@@ -1,6 +1,7 @@
 """Feature statistics report: a self-contained HTML page from the feature pipeline's statistics.json
-(train, eval, ... side by side) and, optionally, a skew check's serving statistics and anomalies
-(a serving column, anomalies highlighted).
+(train, eval, ... side by side, each feature's histograms or top values per split overlaid in one
+interactive chart) and, optionally, a skew check's serving statistics and anomalies (a serving column
+and series, skewed features first and highlighted). plotly.js is inlined: the page works offline.
 
     python -m pipelines.reports.stats_report                       # output/feature_stats (+ output/skew if present)
     python -m pipelines.reports.stats_report --statistics gs://B/datasets/churn-v3/statistics.json \\
@@ -15,9 +16,10 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.reports.charts import chart, draw, library
 from transforms.io.files import read_text
 
-_BAR_W, _BAR_H = 260, 90
+_TOP_VALUES = 8  # charted per split
 QUANTILE_LABELS = {"0.01": "p1", "0.25": "p25", "0.5": "p50", "0.75": "p75", "0.99": "p99"}
 
 
@@ -31,50 +33,61 @@ def _number(value):
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _histogram_svg(histogram, split):
-    """Bars of the bin counts, heights relative to the tallest bin."""
-    if not histogram:
-        return "<p>no values</p>"
-    top = max(b["count"] for b in histogram) or 1
-    width = _BAR_W / len(histogram)
-    bars = "".join(
-        f'<rect x="{i * width:.1f}" y="{_BAR_H - b["count"] / top * _BAR_H:.1f}" width="{width - 1:.1f}" '
-        f'height="{b["count"] / top * _BAR_H:.1f}" data-count="{b["count"]}">'
-        f"<title>{_number(b['low'])} to {_number(b['high'])}: {b['count']}</title></rect>"
-        for i, b in enumerate(histogram)
-    )
-    return (
-        f'<svg class="histogram" data-split="{html.escape(split)}" width="{_BAR_W}" height="{_BAR_H + 14}" '
-        f'role="img" aria-label="histogram of {html.escape(split)}">{bars}'
-        f'<text x="0" y="{_BAR_H + 12}">{_number(histogram[0]["low"])}</text>'
-        f'<text x="{_BAR_W}" y="{_BAR_H + 12}" text-anchor="end">{_number(histogram[-1]["high"])}</text></svg>'
-    )
-
-
-def _top_values_svg(top_values, present, split):
-    if not top_values:
-        return "<p>no values</p>"
-    rows = []
-    for i, t in enumerate(top_values[:8]):
-        share = t["count"] / present if present else 0
-        rows.append(
-            f'<text x="0" y="{i * 14 + 11}">{html.escape(str(t["value"])[:14])}</text>'
-            f'<rect x="100" y="{i * 14 + 2}" width="{share * (_BAR_W - 150):.1f}" height="11" '
-            f'data-value="{html.escape(str(t["value"]))}" data-count="{t["count"]}"/>'
-            f'<text x="{104 + share * (_BAR_W - 150):.1f}" y="{i * 14 + 11}">{share:.1%}</text>'
-        )
-    return (
-        f'<svg class="top-values" data-split="{html.escape(split)}" width="{_BAR_W}" '
-        f'height="{len(rows) * 14 + 4}" role="img" aria-label="top values of {html.escape(split)}">'
-        f"{''.join(rows)}</svg>"
-    )
+def figure(name, kind, per_split):
+    """The plotly figure of one feature: per split (serving included), its histogram bins as bars over
+    their value ranges, overlaid, or its top values side by side; heights are the share of the split's
+    present values, so splits of any size compare; hover shows the range or value and the count."""
+    traces, numeric = [], kind == "numeric"
+    for split, feature in per_split.items():
+        if not feature:
+            continue
+        present = feature["count"] - feature["missing"]
+        if numeric:
+            bins = feature.get("histogram", [])
+            traces.append(
+                {
+                    "type": "bar",
+                    "name": split,
+                    "x": [(b["low"] + b["high"]) / 2 for b in bins],
+                    "width": [b["high"] - b["low"] for b in bins],
+                    "y": [b["count"] / present if present else 0.0 for b in bins],
+                    "customdata": [[b["low"], b["high"], b["count"]] for b in bins],
+                    "hovertemplate": "%{customdata[0]:.6g} to %{customdata[1]:.6g}: %{customdata[2]} (%{y:.1%})",
+                    "opacity": 0.55,
+                }
+            )
+        else:
+            top = feature.get("top_values", [])[:_TOP_VALUES]
+            traces.append(
+                {
+                    "type": "bar",
+                    "name": split,
+                    "x": [str(t["value"]) for t in top],
+                    "y": [t["count"] / present if present else 0.0 for t in top],
+                    "customdata": [t["count"] for t in top],
+                    "hovertemplate": "%{x}: %{customdata} (%{y:.1%})",
+                }
+            )
+    layout = {
+        "height": 260,
+        "margin": {"l": 50, "r": 20, "t": 10, "b": 40},
+        "barmode": "overlay" if numeric else "group",
+        "bargap": 0,
+        "yaxis": {"tickformat": ".0%", "title": {"text": "share of values"}},
+        "xaxis": {"title": {"text": name}, "type": "linear" if numeric else "category"},
+        "legend": {"orientation": "h", "y": 1.12},
+    }
+    return {"data": traces, "layout": layout}
 
 
 def render(statistics, anomalies=None, title="Feature statistics"):
     """statistics: {split: artifact} (a serving split included if given); anomalies: a skew report."""
     splits = [s for s in statistics if isinstance(statistics[s], dict) and "features" in statistics[s]]
     findings = {f["feature"]: f for f in (anomalies or {}).get("features", [])}
-    names = sorted({n for s in splits for n in statistics[s]["features"]})
+    names = sorted(  # skewed features first
+        {n for s in splits for n in statistics[s]["features"]},
+        key=lambda n: (not findings.get(n, {}).get("anomalies"), n),
+    )
     sections = []
     summary = []
     for name in names:
@@ -103,19 +116,7 @@ def render(statistics, anomalies=None, title="Feature statistics"):
             + "</tr>"
             for label, fn in rows
         )
-        charts = "".join(
-            f"<figure><figcaption>{html.escape(s)}</figcaption>"
-            + (
-                _histogram_svg(per_split[s].get("histogram", []), s)
-                if kind == "numeric"
-                else _top_values_svg(
-                    per_split[s].get("top_values", []), per_split[s]["count"] - per_split[s]["missing"], s
-                )
-            )
-            + "</figure>"
-            for s in splits
-            if per_split[s]
-        )
+        charts = chart(figure(name, kind, per_split), f"{name} by split")
         finding = ""
         if name in findings:
             measures = ", ".join(
@@ -133,7 +134,7 @@ def render(statistics, anomalies=None, title="Feature statistics"):
             f"<h2>{html.escape(name)} <small>{kind}</small></h2>{finding}"
             f'<table class="stats"><thead><tr><th></th>'
             + "".join(f"<th>{html.escape(s)}</th>" for s in splits)
-            + f'</tr></thead><tbody>{table}</tbody></table><div class="charts">{charts}</div></section>'
+            + f"</tr></thead><tbody>{table}</tbody></table>{charts}</section>"
         )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -144,16 +145,14 @@ th, td {{ border: 1px solid #ccc; padding: 3px 9px; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 tr.anomaly td, section.anomaly h2 {{ color: #b3261e; }}
 li.anomaly {{ color: #b3261e; font-weight: 600; }}
-.charts {{ display: flex; gap: 1.5em; flex-wrap: wrap; }}
-figure {{ margin: 0; }} figcaption {{ font-size: 12px; color: #555; }}
-svg rect {{ fill: #1a73e8; }} svg text {{ font-size: 10px; fill: #444; }}
 section {{ border-top: 1px solid #ddd; padding-top: 0.5em; }}
-</style></head><body>
+</style>{library()}</head><body>
 <h1>{html.escape(title)}</h1>
 <table id="features"><thead><tr><th>feature</th><th>type</th>
 {"".join(f"<th>missing {html.escape(s)}</th>" for s in splits)}<th>anomalies</th></tr></thead>
 <tbody>{"".join(summary)}</tbody></table>
 {"".join(sections)}
+{draw()}
 </body></html>
 """
 
