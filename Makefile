@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make demo` and `make test` (each installs what it needs first).
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test lint format services bench
+.PHONY: bootstrap demo test lint format services bench tensorboard
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -19,6 +19,10 @@ lint: bootstrap  ## ruff: the linter and the formatter's check (settings in pypr
 format: bootstrap  ## ruff: fix what can be fixed, then format
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
+
+TENSORBOARD_DIR ?= output/tensorboard
+tensorboard: bootstrap  ## TensorBoard on the runs under TENSORBOARD_DIR (the manuals' --tensorboard_dir; gs:// works)
+	.venv/bin/tensorboard --logdir $(TENSORBOARD_DIR) --load_fast=false --samples_per_plugin scalars=50000
 
 services: bootstrap  ## start the local emulators for manual runs; prints the env to export
 	$(PY) -m tests.harness

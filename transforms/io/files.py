@@ -1,18 +1,22 @@
-"""Small file readers (local or gs://) for configs, reports and tests, the event-file names of TensorBoard, and
+"""Small file readers (local or gs://) for configs, reports and tests, the metadata of TensorBoard summaries, and
 the splitter of multi-line JSON log files into records."""
 
 import json
 import re
-import socket
-import time
-import uuid
 
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
 
-def event_file_name():
-    return f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+def summary_metadata(plugin_name, data_class):
+    """What tells TensorBoard which dashboard draws a `tf.summary.write` tensor (plugin `scalars` or `histograms`).
+    `tf.summary.scalar`/`histogram` would add it themselves, but they live in the tensorboard package, which
+    workers do not install; `tf.summary.write` is TensorFlow's own."""
+    from tensorflow.core.framework import summary_pb2
+
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin_name), data_class=data_class
+    )
 
 
 def read_text(path):

@@ -1,21 +1,23 @@
-"""TensorBoard event files of SLI rows: scalars whose step and wall time are the event-time window end (not
-when the pipeline ran), so runs over the same period line up. Each worker writes its own
-`events.out.tfevents.*` file into the run directory; TensorFlow is imported on the workers only."""
+"""TensorBoard event files of SLI rows: scalars whose step is the event-time window end in epoch seconds (not
+when the pipeline ran), so runs over the same period line up. Written with TensorFlow's own summary writer
+(`tf.summary.create_file_writer`, local or gs://): each worker writes its own `events.out.tfevents.*` file
+into the run directory; TensorFlow is imported on the workers only."""
 
 import datetime
-import time
 
 import apache_beam as beam
 
-from transforms.io.files import event_file_name
+from transforms.io.files import summary_metadata
 from transforms.sli.config import sli_short_name
 
 
 class WriteSliSummaries(beam.DoFn):
     """SLI rows -> scalars `<sli_id>` (good fraction; error rate for error_rate SLIs; requests per second
     for throughput SLIs), and per journey `<service>/<journey>/latency_p50_ms` and `..._p99_ms` (from the
-    journey's first SLI row, so each point is written once). A late pane writes its window again at the
-    same step: the newest point is the complete one."""
+    journey's first SLI row, so each point is written once). A point's wall time is when it was written.
+    A bundle's points are written in step order: TensorBoard draws a run's points in file order, and its
+    default loader drops the points of a tag above a step that goes back. A late pane writes its window
+    again at the same step: the newest point is the complete one."""
 
     def __init__(self, config, logdir):
         self._config = config
@@ -23,49 +25,39 @@ class WriteSliSummaries(beam.DoFn):
 
     def setup(self):
         import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
 
         self._tf = tf
+        self._metadata = summary_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
         self._first_sli = {
             f"{service.name}/{journey.name}/{sli_short_name((journey.slis or service.slis)[0])}"
             for service in self._config.services
             for journey in service.journeys
         }
-        tf.io.gfile.makedirs(self._logdir)
-        self._writer = tf.io.TFRecordWriter(f"{self._logdir.rstrip('/')}/{event_file_name()}")
-        self._writer.write(self._event(time.time(), 0, file_version="brain.Event:2"))
+        self._writer = tf.summary.create_file_writer(self._logdir)
 
-    def _event(self, wall_time, step, file_version=None, values=()):
-        from tensorflow.core.framework import summary_pb2
-        from tensorflow.core.util import event_pb2
-
-        event = event_pb2.Event(wall_time=wall_time, step=step)
-        if file_version:
-            event.file_version = file_version
-        else:
-            event.summary.CopyFrom(
-                summary_pb2.Summary(
-                    value=[summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in values]
-                )
-            )
-        return event.SerializeToString()
+    def start_bundle(self):
+        self._points = []
 
     def process(self, row):
         if row["sli_kind"] == "unmatched":
             return
-        end = datetime.datetime.fromisoformat(row["window_end"]).timestamp()
+        step = int(datetime.datetime.fromisoformat(row["window_end"]).timestamp())
         value = {"error_rate": row["error_rate"], "throughput": row["throughput_rps"]}.get(
             row["sli_kind"], row["good_fraction"]
         )
-        values = [(row["sli_id"], value)]
+        self._points.append((step, row["sli_id"], value))
         if row["sli_id"] in self._first_sli:
             journey = f"{row['service']}/{row['journey']}"
-            values += [
-                (f"{journey}/latency_p50_ms", row["latency_p50_ms"]),
-                (f"{journey}/latency_p99_ms", row["latency_p99_ms"]),
-            ]
-        self._writer.write(self._event(end, int(end), values=values))
+            self._points.append((step, f"{journey}/latency_p50_ms", row["latency_p50_ms"]))
+            self._points.append((step, f"{journey}/latency_p99_ms", row["latency_p99_ms"]))
 
     def finish_bundle(self):
+        tf = self._tf
+        with self._writer.as_default():
+            # sorted by step alone: a stable sort keeps a late pane after the pane it completes
+            for step, tag, value in sorted(self._points, key=lambda p: p[0]):
+                tf.summary.write(tag, tf.constant(value, tf.float32), step, metadata=self._metadata)
         self._writer.flush()
 
     def teardown(self):
