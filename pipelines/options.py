@@ -66,6 +66,22 @@ class OutputOptions(PipelineOptions):
         )
 
 
+class SliConfigOptions(PipelineOptions):
+    """--sli_config, declared once for the SLI pipeline and the SLO replay."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--sli_config",
+            type=str,
+            default=None,
+            help="YAML file (local or gs://) defining services, journeys, SLIs and SLOs. pipelines.sli takes one "
+            "(default: the bundled sample profile_service.yaml); pipelines.slo_replay takes a comma-separated "
+            "list, each PATH (named by its file stem) or NAME=PATH (default: the bundled profile_service.yaml "
+            "and starter_slos.yaml side by side).",
+        )
+
+
 class PubsubInputOptions(PipelineOptions):
     """For streaming pipelines. Each flag is declared once for all pipelines: Beam parses every options
     class it has seen, so two classes declaring one flag would conflict."""

@@ -44,6 +44,7 @@ from pipelines.options import (
     EventTimeOptions,
     OutputOptions,
     PubsubInputOptions,
+    SliConfigOptions,
     TensorBoardOptions,
     UdfOptions,
     check_allowed_lateness,
@@ -72,13 +73,6 @@ class SliOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--sli_config",
-            type=str,
-            default=None,
-            help=f"YAML file (local or gs://) defining services, journeys and SLIs. Default: the bundled "
-            f"sample {SAMPLE_CONFIG.name}.",
-        )
-        parser.add_argument(
             "--window_seconds",
             type=int,
             default=60,
@@ -103,6 +97,7 @@ class SliOptions(PipelineOptions):
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/options.py).
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table")
 OPTION_CLASSES = (
+    SliConfigOptions,
     SliOptions,
     EventTimeOptions,
     PubsubInputOptions,
@@ -139,7 +134,7 @@ def validate(options):
         (options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions).bigtable_instance),
     )
     check_udf(options)
-    config = load_sli_config(sli.sli_config or SAMPLE_CONFIG)
+    config = load_sli_config(options.view_as(SliConfigOptions).sli_config or SAMPLE_CONFIG)
     resolve_tensorboard_run(options, PIPELINE)
     if not config.slos and (sli.slo_table or sli.alerts_topic):
         raise ValueError("--slo_table and --alerts_topic need SLOs: add a 'slos' section to --sli_config")

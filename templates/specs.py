@@ -6,7 +6,7 @@ metadata cannot drift from the flags."""
 
 import argparse
 
-from pipelines import feature_stats, image_ingest, options, score, skew, sli, window_features
+from pipelines import feature_stats, image_ingest, options, score, skew, sli, slo_replay, window_features
 from transforms.images import pixels as images
 
 PUBSUB_SUBSCRIPTION = r"^projects/[^/]+/subscriptions/[^/]+$"
@@ -16,6 +16,7 @@ GCS_FILE = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+$"
 GCS_FOLDER = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9](/.*)?$"
 POSITIVE_INT = r"^[1-9][0-9]*$"
 NON_NEGATIVE_INT = r"^[0-9]+$"
+RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?(Z|[+-][0-9]{2}:[0-9]{2})?$"
 
 
 def one_of(choices):
@@ -24,7 +25,12 @@ def one_of(choices):
 
 # flag -> (paramType, [regexes], sample value)
 PARAMETERS = {
-    "sli_config": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/config/profile_service.yaml"),
+    # slo_replay takes a comma-separated list of PATH or NAME=PATH
+    "sli_config": (
+        "GCS_READ_FILE",
+        [r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63}=)?gs://[^,]+(,([A-Za-z0-9][A-Za-z0-9_.-]{0,63}=)?gs://[^,]+)*$"],
+        "gs://my-bucket/config/profile_service.yaml",
+    ),
     "input_subscription": ("PUBSUB_SUBSCRIPTION", [PUBSUB_SUBSCRIPTION], "projects/p/subscriptions/request-logs"),
     "input_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/request-logs"),
     "input_files": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/logs/2026/11/*.json.gz"),
@@ -104,6 +110,9 @@ PARAMETERS = {
     "skew_window_seconds": ("TEXT", [POSITIVE_INT], "3600"),
     "window_spec": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/config/transactions.yaml"),
     "feature_ttl_hours": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "72.0"),
+    "start": ("TEXT", [RFC3339], "2026-11-01T00:00:00Z"),
+    "end": ("TEXT", [RFC3339], "2026-12-01T00:00:00+00:00"),
+    "alerts_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.slo_replay_alerts"),
 }
 
 PIPELINES = {
@@ -167,6 +176,15 @@ PIPELINES = {
         "end) and features to a Bigtable online store (one row per entity, cell timestamp = window "
         "end, max-age garbage collection) and a BigQuery offline store for point-in-time joins.",
         "streaming": True,
+    },
+    "slo_replay": {
+        "module": slo_replay,
+        "option_classes": (*slo_replay.OPTION_CLASSES, options.OutputOptions),
+        "name": "SLO replay and what-if",
+        "description": "Stored SLI rows (files or BigQuery) of any period evaluated again under one or several "
+        "SLI configs side by side: the pages and tickets that would have fired and the error budget each "
+        "SLO consumed, as a comparison table and alert transitions to JSONL and BigQuery.",
+        "streaming": False,
     },
 }
 

@@ -35,6 +35,8 @@ from transforms.scoring.requests import ENVELOPES_TAG, ParseRequests
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords
 from transforms.sli.rows import FormatSliRows, JourneyWindowStatsFn, MatchJourneys
+from transforms.slo.replay import ParseSliRows, Period
+from transforms.slo.status import SliRowsToSloInputs
 from transforms.window_features.aggregate import FormatFeatureRows, KeyByWindow, ParseEvents, WindowAggregatesFn
 from transforms.window_features.spec import load_window_spec
 
@@ -429,3 +431,38 @@ def test_sample_udfs_never_raise(record):
     for udf in SAMPLE_UDFS:
         outputs, dead = outcomes(udf, record)
         assert len(outputs) + len(dead) <= 1  # a UDF may filter a record out (counted as udf_filtered)
+
+
+PARSE_SLI_ROWS = _ready(ParseSliRows("slo_replay", Period()))
+SLO_INPUTS = _ready(SliRowsToSloInputs(SLI_CONFIG))
+SLI_ROW_SAMPLES = [
+    {
+        "sli_id": "profile-web/view-profile/availability",
+        "sli_kind": "availability",
+        "window_start": "2026-11-22T14:03:00+00:00",
+        "window_seconds": 60,
+        "good": 11,
+        "total": 12,
+        "pane_index": 0,
+        "emitted_at": {"nested": [1, 2]},
+    },
+    {
+        "sli_id": "w/_unmatched/requests",
+        "sli_kind": "unmatched",
+        "window_start": 1763820180,
+        "good": None,
+        "total": 3,
+        "pane_index": 1,
+    },
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(_encoded(_mutated(SLI_ROW_SAMPLES)))
+def test_slo_replay_row_parser_never_raises(record):
+    rows, dead = outcomes(PARSE_SLI_ROWS, record)
+    assert len(rows) + len(dead) == 1
+    for row in rows:  # what the SLO evaluation is fed
+        assert row["good"] is None or 0 <= row["good"] <= row["total"]
+        for _, (minute, _, good, total, pane) in SLO_INPUTS.process(row):
+            assert isinstance(minute, int) and good <= total and pane >= 0

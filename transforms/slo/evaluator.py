@@ -1,10 +1,14 @@
 """Rolling SLO evaluation for one SLO, minute by minute: compliance, error budget, burn rates and
-multi-window burn-rate alerts. Plain Python (no Beam): the streaming DoFn keeps one `SloEvaluator` per
-SLO in Beam state, and the backfill replays the same calls in minute order, so both give the same rows.
+multi-window burn-rate alerts. Plain Python (no Beam): the streaming DoFn keeps each SLO's evaluator state
+in Beam state, and the backfill replays the same calls in minute order, so both give the same rows.
 
 Cost: per evaluated minute, O(alert windows x components) additions; per late update, the same. No
-window ever copies data. State: one bucket per component and minute for the longest alert window
-(3 days by default) and one per hour for the compliance window (28 days: 672).
+window ever copies data. State (`state()`/`restore()`, what the streaming DoFn keeps in Beam state):
+ring buffers of packed arrays, one slot per component and minute of the longest alert window (3 days by
+default) and per hour of the compliance window (28 days: 672), the running sums and the minutes not yet
+evaluated. Each array takes the narrowest type that holds its values (1, 2 or 4 unsigned bytes, then
+int64), so a 28-day SLO with 1,000 requests a minute takes about 35 KB; a count that is not a whole
+number turns its array into float64 (exact for whole numbers below 2**53).
 
 The compliance window moves by whole hours: at minute m it covers the hours (H - 24*window_days, H],
 H being m's hour, so it is up to 59 minutes longer than window_days at the old end. A calendar-month
@@ -25,13 +29,31 @@ window; the excluded minutes the compliance window has stepped through are count
 """
 
 import calendar
-import collections
 import datetime
+import pickle
+from array import array
 from fractions import Fraction
 
 from transforms.sli.config import exact
 
 _MINUTES_PER_HOUR = 60
+_WIDER = {"B": "H", "H": "I", "I": "q", "q": "d"}
+# what `state()` saves, in order
+_STATE = (
+    "now",
+    "oldest_hour",
+    "last_data_minute",
+    "pending",
+    "minute_counts",
+    "minute_panes",
+    "window_sums",
+    "compliance",
+    "hour_counts",
+    "hour_excluded",
+    "excluded",
+    "firing",
+    "changing_since",
+)
 
 
 def _month(minute):
@@ -50,6 +72,16 @@ def _float(value):
     return None if value is None else float(value)
 
 
+def _stored(values, i, value):
+    """`values` (an array) with values[i] = value, its type widened until the value fits (`_WIDER`)."""
+    while True:
+        try:
+            values[i] = value
+            return values
+        except (OverflowError, TypeError):
+            values = array(_WIDER[values.typecode], values)
+
+
 def minute_iso(minute):
     """ISO time of the end of minute index `minute` (minutes since the epoch)."""
     return datetime.datetime.fromtimestamp((minute + 1) * 60, datetime.UTC).isoformat()
@@ -58,7 +90,8 @@ def minute_iso(minute):
 class SloEvaluator:
     """Feed `add(minute, component, good, total, pane_index)`; call `advance_to(minute)` to evaluate every
     minute up to `minute` (inclusive) that has data in reach; it returns (status rows, alert transitions).
-    `exclusions`: the SLO's `Exclusion`s (`SliConfig.exclusions_for`)."""
+    `exclusions`: the SLO's `Exclusion`s (`SliConfig.exclusions_for`). `state()` and `restore()` save and
+    take up everything evaluation has accumulated."""
 
     def __init__(self, slo, alerting, exclusions=()):
         self.slo = slo
@@ -76,13 +109,22 @@ class SloEvaluator:
         self.compliance_hours = slo.window_days * 24  # rolling windows only
         periods = (28, 29, 30, 31) if self.calendar_month else (slo.window_days,)
         self.thresholds = {days: [r.threshold(days) for r in self.rules] for days in periods}
+        self.reasons = sorted({e.reason for e in self.exclusions})
+        self.hour_slots = 31 * 24 if self.calendar_month else self.compliance_hours
+        components, excluded = len(self.weights), 1 + len(self.reasons)
         self.now = None  # last evaluated minute
-        self.buckets = {}  # minute -> {component: (good, total, pane_index)}
-        self.hours = {}  # hour -> [[c0, c1, events] per component], folded minutes only
+        self.oldest_hour = None  # the compliance window's first hour
+        self.pending = {}  # minute -> {component: (good, total, pane_index)}, minutes after `now`
+        # slot (minute % keep_minutes) * components + component: c0, c1, events (`_contribution`); pane index
+        self.minute_counts = [array("B", bytes(self.keep_minutes * components)) for _ in range(3)]
+        self.minute_panes = array("B", bytes(self.keep_minutes * components))
+        # slot (hour % hour_slots) * components + component: the hour's c0, c1, events
+        self.hour_counts = [array("B", bytes(self.hour_slots * components)) for _ in range(3)]
+        # slot (hour % hour_slots) * excluded + j: the hour's excluded minutes, any reason (j = 0) or reasons[j - 1]
+        self.hour_excluded = array("B", bytes(self.hour_slots * excluded))
         self.window_sums = {w: self._zeros() for w in self.alert_windows}
         self.compliance = self._zeros()
-        self.excluded_hours = {}  # hour -> Counter(reason -> minutes; None -> minutes with any reason)
-        self.excluded = collections.Counter()  # the same over the compliance window
+        self.excluded = [0] * excluded  # the same over the compliance window
         self.firing = [False] * len(self.rules)
         self.changing_since = [None] * len(self.rules)  # first minute of a run where condition != firing
         self.last_data_minute = None
@@ -105,23 +147,26 @@ class SloEvaluator:
             return False
         if self.exclusion_reasons(minute):
             return True  # excluded: never counted
-        bucket = self.buckets.setdefault(minute, {})
-        old = bucket.get(component)
-        if old is not None and old[2] > pane_index:
-            return True  # an older pane of a window already superseded
-        bucket[component] = (good, total, pane_index)
-        if self.now is None or minute > self.now:
-            return True  # folded in when evaluation reaches that minute
+        if self.now is None or minute > self.now:  # folded in when evaluation reaches that minute
+            bucket = self.pending.setdefault(minute, {})
+            old = bucket.get(component)
+            if old is None or old[2] <= pane_index:  # else an older pane of a window already superseded
+                bucket[component] = (good, total, pane_index)
+            return True
         # late data for an evaluated minute: apply the difference wherever that minute is still counted
-        before = self._contribution(*old[:2]) if old else (0, 0, 0)
+        i = (minute % self.keep_minutes) * len(self.weights) + component
+        if self.minute_panes[i] > pane_index:
+            return True
+        before = self._minute(i)
         after = self._contribution(good, total)
+        self._store_minute(i, after, pane_index)
         delta = [a - b for a, b in zip(after, before, strict=True)]
         for w, sums in self.window_sums.items():
             if minute > self.now - w:
                 self._apply(sums[component], delta, 1)
         hour = minute // _MINUTES_PER_HOUR
-        if hour in self.hours:
-            self._apply(self.hours[hour][component], delta, 1)
+        if hour >= self.oldest_hour:
+            self._add_packed(self.hour_counts, (hour % self.hour_slots) * len(self.weights) + component, delta)
             self._apply(self.compliance[component], delta, 1)
         self.last_data_minute = max(self.last_data_minute or minute, minute)
         return True
@@ -135,10 +180,52 @@ class SloEvaluator:
         for i, v in enumerate(values):
             target[i] += sign * v
 
+    def _minute(self, i):
+        c0, c1, events = self.minute_counts
+        return c0[i], c1[i], events[i]
+
+    def _store_minute(self, i, values, pane_index):
+        for k, v in enumerate(values):
+            self.minute_counts[k] = _stored(self.minute_counts[k], i, v)
+        self.minute_panes = _stored(self.minute_panes, i, pane_index)
+
+    @staticmethod
+    def _add_packed(columns, i, values):
+        for k, v in enumerate(values):
+            columns[k] = _stored(columns[k], i, columns[k][i] + v)
+
+    # -- state -------------------------------------------------------------------------------------------
+    def _layout(self):
+        """What the state's shape depends on: a config that changes it cannot reuse the state."""
+        return (
+            self.slo.method,
+            self.keep_minutes,
+            len(self.weights),
+            self.hour_slots,
+            tuple(self.alert_windows),
+            len(self.rules),
+            tuple(self.reasons),
+        )
+
+    def state(self):
+        """The evaluation state as bytes, for `restore`: the packed arrays as their raw bytes; the running sums,
+        alert states and minutes not yet evaluated as they are."""
+        return pickle.dumps((self._layout(), *(getattr(self, name) for name in _STATE)), pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data):
+        """Takes up the state `state()` returned. Returns False, keeping the current state, for a state
+        saved under a config of another shape (alert windows, components, compliance window, rules,
+        exclusion reasons or method)."""
+        layout, *values = pickle.loads(data)
+        if layout != self._layout():
+            return False
+        for name, value in zip(_STATE, values, strict=True):
+            setattr(self, name, value)
+        return True
+
     # -- evaluation ----------------------------------------------------------------------------------------
     def first_pending_minute(self):
-        pending = [m for m in self.buckets if self.now is None or m > self.now]
-        return min(pending) if pending else None
+        return min(self.pending) if self.pending else None
 
     def active(self, minute):
         """Evaluate (and emit) minute `minute`: data within the longest short window, or an alert firing."""
@@ -165,31 +252,56 @@ class SloEvaluator:
     def _step(self):
         """Moves evaluation one minute forward, folding that minute in and expiring what leaves."""
         m = self.now = self.now + 1
-        contributions = {c: self._contribution(g, t) for c, (g, t, _) in self.buckets.get(m, {}).items()}
+        components = len(self.weights)
+        entering = self.pending.pop(m, {})
+        contributions = {c: self._contribution(g, t) for c, (g, t, _) in entering.items()}
         if contributions:
             self.last_data_minute = m
         hour = m // _MINUTES_PER_HOUR
-        if hour not in self.hours:
-            self.hours[hour] = self._zeros()
-            self.excluded_hours[hour] = collections.Counter()
-            expired = _month(m)[0] - 1 if self.calendar_month else hour - self.compliance_hours
-            for old_hour in [h for h in self.hours if h <= expired]:
-                for c, values in enumerate(self.hours.pop(old_hour)):
-                    self._apply(self.compliance[c], values, -1)
-                self.excluded -= self.excluded_hours.pop(old_hour)
+        if self.oldest_hour is None or m % _MINUTES_PER_HOUR == 0:
+            self._enter_hour(hour, m)
+        hour_slot = hour % self.hour_slots
         reasons = self.exclusion_reasons(m)
         if reasons:
-            self.excluded_hours[hour].update([None, *reasons])
-            self.excluded.update([None, *reasons])
+            for j in (0, *(1 + self.reasons.index(r) for r in reasons)):
+                i = hour_slot * len(self.excluded) + j
+                self.hour_excluded = _stored(self.hour_excluded, i, self.hour_excluded[i] + 1)
+                self.excluded[j] += 1
         for c, values in contributions.items():
-            self._apply(self.hours[hour][c], values, 1)
+            self._add_packed(self.hour_counts, hour_slot * components + c, values)
             self._apply(self.compliance[c], values, 1)
         for w, sums in self.window_sums.items():
             for c, values in contributions.items():
                 self._apply(sums[c], values, 1)
-            for c, (g, t, _) in self.buckets.get(m - w, {}).items():
-                self._apply(sums[c], self._contribution(g, t), -1)
-        self.buckets.pop(m - self.keep_minutes, None)
+            leaving = ((m - w) % self.keep_minutes) * components
+            for c in range(components):
+                values = self._minute(leaving + c)
+                if any(values):
+                    self._apply(sums[c], values, -1)
+        slot = (m % self.keep_minutes) * components  # the slot of m - keep_minutes, which just left
+        for c in range(components):
+            self._store_minute(slot + c, contributions.get(c, (0, 0, 0)), entering[c][2] if c in entering else 0)
+
+    def _enter_hour(self, hour, m):
+        """Expires the hours the compliance window leaves as it reaches `hour`; empties that hour's slot."""
+        components, excluded = len(self.weights), len(self.excluded)
+        if self.oldest_hour is None:
+            self.oldest_hour = hour
+        expired = _month(m)[0] - 1 if self.calendar_month else hour - self.compliance_hours
+        while self.oldest_hour <= expired:
+            slot = self.oldest_hour % self.hour_slots
+            for c in range(components):
+                values = tuple(counts[slot * components + c] for counts in self.hour_counts)
+                self._apply(self.compliance[c], values, -1)
+            for j in range(excluded):
+                self.excluded[j] -= self.hour_excluded[slot * excluded + j]
+            self.oldest_hour += 1
+        slot = hour % self.hour_slots
+        for c in range(components):
+            for counts in self.hour_counts:
+                counts[slot * components + c] = 0
+        for j in range(excluded):
+            self.hour_excluded[slot * excluded + j] = 0
 
     def ratio(self, sums):
         """Weighted mean of the components' ratios, a Fraction; None without data."""
@@ -268,10 +380,9 @@ class SloEvaluator:
                 {"window_minutes": w, "burn_rate": _float(burn[w]), "events": sum(e for _, _, e in self.window_sums[w])}
                 for w in self.alert_windows
             ],
-            "excluded_minutes": self.excluded[None],
+            "excluded_minutes": self.excluded[0],
             "exclusions": [
-                {"reason": reason, "minutes": n}
-                for reason, n in sorted((r, n) for r, n in self.excluded.items() if r is not None)
+                {"reason": reason, "minutes": n} for reason, n in zip(self.reasons, self.excluded[1:], strict=True) if n
             ],
             "alerts_firing": [
                 f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m"

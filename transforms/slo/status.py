@@ -1,11 +1,11 @@
-"""SLOs from per-window SLI rows: one `SloEvaluator` per SLO, in Beam state with event-time timers when
-streaming, replayed in minute order per SLO when backfilling. Outputs status rows (one per SLO and
+"""SLOs from per-window SLI rows: one `SloEvaluator` per SLO, its state in Beam state with event-time timers
+when streaming, replayed in minute order per SLO when backfilling. Outputs status rows (one per SLO and
 evaluated minute) and alert transitions (FIRING/RESOLVED, once each)."""
 
 import datetime
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
@@ -102,22 +102,35 @@ class _EvaluatorMixin:
 
 
 class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
-    """Keyed by SLO; the evaluator lives in state; an event-time timer evaluates each minute once the
-    watermark has passed it (so every SLI window of that minute has arrived)."""
+    """Keyed by SLO; the evaluator's state (`SloEvaluator.state()`, packed arrays) lives in Beam state; an
+    event-time timer evaluates each minute once the watermark has passed it (so every SLI window of that
+    minute has arrived)."""
 
-    EVALUATOR = ReadModifyWriteStateSpec("evaluator", PickleCoder())
+    EVALUATOR = ReadModifyWriteStateSpec("evaluator_state", BytesCoder())
     NEXT_MINUTE = TimerSpec("next_minute", TimeDomain.WATERMARK)
+
+    def setup(self):
+        super().setup()
+        self._reset = Metrics.counter(self._pipeline, "slo_states_reset_by_config_changes")
+
+    def _restored(self, name, evaluator_state):
+        """The SLO's evaluator with the state kept in Beam state; a fresh one the first time, or when the
+        config has changed the state's shape."""
+        evaluator, data = self._new(name), evaluator_state.read()
+        if data is not None and not evaluator.restore(data):
+            self._reset.inc()
+        return evaluator
 
     def process(
         self, element, evaluator_state=beam.DoFn.StateParam(EVALUATOR), timer=beam.DoFn.TimerParam(NEXT_MINUTE)
     ):
         name, value = element
-        evaluator = evaluator_state.read() or self._new(name)
+        evaluator = self._restored(name, evaluator_state)
         self._add(evaluator, value)
         pending = evaluator.first_pending_minute()  # None: nothing pending (excluded or too late)
         if pending is not None and (evaluator.now is None or not evaluator.active(evaluator.now)):
             timer.set((pending + 1) * 60)  # a paused SLO resumes with its data
-        evaluator_state.write(evaluator)
+        evaluator_state.write(evaluator.state())
 
     @on_timer(NEXT_MINUTE)
     def evaluate(
@@ -127,7 +140,11 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
         evaluator_state=beam.DoFn.StateParam(EVALUATOR),
         timer=beam.DoFn.TimerParam(NEXT_MINUTE),
     ):
-        evaluator = evaluator_state.read()
+        if key not in self._slos:  # an SLO a job update removed from the config: its state goes too
+            self._reset.inc()
+            evaluator_state.clear()
+            return
+        evaluator = self._restored(key, evaluator_state)
         minute = int(fire_time.micros // 60_000_000) - 1
         rows, alerts = evaluator.advance_to(minute)
         if evaluator.active(evaluator.now):
@@ -136,7 +153,7 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
             pending = evaluator.first_pending_minute()
             if pending is not None:
                 timer.set((pending + 1) * 60)
-        evaluator_state.write(evaluator)
+        evaluator_state.write(evaluator.state())
         yield from self._emit(rows, alerts)
 
 
