@@ -350,3 +350,95 @@ def test_a_weekly_slot_covers_the_minutes_a_calendar_says(minute, day, at, lengt
     if slot_start > t:
         slot_start -= datetime.timedelta(days=7)
     assert slot.covers(minute) == (t - slot_start < datetime.timedelta(minutes=length))
+
+
+# The state the streaming DoFn keeps (`state()` / `restore()`): packed arrays that widen as values need.
+def test_a_28_day_slo_at_1000_requests_a_minute_packs_into_7_bytes_a_slot():
+    ev = evaluator(window_days=28)
+    feed(ev, 61, 1000, bad_per_minute=1, start=M0 - M0 % 60)  # the rings are allocated whole from the start
+    # per minute of the 3-day ring and per hour of the 28-day ring: c0, c1, events in 2 bytes each (at most
+    # 60,000 an hour), the pane index (minutes) or excluded minutes (hours) in 1
+    slots = 3 * 24 * 60 + 28 * 24
+    assert 7 * slots <= len(ev.state()) < 7 * slots + 1000
+
+
+def test_counts_beyond_each_width_stay_exact_through_the_state():
+    ev = evaluator(min_events=0)
+    totals = [255, 256, 70_000, 2**33, 2**62]  # 1, 2, 4 bytes, then int64
+    for i, total in enumerate(totals):
+        ev.add(M0 + i, 0, total - 1, total)
+        restored = evaluator(min_events=0)
+        assert restored.restore(ev.state())
+        [row], _ = restored.advance_to(M0 + i)
+        ev = restored
+    assert row["events"] == 255 + 256 + 70_000 + 2**33 + 2**62 and isinstance(row["events"], int)
+    assert row["bad_events"] == len(totals)
+
+
+def test_a_state_saved_under_other_alert_windows_is_not_taken_up():
+    ev = evaluator(min_events=0)
+    feed(ev, 30, 100)
+    rule = BurnRateRule(severity="page", long_window_minutes=120, short_window_minutes=10, budget_share=0.02)
+    other = SloEvaluator(ev.slo, Alerting(min_events=0, rules=[rule]))
+    assert not other.restore(ev.state())
+    assert other.now is None  # still fresh: its first minute counts alone
+    other.add(M0 + 30, 0, 100, 100)
+    [row], _ = other.advance_to(M0 + 30)
+    assert row["events"] == 100
+
+
+COUNTS = st.one_of(st.integers(0, 300), st.integers(0, 2**40), st.floats(0, 1e9, allow_nan=False))
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(-12, 4), st.integers(0, 1), COUNTS, COUNTS, st.integers(0, 3)),
+        st.tuples(st.just("advance"), st.sampled_from([0, 1, 1, 2, 7, 59, 61, 1500])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS, calendar=st.booleans(), timeslices=st.booleans(), damping=st.integers(0, 3))
+def test_saving_and_restoring_the_state_between_every_call_changes_nothing(ops, calendar, timeslices, damping):
+    """The same calls on an evaluator that is rebuilt from `state()` before each one and on one that is
+    never saved: short windows and a 1-day compliance window, so the rings wrap and hours expire."""
+    start = int(datetime.datetime(2026, 10, 31, 23, 50, tzinfo=datetime.UTC).timestamp()) // 60
+    slo = Slo(
+        name="s",
+        target=0.99,
+        window_days=1,
+        window="calendar_month" if calendar else "rolling",
+        method="timeslices" if timeslices else "occurrences",
+        timeslice_threshold=0.9 if timeslices else None,
+        components=[{"sli": "a/b/availability", "weight": 3}, {"sli": "a/c/availability", "weight": 1}],
+    )
+    rules = [
+        BurnRateRule(severity="page", long_window_minutes=10, short_window_minutes=3, budget_share=0.02),
+        BurnRateRule(
+            severity="ticket", long_window_minutes=15, short_window_minutes=5, budget_share=0.05, for_minutes=damping
+        ),
+    ]
+    deploy = Exclusion(
+        reason="deploy",
+        start=datetime.datetime.fromtimestamp((start + 5) * 60, datetime.UTC),
+        end=datetime.datetime.fromtimestamp((start + 20) * 60, datetime.UTC),
+    )
+
+    def new():
+        return SloEvaluator(slo, Alerting(min_events=0, rules=rules), [deploy])
+
+    kept, saved = new(), new()
+    for op in ops:
+        restored = new()
+        assert restored.restore(saved.state())
+        saved = restored
+        results = []
+        for ev in (kept, saved):
+            at = start if ev.now is None else ev.now
+            if op[0] == "add":
+                _, offset, component, good, total, pane = op
+                results.append(ev.add(at + offset, component, good, total, pane))
+            else:
+                results.append(ev.advance_to(at + op[1]))
+            results[-1] = (results[-1], ev.now, ev.first_pending_minute())
+        assert results[0] == results[1]

@@ -1,5 +1,5 @@
 """SLOs inside the SLI pipeline: the sample's incident pages and resolves; streaming state and timers give
-the same status rows and alerts as the backfill replay; config and flag checks."""
+the same status rows and alerts as the backfill replay; the streaming DoFn's state; config and flag checks."""
 
 from datetime import datetime
 
@@ -8,6 +8,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from pipelines import sli
 from pipelines.samples import SLI_DIR
@@ -16,7 +17,7 @@ from tests.oracle import sample_truth
 from tests.test_sli_pipeline import read_rows
 from transforms.core.config import ConfigError
 from transforms.sli.config import Alerting, Exclusion, load_sli_config, parse_sli_config
-from transforms.slo.status import ComputeSloStatus
+from transforms.slo.status import ComputeSloStatus, EvaluateSlosStreaming
 
 CONFIG = load_sli_config(SLI_DIR / "profile_service.yaml")
 
@@ -131,3 +132,52 @@ def test_slo_config_errors_name_the_field(slos, field, words):
 def test_slos_need_one_minute_windows():
     with pytest.raises(SystemExit, match="--window_seconds must be 60"):
         sli.run(["--window_seconds", "300"])
+
+
+class _State:
+    """Beam state stand-in: holds the value encoded with the spec's coder, as a runner does."""
+
+    def __init__(self, coder):
+        self.coder, self.encoded = coder, None
+
+    def read(self):
+        return None if self.encoded is None else self.coder.decode(self.encoded)
+
+    def write(self, value):
+        self.encoded = self.coder.encode(value)
+
+    def clear(self):
+        self.encoded = None
+
+
+class _Timer:
+    def set(self, timestamp):
+        self.at = timestamp
+
+
+def test_streaming_state_is_bytes_and_a_changed_config_starts_the_slo_over():
+    name, minute = "view-profile-availability", 29_000_000
+    dofn = EvaluateSlosStreaming(CONFIG, "sli")
+    dofn.setup()
+    state, timer = _State(EvaluateSlosStreaming.EVALUATOR.coder), _Timer()
+    dofn.process((name, (minute, 0, 99, 100, 0)), evaluator_state=state, timer=timer)
+    assert isinstance(state.read(), bytes) and timer.at == (minute + 1) * 60
+    out = dofn.evaluate(key=name, fire_time=Timestamp(seconds=timer.at), evaluator_state=state, timer=timer)
+    [row] = [o for o in out if isinstance(o, dict)]  # not the alerts
+    assert row["events"] == 100 and row["bad_events"] == 1 and row["compliance"] == 0.99
+    # a job updated onto other alert windows: the old state is not taken up, the SLO starts over
+    rules = [CONFIG.alerting.rules[0].model_copy(update={"long_window_minutes": 120})]
+    changed = EvaluateSlosStreaming(CONFIG.model_copy(update={"alerting": Alerting(rules=rules)}), "sli")
+    changed.setup()
+    fire = Timestamp(seconds=timer.at)  # the timer the old job had set
+    assert list(changed.evaluate(key=name, fire_time=fire, evaluator_state=state, timer=timer)) == []
+    changed.process((name, (minute + 2, 0, 50, 50, 0)), evaluator_state=state, timer=timer)
+    out = changed.evaluate(key=name, fire_time=Timestamp(seconds=timer.at), evaluator_state=state, timer=timer)
+    [row] = [o for o in out if isinstance(o, dict)]
+    assert row["events"] == 50 and row["compliance"] == 1.0
+    # an update that removed the SLO: its timer clears the state
+    removed = EvaluateSlosStreaming(CONFIG.model_copy(update={"slos": CONFIG.slos[1:]}), "sli")
+    removed.setup()
+    assert CONFIG.slos[0].name == name
+    assert list(removed.evaluate(key=name, fire_time=fire, evaluator_state=state, timer=timer)) == []
+    assert state.read() is None
