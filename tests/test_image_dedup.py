@@ -13,6 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image, PngImagePlugin
 
+from tests.test_images import encoded
 from transforms.images.ingest import MANIFEST_TAG, DeduplicateByContent, ProcessImages
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.sources import ImageInput
@@ -21,30 +22,20 @@ PHOTO = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
 OTHER = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
 
 
-def _save(pixels, fmt, exif_orientation=None, **save):
-    if exif_orientation:
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        save["exif"] = exif.tobytes()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
 def _inputs():
     tagged = PngImagePlugin.PngInfo()
     tagged.add_text("Software", "another editor")
-    a = _save(PHOTO, "PNG", compress_level=9)
-    jpeg = _save(OTHER, "JPEG", quality=85)
+    a = encoded(PHOTO, "PNG", compress_level=9)
+    jpeg = encoded(OTHER, "JPEG", quality=85)
     decoded_jpeg = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     files = {
         "a.png": a,
         "b-copy.png": a,  # the same bytes
-        "c-resaved.png": _save(PHOTO, "PNG", compress_level=1, pnginfo=tagged),  # same pixels, other bytes
-        "d-turned.png": _save(np.rot90(PHOTO, -1), "PNG", exif_orientation=8),  # shown upright, it is PHOTO
+        "c-resaved.png": encoded(PHOTO, "PNG", compress_level=1, pnginfo=tagged),  # same pixels, other bytes
+        "d-turned.png": encoded(np.rot90(PHOTO, -1), "PNG", exif_orientation=8),  # shown upright, it is PHOTO
         "e.jpg": jpeg,
-        "f-as-png.png": _save(decoded_jpeg, "PNG"),  # the JPEG's decoded pixels, losslessly
-        "g-lossy.jpg": _save(decoded_jpeg, "JPEG", quality=85),  # a second lossy pass: other pixels
+        "f-as-png.png": encoded(decoded_jpeg, "PNG"),  # the JPEG's decoded pixels, losslessly
+        "g-lossy.jpg": encoded(decoded_jpeg, "JPEG", quality=85),  # a second lossy pass: other pixels
     }
     assert len(set(files.values())) == 6  # only b is a byte copy
     return [ImageInput(name, name, "cat", data) for name, data in files.items()]

@@ -274,22 +274,25 @@ GRADIENT = np.stack(np.broadcast_arrays(*np.ogrid[0:160:10, 0:240:10], 128), axi
 TURNS = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1)}
 
 
-def _with_orientation(pixels, fmt, orientation, **save):
-    exif = Image.Exif()
-    exif[0x0112] = orientation
+def encoded(pixels, fmt, exif_orientation=None, **save):
+    """The pixels saved as fmt with Pillow's `save` options, and an EXIF Orientation tag when given."""
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        save["exif"] = exif.tobytes()
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, fmt, exif=exif.tobytes(), **save)
+    Image.fromarray(pixels).save(buffer, fmt, **save)
     return buffer.getvalue()
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_exif_orientation_apply_turns_the_pixels_and_ignore_keeps_them(orientation):
-    png = _with_orientation(STORED, "PNG", orientation)
+    png = encoded(STORED, "PNG", orientation)
     applied, _ = decode_image(png, 10_000, 1_000, exif_orientation="apply")
     ignored, _ = decode_image(png, 10_000, 1_000, exif_orientation="ignore")
     assert np.array_equal(np.asarray(applied), TURNS[orientation](STORED))
     assert np.array_equal(np.asarray(ignored), STORED)
-    jpeg = _with_orientation(GRADIENT, "JPEG", orientation, quality=95)
+    jpeg = encoded(GRADIENT, "JPEG", orientation, quality=95)
     as_stored = np.asarray(decode_image(jpeg, 10_000, 1_000, exif_orientation="ignore")[0])
     assert np.abs(as_stored.astype(int) - GRADIENT).max() <= 8  # lossy, but the stored layout
     assert np.array_equal(np.asarray(decode_image(jpeg, 10_000, 1_000)[0]), TURNS[orientation](as_stored))
@@ -305,29 +308,23 @@ def test_unreadable_exif_is_a_dead_letter_only_when_applied():
     assert np.array_equal(np.asarray(image), STORED)
 
 
-def _encoded(pixels, fmt, **save):
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, fmt, **save)
-    return buffer.getvalue()
-
-
 def test_pixel_key_is_the_md5_of_size_and_rgb_pixels_whatever_the_encoding():
     tagged = PngImagePlugin.PngInfo()
     tagged.add_text("Comment", "re-encoded")
-    png, resaved = _encoded(STORED, "PNG", compress_level=9), _encoded(STORED, "PNG", compress_level=1, pnginfo=tagged)
+    png, resaved = encoded(STORED, "PNG", compress_level=9), encoded(STORED, "PNG", compress_level=1, pnginfo=tagged)
     assert png != resaved
     key = hashlib.md5(b"RGB 24 16\n" + STORED.tobytes()).hexdigest()  # width 24, height 16
     assert pixel_key(decode_image(png, 10_000, 1_000)[0]) == pixel_key(decode_image(resaved, 10_000, 1_000)[0]) == key
-    jpeg = _encoded(STORED, "JPEG", quality=90)
+    jpeg = encoded(STORED, "JPEG", quality=90)
     decoded = np.asarray(decode_image(jpeg, 10_000, 1_000)[0])
-    as_png = _encoded(decoded, "PNG")
+    as_png = encoded(decoded, "PNG")
     assert pixel_key(decode_image(as_png, 10_000, 1_000)[0]) == pixel_key(decode_image(jpeg, 10_000, 1_000)[0])
-    lossy = _encoded(decoded, "JPEG", quality=90)  # a second lossy pass changes pixels
+    lossy = encoded(decoded, "JPEG", quality=90)  # a second lossy pass changes pixels
     assert pixel_key(decode_image(lossy, 10_000, 1_000)[0]) != pixel_key(decode_image(jpeg, 10_000, 1_000)[0])
 
 
 def test_process_image_dedup_key_follows_dedup_by():
-    item = ImageInput("id1", "file", "cat", _with_orientation(STORED, "PNG", 6))
+    item = ImageInput("id1", "file", "cat", encoded(STORED, "PNG", 6))
     by_bytes = process_image(item, 8, 8, "pad", "png", 90, 1_000_000, 10_000)
     assert by_bytes.dedup_key == by_bytes.md5 == hashlib.md5(item.data).hexdigest()
     upright = np.rot90(STORED, -1)  # orientation 6, applied: 16 wide, 24 high
