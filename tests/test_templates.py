@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,21 +75,40 @@ def test_dockerfile_references_existing_files():
     assert "apache-beam[gcp,dataframe]==2.77.0" in (ROOT / "requirements.txt").read_text()
 
 
-@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
-def test_entry_points_list_every_template_parameter(pipeline):
-    names = [p["name"] for p in json.loads(render(pipeline))["parameters"]]
-    for command in (
-        [sys.executable, f"templates/{pipeline}/main.py", "--help"],
-        [sys.executable, "-m", f"pipelines.{pipeline}", "--help"],
-    ):
-        out = subprocess.run(
-            command,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+def _help(command):
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture(scope="module")
+def help_outputs():
+    """`--help` of each template's entry point and each pipeline module, in fresh processes, a few at a time
+    (each is mostly its imports)."""
+    commands = [
+        (pipeline, command)
+        for pipeline in sorted(PIPELINES)
+        for command in (
+            [sys.executable, f"templates/{pipeline}/main.py", "--help"],
+            [sys.executable, "-m", f"pipelines.{pipeline}", "--help"],
         )
+    ]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outputs = list(pool.map(_help, [command for _, command in commands]))
+    return [(pipeline, command, out) for (pipeline, command), out in zip(commands, outputs, strict=True)]
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_entry_points_list_every_template_parameter(pipeline, help_outputs):
+    names = [p["name"] for p in json.loads(render(pipeline))["parameters"]]
+    runs = [(command, out) for name, command, out in help_outputs if name == pipeline]
+    assert len(runs) == 2
+    for command, out in runs:
         assert out.returncode == 0, out.stderr[-2000:]
         for name in names:
             assert f"--{name}" in out.stdout, (command, name)

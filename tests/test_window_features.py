@@ -223,30 +223,19 @@ def test_late_events_update_their_windows_and_too_late_ones_are_dropped():
         )
 
 
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory, services, project):
-    output = tmp_path_factory.mktemp("window_features")
-    bq_client(services, project).create_dataset("features", exists_ok=True)
-    result = window_features.run(
-        [
-            "--output_dir",
-            str(output),
-            "--progress",
-            "off",
-            "--project",
-            project,
-            "--bigtable_instance",
-            "features",
-            "--bigtable_table",
-            "sample_online",
-            "--feature_ttl_hours",
-            "36",
-            "--output_table",
-            f"{project}:features.sample_windows",
-        ]
-    )
+def _run(output, project, *flags):
+    result = window_features.run(["--output_dir", str(output), "--progress", "off", "--project", project, *flags])
     rows = [json.loads(line) for path in output.glob("feature_rows*.jsonl") for line in path.read_text().splitlines()]
     return result, rows
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, services, project):
+    """The bundled sample into local files and the Bigtable online store (its 25,000 rows are not also
+    streamed into BigQuery: Beam sizes each streamed row with objsize, milliseconds a row in a process that
+    has imported TensorFlow; the offline store gets its own smaller run below)."""
+    flags = ["--bigtable_instance", "features", "--bigtable_table", "sample_online", "--feature_ttl_hours", "36"]
+    return _run(tmp_path_factory.mktemp("window_features"), project, *flags)
 
 
 def test_sample_rows_match_the_oracle_and_counts_reconcile(sample_run):
@@ -287,11 +276,30 @@ def test_online_store_lookup_is_point_in_time(sample_run, project):
     assert lookup_features(table, "c-never", spec)["amount_count_1h"] == 0
 
 
-def test_offline_store_point_in_time_join(sample_run, services, project, capsys):
-    """The generated join (python -m sql.window_features_join) on the BigQuery emulator: each label
-    row gets, per feature, the value of the latest window that ended at or before its time and is still
-    current; rows are the sample run's."""
+def _card(line):
+    try:
+        return json.loads(line).get("card_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def test_offline_store_point_in_time_join(services, project, tmp_path, capsys):
+    """The BigQuery offline store written by the pipeline (the sample's events of the two cards labelled
+    below, malformed lines included), and the generated join (python -m sql.window_features_join) on the
+    BigQuery emulator: each label row gets, per feature, the value of the latest window that ended at or
+    before its time and is still current."""
+    lines = [line for line in SAMPLE_LINES if _card(line) in ("c-007", "c-001") or _card(line) is None]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
     client = bq_client(services, project)
+    client.create_dataset("features", exists_ok=True)
+    result, rows = _run(
+        tmp_path / "out", project, "--input_files", str(events), "--output_table", f"{project}:features.sample_windows"
+    )
+    assert metric_counts(result, "window_features")["feature_rows"] == len(rows)
+    (stored,) = client.query("SELECT COUNT(*) AS n FROM features.sample_windows").result()
+    assert stored["n"] == len(rows)
+    capsys.readouterr()  # the run's report; the join's SQL is printed next
     labels = [
         ("c-007", "2026-11-24T14:10:30+00:00"),
         ("c-007", "2026-11-24T14:50:00+00:00"),
@@ -306,7 +314,7 @@ def test_offline_store_point_in_time_join(sample_run, services, project, capsys)
     )
     sql = capsys.readouterr().out
     got = {(r["entity"], r["label_time"].isoformat()): r for r in client.query(sql).result()}
-    expected = expected_features(valid_events(SAMPLE_LINES), SAMPLE_WINDOWS)
+    expected = expected_features(valid_events(lines), SAMPLE_WINDOWS)
     for entity, label_time in labels:
         t = datetime.datetime.fromisoformat(label_time).timestamp()
         row = got[(entity, label_time)]
