@@ -10,8 +10,7 @@ import tempfile
 import apache_beam as beam
 import orjson
 import pytest
-from apache_beam.io import fileio
-from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io import source_test_utils
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
@@ -21,7 +20,7 @@ from pipelines.samples import SLI_DIR
 from transforms.core.records import MAX_RECORD_BYTES, event_timestamp, parse_json
 from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.io.files import JsonValueSplitter, is_json_lines
-from transforms.io.sources import Input, ReadRecords, _JsonFileRecords
+from transforms.io.sources import Input, JsonFileSource, ReadRecords
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords, parse_log_record
 
@@ -289,18 +288,99 @@ def test_any_objects_in_any_layout_and_chunking_come_back(objects, layout, chunk
 
 @FUZZ
 @given(data=st.binary(max_size=300) | JSON_OBJECTS.map(lambda o: json.dumps(o, indent=1).encode()[:-3]))
-def test_any_file_bytes_give_records_or_paths_and_never_raise(data):
-    """The file reader on any bytes: JSONL files go to the line reader by path; otherwise every record is a
-    non-empty piece of the file, no longer than the limit + 1, and the parse step gives an outcome for it."""
+def test_any_file_bytes_give_records_and_never_raise(data):
+    """The file source on any bytes: a JSONL file gives its lines; otherwise every record is a non-empty piece
+    of the file, no longer than the limit + 1, and the parse step gives an outcome for it."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "f.json")
         with open(path, "wb") as f:
             f.write(data)
-        outputs = list(_JsonFileRecords().process(fileio.ReadableFile(FileMetadata(path, len(data)))))
+        records = [r for batch in source_test_utils.read_from_source(JsonFileSource(path)) for r in batch]
     if is_json_lines(data.removeprefix(b"\xef\xbb\xbf")):
-        assert [o.value for o in outputs] == [path]
+        assert records == _reference_lines(data)
         return
     parse = ParseLogRecords(FORMATS, "sli")
-    for record in outputs:
+    for record in records:
         assert isinstance(record, bytes) and record and record in data
         assert len(list(parse.process(record))) == 1
+
+
+def _reference_lines(data, max_bytes=MAX_RECORD_BYTES):
+    """A line reader's records worked out with bytes.split: no empty record after a final newline, one `\\r`
+    before each newline dropped, lines over the limit cut to limit + 1 bytes."""
+    pieces = data.split(b"\n")
+    if pieces[-1] == b"":
+        pieces.pop()
+    return [(p[:-1] if p.endswith(b"\r") else p)[: max_bytes + 1] for p in pieces]
+
+
+LINE_BYTES = st.lists(st.sampled_from([b"x", b"yz", b"\n", b"\r", b"\r\n", b"{", b"\xff"]), max_size=60).map(b"".join)
+
+
+@FUZZ
+@given(
+    tail=LINE_BYTES,
+    cuts=st.lists(st.integers(1, 90), max_size=4),
+    batch_bytes=st.integers(1, 16),
+    max_bytes=st.integers(1, 12),
+)
+def test_byte_ranges_give_every_line_once_in_order(tail, cuts, batch_bytes, max_bytes):
+    """A JSONL file cut into byte ranges anywhere, read in chunks of any size: the ranges' batches, in order,
+    are the file's lines, each once, long ones cut."""
+    from apache_beam.io.range_trackers import OffsetRangeTracker
+
+    data = b'{"a":1}\n' + tail
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "f.jsonl")
+        with open(path, "wb") as f:
+            f.write(data)
+        source = JsonFileSource(path, batch_bytes, max_bytes)
+        offsets = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+        batches = [
+            b
+            for lo, hi in zip(offsets, offsets[1:], strict=False)
+            for b in source.read_records(path, OffsetRangeTracker(lo, hi))
+        ]
+    assert all(batches)
+    assert [line for batch in batches for line in batch] == _reference_lines(data, max_bytes)
+
+
+def test_dynamic_splits_anywhere_lose_or_repeat_no_line(tmp_path):
+    """A split requested after any number of batches, at any byte: the primary's lines then the residual's are
+    the file's lines, each once (the batches themselves may group differently)."""
+    from apache_beam.io.range_trackers import OffsetRangeTracker
+
+    data = b"".join(b'{"n": %d}\n' % i + (b"\r\n" if i % 3 else b"x" * 30 + b"\n") for i in range(12))
+    path = str(tmp_path / "f.jsonl")
+    (tmp_path / "f.jsonl").write_bytes(data)
+    source = JsonFileSource(path, batch_bytes=40)
+    whole = list(source.read_records(path, OffsetRangeTracker(0, len(data))))
+    assert len(whole) > 5
+    for batches_read in range(len(whole) + 1):
+        for split_at in range(1, len(data)):
+            tracker = OffsetRangeTracker(0, len(data))
+            primary = source.read_records(path, tracker)
+            lines = [line for _ in range(batches_read) for line in next(primary, [])]
+            if tracker.try_split(split_at):
+                lines += [line for b in primary for line in b]
+                lines += [
+                    line for b in source.read_records(path, OffsetRangeTracker(split_at, len(data))) for line in b
+                ]
+            else:
+                lines += [line for b in primary for line in b]
+            assert lines == _reference_lines(data), (batches_read, split_at)
+
+
+def test_a_large_file_splits_into_ranges_that_read_it_once(tmp_path):
+    data = b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"p" * (i % 50)) for i in range(3000))
+    (tmp_path / "f.jsonl").write_bytes(data)
+    source = JsonFileSource(str(tmp_path / "f.jsonl"), batch_bytes=1000)
+    bundles = list(source.split(desired_bundle_size=10_000))
+    assert len(bundles) > 5
+    lines = [
+        line
+        for b in bundles
+        for batch in source_test_utils.read_from_source(b.source, b.start_position, b.stop_position)
+        for line in batch
+    ]
+    assert lines == _reference_lines(data)

@@ -22,7 +22,8 @@ Pub/Sub topic (JSON) and/or local JSONL files.
 Per-record steps subclass `GuardedDoFn`: they write `handle(element)` as plain code that yields outputs
 and raises `RecordError` for input they expect to be bad. Whatever else happens inside `handle`, the
 element becomes one dead letter (reason `unexpected_error`, with the exception type, message and stack)
-and the job goes on: no record can stop a pipeline.
+and the job goes on: no record can stop a pipeline. Batched steps subclass `GuardedBatchDoFn`: a batch of
+records is handled in one call, and a batch that fails as a whole falls back to the per-record boundary.
 """
 
 import base64
@@ -33,6 +34,7 @@ import traceback
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics import Metrics
 
 DEAD_LETTER_TAG = "dead_letters"
 
@@ -240,3 +242,30 @@ class GuardedDoFn(beam.DoFn):
         return beam.pvalue.TaggedOutput(
             DEAD_LETTER_TAG, make_dead_letter(self._pipeline, self.STEP, payload, error, attributes)
         )
+
+
+class GuardedBatchDoFn(GuardedDoFn):
+    """The record boundary for a batch (a list of records, see sources.BatchRecords). Subclasses write
+    `handle(record, *args)` as for GuardedDoFn, and may write `handle_batch(records, *args)`, a generator
+    of the outputs and dead letters (`self.dead_letter(...)`) of the whole batch, which catches what it
+    expects of single records itself. If `handle_batch` raises, its outputs are discarded and every record
+    of the batch goes through `handle` under the per-record boundary instead (counted as
+    `batch_fallbacks`): a batch's records are all handled together or all one by one, never both."""
+
+    def __init__(self, pipeline_name):
+        super().__init__(pipeline_name)
+        self._fallbacks = Metrics.counter(type(self).__module__, "batch_fallbacks")
+
+    def handle_batch(self, records, *args):
+        for record in records:
+            yield from GuardedDoFn.process(self, record, *args)
+
+    def process(self, records, *args):
+        try:
+            outputs = list(self.handle_batch(records, *args))
+        except Exception:  # noqa: BLE001 - the batch boundary: redo it record by record
+            self._fallbacks.inc()
+            for record in records:
+                yield from GuardedDoFn.process(self, record, *args)
+            return
+        yield from outputs
