@@ -1,5 +1,6 @@
 """What every pipeline shares: output/dead-letter flags, --help, runner defaults, the local report."""
 
+import datetime
 import os
 
 from apache_beam.options.pipeline_options import (
@@ -137,7 +138,24 @@ class BatchInputOptions(PipelineOptions):
             "--input_table",
             type=str,
             default=None,
-            help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API).",
+            help="BigQuery table PROJECT:DATASET.TABLE to read, for a batch run (read with the Storage Read API). "
+            "PROJECT:DATASET.PREFIX* reads every table named PREFIX... side by side, such as the date shards "
+            "PREFIX_YYYYMMDD a Cloud Logging sink writes; with --input_start_date/--input_end_date only the "
+            "shards of those days.",
+        )
+        parser.add_argument(
+            "--input_start_date",
+            type=str,
+            default=None,
+            help="First day (YYYY-MM-DD, UTC) of the date shards of a wildcard --input_table to read. Default: "
+            "the earliest shard.",
+        )
+        parser.add_argument(
+            "--input_end_date",
+            type=str,
+            default=None,
+            help="Last day (YYYY-MM-DD, UTC, included) of the date shards of a wildcard --input_table to read. "
+            "Default: the latest shard.",
         )
 
 
@@ -368,4 +386,62 @@ def check_input(options, flags, default):
         options.view_as(StandardOptions).streaming = True
     if given.input_files and "input_format" in values and not values["input_format"]:
         detect_format(given.input_files)
+    start, end = (_shard_date(values.get(flag), f"--{flag}") for flag in ("input_start_date", "input_end_date"))
+    if given.input_table and given.input_table.endswith("*"):
+        given = given._replace(input_table=",".join(list_date_shards(given.input_table, start, end)))
+    elif start or end:
+        raise ValueError(
+            "--input_start_date/--input_end_date select the date shards of a wildcard table: give "
+            "--input_table PROJECT:DATASET.PREFIX*"
+        )
     return given if given.given() else default
+
+
+def _shard_date(value, flag):
+    """YYYY-MM-DD -> the YYYYMMDD suffix of a date shard (None stays None)."""
+    if not value:
+        return None
+    try:
+        return datetime.date.fromisoformat(value).strftime("%Y%m%d")
+    except ValueError:
+        raise ValueError(f"{flag}: {value!r} is not a date YYYY-MM-DD") from None
+
+
+def select_date_shards(prefix, table_ids, start=None, end=None):
+    """The ids among `table_ids` that a BigQuery wildcard table `prefix*` covers (sorted), only the date
+    shards `prefix` + YYYYMMDD from `start` to `end` (YYYYMMDD, both included) when either is given."""
+    matched = sorted(t for t in table_ids if t.startswith(prefix))
+    if start is None and end is None:
+        return matched
+    return [
+        t for t in matched if _is_day(suffix := t[len(prefix) :]) and (start or suffix) <= suffix <= (end or suffix)
+    ]
+
+
+def _is_day(suffix):
+    try:
+        datetime.datetime.strptime(suffix, "%Y%m%d")
+    except ValueError:
+        return False
+    return len(suffix) == 8
+
+
+def list_date_shards(table, start=None, end=None):
+    """PROJECT:DATASET.PREFIX* -> the PROJECT:DATASET.TABLE specs of its shards (see select_date_shards),
+    listed with the BigQuery API when the pipeline is built."""
+    from google.cloud import bigquery
+
+    project, sep, rest = table.partition(":")
+    dataset, dot, prefix = rest.partition(".")
+    if not (sep and dot and project and dataset):
+        raise ValueError(f"--input_table: {table!r} is not PROJECT:DATASET.PREFIX*")
+    prefix = prefix[:-1]
+    ids = [t.table_id for t in bigquery.Client(project=project).list_tables(f"{project}.{dataset}")]
+    shards = select_date_shards(prefix, ids, start, end)
+    if not shards:
+        days = f" from {start or 'the first'} to {end or 'the last'} day" if start or end else ""
+        raise ValueError(
+            f"--input_table: no table of {project}:{dataset} matches {prefix}*{days}; check the table name and "
+            "--input_start_date/--input_end_date"
+        )
+    return [f"{project}:{dataset}.{t}" for t in shards]

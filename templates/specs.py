@@ -16,6 +16,7 @@ GCS_FILE = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/.+$"
 GCS_FOLDER = r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9](/.*)?$"
 POSITIVE_INT = r"^[1-9][0-9]*$"
 NON_NEGATIVE_INT = r"^[0-9]+$"
+DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?(Z|[+-][0-9]{2}:[0-9]{2})?$"
 
 
@@ -34,7 +35,9 @@ PARAMETERS = {
     "input_subscription": ("PUBSUB_SUBSCRIPTION", [PUBSUB_SUBSCRIPTION], "projects/p/subscriptions/request-logs"),
     "input_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/request-logs"),
     "input_files": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/logs/2026/11/*.json.gz"),
-    "input_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:logs.run_googleapis_com_requests"),
+    "input_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE[:-1] + r"\*?$"], "my-project:logs.run_googleapis_com_requests_*"),
+    "input_start_date": ("TEXT", [DATE], "2026-11-01"),
+    "input_end_date": ("TEXT", [DATE], "2026-11-30"),
     "window_seconds": ("TEXT", [POSITIVE_INT], "60"),
     "allowed_lateness_seconds": ("TEXT", [NON_NEGATIVE_INT], "3600"),
     "output_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.sli_windows"),
@@ -113,6 +116,7 @@ PARAMETERS = {
     "start": ("TEXT", [RFC3339], "2026-11-01T00:00:00Z"),
     "end": ("TEXT", [RFC3339], "2026-12-01T00:00:00+00:00"),
     "alerts_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:sre.slo_replay_alerts"),
+    "report_html": ("GCS_WRITE_FILE", [GCS_FILE], "gs://my-bucket/slo_replay/report.html"),
 }
 
 PIPELINES = {

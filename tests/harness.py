@@ -193,6 +193,7 @@ class LocalServices:
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ports['pubsub']}",
             "BIGTABLE_EMULATOR_HOST": f"127.0.0.1:{ports['bigtable']}",
             "BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{ports['bq_rest']}",
+            "BIGQUERY_STORAGE_EMULATOR_HOST": f"127.0.0.1:{ports['bq_grpc']}",  # Storage Read API (gRPC)
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{ports['gcs']}",
             "GCE_METADATA_HOST": metadata_host,
             "GCE_METADATA_IP": metadata_host,
@@ -221,6 +222,27 @@ def point_beam_bigquery_at(emulator_url):
     from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
 
     bigquery_v2_client.BigqueryV2.BASE_URL = f"{emulator_url}/bigquery/v2/"
+
+
+def point_beam_bigquery_storage_at(host_port):
+    """Beam builds the Storage Read API client as `BigQueryReadClient()`, with no endpoint option, and the
+    client's gRPC transport opens a TLS channel: its `create_channel` (a class method) is replaced by one that
+    opens an insecure channel to the emulator's gRPC port. Affects this process only; returns the original,
+    for `restore_beam_bigquery_storage`."""
+    import grpc
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports.grpc import BigQueryReadGrpcTransport
+
+    original = BigQueryReadGrpcTransport.__dict__["create_channel"]
+    BigQueryReadGrpcTransport.create_channel = classmethod(
+        lambda cls, *args, **kwargs: grpc.insecure_channel(host_port)
+    )
+    return original
+
+
+def restore_beam_bigquery_storage(original):
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports.grpc import BigQueryReadGrpcTransport
+
+    BigQueryReadGrpcTransport.create_channel = original
 
 
 def main():

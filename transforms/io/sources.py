@@ -9,7 +9,8 @@ What each input yields (the raw records the pipelines' parse steps take):
   CSV rows as dicts (header names), Parquet rows as dicts, TFRecords as `SerializedExample` (decoded by the
   parse step).
 - A text manifest (one line per image): lines as bytes.
-- A BigQuery table (Storage Read API) or query: dict rows.
+- A BigQuery table (Storage Read API; several comma-separated, such as date shards, read side by side) or
+  query (an export job): dict rows.
 - A folder of images `<root>/<label>/<file>`: `ImageInput`, each file read only up to its size limit.
 
 With `batched=True`, every input yields `list`s of those records instead (batched paths parse a batch in one
@@ -129,15 +130,19 @@ class _ReadRecordsOneByOne(beam.PTransform):
             return pbegin | "ReadPubsub" >> beam.io.ReadFromPubSub(
                 subscription=s.input_subscription, topic=s.input_topic, with_attributes=True
             )
-        if s.input_table or s.input_query:
+        if s.input_query:
             return pbegin | "ReadBigQuery" >> beam.io.ReadFromBigQuery(
-                table=s.input_table,
-                query=s.input_query,
-                use_standard_sql=True,
-                method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
-                if s.input_table
-                else beam.io.ReadFromBigQuery.Method.EXPORT,
+                query=s.input_query, use_standard_sql=True, method=beam.io.ReadFromBigQuery.Method.EXPORT
             )
+        if s.input_table:
+            tables = s.input_table.split(",")  # date shards, as pipelines.options.check_input lists them
+            reads = [
+                pbegin
+                | (f"ReadBigQuery[{table}]" if len(tables) > 1 else "ReadBigQuery")
+                >> beam.io.ReadFromBigQuery(table=table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ)
+                for table in tables
+            ]
+            return reads[0] if len(reads) == 1 else reads | "FlattenShards" >> beam.Flatten()
         if s.input_manifest:
             return pbegin | "ReadManifest" >> beam.io.ReadFromText(s.input_manifest, coder=beam.coders.BytesCoder())
         if s.input_dir:

@@ -1,0 +1,210 @@
+"""BigQuery inputs on the emulator: the same rows loaded into a table give the same outputs as from files
+(the file run, computed in the same test, is the reference). `--input_table` is read with the Storage Read
+API over the emulator's gRPC port; a wildcard table with a date range reads the date shards that a Cloud
+Logging sink writes (`requests_YYYYMMDD`)."""
+
+import datetime
+import json
+import re
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines import skew, sli
+from pipelines.options import check_input, select_date_shards
+from pipelines.samples.request_logs import DAY_START, generate_with_truth
+from tests.harness import point_beam_bigquery_storage_at, restore_beam_bigquery_storage
+from transforms.sli.rows import PANE_COLUMNS
+
+F = bigquery.SchemaField
+# The columns of a Cloud Logging sink's table that the SLI parser reads, typed as the sink writes them.
+LOG_ENTRY_SCHEMA = [
+    F("insertId", "STRING"),
+    F("timestamp", "TIMESTAMP"),
+    F("receiveTimestamp", "TIMESTAMP"),
+    F("severity", "STRING"),
+    F("logName", "STRING"),
+    F(
+        "resource",
+        "RECORD",
+        fields=[
+            F("type", "STRING"),
+            F("labels", "RECORD", fields=[F("service_name", "STRING"), F("location", "STRING")]),
+        ],
+    ),
+    F(
+        "httpRequest",
+        "RECORD",
+        fields=[
+            F("requestMethod", "STRING"),
+            F("requestUrl", "STRING"),
+            F("status", "INT64"),
+            F("latency", "STRING"),
+            F("userAgent", "STRING"),
+            F("protocol", "STRING"),
+        ],
+    ),
+]
+SERVING_SCHEMA = [
+    F("user_id", "STRING"),
+    F("age", "INT64"),
+    F("income", "FLOAT64"),
+    F("tenure_days", "INT64"),
+    F("country", "STRING"),
+    F("device", "STRING"),
+    F("review", "STRING"),
+]
+
+
+@pytest.fixture(scope="module")
+def bq(services, project):
+    original = point_beam_bigquery_storage_at(services.env["BIGQUERY_STORAGE_EMULATOR_HOST"])
+    yield bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=services.env["BIGQUERY_EMULATOR_HOST"]),
+    )
+    restore_beam_bigquery_storage(original)
+
+
+def load(bq, table_id, schema, records):
+    table = bq.create_table(bigquery.Table(table_id, schema=schema))
+    for i in range(0, len(records), 1000):
+        assert bq.insert_rows_json(table, records[i : i + 1000], retry=None) == []
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def log_entries(days):
+    """Cloud Logging LogEntry records (the sample generator's, time cut to microseconds as BigQuery keeps
+    it) over `days` days from the day before the sample's, with their UTC day."""
+    start = DAY_START - datetime.timedelta(days=1)
+    records = []
+    for line, _ in generate_with_truth(300 * days, seconds=86400 * days, seed=5, malformed_every=0, start=start):
+        record = json.loads(line)
+        if "httpRequest" in record:
+            for field in ("timestamp", "receiveTimestamp"):
+                record[field] = record[field][:-4] + "Z"  # nanoseconds -> microseconds
+            records.append(record)
+    return [(r, r["timestamp"][:10].replace("-", "")) for r in records]
+
+
+def read_sli_rows(output_dir):
+    rows = [json.loads(line) for path in sorted(output_dir.glob("sli_rows-*.jsonl")) for line in path.open()]
+    return sorted(({k: v for k, v in r.items() if k not in PANE_COLUMNS} for r in rows), key=json.dumps)
+
+
+def test_sli_backfill_from_date_shards_equals_the_same_days_from_files(bq, project, tmp_path):
+    """Three daily shards requests_YYYYMMDD; the wildcard table with a two-day range gives the rows of a
+    file holding those two days' records (and only them: the first day's shard is left out)."""
+    bq.create_dataset("logs_export", exists_ok=True)
+    entries = log_entries(3)
+    days = sorted({day for _, day in entries})
+    assert len(days) == 3
+    for day in days:
+        load(bq, f"{project}.logs_export.requests_{day}", LOG_ENTRY_SCHEMA, [r for r, d in entries if d == day])
+    bq.create_table(f"{project}.logs_export.requests_summary", exists_ok=True)  # matches the prefix, not a date
+
+    chosen = [r for r, d in entries if d in days[1:]]
+    file_out, table_out = tmp_path / "files", tmp_path / "table"
+    sli.run(["--input_files", str(write_jsonl(tmp_path / "logs.jsonl", chosen)), "--output_dir", str(file_out)])
+    start, end = (datetime.datetime.strptime(d, "%Y%m%d").date().isoformat() for d in (days[1], days[2]))
+    sli.run(
+        [
+            "--project",
+            project,
+            "--input_table",
+            f"{project}:logs_export.requests_*",
+            "--input_start_date",
+            start,
+            "--input_end_date",
+            end,
+            "--output_dir",
+            str(table_out),
+        ]
+    )
+    expected = read_sli_rows(file_out)
+    assert expected and read_sli_rows(table_out) == expected
+    assert not any(p.read_text() for p in table_out.glob("dead_letters*"))
+
+
+def _skew_report(out, *flags):
+    options = PipelineOptions(["--runner", "FnApiRunner", "--output_dir", str(out), *flags])
+    settings = skew.validate(options)
+    with beam.Pipeline(options=options) as pipeline:
+        skew.build(pipeline, options, settings)
+    return json.loads((out / "anomalies.json").read_text())
+
+
+def test_skew_from_a_table_equals_the_same_records_from_files(bq, project, tmp_path):
+    """The bundled serving records (some without age or device: NULLs in the table) from a table and from
+    their file give the same anomalies report."""
+    records = [json.loads(line) for line in (skew.SAMPLES / "serving.jsonl").read_text().splitlines()]
+    bq.create_dataset("serving", exists_ok=True)
+    load(bq, f"{project}.serving.requests", SERVING_SCHEMA, records)
+    expected = _skew_report(tmp_path / "files", "--input_files", str(skew.SAMPLES / "serving.jsonl"))
+    got = _skew_report(tmp_path / "table", "--project", project, "--input_table", f"{project}:serving.requests")
+    assert expected["anomalies"] > 0  # the sample drifts: the comparison is not between two empty reports
+    assert _same(got, expected)
+
+
+def _same(actual, expected):
+    """Equal JSON values, floats to 1e-9 relative (sums in another order differ in the last bits)."""
+    if isinstance(expected, dict):
+        assert sorted(actual) == sorted(expected)
+        return all(_same(actual[k], v) for k, v in expected.items())
+    if isinstance(expected, list):
+        assert len(actual) == len(expected)
+        return all(_same(a, e) for a, e in zip(actual, expected, strict=True))
+    if isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-9)
+    else:
+        assert actual == expected
+    return True
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--input_table", "local-project:logs_none.t", "--input_start_date", "2026-11-01"], "wildcard table"),
+        (
+            ["--input_table", "local-project:logs_export.requests_*", "--input_end_date", "2026-13-01"],
+            "--input_end_date",
+        ),
+        (["--input_table", "local-project:logs_export.nothing_*"], "no table of local-project:logs_export"),
+        (["--input_table", "logs_export.requests_*"], "PROJECT:DATASET.PREFIX*"),
+    ],
+)
+def test_bad_shard_flags_fail_naming_the_flag(bq, flags, words):
+    bq.create_dataset("logs_export", exists_ok=True)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        check_input(PipelineOptions(flags), ("input_files", "input_table"), None)
+
+
+@given(
+    days=st.sets(st.integers(0, 800), max_size=12),
+    others=st.lists(st.text("ab_0123456789", max_size=10), max_size=6),
+    bounds=st.tuples(st.none() | st.integers(0, 800), st.none() | st.integers(0, 800)),
+)
+def test_date_shards_are_the_days_in_range(days, others, bounds):
+    """Against a second method: every day of the range enumerated with datetime, its shard name looked up."""
+    first = datetime.date(2026, 1, 1)
+    ids = [f"requests_{first + datetime.timedelta(days=d):%Y%m%d}" for d in days]
+    ids = list(dict.fromkeys(ids + [f"requests_{o}" for o in others] + ["other_20260101"]))
+    start, end = (None if b is None else first + datetime.timedelta(days=b) for b in bounds)
+    got = select_date_shards("requests_", ids, *(None if d is None else f"{d:%Y%m%d}" for d in (start, end)))
+    if start is None and end is None:
+        assert got == sorted(t for t in ids if t.startswith("requests_"))
+        return
+    lo, hi = start or first, end or first + datetime.timedelta(days=800)  # the days the ids can have
+    in_range = {f"requests_{lo + datetime.timedelta(days=i):%Y%m%d}" for i in range((hi - lo).days + 1)}
+    assert got == sorted(set(ids) & in_range)
