@@ -7,21 +7,28 @@ minute buckets (what a sliding-window design pays).
 Both read the same generated gzip JSONL file (three log formats mixed, as in the bundled sample), parse
 every format, match journeys, and compute per journey and minute: count, 5xx count, count over 100 ms
 and 500 ms, and p50/p90/p95/p99 latency. Each runs in its own process; wall time and peak RSS are that
-process's. DuckDB is the ceiling (vectorized C++ over one file); the ratio says what Beam's
-portability costs on one machine, before Dataflow spreads the work over many.
+process's. The pipeline runs the bundled config without its SLOs (DuckDB computes no SLO status), and its
+rows are checked against DuckDB's per journey and minute before the ratios are printed. DuckDB is the
+ceiling (vectorized C++ over one file); the ratio says what Beam's portability costs on one machine,
+before Dataflow spreads the work over many.
 """
 
 import argparse
+import datetime
 import gzip
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-from pipelines.samples.request_logs import generate
+import numpy as np
 
-DUCKDB_SQL = r"""
+from pipelines.samples.request_logs import generate
+from transforms.io.files import read_jsonl
+
+REQUESTS_SQL = r"""
 WITH raw AS (SELECT json AS j FROM read_ndjson_objects('__FILE__', compression = 'gzip', ignore_errors = true)),
 req AS (
   SELECT
@@ -45,12 +52,28 @@ matched AS (
     ELSE '_unmatched' END AS journey
   FROM req WHERE ts IS NOT NULL AND status BETWEEN 100 AND 599 AND latency_ms >= 0
 )
+"""
+DUCKDB_SQL = (
+    REQUESTS_SQL
+    + r"""
 SELECT journey, time_bucket(INTERVAL 1 MINUTE, ts) AS minute, count(*) AS total,
        count(*) FILTER (status >= 500) AS bad_5xx,
        count(*) FILTER (latency_ms > 100) AS over_100ms, count(*) FILTER (latency_ms > 500) AS over_500ms,
        quantile_cont(latency_ms, [0.5, 0.9, 0.95, 0.99]) AS percentiles
 FROM matched GROUP BY ALL
 """
+)
+# Not timed: the same requests per journey and minute with their sorted latencies, to check Beam's rows.
+CHECK_SQL = (
+    REQUESTS_SQL
+    + r"""
+SELECT journey, epoch(time_bucket(INTERVAL 1 MINUTE, ts))::BIGINT AS minute, count(*) AS total,
+       count(*) FILTER (status >= 500) AS bad_5xx,
+       count(*) FILTER (latency_ms > 100) AS over_100ms, count(*) FILTER (latency_ms > 500) AS over_500ms,
+       list(latency_ms ORDER BY latency_ms) AS latencies
+FROM matched GROUP BY ALL
+"""
+)
 
 
 def run_duckdb(path):
@@ -60,21 +83,30 @@ def run_duckdb(path):
     return sum(r[2] for r in rows), len(rows)
 
 
-def run_beam(path, workers):
+def run_beam(path, workers, out):
+    """The SLI pipeline on the bundled config without its SLOs: the per-minute rows DuckDB computes too."""
+    import yaml
+
     from pipelines import sli
 
-    out = tempfile.mkdtemp(prefix="bench-sli-")
-    argv = ["--input_files", path, "--output_dir", out]
+    config = yaml.safe_load(sli.SAMPLE_CONFIG.read_text())
+    config.pop("slos", None)
+    config.pop("alerting", None)
+    config_path = os.path.join(out, "sli_config.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(config, f)
+    argv = ["--input_files", path, "--output_dir", out, "--sli_config", config_path]
     if workers > 1:
         argv += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     sli.run(argv)
 
 
-def measure(engine, path, workers):
+def measure(engine, path, workers, out=None):
     """Runs one engine in a child process; returns (seconds, peak RSS in MiB)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.sli", "--engine", engine, "--file", path, "--workers", str(workers)],
+        [sys.executable, "-m", "bench.sli", "--engine", engine, "--file", path, "--workers", str(workers)]
+        + (["--out", out] if out else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -83,6 +115,45 @@ def measure(engine, path, workers):
     if status != 0:
         raise SystemExit(f"{engine} run failed (status {status}); rerun with --engine {engine} --file {path}")
     return elapsed, usage.ru_maxrss / 1024
+
+
+def check_rows(path, out):
+    """Beam's SLI rows against DuckDB's per journey and minute: totals, 5xx and over-threshold counts exact,
+    percentiles within DDSketch's relative accuracy of the latencies at their rank. Returns the rows checked."""
+    import duckdb
+
+    from transforms.sli.stats import LATENCY_RELATIVE_ACCURACY, PERCENTILES
+
+    expected = {}
+    for journey, minute, total, bad_5xx, over_100, over_500, latencies in duckdb.sql(
+        CHECK_SQL.replace("__FILE__", path.replace("'", "''"))
+    ).fetchall():
+        expected[(journey, minute)] = (
+            total,
+            {"availability": bad_5xx, "latency_100ms": over_100, "latency_500ms": over_500},
+            np.array(latencies),
+        )
+    rows = {}
+    for row in read_jsonl(os.path.join(out, "sli_rows*.jsonl")):
+        minute = int(datetime.datetime.fromisoformat(row["window_start"]).timestamp())
+        rows.setdefault((row["journey"], minute), []).append(row)
+    problems = sorted(set(expected) ^ set(rows))[:5]
+    for key, (total, bad, latencies) in expected.items():
+        for row in rows.get(key, ()):
+            wrong = [f"total {row['total']} != {total}"] if row["total"] != total else []
+            if row["sli_name"] in bad and row["bad"] != bad[row["sli_name"]]:
+                wrong.append(f"{row['sli_name']} bad {row['bad']} != {bad[row['sli_name']]}")
+            for p in PERCENTILES:
+                rank = p / 100 * (len(latencies) - 1)
+                low = latencies[math.floor(rank)] * (1 - LATENCY_RELATIVE_ACCURACY)
+                high = latencies[math.ceil(rank)] * (1 + LATENCY_RELATIVE_ACCURACY)
+                if not low <= row[f"latency_p{p}_ms"] <= high:
+                    wrong.append(f"p{p} {row[f'latency_p{p}_ms']} not in [{low}, {high}]")
+            if wrong:
+                problems.append((key, row["sli_name"], wrong))
+    if problems:
+        raise SystemExit(f"Beam's rows differ from DuckDB's: {problems[:5]}")
+    return sum(len(r) for r in rows.values())
 
 
 def bench_slos(n_slos, minutes=30):
@@ -134,9 +205,10 @@ def main():
     parser.add_argument("--slos", type=int, default=1000, help="SLOs for the SLO evaluation benchmark. Default: 1000.")
     parser.add_argument("--skip_pipeline", action="store_true", help="Only run the SLO evaluation benchmark.")
     parser.add_argument("--engine", choices=["beam", "duckdb"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine == "beam":
-        return run_beam(args.file, args.workers)
+        return run_beam(args.file, args.workers, args.out)
     if args.engine == "duckdb":
         return print(run_duckdb(args.file))
 
@@ -160,7 +232,10 @@ def bench_pipeline(args):
         print(f"generated {args.events:,} lines in {time.perf_counter() - t:.0f}s: {path}")
     lines = sum(1 for _ in gzip.open(path, "rt")) if path.endswith(".gz") else sum(1 for _ in open(path))
     duck_s, duck_mb = measure("duckdb", path, 1)
-    beam_s, beam_mb = measure("beam", path, args.workers)
+    out = tempfile.mkdtemp(prefix="bench-sli-out-")
+    beam_s, beam_mb = measure("beam", path, args.workers, out)
+    checked = check_rows(path, out)
+    print(f"Beam's {checked:,} SLI rows match DuckDB's per journey and minute (counts exact, percentiles within 1%)")
     print(f"{'engine':<28} {'seconds':>8} {'events/s':>10} {'peak RSS MiB':>13}")
     print(f"{'DuckDB SQL (baseline)':<28} {duck_s:>8.1f} {lines / duck_s:>10,.0f} {duck_mb:>13,.0f}")
     print(f"{f'Beam FnApiRunner x{args.workers}':<28} {beam_s:>8.1f} {lines / beam_s:>10,.0f} {beam_mb:>13,.0f}")

@@ -13,13 +13,15 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines.options import OutputOptions, UdfOptions
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.sinks import WriteDeadLetters
+from transforms.io.sources import BatchRecords
 from transforms.io.udf import ApplyUdf, ApplyUdfToBatch, udf_failure_dead_letter
 
 UDF_BATCH = 32  # records per round trip to a Python UDF's subprocess
 
 
-def apply_udf(options, records, pipeline_name):
+def apply_udf(options, records, pipeline_name, batched=False):
     """`records` through --udf_path's function when one is given: (records, [the UDF's dead letters]).
+    `batched`: records arrive, and leave, as lists (ReadRecords(batched=True)); the UDF sees them one by one.
 
     JavaScript runs in an embedded V8 with its own time and memory limits. A Python UDF runs in a
     long-lived subprocess through Beam's `with_exception_handling(use_subprocess=True, timeout=...)`, which
@@ -31,6 +33,10 @@ def apply_udf(options, records, pipeline_name):
     udf = options.view_as(UdfOptions)
     if not udf.udf_path:
         return records, []
+    if batched:
+        one_by_one = records | "UnbatchForUdf" >> beam.FlatMap(lambda batch: batch)
+        transformed, dead_letters = apply_udf(options, one_by_one, pipeline_name)
+        return transformed | "BatchAfterUdf" >> BatchRecords(), dead_letters
     fn = ApplyUdf(udf.udf_path, udf.udf_function, pipeline_name, udf.udf_timeout_ms)
     if not udf.udf_path.endswith(".py") or not udf.udf_timeout_ms:
         transformed = records | "ApplyUdf" >> beam.ParDo(fn).with_outputs(DEAD_LETTER_TAG, main="records")
@@ -128,13 +134,14 @@ def run_pipeline(argv, description, option_classes, validate, build, report):
 
 
 def _count(element, counter):
-    counter.inc()
+    counter.inc(len(element) if isinstance(element, list) else 1)  # a batch of ReadRecords(batched=True)
     return element
 
 
 def read_records(pipeline, pipeline_name, source, label):
     """The first steps of every build(): `source` (ReadRecords, or a Create/TestStream in tests) and the
-    `<pipeline>:records_in` counter the report and progress lines read."""
+    `<pipeline>:records_in` counter the report and progress lines read (a list counts as its records: no raw
+    record is one)."""
     return (
         pipeline | label >> source | "CountRecordsIn" >> beam.Map(_count, Metrics.counter(pipeline_name, "records_in"))
     )

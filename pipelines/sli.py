@@ -57,10 +57,15 @@ from pipelines.samples import SLI_DIR
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl
 from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
-from transforms.io.sources import Input, ReadRecords
+from transforms.io.sources import BatchRecords, Input, ReadRecords
+from transforms.sli.batch import AggregateLogBatches
 from transforms.sli.config import load_sli_config
-from transforms.sli.parsing import ParseLogRecords
-from transforms.sli.rows import BIGTABLE_COLUMN_FAMILY, SLI_ROW_BQ_SCHEMA, ComputeSliRows, bigtable_row_key
+from transforms.sli.rows import (
+    BIGTABLE_COLUMN_FAMILY,
+    SLI_ROW_BQ_SCHEMA,
+    ComputeSliRowsFromPartials,
+    bigtable_row_key,
+)
 from transforms.sli.tensorboard import WriteSliSummaries
 from transforms.slo.status import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus, slo_status_row_key
 
@@ -148,16 +153,21 @@ def validate(options):
 
 def build(pipeline, options, settings, source=None):
     """Wires the graph. `source` replaces the input (e.g. Create or TestStream in tests); it yields raw
-    records: PubsubMessage, JSON text/bytes or dicts."""
+    records: PubsubMessage, JSON text/bytes or dicts. Records are parsed and aggregated in batches; a UDF
+    (--udf_path) runs on them one by one (see apply_udf)."""
     sli, config = options.view_as(SliOptions), settings.config
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
-    records = read = read_records(pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl"), "ReadLogRecords")
-    records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    parsed = records | "ParseLogRecords" >> beam.ParDo(ParseLogRecords(config.formats, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="events"
+    batched = source is None  # a given source yields records, batched here
+    read = read_records(
+        pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl", batched=True), "ReadLogRecords"
     )
-    rows = parsed.events | "ComputeSliRows" >> ComputeSliRows(
+    records, dead_letter_sources = apply_udf(options, read, PIPELINE, batched=batched)
+    batches = records if batched else records | "BatchRecords" >> BatchRecords()
+    parsed = batches | "ParseLogRecords" >> beam.ParDo(
+        AggregateLogBatches(config, sli.window_seconds, PIPELINE)
+    ).with_outputs(DEAD_LETTER_TAG, main="partials")
+    rows = parsed.partials | "ComputeSliRows" >> ComputeSliRowsFromPartials(
         config, PIPELINE, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds
     )
     project = options.view_as(GoogleCloudOptions).project
@@ -188,7 +198,7 @@ def build(pipeline, options, settings, source=None):
         )
     slo_status = alerts = None
     if config.slos:
-        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, parsed.events.is_bounded, PIPELINE)
+        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, parsed.partials.is_bounded, PIPELINE)
         slo_status, alerts = slos.status, slos[ALERTS_TAG]
         sink_failures += slo_status | "WriteSloStatus" >> WriteRecords(
             PIPELINE,

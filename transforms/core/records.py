@@ -8,6 +8,7 @@ depth limit, so that no later step (encoders, dead letters) can hit Python's rec
 
 import datetime
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import orjson
@@ -195,6 +196,19 @@ def event_time(micros, field):
             f"(check its unit: seconds, milliseconds or microseconds)",
         )
     return seconds
+
+
+# The largest whole microsecond whose `micros_seconds` is not after MAX_EVENT_SECONDS (the float just above it
+# is 2**-15 s later): event_micros accepts exactly the times event_time accepts.
+_MAX_EVENT_MICROS = math.ceil(Fraction(math.nextafter(MAX_EVENT_SECONDS, math.inf)) * 1_000_000) - 1
+
+
+def event_micros(micros, field):
+    """`event_time`'s check on whole microseconds, in integer arithmetic: the same micros back, or the same
+    RecordError."""
+    if not 0 <= micros <= _MAX_EVENT_MICROS:
+        event_time(micros, field)  # raises out_of_range
+    return micros
 
 
 MAX_KEY_PART_CHARS = 256

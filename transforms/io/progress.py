@@ -18,9 +18,9 @@ class _Progress:
         self.started = self.last_print = time.monotonic()
         self.lock = threading.Lock()
 
-    def add(self, kind, pipeline_name):
+    def add(self, kind, pipeline_name, n=1):
         with self.lock:
-            self.counts[kind] += 1
+            self.counts[kind] += n
             now = time.monotonic()
             if now - self.last_print < self.interval:
                 return
@@ -47,4 +47,4 @@ class CountProgress(beam.DoFn):
         self._progress = _progress.setdefault(self._pipeline, _Progress(self._interval))
 
     def process(self, element):
-        self._progress.add(self._kind, self._pipeline)
+        self._progress.add(self._kind, self._pipeline, len(element) if isinstance(element, list) else 1)

@@ -345,6 +345,7 @@ class JourneyMatcher:
     def __init__(self, config):
         self._services = {}
         self._by_host = {}
+        self._memo = {}
         for service in config.services:
             journeys = [
                 (j.name, frozenset(j.methods), j.path_pattern(), tuple(j.slis or service.slis))
@@ -365,3 +366,21 @@ class JourneyMatcher:
             if (not methods or method in methods) and pattern.fullmatch(path):
                 return name, slis
         return UNMATCHED_JOURNEY, ()
+
+    def classify(self, service, host, method, path):
+        """(service, journey name, SLIs) of a request: `service_for`, then `match`, memoized (logs repeat
+        their requests; the memo is bounded, and long values are not kept)."""
+        key = (service, host, method, path)
+        found = self._memo.get(key)
+        if found is None:
+            service = self.service_for(service, host)
+            found = (service, *self.match(service, method, path))
+            if len(path) + len(host or "") + len(method) <= _MEMO_KEY_CHARS:
+                if len(self._memo) >= _MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = found
+        return found
+
+
+_MEMO_SIZE = 1 << 16
+_MEMO_KEY_CHARS = 1024

@@ -12,6 +12,7 @@ turns into a dead letter.
 """
 
 import datetime
+import functools
 import math
 import re
 from typing import NamedTuple
@@ -23,10 +24,12 @@ from apache_beam.transforms.window import TimestampedValue
 from transforms.core.records import (
     datetime_micros,
     epoch_micros,
+    event_micros,
     event_time,
     event_timestamp,
     finite,
     key_part,
+    micros_seconds,
     parse_json,
     text,
 )
@@ -69,6 +72,10 @@ def parse_timestamp(value, field):
     RFC 3339 text (nanoseconds allowed), epoch seconds/millis, {epochSecond, nanoOfSecond} (log4j2),
     {seconds, nanos} or a datetime; within the event-time range."""
     return event_time(_timestamp_micros(value, field), field)
+
+
+def _event_micros(value, field):
+    return event_micros(_timestamp_micros(value, field), field)
 
 
 def _timestamp_micros(value, field):
@@ -134,12 +141,21 @@ def _required(obj, field, fmt):
 
 
 def _split_url(url, field):
+    url = text(url, field)
+    return (_split_url_cached if len(url) <= _CACHED_URL_CHARS else _split_url_text)(url, field)
+
+
+def _split_url_text(url, field):
     try:
-        parts = urlsplit(text(url, field))
+        parts = urlsplit(url)
         host = parts.hostname or ""
     except ValueError as e:
         raise RecordError("bad_field", f"field '{field}': {url!r:.80} is not a URL: {e}") from None
     return host, (parts.path or "/")
+
+
+_CACHED_URL_CHARS = 1024
+_split_url_cached = functools.lru_cache(maxsize=1 << 16)(_split_url_text)  # logs repeat their URLs; errors raise
 
 
 def _dict(value):
@@ -151,7 +167,7 @@ def _from_cloud_logging(entry, mapping):
     if not isinstance(http, dict):
         raise RecordError("bad_field", "'httpRequest' must be an object")
     ts_field = "timestamp" if entry.get("timestamp") else "receiveTimestamp"
-    timestamp = parse_timestamp(_required(entry, ts_field, "LogEntry"), ts_field)
+    micros = _event_micros(_required(entry, ts_field, "LogEntry"), ts_field)
     method = text(_required(http, "requestMethod", "LogEntry httpRequest"), "httpRequest.requestMethod").upper()
     host, path = _split_url(_required(http, "requestUrl", "LogEntry httpRequest"), "httpRequest.requestUrl")
     status = parse_status(_required(http, "status", "LogEntry httpRequest"), "httpRequest.status")
@@ -165,7 +181,7 @@ def _from_cloud_logging(entry, mapping):
         or host
         or "unknown"
     )
-    return RequestEvent(timestamp, key_part(service, "service"), host, method, path, status, latency, "cloud_logging")
+    return micros, key_part(service, "service"), host, method, path, status, latency, "cloud_logging"
 
 
 def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
@@ -178,11 +194,15 @@ def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
                 return value
         return _lookup(obj, field)
 
-    time_fields = (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ())
-    ts_field = next((f for f in time_fields if get(f) not in (None, "")), None)
+    ts_field, ts_value = None, fallback_time
+    for field in (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ()):
+        value = get(field)
+        if value is not None and value != "":
+            ts_field, ts_value = field, value
+            break
     if ts_field is None and fallback_time is None:
         raise RecordError("missing_field", f"{fmt} record has no '{mapping.timestamp_field}' (required)")
-    timestamp = parse_timestamp(get(ts_field) if ts_field else fallback_time, ts_field or "timestamp")
+    micros = _event_micros(ts_value, ts_field or "timestamp")
     values = {}
     for name in ("method_field", "path_field", "status_field", "latency_field"):
         field = getattr(mapping, name)
@@ -194,8 +214,8 @@ def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
             )
         values[name] = value
     host, path = _split_url(values["path_field"], mapping.path_field)
-    return RequestEvent(
-        timestamp,
+    return (
+        micros,
         key_part(get(mapping.service_field) or host or "unknown", mapping.service_field),
         host,
         text(values["method_field"], mapping.method_field).upper(),
@@ -217,6 +237,13 @@ def _app_log(obj, formats, fallback_time=None):
 
 def parse_log_record(payload, formats):
     """One record (bytes, str or an already-decoded dict such as a BigQuery row) to a `RequestEvent`."""
+    micros, *fields = parse_log_fields(payload, formats)
+    return RequestEvent(micros_seconds(micros), *fields)
+
+
+def parse_log_fields(payload, formats):
+    """`parse_log_record`'s fields as a tuple, the event time in whole microseconds since the epoch (the
+    batch path's integer window arithmetic), within the same range and with the same errors."""
     obj = payload if isinstance(payload, dict) else parse_json(payload)
     if not isinstance(obj, dict):
         raise RecordError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")

@@ -12,6 +12,8 @@ Row schema (one row per SLI, journey and event-time window; `SLI_ROW_BQ_SCHEMA` 
   error_rate       bad / total
   throughput_rps   total / window_seconds
   latency_p50_ms .. latency_p99_ms   DDSketch, within 1% relative error; latency_mean_ms, latency_max_ms exact
+  latency_sketch   the journey's DDSketch as text (`transforms.sli.stats.sketch_to_text`): mergeable, so a
+                   replay counts requests over a latency threshold set after the fact
   pane_timing      ON_TIME for the watermark pane, LATE for each update by late data (EARLY unused);
   pane_index       0, 1, ... per window: readers take the highest; is_final when no later pane can
                    follow (always in batch; in streaming Beam knows it only when the window expires)
@@ -26,11 +28,13 @@ import datetime
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import IntervalWindow
 from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from transforms.core.accumulators import MergingCombineFn
 from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher, sli_short_name, status_matcher
-from transforms.sli.stats import PERCENTILES, JourneyWindowStats
+from transforms.sli.stats import PERCENTILES, JourneyWindowStats, sketch_to_text
 
 _S = {"mode": "NULLABLE"}
 SLI_ROW_BQ_SCHEMA = {
@@ -53,6 +57,7 @@ SLI_ROW_BQ_SCHEMA = {
         *({"name": f"latency_p{p}_ms", "type": "FLOAT64", **_S} for p in PERCENTILES),
         {"name": "latency_mean_ms", "type": "FLOAT64", **_S},
         {"name": "latency_max_ms", "type": "FLOAT64", **_S},
+        {"name": "latency_sketch", "type": "STRING", **_S},
         {"name": "pane_timing", "type": "STRING", "mode": "REQUIRED"},
         {"name": "pane_index", "type": "INT64", "mode": "REQUIRED"},
         {"name": "is_final", "type": "BOOL", "mode": "REQUIRED"},
@@ -115,6 +120,16 @@ class JourneyWindowStatsFn(MergingCombineFn):
         return acc.add(*value)
 
 
+class MergeJourneyWindowStatsFn(MergingCombineFn):
+    """The CombineFn over partial `JourneyWindowStats` (the batch path's, one per journey window and batch)."""
+
+    def create_accumulator(self):
+        return JourneyWindowStats()
+
+    def add_input(self, acc, partial):
+        return acc.merge(partial)
+
+
 def _iso(ts):
     return ts.to_utc_datetime(has_tz=True).isoformat()
 
@@ -150,6 +165,7 @@ class FormatSliRows(beam.DoFn):
             **{f"latency_p{p}_ms": stats.percentile_ms(p) for p in PERCENTILES},
             "latency_mean_ms": stats.latency_sum_ms / stats.count,
             "latency_max_ms": stats.latency_max_ms,
+            "latency_sketch": sketch_to_text(stats.sketch),
             "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
             "pane_index": pane.index,
             "is_final": bool(pane.is_last) or self._bounded_input,
@@ -216,6 +232,44 @@ class ComputeSliRows(beam.PTransform):
             | "AggregatePerJourney" >> beam.CombinePerKey(JourneyWindowStatsFn())
             | "FormatSliRows" >> beam.ParDo(FormatSliRows(self._config, events.is_bounded))
         )
+
+
+class ComputeSliRowsFromPartials(ComputeSliRows):
+    """((service, journey, window start), partial JourneyWindowStats), timestamped in their window (the output
+    of transforms.sli.batch.AggregateLogBatches) -> the rows ComputeSliRows gives for the same requests."""
+
+    def expand(self, partials):
+        if partials.is_bounded:
+            # A backfill has one pane per window, and the key holds the window: combining in the global
+            # window skips the general trigger driver FixedWindows needs (a third of the run time left in
+            # bench/sli.py). Same rows: tests compare them with the streaming path's.
+            return (
+                partials
+                | "AggregatePerJourney" >> beam.CombinePerKey(MergeJourneyWindowStatsFn())
+                | "FormatSliRows" >> beam.ParDo(FormatBackfillRows(self._config, self._window_seconds))
+            )
+        return (
+            partials
+            | "FixedWindows" >> self._windowing(False)
+            | "AggregatePerJourney" >> beam.CombinePerKey(MergeJourneyWindowStatsFn())
+            | "FormatSliRows" >> beam.ParDo(FormatSliRows(self._config, False))
+        )
+
+
+_BACKFILL_PANE = PaneInfo(is_first=True, is_last=True, timing=PaneInfoTiming.ON_TIME, index=0, nonspeculative_index=0)
+
+
+class FormatBackfillRows(FormatSliRows):
+    """FormatSliRows for stats combined in the global window: the window comes from the key's window start,
+    the pane is the one ON_TIME and final pane a backfill window has."""
+
+    def __init__(self, config, window_seconds):
+        super().__init__(config, bounded_input=True)
+        self._window_seconds = window_seconds
+
+    def process(self, keyed_stats):
+        start = keyed_stats[0][2]
+        yield from super().process(keyed_stats, IntervalWindow(start, start + self._window_seconds), _BACKFILL_PANE)
 
 
 BIGTABLE_COLUMN_FAMILY = "sli"
