@@ -13,7 +13,8 @@ What-if over a month of the SLI pipeline's BigQuery rows on Dataflow, today's co
         --temp_location gs://B/tmp --setup_file ./setup.py \\
         --sli_config today=gs://B/config/profile_service.yaml,proposal=gs://B/config/proposal.yaml \\
         --input_table P:sre.sli_windows --start 2026-11-01T00:00:00Z --end 2026-12-01T00:00:00Z \\
-        --output_table P:sre.slo_replay --alerts_table P:sre.slo_replay_alerts --dead_letter_table P:sre.dead_letters
+        --output_table P:sre.slo_replay --alerts_table P:sre.slo_replay_alerts --dead_letter_table P:sre.dead_letters \\
+        --report_html gs://B/slo_replay/report.html
 """
 
 import datetime
@@ -45,6 +46,7 @@ from pipelines.options import (
     check_input,
     check_outputs,
 )
+from pipelines.reports import replay_report
 from pipelines.samples import SLI_DIR
 from pipelines.sli import alert_line
 from transforms.io.deadletter import DEAD_LETTER_TAG
@@ -80,6 +82,14 @@ class SloReplayOptions(PipelineOptions):
             help="End of the replay, RFC 3339, exclusive: rows whose window_start is at or after it are left "
             "out, and nothing evaluated after it is reported (an alert firing then stays open). Default: "
             "after the last row.",
+        )
+        parser.add_argument(
+            "--report_html",
+            type=str,
+            default=None,
+            help="Also write an HTML page (local path or gs://) comparing the configs side by side per SLO: "
+            "the comparison table, budget consumed over time, burn rates against each config's thresholds, "
+            "pages and tickets where they fired. Self-contained: opens offline.",
         )
         parser.add_argument(
             "--alerts_table",
@@ -200,7 +210,22 @@ def build(pipeline, options, settings, source=None):
         records = source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format)
         read = read_records(pipeline, PIPELINE, records, "ReadSliRows")
         parsed = dict.fromkeys(settings.configs, parse(read, "ParseSliRows"))
-    outputs = parsed | "ReplaySlos" >> ReplaySlos(settings.configs, settings.period, PIPELINE)
+    outputs = parsed | "ReplaySlos" >> ReplaySlos(
+        settings.configs, settings.period, PIPELINE, series=bool(replay.report_html)
+    )
+    dead_letter_sources += outputs.dead_letters
+    if replay.report_html:
+        rules = {name: config.alerting.rules for name, config in settings.configs.items()}
+        (
+            (
+                outputs.comparison | "PageComparison" >> beam.Map(lambda r: ("comparison", r)),
+                outputs.alerts | "PageAlerts" >> beam.Map(lambda a: ("alerts", a)),
+                outputs.series | "PageSeries" >> beam.Map(lambda s: ("series", s)),
+            )
+            | "FlattenPage" >> beam.Flatten()
+            | "CollectPage" >> beam.combiners.ToList()
+            | "WritePage" >> beam.Map(write_page, replay.report_html, rules)
+        )
 
     def bigquery(table, schema, partition_field):
         return BigQueryTarget(table, schema, partition_field, ["config"]) if table else None
@@ -222,6 +247,24 @@ def build(pipeline, options, settings, source=None):
     return SloReplayOutputs(outputs.comparison, outputs.alerts, dead_letters)
 
 
+def write_page(parts, path, rules):
+    """The HTML page from [(kind, row)] (kind: comparison, alerts or series) at `path`; each config's rule
+    thresholds over its SLO's period (the latest status row's window_days)."""
+    rows = {"comparison": [], "alerts": [], "series": []}
+    for kind, row in parts:
+        rows[kind].append(row)
+    thresholds = {name: {} for name in rules}
+    for s in rows["series"]:
+        if s["window_days"] is not None:
+            thresholds[s["config"]][s["slo"]] = {
+                f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m": float(r.threshold(s["window_days"]))
+                for r in rules[s["config"]]
+            }
+    with FileSystems.create(path) as f:
+        f.write(replay_report.render(rows["comparison"], rows["alerts"], rows["series"], thresholds).encode("utf-8"))
+    return path
+
+
 def comparison_table(rows):
     """The comparison as text: per SLO, one line per config, side by side."""
 
@@ -238,6 +281,13 @@ def comparison_table(rows):
             f"{r['page_minutes']:>8} {r['ticket_minutes']:>10} {pct(r['budget_consumed']):>11} "
             f"{pct(r['max_budget_consumed']):>8} {r['evaluated_minutes']:>7}"
         )
+    sketched = [r for r in sorted(rows, key=lambda r: (r["config"], r["slo"])) if r.get("latency_from_sketches")]
+    if sketched:
+        lines.append(
+            "latency thresholds the rows lack, counted from their latency sketches (exact except requests within "
+            "1% of the threshold):"
+        )
+        lines += [f"  {r['config']}/{r['slo']}: {', '.join(r['latency_from_sketches'])}" for r in sketched]
     return "\n".join(lines)
 
 
@@ -259,6 +309,9 @@ def report(result, options, settings):
         )
         lines += [f"{a['config']}: {alert_line(a)}" for a in alerts]
         lines.append(f"outputs: {output_dir}/comparison-*.jsonl, alerts-*.jsonl, dead_letters-*.jsonl")
+    report_html = options.view_as(SloReplayOptions).report_html
+    if report_html:
+        lines.append(f"page: {report_html}")
     return "\n".join(lines)
 
 

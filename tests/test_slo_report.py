@@ -1,4 +1,4 @@
-"""The SLO report page, opened in headless Chromium: the numbers and charts it shows."""
+"""The SLO report page and the replay's page, opened in headless Chromium: the numbers and charts they show."""
 
 import datetime
 import html.parser
@@ -13,10 +13,13 @@ import plotly.graph_objects
 import plotly.offline
 import pytest
 
+from pipelines import slo_replay
 from pipelines.reports import slo_report
 from tests.test_sli_pipeline import read_rows
 from tests.test_slo_pipeline import CONFIG, sample_run  # noqa: F401 - the module fixture
 from tests.test_slo_queries import loaded  # noqa: F401 - the module fixture
+from tests.test_slo_replay import at as replay_minute
+from tests.test_slo_replay import constructed  # noqa: F401 - the fixture
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -278,3 +281,77 @@ def test_long_series_are_sampled_evenly_keeping_the_ends():
     shown = slo_report._sample(rows)
     assert len(shown) == slo_report._MAX_POINTS and shown[0] == 0 and shown[-1] == rows[-1]
     assert {b - a for a, b in zip(shown[:-2], shown[1:-1], strict=True)} <= {5, 6}
+
+
+def test_replay_page_compares_the_configs_side_by_side(constructed, tmp_path):  # noqa: F811
+    """The replay of tests/test_slo_replay.py's constructed rows under configs a, b and c (page rule 10 min /
+    2 min, threshold 0.025 * 1440 / 10 = 3.6): per-minute budget and burn rates worked out from the rows."""
+    rows, configs = constructed
+    page = tmp_path / "replay.html"
+    out = tmp_path / "out"
+    slo_replay.run(
+        ["--input_files", str(rows), "--sli_config", ",".join(configs), "--output_dir", str(out)]
+        + ["--progress", "off", "--report_html", str(page)]
+    )
+    comparison = read_rows(out, "comparison")
+    text = dump_dom(page, screenshot=tmp_path / "page.png")
+    cells = ReplayTable(text).rows
+    assert set(cells) == {("avail", c) for c in "abc"}
+    for row in comparison:
+        got = cells[(row["slo"], row["config"])]
+        assert got[3:7] == [str(row[k]) for k in ("pages", "tickets", "page_minutes", "ticket_minutes")]
+        assert got[7] == f"{row['budget_consumed']:.1%}" and got[9] == str(row["evaluated_minutes"])
+
+    bad = [100 if 10 <= m <= 14 else 0 for m in range(30)] + [0]  # minute 30: the evaluator runs on, no data
+    total = [100] * 30 + [0]
+    charts = Charts(text, "data-slo")
+    spec = charts.specs["avail"]
+    assert charts.drawn["avail"] and len(charts.traces["avail"]) == len(spec["data"])
+    traces = {t["name"]: t for t in spec["data"]}
+    minutes = [_utc(replay_minute(m + 1)) for m in range(31)]  # a minute is evaluated at its end
+    for config, budget in (("a", 0.1), ("b", 0.1), ("c", 0.2)):
+        consumed = traces[f"budget consumed · {config}"]
+        assert consumed["x"] == minutes
+        assert consumed["y"] == pytest.approx([sum(bad[: m + 1]) / sum(total[: m + 1]) / budget for m in range(31)])
+        for window in (2, 10):
+            expected = []
+            for m in range(31):
+                b, t = sum(bad[max(0, m - window + 1) : m + 1]), sum(total[max(0, m - window + 1) : m + 1])
+                expected.append(b / t / budget if t else None)
+            assert traces[f"burn rate {window} min · {config}"]["y"] == pytest.approx(expected), (config, window)
+        assert traces[f"threshold page:10m/2m · {config}"]["y"] == pytest.approx([3.6, 3.6])
+    assert traces["pages fired · a"]["x"] == [_utc(replay_minute(14))] and traces["pages fired · b"]["x"] == [
+        _utc(replay_minute(16))
+    ]
+    assert "pages fired · c" not in traces
+    assert spec["layout"]["yaxis2"]["type"] == "log"
+    assert_one_library(page)
+    assert colours(tmp_path / "page.png") > 200
+
+
+class ReplayTable(html.parser.HTMLParser):
+    """The replay page's comparison cells by (slo, config)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.rows, self._row, self._cell = {}, None, None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-config" in attrs:
+            self._row = (attrs["data-slo"], attrs["data-config"])
+            self.rows[self._row] = []
+        elif tag == "td" and self._row:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.rows[self._row].append(self._cell)
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
