@@ -24,6 +24,7 @@ import logging
 from typing import NamedTuple
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
@@ -52,15 +53,12 @@ from pipelines.options import (
     check_udf,
 )
 from pipelines.samples import WINDOW_FEATURES_DIR
-from transforms.io.deadletter import DEAD_LETTER_TAG
-from transforms.io.files import read_jsonl
-from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
-from transforms.io.sources import Input, ReadRecords
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteJsonLineBatches, WriteRecords
+from transforms.io.sources import BatchRecords, Input, ReadRecords
 from transforms.window_features.aggregate import (
     BIGTABLE_COLUMN_FAMILY,
     WINDOW_FEATURES_BQ_SCHEMA,
     ComputeWindowFeatures,
-    ParseEvents,
     bigtable_cells,
     entity_row_key,
 )
@@ -105,7 +103,7 @@ OPTION_CLASSES = (
 
 
 class WindowFeaturesOutputs(NamedTuple):
-    rows: PCollection
+    row_batches: PCollection  # lists of feature rows
     dead_letters: PCollection
 
 
@@ -132,22 +130,23 @@ def validate(options):
 
 def build(pipeline, options, settings, source=None):
     """Wires the graph. `source` replaces the input (Create or TestStream in tests): dicts, JSON text or
-    PubsubMessages."""
+    PubsubMessages, batched here as ReadRecords batches the input it reads (and records after a UDF)."""
     out, streaming = options.view_as(OutputOptions), options.view_as(StandardOptions).streaming
-    spec = settings.spec
+    spec, udf = settings.spec, options.view_as(UdfOptions).udf_path
     records = read = read_records(
         pipeline,
         PIPELINE,
-        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format),
+        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format, batched=not udf),
         "ReadEvents",
     )
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    events = records | "ParseEvents" >> beam.ParDo(ParseEvents(spec, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="events"
-    )
-    rows = events.events | "ComputeWindowFeatures" >> ComputeWindowFeatures(
+    batches = records | "BatchRecords" >> BatchRecords() if source or udf else records
+    row_batches, parse_dead_letters = batches | "ComputeWindowFeatures" >> ComputeWindowFeatures(
         spec, PIPELINE, options.view_as(EventTimeOptions).allowed_lateness_seconds
     )
+    local_prefix = local_output(options, "feature_rows")
+    if local_prefix:
+        row_batches | "WriteFeatureFiles" >> WriteJsonLineBatches(local_prefix, streaming)
 
     table, bt = options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions)
     online = (
@@ -165,22 +164,32 @@ def build(pipeline, options, settings, source=None):
         if bt.bigtable_instance
         else None
     )
-    sink_failures = rows | "WriteFeatureRows" >> WriteRecords(
-        PIPELINE,
-        BigQueryTarget(table, WINDOW_FEATURES_BQ_SCHEMA, "time_index", ["entity", "window"]) if table else None,
-        out.bq_write_method,
-        online,
-        local_prefix=local_output(options, "feature_rows"),
-        streaming=streaming,
-    )
+    sink_failures = ()
+    if table or online:
+        sink_failures = (
+            row_batches
+            | "FeatureRows" >> beam.FlatMap(lambda rows: rows)
+            | "WriteFeatureRows"
+            >> WriteRecords(
+                PIPELINE,
+                BigQueryTarget(table, WINDOW_FEATURES_BQ_SCHEMA, "time_index", ["entity", "window"]) if table else None,
+                out.bq_write_method,
+                online,
+                streaming=streaming,
+            )
+        )
     dead_letters = write_dead_letters(
-        options, PIPELINE, read, (*dead_letter_sources, events[DEAD_LETTER_TAG], *sink_failures)
+        options, PIPELINE, read, (*dead_letter_sources, parse_dead_letters, *sink_failures)
     )
-    return WindowFeaturesOutputs(rows, dead_letters)
+    return WindowFeaturesOutputs(row_batches, dead_letters)
+
+
+REPORT_MAX_ROWS = 100_000  # the report reads the feature rows back for the busiest windows up to this many
 
 
 def report(result, options, settings):
-    """Counts from Beam metrics; per window, the entity and window end with the most events."""
+    """Counts from Beam metrics, per window too; the entity and window end with the most events per window,
+    read back from the rows when there are at most REPORT_MAX_ROWS."""
     spec = settings.spec
     counts = metric_counts(result, PIPELINE)
     output_dir = options.view_as(OutputOptions).output_dir
@@ -193,24 +202,38 @@ def report(result, options, settings):
     if by_reason:
         lines.append(by_reason)
     if output_dir:
-        rows = read_jsonl(FileSystems.join(output_dir, "feature_rows*.jsonl"))
         first_count = {
             w.name: next((name for name, _, agg in spec.aggregations_in(w) if agg == "count"), None)
             for w in spec.windows
         }
-        for w in spec.windows:
-            mine = [r for r in rows if r["window"] == w.name]
-            lines.append(f"window {w.name}: {len(mine)} rows, {len({r['entity'] for r in mine})} entities")
-            if first_count[w.name] and mine:
-                busiest = max(
-                    mine, key=lambda r: next(f["value"] for f in r["features"] if f["name"] == first_count[w.name])
-                )
-                features = ", ".join(
-                    f"{f['name']}={f['value']:.4g}" for f in busiest["features"] if f["value"] is not None
-                )
-                lines.append(f"  busiest: {busiest['entity']} at {busiest['time_index']}: {features}")
+        busiest = {}
+        if counts.get("feature_rows", 0) <= REPORT_MAX_ROWS:
+            for row in _feature_rows(FileSystems.join(output_dir, "feature_rows*.jsonl")):
+                w = row["window"]
+                if first_count[w]:
+                    count = next(f["value"] for f in row["features"] if f["name"] == first_count[w])
+                    if w not in busiest or count > busiest[w][0]:
+                        busiest[w] = (count, row)
+        for w in first_count:
+            lines.append(
+                f"window {w}: {counts.get(f'feature_rows_{w}', 0)} rows, {counts.get(f'entities_{w}', 0)} entities"
+            )
+            if w in busiest:
+                row = busiest[w][1]
+                features = ", ".join(f"{f['name']}={f['value']:.4g}" for f in row["features"] if f["value"] is not None)
+                lines.append(f"  busiest: {row['entity']} at {row['time_index']}: {features}")
+        if counts.get("feature_rows", 0) > REPORT_MAX_ROWS:
+            lines.append(f"(busiest windows: not read back from over {REPORT_MAX_ROWS} rows)")
         lines.append(f"outputs: {output_dir}/feature_rows-*.jsonl, dead_letters-*.jsonl")
     return "\n".join(lines)
+
+
+def _feature_rows(pattern):
+    for match in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        with FileSystems.open(match.path) as f:
+            for line in f:
+                if line.strip():
+                    yield orjson.loads(line)
 
 
 def run(argv=None):

@@ -1,7 +1,7 @@
 """Event times keep full precision: nanosecond RFC 3339 text, log4j2 `instant {epochSecond, nanoOfSecond}` and
 epoch numbers are truncated to Beam's microsecond in integer arithmetic, so the last nanosecond before a window
 boundary stays in its window, in the SLI parser (whose window keys MatchJourneys computes from the event's
-seconds) and in window features (KeyByWindow), and the element's Beam timestamp is that microsecond."""
+seconds) and in window features (ParseEvents), and the element's Beam timestamp is that microsecond."""
 
 import time
 
@@ -15,7 +15,7 @@ from transforms.core.records import MAX_EVENT_SECONDS, event_timestamp
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords, parse_log_record
 from transforms.sli.rows import MatchJourneys
-from transforms.window_features.aggregate import KeyByWindow, ParseEvents, event_seconds
+from transforms.window_features.aggregate import ParseEvents, event_seconds
 from transforms.window_features.spec import load_window_spec
 
 CONFIG = load_sli_config(SLI_DIR / "profile_service.yaml")
@@ -80,9 +80,9 @@ def test_cloud_logging_nanosecond_timestamp_at_the_end_of_an_hour():
 def test_window_features_event_before_a_boundary_stays_in_its_windows(value, unit, micros):
     spec = WINDOW_SPEC.model_copy(update={"epoch_unit": unit})
     record = {"card_id": "c1", "event_time": value, "amount": 1.0}
-    [out] = ParseEvents(spec, "window_features").process(record)
-    assert out.timestamp.micros == MINUTE_0 * 1_000_000 + micros
-    starts = {(name, start) for (_, name, start), _ in KeyByWindow(spec).process(out.value)}
+    outs = list(ParseEvents(spec, "window_features", by_entity=False).handle(record))  # the streaming form
+    assert {out.timestamp.micros for out in outs} == {MINUTE_0 * 1_000_000 + micros}
+    starts = {(name, start) for out in outs for (_, name, start), _ in [out.value]}
     minute = MINUTE_0 + micros // 60_000_000 * 60  # the minute holding the event
     expected = {("10m", minute - 60 * k) for k in range(10)} | {("1h", MINUTE_0)} | {("1d", MINUTE_0 - 36000)}
     assert starts == expected

@@ -32,12 +32,13 @@ from transforms.io.sources import ImageInput
 from transforms.io.udf import ApplyUdf
 from transforms.scoring.model import InputSpec
 from transforms.scoring.requests import ENVELOPES_TAG, ParseRequests
+from transforms.sli.batch import AggregateLogBatches
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords
-from transforms.sli.rows import FormatSliRows, JourneyWindowStatsFn, MatchJourneys
+from transforms.sli.rows import FormatBackfillRows, FormatSliRows, JourneyWindowStatsFn, MatchJourneys
 from transforms.slo.replay import ParseSliRows, Period
 from transforms.slo.status import SliRowsToSloInputs
-from transforms.window_features.aggregate import FormatFeatureRows, KeyByWindow, ParseEvents, WindowAggregatesFn
+from transforms.window_features.aggregate import FormatFeatureRows, ParseEvents
 from transforms.window_features.spec import load_window_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,6 +242,21 @@ def test_sli_parse_match_and_format_never_raise(record):
 
 _FINAL_PANE = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
 
+AGGREGATE_SLI = _ready(AggregateLogBatches(SLI_CONFIG, 60, "sli"))
+FORMAT_BACKFILL = _ready(FormatBackfillRows(SLI_CONFIG, 60))
+
+
+@FUZZ
+@given(st.lists(_encoded(_mutated(SLI_SAMPLES)), max_size=8))
+def test_sli_batch_step_never_raises_and_counts_reconcile(records):
+    partials, dead = outcomes(AGGREGATE_SLI, records)
+    assert sum(stats.count for _, stats in partials) + len(dead) == len(records)
+    for key, stats in partials:
+        for row in FORMAT_BACKFILL.process((key, stats)):
+            json.dumps(row, allow_nan=False)
+            assert "#" not in row["sli_id"] and "\n" not in row["sli_id"]
+
+
 CLEANSE = _ready(CleanseRecords(FEATURE_SPEC, "feature_stats"))
 
 
@@ -263,22 +279,21 @@ def test_skew_serving_values_never_raise(record):
         assert all(v is None or isinstance(v, (str, float, int)) for v in row.values())
 
 
-PARSE_EVENTS = _ready(ParseEvents(WINDOW_SPEC, "window_features"))
-KEY_BY_WINDOW = _ready(KeyByWindow(WINDOW_SPEC))
+PARSE_EVENTS = ParseEvents(WINDOW_SPEC, "window_features", by_entity=True)
 FORMAT_FEATURES = _ready(FormatFeatureRows(WINDOW_SPEC, True, "window_features"))
+FORMAT_FEATURES.start_bundle()
 
 
 @FUZZ
 @given(_encoded(_mutated(WINDOW_SAMPLES)))
 def test_window_feature_parse_key_and_format_never_raise(record):
-    events, dead = outcomes(PARSE_EVENTS, record)
-    assert len(events) + len(dead) == 1
-    aggregate = WindowAggregatesFn(WINDOW_SPEC.numeric_fields, WINDOW_SPEC.distinct_fields)
-    for event in events:
-        for key, value in KEY_BY_WINDOW.process(event):
-            accumulator = aggregate.add_input(aggregate.create_accumulator(), value)
-            [row] = list(FORMAT_FEATURES.process((key, aggregate.extract_output(accumulator))))
-            json.dumps(row, allow_nan=False)
+    keyed, dead = outcomes(PARSE_EVENTS, [record])  # a batch of one record
+    assert len(keyed) + len(dead) == 1
+    for entity, windows in keyed:
+        assert len(windows) == 12  # 10 sliding + 2 fixed windows of the sample spec
+        [rows] = list(FORMAT_FEATURES.process((entity, windows)))
+        assert len(rows) == 12
+        json.dumps(rows, allow_nan=False)
 
 
 TO_IMAGES = _ready(ToImageInputs(None, 1 << 20, "image_ingest"))
@@ -404,7 +419,8 @@ def test_scoring_requests_never_raise(record):
     (instance_index 0..n-1, each once) plus its (body id, n) marker."""
     for parse in (IMAGE_REQUESTS, PIXEL_REQUESTS, TABULAR_REQUESTS):
         side = {}
-        requests, dead = outcomes(parse, record, side=side)
+        batches, dead = outcomes(parse, [record], side=side)  # a batch of one record
+        requests = [(request, batch.examples) for batch in batches for request in batch.requests]
         for request, _example in requests:
             assert isinstance(request.request_id, str) and len(request.request_id) <= 1024
         marked = [{a["key"]: a["value"] for a in d["attributes"]} for d in dead]

@@ -13,6 +13,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from google.cloud import bigtable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines import window_features
 from pipelines.launch import metric_counts
@@ -20,12 +22,15 @@ from sql import window_features_join
 from tests.test_sli_e2e import ROOT, bq_client
 from tests.window_oracle import expected_features, valid_events
 from transforms.core.config import ConfigError
-from transforms.io.deadletter import RecordError
+from transforms.io.deadletter import GuardedDoFn, RecordError
 from transforms.window_features.aggregate import (
+    Aggregates,
     ComputeWindowFeatures,
     Event,
-    WindowAggregates,
+    ParseEvents,
+    WindowAggregatesFn,
     lookup_features,
+    merge_entity_windows,
     parse_event,
 )
 from transforms.window_features.spec import WindowFeatureSpec, load_window_spec
@@ -116,7 +121,7 @@ def test_sample_spec_durations_and_features():
 def test_event_times(value, unit, seconds):
     spec = SPEC.model_copy(update={"epoch_unit": unit})
     event = parse_event({"card_id": 7, "event_time": value, "amount": 1}, spec)
-    assert event == Event("7", pytest.approx(seconds), {"amount": 1})
+    assert event == Event("7", int(seconds * 1_000_000), {"amount": 1})  # exact: the floats above are
 
 
 @pytest.mark.parametrize(
@@ -144,19 +149,20 @@ def test_bad_events_are_record_errors(record, reason):
 
 def test_accumulator_one_and_merged_against_the_standard_library():
     events = [
-        Event("c", T0 + i, {"amount": a, "merchant": m})
+        Event("c", (T0 + i) * 10**6, {"amount": a, "merchant": m})
         for i, (a, m) in enumerate([(5.0, "x"), (1.5, "y"), (9.25, "x"), (2.0, "z"), (7.0, "y")])
     ]
-    events.append(Event("c", T0 + 10, {"merchant": "w"}))  # no amount
-    events.append(Event("c", T0 + 2, {"amount": 3.0}))  # out of order, same time as 9.25
-    numeric, distinct = {"amount"}, {"merchant"}
-    one = WindowAggregates()
+    events.append(Event("c", (T0 + 10) * 10**6, {"merchant": "w"}))  # no amount
+    events.append(Event("c", (T0 + 2) * 10**6, {"amount": 3.0}))  # out of order, same time as 9.25
+    aggregates = Aggregates(SPEC)
+    one = aggregates.empty()
     for e in events:
-        one.add(e, numeric, distinct)
-    parts = [WindowAggregates(), WindowAggregates(), WindowAggregates()]
+        aggregates.merge(one, aggregates.of_event(e))
+    parts = [aggregates.empty(), aggregates.empty(), aggregates.empty()]
     for i, e in enumerate(events):
-        parts[i % 3].add(e, numeric, distinct)
-    merged = WindowAggregates().merge(parts[2]).merge(parts[0]).merge(parts[1])
+        aggregates.merge(parts[i % 3], aggregates.of_event(e))
+    combine = WindowAggregatesFn(aggregates)  # merged, then merged with an empty accumulator
+    merged = combine.merge_accumulators([parts[2], parts[0], combine.create_accumulator(), parts[1]])
     amounts = [5.0, 1.5, 9.25, 2.0, 7.0, 3.0]
     expected = {
         ("amount", "count"): 6,
@@ -169,20 +175,88 @@ def test_accumulator_one_and_merged_against_the_standard_library():
         ("merchant", "distinct_count"): 4,
     }
     for acc in (one, merged):
-        assert {k: acc.value(*k) for k in expected} == pytest.approx(expected)
-    empty = WindowAggregates()
-    assert [empty.value("amount", a) for a in ("count", "sum", "mean", "last", "distinct_count")] == [
-        0,
-        0.0,
-        None,
-        None,
-        0,
-    ]
+        assert {k: aggregates.value(acc, *k) for k in expected} == pytest.approx(expected)
+        assert acc[0] == (T0 + 10) * 10**6  # the latest event, which stamps a streaming partial
+    empty = aggregates.empty()
+    assert [aggregates.value(empty, "amount", a) for a in ("count", "sum", "mean", "last")] == [0, 0.0, None, None]
+    assert aggregates.value(empty, "merchant", "distinct_count") == 0
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+)
+_TIMES = st.one_of(
+    st.integers(T0 - 300, T0 + 300),
+    st.floats(T0 - 300, T0 + 300),
+    st.integers(T0 - 300, T0 + 300).map(_iso),
+    _FIELD_VALUES,
+)
+_RECORDS = st.fixed_dictionaries(
+    {"card_id": st.one_of(st.sampled_from(["a", "b", 7]), _FIELD_VALUES), "event_time": _TIMES},
+    optional={"amount": st.one_of(st.floats(-1e6, 1e6), st.integers(-5, 5), _FIELD_VALUES), "merchant": _FIELD_VALUES},
+)
+_RAW = st.one_of(
+    _RECORDS,
+    _RECORDS.map(json.dumps),
+    _RECORDS.map(lambda r: json.dumps(r).encode()),
+    st.binary(max_size=20),
+    st.text(max_size=20),
+)
+
+
+def _merged_outputs(outputs, by_entity):
+    """(merged aggregates {(entity, window, start): list}, dead letters without their time) of ParseEvents."""
+    aggregates, merged, dead = Aggregates(SPEC), {}, []
+    for out in outputs:
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            dead.append({k: v for k, v in out.value.items() if k != "failed_at"})
+            continue
+        if by_entity:
+            entity, windows = out
+            assert isinstance(entity, str)
+        else:
+            assert isinstance(out, TimestampedValue) and out.timestamp.micros == out.value[1][0]
+            (entity, name, start), acc = out.value
+            assert start <= out.timestamp.micros / 10**6 < start + {"1m": 60, "2m": 120}[name]
+            windows = {(name, start): acc}
+        for (name, start), acc in windows.items():
+            key = (entity, name, start)
+            merged[key] = aggregates.merge(merged.get(key, aggregates.empty()), acc)
+    return merged, dead
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_RAW, max_size=12), st.booleans())
+def test_a_batch_gives_what_its_records_give_one_by_one(records, by_entity):
+    """Arbitrary records: the batch step never raises, gives every bad record its dead letter, and the
+    aggregates of the good ones, merged, equal those of the records one at a time."""
+    step = ParseEvents(SPEC, "window_features", by_entity)
+    batch = _merged_outputs(step.process(list(records)), by_entity)
+    one_by_one = _merged_outputs([out for r in records for out in GuardedDoFn.process(step, r)], by_entity)
+    assert batch == one_by_one
+
+
+def test_partials_of_an_entity_merge_per_window():
+    aggregates = Aggregates(SPEC)
+    step = ParseEvents(SPEC, "window_features", by_entity=True)
+    first = dict(step.handle({"card_id": "c", "event_time": T0 + 30, "amount": 2}))
+    second = dict(step.handle({"card_id": "c", "event_time": T0 + 90, "amount": 5}))
+    merged = merge_entity_windows(aggregates, [first["c"], second["c"]])
+    # 1m: [T0, T0+60) and [T0+60, T0+120); 2m every 1m: [T0-60, T0+60), [T0, T0+120), [T0+60, T0+180)
+    assert sorted(merged) == [("1m", T0), ("1m", T0 + 60), ("2m", T0 - 60), ("2m", T0), ("2m", T0 + 60)]
+    assert aggregates.value(merged[("2m", T0)], "amount", "sum") == 7.0
+    assert aggregates.value(merged[("2m", T0)], "amount", "last") == 5.0
+    assert aggregates.value(merged[("1m", T0 + 60)], "amount", "count") == 1
 
 
 def test_late_events_update_their_windows_and_too_late_ones_are_dropped():
-    def event(t, amount, merchant):
-        return TimestampedValue(Event("c", t, {"amount": amount, "merchant": merchant}), t)
+    def event(t, amount, merchant):  # a batch of one record
+        return TimestampedValue([{"card_id": "c", "event_time": t, "amount": amount, "merchant": merchant}], t)
 
     stream = (
         TestStream()
@@ -196,7 +270,8 @@ def test_late_events_update_their_windows_and_too_late_ones_are_dropped():
     )
     options = PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
     with beam.Pipeline(options=options) as p:
-        rows = p | stream | ComputeWindowFeatures(SPEC, "window_features", allowed_lateness_seconds=90)
+        features = p | stream | ComputeWindowFeatures(SPEC, "window_features", allowed_lateness_seconds=90)
+        rows = features.row_batches | beam.FlatMap(lambda batch: batch)
         projected = rows | beam.Map(
             lambda r: (
                 r["window"],

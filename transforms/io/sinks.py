@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.gcp.bigtableio import WriteToBigTable
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
@@ -37,7 +38,12 @@ class ReleaseToSinks(beam.PTransform):
 
 
 def to_json_line(row):
-    return json.dumps(row, sort_keys=True, default=str)
+    """A dict as one line of JSON, keys sorted: orjson (about 1 us a row, against 5-20 for json; NaN written
+    as null), json for the integers over 64 bits that orjson refuses."""
+    try:
+        return orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str).decode()
+    except TypeError:
+        return json.dumps(row, sort_keys=True, default=str)
 
 
 class WriteJsonLines(beam.PTransform):
@@ -300,3 +306,34 @@ class WriteDeadLetters(beam.PTransform):
         for rejected in counted | "Write" >> self._write:
             rejected | "LogRejected" >> beam.Map(_log_rejected_dead_letter)
         return counted
+
+
+def to_json_lines(rows):
+    """A list of dicts -> their JSONL text, one string."""
+    return "\n".join(map(to_json_line, rows))
+
+
+class WriteJsonLineBatches(beam.PTransform):
+    """WriteJsonLines for lists of dicts: each list is written as one text element (its lines joined), so
+    a batch costs one Beam element, not one per row. Empty lists write nothing."""
+
+    def __init__(self, file_path_prefix, streaming=False, streaming_flush_seconds=60):
+        super().__init__()
+        self._prefix = file_path_prefix
+        self._triggering_frequency = streaming_flush_seconds if streaming else None
+
+    def expand(self, batches):
+        if self._triggering_frequency:
+            batches = (
+                batches
+                | "ReleaseToSinks" >> ReleaseToSinks()
+                | "FlushWindows" >> beam.WindowInto(window.FixedWindows(self._triggering_frequency))
+            )
+        return (
+            batches
+            | "ToJson" >> beam.FlatMap(lambda rows: [to_json_lines(rows)] if rows else [])
+            | "Write"
+            >> beam.io.WriteToText(
+                self._prefix, file_name_suffix=".jsonl", triggering_frequency=self._triggering_frequency
+            )
+        )

@@ -1,6 +1,6 @@
 """Window-aggregation features per entity in event time, the same transforms for streaming and backfill.
 
-Events (dicts, JSON text or Pub/Sub messages) -> per entity, window spec and window end, one row:
+Batches of events (dicts, JSON text or Pub/Sub messages) -> per entity, window spec and window end, one row:
 
   entity        the entity id (text)
   window        the spec's window name, e.g. "10m"
@@ -11,6 +11,10 @@ Events (dicts, JSON text or Pub/Sub messages) -> per entity, window spec and win
   features      [{name: "<field>_<aggregate>_<window>", value}], value NULL where undefined (a mean of
                 no values)
   pane_timing, pane_index, emitted_at   as in the SLI rows: readers take the highest pane_index
+                (emitted_at: when the bundle that formatted the row started)
+
+Each batch is parsed in one call (ParseEvents), its events' windows worked out in integer microseconds,
+and its events merged into one partial `Aggregates` list per entity and window before anything is shuffled.
 
 Bigtable online store: row key = entity, one column per feature (family "features"), cell timestamp =
 window end, every version kept until the column family's max age; `lookup_features` reads them back.
@@ -18,27 +22,27 @@ window end, every version kept until the column family's max age; `lookup_featur
 
 import datetime
 import json
+from collections import Counter
+from operator import itemgetter
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import coders
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
-from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.core.accumulators import MergingCombineFn
 from transforms.core.records import (
     MAX_EVENT_SECONDS,
     MIN_EVENT_SECONDS,
     datetime_micros,
     epoch_micros,
-    event_timestamp,
     finite,
     is_missing,
     micros_seconds,
     record_dict,
 )
-from transforms.io.deadletter import GuardedDoFn, RecordError, payload_and_attributes
+from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedBatchDoFn, RecordError, payload_and_attributes
 
 BIGTABLE_COLUMN_FAMILY = "features"
 MAX_ENTITY_BYTES = 4096  # the online store's row key is the entity
@@ -70,19 +74,15 @@ WINDOW_FEATURES_BQ_SCHEMA = {
 
 class Event(NamedTuple):
     entity: str
-    timestamp: float  # seconds since the epoch, from records.micros_seconds
+    micros: int  # event time, whole microseconds since the epoch
     values: dict  # aggregated field -> value (missing fields left out)
 
 
-def event_seconds(value, epoch_unit):
-    """Event time in seconds since the epoch (see `micros_seconds`: truncated to the microsecond, never rounded
-    into a later window) from RFC 3339 text, a datetime (naive: UTC) or an epoch number (in `epoch_unit`),
-    within the range every window can represent (1970-9000: a larger number is usually a wrong epoch_unit)."""
-    if isinstance(value, datetime.datetime):
-        micros = datetime_micros(value)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        micros = epoch_micros(value, _EPOCH_UNITS[epoch_unit], "event_time")
-    elif isinstance(value, str):
+def event_time_micros(value, epoch_unit):
+    """Event time in whole microseconds since the epoch (truncated, never rounded into a later window) from
+    RFC 3339 text, a datetime (naive: UTC) or an epoch number (in `epoch_unit`), within 1970-9000 (a larger
+    number is usually a wrong epoch_unit)."""
+    if isinstance(value, str):
         try:  # fromisoformat truncates digits after the microsecond
             micros = datetime_micros(datetime.datetime.fromisoformat(value))
         except ValueError:
@@ -90,18 +90,26 @@ def event_seconds(value, epoch_unit):
                 "invalid_event_time",
                 f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
             ) from None
+    elif isinstance(value, datetime.datetime):
+        micros = datetime_micros(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        micros = epoch_micros(value, _EPOCH_UNITS[epoch_unit], "event_time")
     else:
         raise RecordError(
             "invalid_event_time",
             f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
         )
-    seconds = micros_seconds(micros)
-    if not MIN_EVENT_SECONDS <= seconds <= MAX_EVENT_SECONDS:
+    if not MIN_EVENT_SECONDS * 1_000_000 <= micros <= MAX_EVENT_SECONDS * 1_000_000:
         raise RecordError(
             "invalid_event_time",
             f"event time {value!r:.60} is not between 1970 and 9000: check the spec's epoch_unit (s, ms or us)",
         )
-    return seconds
+    return micros
+
+
+def event_seconds(value, epoch_unit):
+    """`event_time_micros` as seconds (records.micros_seconds: never after the microsecond)."""
+    return micros_seconds(event_time_micros(value, epoch_unit))
 
 
 def parse_event(record, spec):
@@ -112,14 +120,14 @@ def parse_event(record, spec):
     if is_missing(entity) or isinstance(entity, (dict, list)):
         raise RecordError("missing_entity", f"the entity field '{spec.entity_field}' is missing or not a value")
     entity = str(entity)
-    if len(entity.encode("utf-8")) > MAX_ENTITY_BYTES:
+    if len(entity) * 4 > MAX_ENTITY_BYTES and len(entity.encode("utf-8")) > MAX_ENTITY_BYTES:
         raise RecordError(
             "entity_too_long",
             f"the entity '{entity[:40]}...' is over {MAX_ENTITY_BYTES} bytes, the most a Bigtable row key holds",
         )
     if is_missing(row.get(spec.time_field)):
         raise RecordError("missing_event_time", f"the event time field '{spec.time_field}' is missing")
-    timestamp = event_seconds(row[spec.time_field], spec.epoch_unit)
+    micros = event_time_micros(row[spec.time_field], spec.epoch_unit)
     values = {}
     for field in spec.fields:
         value = row.get(field)
@@ -130,111 +138,200 @@ def parse_event(record, spec):
         elif not isinstance(value, (str, int, float)):
             raise RecordError("wrong_type", f"field '{field}' must be a single value, got {type(value).__name__}")
         values[field] = value
-    return Event(entity, timestamp, values)
+    return Event(entity, micros, values)
 
 
-class ParseEvents(GuardedDoFn):
-    """Raw record -> Event timestamped with its event time, or a dead letter with the reason."""
+class Aggregates:
+    """The aggregates of one entity's events in one window, as one flat list (cheap to build, merge and
+    ship): [latest event time (micros), the count of values of each field, for each numeric field its sum,
+    min, max and last value with its time (None while it has none; last by event time, ties by value), for
+    each distinct-count field the set of its values (None while empty)]. Partial lists of any events
+    merge into the list of all of them."""
+
+    def __init__(self, spec):
+        self._fields = list(spec.fields)
+        self._count_at = {f: 1 + i for i, f in enumerate(self._fields)}
+        numeric_start = 1 + len(self._fields)
+        self._numeric_at = {f: numeric_start + 5 * i for i, f in enumerate(spec.numeric_fields)}
+        distinct_start = numeric_start + 5 * len(self._numeric_at)
+        self._distinct_at = {f: distinct_start + i for i, f in enumerate(spec.distinct_fields)}
+        self._size = distinct_start + len(self._distinct_at)
+
+    def empty(self):
+        return [-1] + [0] * len(self._fields) + [None] * (self._size - 1 - len(self._fields))
+
+    def of_event(self, event):
+        """The list of one event."""
+        acc = self.empty()
+        acc[0] = event.micros
+        for field, value in event.values.items():
+            acc[self._count_at[field]] = 1
+            at = self._numeric_at.get(field)
+            if at is not None:
+                acc[at : at + 5] = value, value, value, event.micros, value
+            at = self._distinct_at.get(field)
+            if at is not None:
+                acc[at] = {value}
+        return acc
+
+    def copy(self, acc):
+        """A list of its own (its sets copied), which `merge` may change."""
+        acc = acc.copy()
+        for at in self._distinct_at.values():
+            if acc[at] is not None:
+                acc[at] = set(acc[at])
+        return acc
+
+    def merge(self, acc, other):
+        """Folds `other` into `acc`, which owns its sets (from `empty`, `copy` or decoding); `other` is
+        left as it was."""
+        if other[0] > acc[0]:
+            acc[0] = other[0]
+        for i in range(1, 1 + len(self._fields)):
+            acc[i] += other[i]
+        for at in self._numeric_at.values():
+            if other[at] is None:
+                continue
+            if acc[at] is None:
+                acc[at : at + 5] = other[at : at + 5]
+                continue
+            acc[at] += other[at]
+            if other[at + 1] < acc[at + 1]:
+                acc[at + 1] = other[at + 1]
+            if other[at + 2] > acc[at + 2]:
+                acc[at + 2] = other[at + 2]
+            if (other[at + 3], other[at + 4]) > (acc[at + 3], acc[at + 4]):
+                acc[at + 3], acc[at + 4] = other[at + 3], other[at + 4]
+        for at in self._distinct_at.values():
+            if other[at]:
+                if acc[at] is None:
+                    acc[at] = set(other[at])
+                else:
+                    acc[at] |= other[at]
+        return acc
+
+    def value(self, acc, field, aggregate):
+        """The aggregate over the window's values of `field`; 0 or None (see _EMPTY) when it had none."""
+        return self.reader(field, aggregate)(acc)
+
+    def reader(self, field, aggregate):
+        """A function of an Aggregates list giving `aggregate` of `field` (see `value`)."""
+        if aggregate == "count":
+            return itemgetter(self._count_at[field])
+        if aggregate == "distinct_count":
+            at = self._distinct_at[field]
+            return lambda acc: len(acc[at] or ())
+        numbers, empty = self._numeric_at[field], _EMPTY.get(aggregate)
+        if aggregate == "mean":
+            count = self._count_at[field]
+            return lambda acc: empty if acc[numbers] is None else float(acc[numbers] / acc[count])
+        at = numbers + {"sum": 0, "min": 1, "max": 2, "last": 4}[aggregate]
+        return lambda acc: empty if acc[numbers] is None else float(acc[at])
+
+
+class WindowAggregatesFn(beam.CombineFn):
+    """Merges the partial `Aggregates` lists of a key."""
+
+    def __init__(self, aggregates):
+        self._aggregates = aggregates
+
+    def create_accumulator(self):
+        return self._aggregates.empty()
+
+    def add_input(self, acc, partial):
+        return self._aggregates.merge(acc, partial)
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for acc in accumulators:
+            self._aggregates.merge(merged, acc)
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+class ParseEvents(GuardedBatchDoFn):
+    """A batch of raw records -> the partial Aggregates of its events per entity and window, and a dead
+    letter with the reason per bad record. `by_entity` (a backfill): one (entity, {(window name, window
+    start): Aggregates list}) per entity of the batch; else (streaming) one ((entity, window name, window
+    start), Aggregates list) per window, timestamped with its latest event, so that Beam windows it by the
+    key (WindowFromKey). One record (`handle`) gives the lists of its own windows; a batch gives those of
+    its records merged."""
 
     STEP = "ParseEvents"
 
-    def __init__(self, spec, pipeline_name):
+    def __init__(self, spec, pipeline_name, by_entity):
         super().__init__(pipeline_name)
-        self._spec = spec
+        self._spec, self._by_entity = spec, by_entity
+        self._windows = [(w.name, w.size * 1_000_000, w.step * 1_000_000) for w in spec.windows]
+        self._aggregates = Aggregates(spec)
         self._events = Metrics.counter(pipeline_name, "events")
 
-    def handle(self, record):
+    def _add(self, table, record):
+        """Parses `record` and merges its event into `table` {entity: {(window name, start): list}}."""
         event = parse_event(payload_and_attributes(record)[0], self._spec)
-        self._events.inc()
-        yield window.TimestampedValue(event, event_timestamp(event.timestamp))
-
-
-class WindowAggregates:
-    """The aggregates of one entity's events in one window: per field the count of values; for numeric
-    fields the sum, min, max and last value (by event time, ties by value); for distinct-count fields the
-    set of values."""
-
-    def __init__(self):
-        self.counts = {}  # field -> count
-        self.numbers = {}  # field -> [sum, min, max, (time, value) of the last]
-        self.distinct = {}  # field -> set of values
-
-    def add(self, event, numeric_fields, distinct_fields):
-        for field, value in event.values.items():
-            self.counts[field] = self.counts.get(field, 0) + 1
-            if field in numeric_fields:
-                stats = self.numbers.get(field)
-                if stats is None:
-                    self.numbers[field] = [value, value, value, (event.timestamp, value)]
+        micros, single = event.micros, self._aggregates.of_event(event)
+        copy, merge = self._aggregates.copy, self._aggregates.merge
+        windows = table.get(event.entity)
+        if windows is None:
+            windows = table[event.entity] = {}
+        for name, size, step in self._windows:
+            start = micros // step * step
+            while start + size > micros:
+                key = (name, start // 1_000_000)
+                acc = windows.get(key)
+                if acc is None:
+                    windows[key] = copy(single)
                 else:
-                    stats[0] += value
-                    stats[1], stats[2] = min(stats[1], value), max(stats[2], value)
-                    stats[3] = max(stats[3], (event.timestamp, value))
-            if field in distinct_fields:
-                self.distinct.setdefault(field, set()).add(value)
-        return self
+                    merge(acc, single)
+                start -= step
 
-    def merge(self, other):
-        for field, count in other.counts.items():
-            self.counts[field] = self.counts.get(field, 0) + count
-        for field, theirs in other.numbers.items():
-            mine = self.numbers.get(field)
+    def _outputs(self, table):
+        if self._by_entity:
+            yield from table.items()
+            return
+        for entity, windows in table.items():
+            for (name, start), acc in windows.items():
+                yield window.TimestampedValue(((entity, name, start), acc), Timestamp(micros=acc[0]))
+
+    def handle(self, record):
+        table = {}
+        self._add(table, record)
+        self._events.inc()
+        yield from self._outputs(table)
+
+    def handle_batch(self, records):
+        table, events = {}, 0
+        for record in records:
+            try:
+                self._add(table, record)
+            except Exception as e:  # noqa: BLE001 - as GuardedDoFn: RecordError or a bug, a dead letter
+                payload, attributes = self.dead_letter_payload(record)
+                yield self.dead_letter(payload, e, attributes)
+                continue
+            events += 1
+        self._events.inc(events)
+        yield from self._outputs(table)
+
+
+def merge_entity_windows(aggregates, partials):
+    """{(window name, start): Aggregates list} dicts of one entity -> one dict, merged per window."""
+    partials = iter(partials)
+    merged = next(partials)
+    for partial in partials:
+        for key, acc in partial.items():
+            mine = merged.get(key)
             if mine is None:
-                self.numbers[field] = list(theirs)
+                merged[key] = acc
             else:
-                self.numbers[field] = [
-                    mine[0] + theirs[0],
-                    min(mine[1], theirs[1]),
-                    max(mine[2], theirs[2]),
-                    max(mine[3], theirs[3]),
-                ]
-        for field, values in other.distinct.items():
-            self.distinct.setdefault(field, set()).update(values)
-        return self
-
-    def value(self, field, aggregate):
-        """The aggregate over the window's values of `field`; 0 or None (see _EMPTY) when it had none."""
-        if aggregate == "count":
-            return self.counts.get(field, 0)
-        if aggregate == "distinct_count":
-            return len(self.distinct.get(field, ()))
-        if field not in self.numbers:
-            return _EMPTY.get(aggregate)
-        total, low, high, (_, last) = self.numbers[field]
-        return float(
-            {"sum": total, "mean": total / self.counts[field], "min": low, "max": high, "last": last}[aggregate]
-        )
-
-
-class WindowAggregatesFn(MergingCombineFn):
-    """Thin CombineFn over WindowAggregates."""
-
-    def __init__(self, numeric_fields, distinct_fields):
-        self._numeric, self._distinct = frozenset(numeric_fields), frozenset(distinct_fields)
-
-    def create_accumulator(self):
-        return WindowAggregates()
-
-    def add_input(self, acc, event):
-        return acc.add(event, self._numeric, self._distinct)
-
-
-class KeyByWindow(beam.DoFn):
-    """Event -> ((entity, window name, window start), event), once per window of every window spec that
-    holds the event. With the window in the key each key has a single window: Beam's trigger driver
-    handles the windows of one key in time quadratic in their number (see transforms/sli/rows.py)."""
-
-    def __init__(self, spec):
-        self._windows = spec.windows
-
-    def process(self, event):
-        for w in self._windows:
-            for start in w.starts(event.timestamp):
-                yield (event.entity, w.name, start), event
+                aggregates.merge(mine, acc)
+    return merged
 
 
 class WindowFromKey(window.NonMergingWindowFn):
-    """Assigns ((entity, window name, start), event) to [start, start + the window's size)."""
+    """Assigns ((entity, window name, start), aggregates) to [start, start + the window's size)."""
 
     def __init__(self, sizes):
         self._sizes = dict(sizes)  # window name -> seconds
@@ -247,74 +344,125 @@ class WindowFromKey(window.NonMergingWindowFn):
         return coders.IntervalWindowCoder()
 
 
-def _iso_seconds(seconds):
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
-
-
 _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 
 
 class FormatFeatureRows(beam.DoFn):
-    """((entity, window name, start), WindowAggregates) in a pane -> one feature row (see the module doc)."""
+    """(entity, {(window name, start): Aggregates list}) in a pane -> the list of its feature rows, one per
+    window (see the module doc)."""
 
     def __init__(self, spec, bounded_input, pipeline_name):
         self._spec, self._pipeline = spec, pipeline_name
         self._bounded_input = bounded_input  # a backfill: one final pane per window, not windowed by Beam
 
     def setup(self):
-        self._windows = {w.name: (w.size, w.step, self._spec.aggregations_in(w)) for w in self._spec.windows}
+        self._aggregates = Aggregates(self._spec)
+        self._windows = {
+            w.name: (
+                w.size,
+                w.step,
+                [(f, self._aggregates.reader(field, agg)) for f, field, agg in self._spec.aggregations_in(w)],
+            )
+            for w in self._spec.windows
+        }
         self._rows = Metrics.counter(self._pipeline, "feature_rows")
+        names = [w.name for w in self._spec.windows]
+        self._window_rows = {name: Metrics.counter(self._pipeline, f"feature_rows_{name}") for name in names}
+        # a backfill formats each entity once: its windows' entity counts (the local report prints them)
+        self._window_entities = {name: Metrics.counter(self._pipeline, f"entities_{name}") for name in names}
+        self._iso = {}  # seconds -> ISO text: the rows of a bundle share few window bounds
+
+    def start_bundle(self):
+        self._emitted_at = datetime.datetime.now(datetime.UTC).isoformat()
+        if len(self._iso) > 100_000:
+            self._iso.clear()
+
+    def _iso_seconds(self, seconds):
+        text = self._iso.get(seconds)
+        if text is None:
+            text = self._iso[seconds] = datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
+        return text
 
     def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
-        (entity, name, start), aggregates = keyed
-        size, step, features = self._windows[name]
-        self._rows.inc()
-        yield {
-            "entity": entity,
-            "window": name,
-            "window_start": _iso_seconds(start),
-            "time_index": _iso_seconds(start + size),
-            "valid_until": _iso_seconds(start + size + step),
-            "features": [{"name": feature, "value": aggregates.value(field, agg)} for feature, field, agg in features],
-            "pane_timing": "ON_TIME" if self._bounded_input else _PANE_TIMING.get(pane.timing, "UNKNOWN"),
-            "pane_index": 0 if self._bounded_input else pane.index,
-            "emitted_at": datetime.datetime.now(datetime.UTC).isoformat(),
-        }
+        entity, windows = keyed
+        iso = self._iso_seconds
+        timing = "ON_TIME" if self._bounded_input else _PANE_TIMING.get(pane.timing, "UNKNOWN")
+        index = 0 if self._bounded_input else pane.index
+        self._rows.inc(len(windows))
+        rows, per_window = [], Counter(name for name, _ in windows)
+        for name, count in per_window.items():
+            self._window_rows[name].inc(count)
+            if self._bounded_input:
+                self._window_entities[name].inc()
+        for (name, start), acc in windows.items():
+            size, step, readers = self._windows[name]
+            rows.append(
+                {
+                    "entity": entity,
+                    "window": name,
+                    "window_start": iso(start),
+                    "time_index": iso(start + size),
+                    "valid_until": iso(start + size + step),
+                    "features": [{"name": feature, "value": read(acc)} for feature, read in readers],
+                    "pane_timing": timing,
+                    "pane_index": index,
+                    "emitted_at": self._emitted_at,
+                }
+            )
+        yield rows
+
+
+class WindowFeatures(NamedTuple):
+    row_batches: beam.PCollection  # lists of feature rows: per entity in a backfill, per window pane in streaming
+    dead_letters: beam.PCollection
 
 
 class ComputeWindowFeatures(beam.PTransform):
-    """Event-timestamped Events -> feature rows per entity and window of the spec.
+    """Batches (lists) of raw records -> WindowFeatures: lists of feature rows (per entity and window of the
+    spec), and the dead letters of ParseEvents.
 
-    In streaming the watermark pane is ON_TIME, then every late event within `allowed_lateness_seconds`
-    fires a LATE pane with the updated (accumulated) aggregates; later events are dropped by Beam (the
-    runner counts them). A backfill needs no Beam windows: the window is in the key, and combining per
-    key in the global window skips Beam's trigger driver (about 2.5x faster in bench/window_features.py);
-    the tests check both paths give the same values."""
+    A backfill needs no Beam windows: each batch's partial aggregates of an entity go through one GroupByKey
+    per entity (fewer, smaller elements than one per window: the local runner holds the whole shuffle) and
+    are merged there. In streaming the window is in the key and Beam windows by it: the watermark pane is
+    ON_TIME, then every late batch within `allowed_lateness_seconds` fires a LATE pane with the updated
+    (accumulated) aggregates; later events are dropped by Beam (the runner counts them). The tests check
+    both paths give the same values."""
 
     def __init__(self, spec, pipeline_name, allowed_lateness_seconds=3600):
         super().__init__()
         self._spec, self._pipeline = spec, pipeline_name
         self._allowed_lateness = allowed_lateness_seconds
 
-    def expand(self, events):
-        keyed = events | "KeyByWindow" >> beam.ParDo(KeyByWindow(self._spec))
-        if not events.is_bounded:
-            keyed = keyed | "Windows" >> beam.WindowInto(
-                WindowFromKey({w.name: w.size for w in self._spec.windows}),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=Duration(seconds=self._allowed_lateness),
-            )
-        rows = (
-            keyed
-            | "AggregatePerEntity"
-            >> beam.CombinePerKey(WindowAggregatesFn(self._spec.numeric_fields, self._spec.distinct_fields))
-            | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, events.is_bounded, self._pipeline))
+    def expand(self, batches):
+        bounded, aggregates = batches.is_bounded, Aggregates(self._spec)
+        parsed = batches | "ParseEvents" >> beam.ParDo(ParseEvents(self._spec, self._pipeline, bounded)).with_outputs(
+            DEAD_LETTER_TAG, main="partials"
         )
-        if events.is_bounded:
-            return rows
-        # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.
-        return rows | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+        if bounded:
+            per_entity = (
+                parsed.partials
+                | "GroupPerEntity" >> beam.GroupByKey()
+                | "MergePerEntity"
+                >> beam.MapTuple(lambda entity, parts: (entity, merge_entity_windows(aggregates, parts)))
+            )
+        else:
+            per_entity = (
+                parsed.partials
+                | "Windows"
+                >> beam.WindowInto(
+                    WindowFromKey({w.name: w.size for w in self._spec.windows}),
+                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                    allowed_lateness=Duration(seconds=self._allowed_lateness),
+                )
+                | "AggregatePerEntity" >> beam.CombinePerKey(WindowAggregatesFn(aggregates))
+                | "ByEntity" >> beam.MapTuple(lambda key, acc: (key[0], {key[1:]: acc}))
+            )
+        rows = per_entity | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, bounded, self._pipeline))
+        if not bounded:
+            # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.
+            rows = rows | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+        return WindowFeatures(rows, parsed[DEAD_LETTER_TAG])
 
 
 def bigtable_cells(row):
