@@ -23,6 +23,7 @@ import logging
 from typing import NamedTuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -51,12 +52,14 @@ from pipelines.options import (
 )
 from pipelines.samples import FEATURES_DIR
 from transforms.features.artifacts import SPEC_FILE, STATS_BQ_SCHEMA, read_statistics, stats_rows
-from transforms.features.cleanse import AssignStratifiedSplits, CleanseRecords
-from transforms.features.spec import make_preprocessing_fn, parse_feature_spec, tf_feature_spec
-from transforms.features.statistics import ComputeStatistics
+from transforms.features.cleanse import AssignStratifiedSplits, CleanseRecords, CleanseTables, batch_of_rows
+from transforms.features.examples import EncodeExamples, tensor_adapter_config, tfxio_batch, tfxio_schema
+from transforms.features.spec import make_preprocessing_fn, parse_feature_spec
+from transforms.features.statistics import ROWS_PER_BATCH, ComputeStatistics
 from transforms.features.tensorboard import WriteFeatureSummaries
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_text
+from transforms.io.record_batches import ReadRecordBatches, batched_format
 from transforms.io.sinks import BigQueryTarget, WriteRecords
 from transforms.io.sources import Input, ReadRecords
 
@@ -105,7 +108,7 @@ class Settings(NamedTuple):
 
 class FeatureStatsOutputs(NamedTuple):
     statistics: PCollection  # one artifact per split
-    transformed: dict  # split -> PCollection of transformed dicts
+    transformed: dict  # split -> PCollection of (transformed RecordBatch, passthrough)
     dead_letters: PCollection
 
 
@@ -129,43 +132,68 @@ def validate(options):
     return Settings(source, spec, spec_text, run_id, temp_dir)
 
 
-def _count_split(row, pipeline_name):
-    Metrics.counter(pipeline_name, f"rows_{row.split}").inc()
-    return row
+def _count_splits(batch, counters):
+    names, counts = np.unique(batch.split.astype(str), return_counts=True)
+    for name, count in zip(names, counts, strict=True):
+        counters[name].inc(int(count))
+    return batch
+
+
+def batches_by_split(batch, splits):
+    """A CleansedBatch -> (split, the batch's rows of that split) for every split it has rows of."""
+    for name in splits:
+        rows = np.flatnonzero(batch.split == name)
+        if len(rows):
+            yield name, batch.take(rows)
 
 
 def build(pipeline, options, settings, source=None):
     """Wires the graph. `source` replaces the input (Create in tests): dicts or JSON lines."""
-    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
     spec, opts = settings.spec, options.view_as(FeatureStatsOptions)
     out = options.view_as(OutputOptions)
     tfrecords = options.view_as(TfRecordOutputOptions)
-    records = read = read_records(
-        pipeline,
-        PIPELINE,
-        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format),
-        "ReadRecords",
-    )
-    records, dead_letter_sources = apply_udf(options, records, PIPELINE)
-    cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec, PIPELINE)).with_outputs(
-        DEAD_LETTER_TAG, main="rows"
-    )
-    rows = cleansed.rows
+    input_format = options.view_as(RecordInputOptions).input_format
+    columnar = batched_format(settings.input, input_format)
+    if source is None and columnar and not options.view_as(UdfOptions).udf_path:
+        read = pipeline | "ReadRecordBatches" >> ReadRecordBatches(settings.input.input_files, columnar, PIPELINE)
+        dead_letter_sources = []
+        cleansed = read | "CleanseTables" >> beam.ParDo(CleanseTables(spec, PIPELINE)).with_outputs(
+            DEAD_LETTER_TAG, main="batches"
+        )
+        batches = cleansed.batches
+    else:
+        records = read = read_records(
+            pipeline, PIPELINE, source or ReadRecords(settings.input, input_format), "ReadRecords"
+        )
+        records, dead_letter_sources = apply_udf(options, records, PIPELINE)
+        cleansed = records | "CleanseRecords" >> beam.ParDo(CleanseRecords(spec, PIPELINE)).with_outputs(
+            DEAD_LETTER_TAG, main="batches"
+        )
+        batches = (
+            cleansed.batches
+            | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=ROWS_PER_BATCH)
+            | "RowsToBatches" >> beam.Map(batch_of_rows, spec)
+        )
     if spec.stratify_by:
-        rows = rows | "AssignStratifiedSplits" >> AssignStratifiedSplits(spec)
+        batches = batches | "AssignStratifiedSplits" >> AssignStratifiedSplits(spec)
     splits = list(spec.splits)
-    rows = rows | "CountRowsPerSplit" >> beam.Map(lambda r: _count_split(r, PIPELINE))
+    counters = {name: Metrics.counter(PIPELINE, f"rows_{name}") for name in splits}
+    by_split = (
+        batches
+        | "CountRowsPerSplit" >> beam.Map(_count_splits, counters)
+        | "BatchesBySplit" >> beam.FlatMap(batches_by_split, splits)
+    )
 
     numeric = [f.name for f in spec.inputs if f.is_numeric]
     strings = [f.name for f in spec.inputs if f.name not in numeric]
     statistics = (
-        rows
-        | "RawBySplit" >> beam.Map(lambda r: (r.split, r.raw))
+        by_split
+        | "RawBySplit" >> beam.Map(lambda split_batch: (split_batch[0], split_batch[1].raw))
         | "ComputeStatistics" >> ComputeStatistics(splits, numeric, strings)
     )
+
     (
         statistics
         | "AllSplits" >> beam.combiners.ToList()
@@ -197,30 +225,31 @@ def build(pipeline, options, settings, source=None):
             )
         )
 
-    raw_metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(tf_feature_spec(spec)))
-    by_split = rows | "PartitionBySplit" >> beam.Partition(lambda r, n: splits.index(r.split), len(splits))
+    arrow_schema, adapter = tfxio_schema(spec), tensor_adapter_config(spec)
+    parts = by_split | "PartitionBySplit" >> beam.Partition(lambda kv, n: splits.index(kv[0]), len(splits))
     transformed = {}
     compress = tfrecords.compression == "gzip"
     with tft_beam.Context(temp_dir=settings.temp_dir):
         inputs = {
-            name: part | f"Filled[{name}]" >> beam.Map(lambda r: r.filled)
-            for name, part in zip(splits, by_split, strict=True)
+            name: part | f"RecordBatches[{name}]" >> beam.Map(lambda kv: tfxio_batch(kv[1].filled, arrow_schema))
+            for name, part in zip(splits, parts, strict=True)
         }
         (transformed["train"], train_metadata), transform_fn = (
             inputs["train"],
-            raw_metadata,
-        ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(make_preprocessing_fn(spec))
+            adapter,
+        ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
+            make_preprocessing_fn(spec), output_record_batches=True
+        )
         for name in splits:
             if name != "train":
                 transformed[name], _ = (
-                    (inputs[name], raw_metadata),
+                    (inputs[name], adapter),
                     transform_fn,
-                ) | f"Transform[{name}]" >> tft_beam.TransformDataset()
-        coder = tft.coders.ExampleProtoCoder(train_metadata.schema)
+                ) | f"Transform[{name}]" >> tft_beam.TransformDataset(output_record_batches=True)
         for name in splits:
             (
                 transformed[name]
-                | f"Encode[{name}]" >> beam.Map(coder.encode)
+                | f"Encode[{name}]" >> beam.ParDo(EncodeExamples(train_metadata.schema))
                 | f"Write[{name}]"
                 >> beam.io.WriteToTFRecord(
                     FileSystems.join(out.output_dir, name, "examples"),

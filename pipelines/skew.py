@@ -59,7 +59,7 @@ from transforms.features.skew import (
     skew_report,
 )
 from transforms.features.spec import load_feature_spec
-from transforms.features.statistics import ComputeStatistics
+from transforms.features.statistics import ROWS_PER_BATCH, ComputeStatistics, raw_table
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_text
 from transforms.io.sinks import BigQueryTarget, WriteRecords
@@ -170,15 +170,20 @@ def build(pipeline, options, settings, source=None):
     rows = values.rows
     if streaming:
         rows = rows | "SkewWindows" >> beam.WindowInto(window.FixedWindows(opts.skew_window_seconds))
-    statistics = (
+    batches = (
         rows
-        | "AsServingSplit" >> beam.Map(lambda row: ("serving", row))
+        | "BatchServingRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=ROWS_PER_BATCH)
+        | "ServingTables" >> beam.Map(raw_table, numeric, strings)
+    )
+    statistics = (
+        batches
+        | "AsServingSplit" >> beam.Map(lambda table: ("serving", table))
         | "ServingStatistics"
         >> ComputeStatistics(  # the serving histograms go to the batch JSON only
             ["serving"], numeric, strings, histograms=not streaming
         )
     )
-    bins = rows | "CountInTrainingBins" >> CountInTrainingBins(
+    bins = batches | "CountInTrainingBins" >> CountInTrainingBins(
         {name: training["features"][name]["histogram"] for name in numeric}
     )
     report = statistics | "SkewReport" >> beam.Map(

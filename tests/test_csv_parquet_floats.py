@@ -1,5 +1,6 @@
-"""One table as CSV (floats written with repr) and as Parquet (pyarrow) reads back through ReadRecords as
-bit-identical values, the originals, so both give the same statistics."""
+"""One table as CSV (floats written with repr) and as Parquet (pyarrow) reads back through ReadRecords, and
+the Parquet file through ReadRecordBatches (Arrow tables), as bit-identical values, the originals, so all
+give the same statistics."""
 
 import json
 import re
@@ -10,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.features.statistics import SplitStats
+from transforms.features.statistics import SplitStats, raw_table
+from transforms.io.record_batches import ReadRecordBatches
 from transforms.io.sources import Input, ReadRecords
 
 
@@ -40,14 +42,20 @@ def test_csv_and_parquet_floats_read_back_bit_identical_with_equal_statistics(tm
                 | f"Hex{fmt}" >> beam.Map(lambda row: json.dumps([row["id"], float(row["x"]).hex()]))
                 | f"Write{fmt}" >> beam.io.WriteToText(str(tmp_path / f"read-{fmt}"), shard_name_template="")
             )
+        (
+            p
+            | "ReadBatches" >> ReadRecordBatches(str(tmp_path / "table.parquet"), "parquet", "test")
+            | "Rows" >> beam.FlatMap(lambda table: table.to_pylist())
+            | "HexBatches" >> beam.Map(lambda row: json.dumps([row["id"], row["x"].hex()]))
+            | "WriteBatches" >> beam.io.WriteToText(str(tmp_path / "read-batches"), shard_name_template="")
+        )
     expected = sorted(zip(ids, (v.hex() for v in values), strict=True))
     statistics = {}
-    for fmt in ("csv", "parquet"):
+    for fmt in ("csv", "parquet", "batches"):
         read = sorted(tuple(json.loads(line)) for line in (tmp_path / f"read-{fmt}").read_text().splitlines())
         assert read == expected, fmt
         stats = SplitStats(["x"], [])
-        for _, x in read:
-            stats.add({"x": float.fromhex(x)})
+        stats.add(raw_table([{"x": float.fromhex(x)} for _, x in read], ["x"], []))
         statistics[fmt] = stats.extract()
-    assert statistics["csv"] == statistics["parquet"]
+    assert statistics["csv"] == statistics["parquet"] == statistics["batches"]
     assert statistics["csv"]["features"]["x"]["min"] == min(values)

@@ -6,11 +6,13 @@ The tf.Transform side (np.digitize, dict lookups, serving) is in test_feature_pi
 
 import hashlib
 import itertools
+import json
 import math
 import re
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow as pa
 import yaml
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
@@ -18,9 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.core.config import ConfigError
-from transforms.core.splits import assign_splits
-from transforms.features.cleanse import AssignStratifiedSplits, CleanseRecords, cleanse
+from transforms.core.splits import assign_splits, streaming_split
+from transforms.features.cleanse import (
+    AssignStratifiedSplits,
+    CleanseRecords,
+    CleanseTables,
+    batch_of_rows,
+    cleanse,
+    cleanse_table,
+)
 from transforms.features.spec import parse_feature_spec
+from transforms.io.deadletter import RecordError
 
 PROPERTY = settings(max_examples=100, deadline=None)
 SPEC_TEXT = """
@@ -96,14 +106,72 @@ def test_each_value_of_the_stratify_column_keeps_the_fractions():
         for rows in by_value.values():  # cut in hash order: train holds the lowest positions, test the highest
             assert [s for _, s in sorted(rows)] == sorted((s for _, s in rows), key=["train", "eval", "test"].index)
 
+    rows = [cleanse(r, spec) for r in records]
     with TestPipeline() as p:
         out = (
             p
-            | beam.Create([cleanse(r, spec) for r in records])
+            | beam.Create([batch_of_rows(rows[i::3], spec) for i in range(3)])  # strata spread over three batches
             | AssignStratifiedSplits(spec)
-            | beam.Map(lambda row: (row.filled["id"], row.filled["region"], row.split))
+            | beam.FlatMap(
+                lambda b: zip(
+                    b.filled.column("id").to_pylist(), b.filled.column("region").to_pylist(), b.split, strict=True
+                )
+            )
         )
         assert_that(out, check)
+
+
+TABLE_SPEC = parse_feature_spec(
+    """
+key: id
+label: y
+splits: {train: 0.6, eval: 0.3, test: 0.1}
+features:
+  - {name: x, type: numeric, default: 5, clip: [0, 100]}
+  - {name: n, type: numeric, required: true}
+  - {name: c, type: categorical, default: none}
+  - {name: y, type: label}
+""",
+    "spec",
+)
+FLOATS = st.one_of(st.none(), st.floats(-1e6, 1e6), st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+COLUMNS = st.sampled_from(["float", "int", "text", "bool", "null", "absent"])
+VALUES = {
+    "float": (FLOATS, pa.float64()),
+    "int": (st.one_of(st.none(), st.integers(-(2**62), 2**62)), pa.int64()),
+    "text": (st.one_of(st.none(), st.sampled_from(["", "a", "b", "7", "Zürich"])), pa.string()),
+    "bool": (st.one_of(st.none(), st.booleans()), pa.bool_()),
+    "null": (st.none(), pa.null()),
+}
+
+
+@st.composite
+def tables(draw):
+    n = draw(st.integers(0, 12))
+    columns = {}
+    for name in ("id", "x", "n", "c", "y"):
+        kind = draw(COLUMNS)
+        if kind != "absent":
+            values, arrow_type = VALUES[kind]
+            columns[name] = pa.array(draw(st.lists(values, min_size=n, max_size=n)), arrow_type)
+    return pa.table(columns) if columns else pa.table({"other": pa.nulls(n)})
+
+
+@PROPERTY
+@given(tables())
+def test_a_table_is_cleansed_row_for_row_as_cleanse_does_it(table):
+    batch, errors = cleanse_table(table, TABLE_SPEC)
+    expected_rows, expected_errors = [], {}
+    for i, record in enumerate(table.to_pylist()):
+        try:
+            expected_rows.append(cleanse(record, TABLE_SPEC))
+        except RecordError as e:
+            expected_errors[i] = (e.reason, str(e))
+    assert {i: (e.reason, str(e)) for i, e in errors.items()} == expected_errors
+    assert batch.raw.to_pylist() == [r.raw for r in expected_rows]
+    assert batch.filled.to_pylist() == [r.filled for r in expected_rows]
+    assert batch.split_hash.tolist() == [r.split_hash for r in expected_rows]
+    assert batch.split.tolist() == [streaming_split(r.split_hash, TABLE_SPEC.split_fractions) for r in expected_rows]
 
 
 FRACTIONS = st.lists(st.integers(1, 20), min_size=1, max_size=4).map(
@@ -164,3 +232,29 @@ def test_any_fixed_vocabulary_loads_or_fails_naming_the_field(keys, num_oov_buck
     assert v.keys == [str(k) for k in keys] and len(set(v.keys)) == len(keys) >= 1
     assert v.width == len(keys) + num_oov_buckets and num_oov_buckets >= 0
     assert spec.features[0].transforms[0].output_suffix == ("onehot" if one_hot else "index")
+
+
+def test_cleanse_tables_cuts_each_bad_row_out_as_a_dead_letter_with_its_row():
+    table = pa.table(
+        {
+            "id": ["a", None, "c", "d"],
+            "x": [1.0, 2.0, float("inf"), 150.0],
+            "n": [1, 2, 3, 4],
+            "c": ["p", "q", "r", None],
+            "y": ["no", "no", "yes", "yes"],
+        }
+    )
+    dofn = CleanseTables(TABLE_SPEC, "feature_stats")
+    dofn.setup()
+    outputs = list(dofn.process(table))
+    dead = [o.value for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]
+    (batch,) = [o for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [(d["reason"], d["step"], json.loads(d["payload_string"])["n"]) for d in dead] == [
+        ("missing_key", "CleanseRecords", 2),
+        ("wrong_type", "CleanseRecords", 3),
+    ]
+    assert batch.filled.to_pylist() == [
+        {"id": "a", "x": 1.0, "n": 1.0, "c": "p", "y": "no"},
+        {"id": "d", "x": 100.0, "n": 4.0, "c": "none", "y": "yes"},  # clipped to 100, c's default
+    ]
+    assert batch.raw.column("x").to_pylist() == [1.0, 150.0] and batch.raw.column("c").to_pylist() == ["p", None]

@@ -1,26 +1,35 @@
 """The statistics accumulator without Beam, against numpy: one accumulator, merged partial accumulators,
 and merged-then-merged-again (tree) accumulators; empty, all-missing, single-value and very large data;
-histogram bins against np.histogram, values on the edges included."""
+quantiles against ddsketch's own DDSketch fed value by value; any split of the values into batches giving
+the same statistics; histogram bins against np.histogram, values on the edges included."""
 
+import collections
+import itertools
 import math
 import random
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from ddsketch import DDSketch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.features.statistics import (
+    QUANTILES,
+    SKETCH_ACCURACY,
     ComputeStatistics,
     NumericAccumulator,
     SplitStats,
+    StringAccumulator,
+    bin_counts,
     histogram,
-    histogram_bin,
     histogram_edges,
+    raw_table,
 )
 
 
@@ -29,17 +38,16 @@ def _values(seed, n=5000, scale=1.0, missing=0.1):
     return [None if rng.random() < missing else rng.gauss(3.0, 2.0) * scale for _ in range(n)]
 
 
+def _array(values):
+    return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
 def _one(values):
-    acc = NumericAccumulator()
-    for v in values:
-        acc.add(v)
-    return acc.extract()
+    return NumericAccumulator().add(_array(values)).extract()
 
 
 def _merged(values, parts):
-    accs = [NumericAccumulator() for _ in range(parts)]
-    for i, v in enumerate(values):
-        accs[i % parts].add(v)
+    accs = [NumericAccumulator().add(_array(values[i::parts])) for i in range(parts)]
     first = accs[0]
     for acc in accs[1:]:
         first.merge(acc)
@@ -47,9 +55,7 @@ def _merged(values, parts):
 
 
 def _tree(values):
-    leaves = [NumericAccumulator() for _ in range(8)]
-    for i, v in enumerate(values):
-        leaves[i % 8].add(v)
+    leaves = [NumericAccumulator().add(_array(values[i::8])) for i in range(8)]
     while len(leaves) > 1:
         leaves = [leaves[i].merge(leaves[i + 1]) for i in range(0, len(leaves), 2)]
     return leaves[0].extract()
@@ -92,9 +98,7 @@ def test_empty_all_missing_and_single_value():
 
 def test_merging_with_an_empty_accumulator_changes_nothing():
     values = _values(2, n=100)
-    full = NumericAccumulator()
-    for v in values:
-        full.add(v)
+    full = NumericAccumulator().add(_array(values))
     before = full.extract()
     assert full.merge(NumericAccumulator()).extract() == before
     assert NumericAccumulator().merge(full).extract() == before
@@ -103,11 +107,7 @@ def test_merging_with_an_empty_accumulator_changes_nothing():
 def _binned(values):
     """The histogram the statistics report for `values`, through the binning functions."""
     edges = histogram_edges(min(values), max(values))
-    counts = {}
-    for v in values:
-        i = histogram_bin(v, edges)
-        counts[i] = counts.get(i, 0) + 1
-    return histogram(counts, edges)
+    return histogram(bin_counts(np.asarray(values, np.float64), edges), edges)
 
 
 def test_histogram_bins_cover_min_to_max():
@@ -145,7 +145,8 @@ def test_the_statistics_transform_bins_values_on_edges_as_np_histogram():
         for low, high, c in zip(edges[:-1].tolist(), edges[1:].tolist(), counts.tolist(), strict=True)
     ]
     with TestPipeline(options=PipelineOptions(["--runner", "FnApiRunner"])) as p:
-        stats = p | beam.Create([("train", {"x": v}) for v in values]) | ComputeStatistics(["train"], ["x"], [])
+        tables = [raw_table([{"x": v} for v in values[i::3]], ["x"], []) for i in range(3)]  # three batches
+        stats = p | beam.Create([("train", t) for t in tables]) | ComputeStatistics(["train"], ["x"], [])
         assert_that(stats | beam.Map(lambda artifact: artifact["features"]["x"]["histogram"]), equal_to([expected]))
 
 
@@ -164,9 +165,79 @@ def test_any_finite_values_get_finite_ordered_edges_and_np_histogram_counts(valu
 
 def test_split_stats_counts_rows_and_strings():
     stats = SplitStats(["x"], ["c"])
-    for row in ({"x": 1.0, "c": "a"}, {"x": None, "c": None}, {"c": "b"}):
-        stats.add(row)
+    stats.add(raw_table([{"x": 1.0, "c": "a"}, {"x": None, "c": None}], ["x"], ["c"]))
+    stats.add(raw_table([{"c": "b"}, {"x": 2.0, "c": "b"}], ["x"], ["c"]))
     out = stats.extract()
-    assert out["rows"] == 3
-    assert (out["features"]["x"]["count"], out["features"]["x"]["missing"]) == (3, 2)
-    assert out["features"]["c"] == {"type": "string", "count": 3, "missing": 1}
+    assert out["rows"] == 4
+    assert (out["features"]["x"]["count"], out["features"]["x"]["missing"]) == (4, 2)
+    assert out["features"]["c"] == {
+        "type": "string",
+        "count": 4,
+        "missing": 1,
+        "distinct": 2,
+        "top_values": [{"value": "b", "count": 2}, {"value": "a", "count": 1}],
+    }
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-300, 1e300])
+def test_quantiles_are_ddsketchs_fed_value_by_value(scale):
+    values = [v * scale for v in _values(6, n=3000, missing=0.0)] + [0.0] * 30 + [-0.0] * 3
+    reference = DDSketch(SKETCH_ACCURACY)
+    for v in values:
+        reference.add(v)
+    got = _tree(values)["quantiles"]
+    assert got == {str(q): reference.get_quantile_value(q) for q in QUANTILES}
+
+
+def test_top_values_are_exact_counts_ties_by_value():
+    values = ["b", "a", "c", "a", "b", None, "d", "a"]
+    acc = (
+        StringAccumulator(top_k=2).add(pa.array(values[:3])).merge(StringAccumulator(top_k=2).add(pa.array(values[3:])))
+    )
+    assert acc.extract() == {
+        "type": "string",
+        "count": 8,
+        "missing": 1,
+        "distinct": 4,
+        "top_values": [{"value": "a", "count": 3}, {"value": "b", "count": 2}],
+    }
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.floats(-1e100, 1e100, allow_nan=False)), max_size=60),
+    st.lists(st.integers(0, 60), max_size=5),
+)
+def test_any_cut_into_batches_gives_the_statistics_of_one_batch(values, cuts):
+    """Counts, min, max and quantiles exactly; mean and std to rounding (the Chan merge of partial sums)."""
+    bounds = [0, *sorted(c for c in cuts if c <= len(values)), len(values)]
+    acc = NumericAccumulator()
+    for start, end in itertools.pairwise(bounds):
+        acc.add(_array(values[start:end]))
+    whole, got = _one(values), acc.extract()
+    present = np.array([v for v in values if v is not None])
+    assert {k: got[k] for k in ("count", "missing", "min", "max", "quantiles")} == {
+        k: whole[k] for k in ("count", "missing", "min", "max", "quantiles")
+    }
+    if len(present):
+        scale = np.abs(present).max()
+        assert got["mean"] == pytest.approx(present.mean(), rel=1e-9, abs=1e-12 * scale)
+        assert got["std"] == pytest.approx(present.std(), rel=1e-6, abs=1e-9 * scale)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=4)), max_size=60), st.lists(st.integers(0, 60), max_size=5))
+def test_any_strings_cut_into_batches_are_counted_exactly(values, cuts):
+    bounds = [0, *sorted(c for c in cuts if c <= len(values)), len(values)]
+    acc = StringAccumulator()
+    for start, end in itertools.pairwise(bounds):
+        acc.merge(StringAccumulator().add(pa.array(values[start:end], pa.string())))
+    counts = collections.Counter(v for v in values if v is not None)
+    top = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))[:10]
+    assert acc.extract() == {
+        "type": "string",
+        "count": len(values),
+        "missing": values.count(None),
+        "distinct": len(counts),
+        "top_values": [{"value": v, "count": c} for v, c in top],
+    }

@@ -20,9 +20,10 @@ from transforms.features.skew import categorical_skew, numeric_skew, training_ed
 from transforms.features.statistics import (
     ComputeStatistics,
     NumericAccumulator,
+    bin_counts,
     histogram,
-    histogram_bin,
     histogram_edges,
+    raw_table,
 )
 
 
@@ -31,27 +32,16 @@ def _normal_cdf(x, mean):
 
 
 def _training_numeric(values):
-    acc = NumericAccumulator()
-    counts = {}
-    for v in values:
-        acc.add(float(v))
-    stats = acc.extract()
+    stats = NumericAccumulator().add(np.asarray(values, np.float64)).extract()
     edges = histogram_edges(stats["min"], stats["max"])
-    for v in values:
-        i = histogram_bin(v, edges)
-        counts[i] = counts.get(i, 0) + 1
-    return {**stats, "histogram": histogram(counts, edges)}
+    return {**stats, "histogram": histogram(bin_counts(np.asarray(values, np.float64), edges), edges)}
 
 
 def test_numeric_measures_match_the_distributions():
     rng = np.random.default_rng(0)
     train = _training_numeric(rng.normal(0, 1, 200_000))
     serving = rng.normal(0.5, 1, 200_000)
-    bins = {}
-    edges = training_edges(train["histogram"])
-    for v in serving:
-        i = histogram_bin(v, edges)
-        bins[i] = bins.get(i, 0) + 1
+    bins = bin_counts(serving, training_edges(train["histogram"]))
     got = numeric_skew(train, {"count": len(serving), "missing": 0}, bins)
     # the same bins, with probabilities from the two normal distributions
     edges = [train["histogram"][0]["low"]] + [b["high"] for b in train["histogram"]]
@@ -79,16 +69,13 @@ def test_a_copy_of_training_values_on_the_edges_has_zero_divergence(tmp_path):
     with TestPipeline(options=PipelineOptions(["--runner", "FnApiRunner"])) as p:
         (
             p
-            | beam.Create([("train", {"x": v}) for v in values])
+            | beam.Create([("train", raw_table([{"x": v} for v in values], ["x"], []))])
             | ComputeStatistics(["train"], ["x"], [])
             | beam.Map(json.dumps)
             | beam.io.WriteToText(str(tmp_path / "statistics"), ".json", shard_name_template="")
         )
     train = json.loads((tmp_path / "statistics.json").read_text())["features"]["x"]
-    edges, bins = training_edges(train["histogram"]), {}
-    for v in values:  # what CountInTrainingBins counts
-        i = histogram_bin(v, edges)
-        bins[i] = bins.get(i, 0) + 1
+    bins = bin_counts(np.asarray(values, np.float64), training_edges(train["histogram"]))  # as CountInTrainingBins
     measures = numeric_skew(train, {"count": len(values), "missing": 0}, bins)
     assert measures == {"js_divergence": 0.0, "psi": 0.0, "out_of_range": 0.0}
 

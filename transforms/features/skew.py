@@ -25,7 +25,7 @@ from apache_beam.transforms import window
 
 from transforms.core.records import record_dict
 from transforms.features.cleanse import serving_raw_values
-from transforms.features.statistics import histogram_bin
+from transforms.features.statistics import bin_counts
 from transforms.io.deadletter import GuardedDoFn, payload_and_attributes
 
 DEFAULT_THRESHOLDS = {"js_divergence": 0.1, "linf": 0.1, "psi": 0.25, "out_of_range": 0.01, "missing_change": 0.05}
@@ -139,27 +139,37 @@ def skew_report(training, serving, serving_bins, thresholds_by_feature, text_fea
     }
 
 
-def _bin_keys(row, edges):
-    for name, feature_edges in edges.items():
-        value = row.get(name)
-        if value is not None and feature_edges:
-            yield name, histogram_bin(value, feature_edges)
+def _bins_of_batch(table, edges):
+    """A table of raw values -> {(feature, training bin): count}."""
+    return {
+        (name, index): count
+        for name, feature_edges in edges.items()
+        if feature_edges
+        for index, count in bin_counts(table.column(name).to_numpy(zero_copy_only=False), feature_edges).items()
+    }
+
+
+def _add_bins(parts):
+    total = {}
+    for part in parts:
+        for key, count in part.items():
+            total[key] = total.get(key, 0) + count
+    return total
 
 
 class CountInTrainingBins(beam.PTransform):
-    """Rows (raw values) -> one {(feature, training bin): count} dict per window with values (none for a
-    window without any: read it with `AsSingleton(..., default_value={})`)."""
+    """Tables of raw values (see statistics.raw_table) -> one {(feature, training bin): count} dict per
+    window with values (none for a window without any: read it with `AsSingleton(..., default_value={})`)."""
 
     def __init__(self, histograms):
         super().__init__()
         self._edges = {name: training_edges(histogram) for name, histogram in histograms.items()}
 
-    def expand(self, rows):
+    def expand(self, batches):
         return (
-            rows
-            | "BinKeys" >> beam.FlatMap(_bin_keys, self._edges)
-            | "CountBins" >> beam.combiners.Count.PerElement()
-            | "AsOneDict" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults()
+            batches
+            | "BinCounts" >> beam.Map(_bins_of_batch, self._edges)
+            | "AddBins" >> beam.CombineGlobally(_add_bins).without_defaults()
         )
 
 

@@ -1,20 +1,24 @@
 """Per-split feature statistics: the accumulator (no Beam), and the composite computing the statistics
 artifact (count, missing, min, max, mean, std, quantiles, histogram; top values and distinct count for
-strings) in a few passes.
+strings) in two passes over batches of rows: one accumulator per split, then the histograms.
 
-Mean and variance merge with Chan et al.'s pairwise update (stable for large values, up to about 1e150
-in magnitude); std is the population std (ddof=0). Quantiles come from a DDSketch with 1% relative
-accuracy; histograms have equal-width bins between the split's min and max (a second pass), binned with
-np.histogram's rule on one edge list (`histogram_edges`) that the skew check reuses from the artifact.
+Every step takes a batch (a table of columns) at a time, with numpy and pyarrow.compute. Mean and variance
+merge with Chan et al.'s pairwise update, a batch joining as a partial accumulator (stable for large
+values, up to about 1e150 in magnitude); std is the population std (ddof=0). Quantiles come from DDSketch's
+log mapping with 1% relative accuracy (LogSketch); string values are counted exactly; histograms have
+equal-width bins between the split's min and max (a second pass), binned with np.histogram's rule on one
+edge list (`histogram_edges`) that the skew check reuses from the artifact.
 """
 
-import bisect
 import itertools
 import math
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.transforms import window
-from ddsketch import DDSketch
+from ddsketch.mapping import LogarithmicMapping
 
 from transforms.core.accumulators import MergingCombineFn
 
@@ -22,30 +26,87 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HISTOGRAM_BINS = 10
 TOP_VALUES = 10
 SKETCH_ACCURACY = 0.01
+ROWS_PER_BATCH = 4096  # rows per batch where records arrive one by one
+
+
+class LogSketch:
+    """DDSketch's quantile sketch with its logarithmic mapping computed on numpy arrays: a value v > 0 falls in
+    bucket ceil(log_gamma(v)) (negative values mirrored, values within the mapping's smallest distinguishable
+    value of 0 counted as zero), and a quantile is read back as ddsketch's DDSketch reads it, so any quantile
+    is within SKETCH_ACCURACY of the value at its rank. Buckets are {key: count} dicts: merging adds them."""
+
+    def __init__(self):
+        self.positive, self.negative, self.zero = {}, {}, 0
+
+    @staticmethod
+    def _keys(values):
+        return np.ceil(np.log(values) / math.log(2) * _MULTIPLIER).astype(np.int64)
+
+    @staticmethod
+    def _count_into(store, keys):
+        for key, count in zip(*np.unique(keys, return_counts=True), strict=True):
+            store[int(key)] = store.get(int(key), 0) + int(count)
+
+    def add(self, values):
+        tiny = _MAPPING.min_possible
+        self._count_into(self.positive, self._keys(values[values > tiny]))
+        self._count_into(self.negative, self._keys(-values[values < -tiny]))
+        self.zero += int(np.count_nonzero(np.abs(values) <= tiny))
+        return self
+
+    def merge(self, other):
+        for mine, theirs in ((self.positive, other.positive), (self.negative, other.negative)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+        self.zero += other.zero
+        return self
+
+    @staticmethod
+    def _key_at_rank(store, rank, lower):
+        running = 0
+        for key in sorted(store):
+            running += store[key]
+            if (lower and running > rank) or (not lower and running >= rank + 1):
+                return key
+        return max(store)
+
+    def quantile(self, q):
+        negatives = sum(self.negative.values())
+        rank = q * (negatives + self.zero + sum(self.positive.values()) - 1)
+        if rank < negatives:
+            return -_MAPPING.value(self._key_at_rank(self.negative, negatives - rank - 1, lower=False))
+        if rank < negatives + self.zero:
+            return 0.0
+        return _MAPPING.value(self._key_at_rank(self.positive, rank - negatives - self.zero, lower=True))
+
+
+_MAPPING = LogarithmicMapping(SKETCH_ACCURACY)
+_GAMMA_MANTISSA = 2 * SKETCH_ACCURACY / (1 - SKETCH_ACCURACY)
+_MULTIPLIER = (1 / math.log1p(_GAMMA_MANTISSA)) * math.log(2)  # ddsketch's: log_gamma(v) = log2(v) * this
 
 
 class NumericAccumulator:
-    """count (rows), missing, n (values), mean, m2, min, max and a quantile sketch of one feature."""
+    """count (rows), missing, n (values), mean, m2, min, max and a quantile sketch of one feature, added a
+    batch at a time (a float array, NaN for missing); a batch's mean and m2 join the running ones by the
+    same Chan update as a merge."""
 
     def __init__(self):
         self.count = self.missing = self.n = 0
         self.mean = self.m2 = 0.0
         self.min = self.max = None
-        self.sketch = DDSketch(SKETCH_ACCURACY)
+        self.sketch = LogSketch()
 
-    def add(self, value):
-        self.count += 1
-        if value is None:
-            self.missing += 1
-            return self
-        self.n += 1
-        delta = value - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (value - self.mean)
-        self.min = value if self.min is None else min(self.min, value)
-        self.max = value if self.max is None else max(self.max, value)
-        self.sketch.add(value)
-        return self
+    def add(self, values):
+        values = np.asarray(values, np.float64)
+        present = values[~np.isnan(values)]
+        batch = NumericAccumulator()
+        batch.count, batch.missing, batch.n = len(values), len(values) - len(present), len(present)
+        if batch.n:
+            batch.mean = float(present.mean())
+            batch.m2 = float(np.square(present - batch.mean).sum())
+            batch.min, batch.max = float(present.min()), float(present.max())
+            batch.sketch.add(present)
+        return self.merge(batch)
 
     def merge(self, other):
         if other.n:
@@ -71,44 +132,62 @@ class NumericAccumulator:
             "max": self.max,
             "mean": self.mean,
             "std": math.sqrt(max(self.m2, 0.0) / self.n),
-            "quantiles": {str(q): self.sketch.get_quantile_value(q) for q in QUANTILES},
+            "quantiles": {str(q): self.sketch.quantile(q) for q in QUANTILES},
         }
 
 
 class StringAccumulator:
-    """count and missing of a string feature (its values are counted exactly elsewhere)."""
+    """count, missing and the exact count of every value of a string feature, added a batch at a time (an
+    Arrow string array, null for missing)."""
 
-    def __init__(self):
+    def __init__(self, top_k=TOP_VALUES):
         self.count = self.missing = 0
+        self.values = {}
+        self.top_k = top_k
 
-    def add(self, value):
-        self.count += 1
-        self.missing += value is None
+    def add(self, values):
+        self.count += len(values)
+        self.missing += values.null_count
+        for pair in pc.value_counts(values.drop_null()).to_pylist():
+            self.values[pair["values"]] = self.values.get(pair["values"], 0) + pair["counts"]
         return self
 
     def merge(self, other):
         self.count += other.count
         self.missing += other.missing
+        for value, count in other.values.items():
+            self.values[value] = self.values.get(value, 0) + count
         return self
 
     def extract(self):
-        return {"type": "string", "count": self.count, "missing": self.missing}
+        top = sorted(self.values.items(), key=lambda vc: (-vc[1], vc[0]))[: self.top_k]
+        return {
+            "type": "string",
+            "count": self.count,
+            "missing": self.missing,
+            "distinct": len(self.values),
+            "top_values": [{"value": v, "count": c} for v, c in top],
+        }
 
 
 class SplitStats:
-    """The accumulators of every feature of one split."""
+    """The accumulators of every feature of one split, added a batch at a time (a table of raw values,
+    see raw_table)."""
 
-    def __init__(self, numeric_features, string_features):
+    def __init__(self, numeric_features, string_features, top_k=TOP_VALUES):
         self.rows = 0
         self.features = {
             **{f: NumericAccumulator() for f in numeric_features},
-            **{f: StringAccumulator() for f in string_features},
+            **{f: StringAccumulator(top_k) for f in string_features},
         }
 
-    def add(self, row):
-        self.rows += 1
+    def add(self, table):
+        self.rows += table.num_rows
         for name, accumulator in self.features.items():
-            accumulator.add(row.get(name))
+            column = table.column(name)
+            if isinstance(accumulator, NumericAccumulator):
+                column = column.to_numpy(zero_copy_only=False)  # nulls become NaN
+            accumulator.add(column)
         return self
 
     def merge(self, other):
@@ -122,17 +201,28 @@ class SplitStats:
 
 
 class SplitStatsFn(MergingCombineFn):
-    def __init__(self, numeric_features, string_features):
-        self._numeric, self._string = list(numeric_features), list(string_features)
+    def __init__(self, numeric_features, string_features, top_k=TOP_VALUES):
+        self._numeric, self._string, self._top_k = list(numeric_features), list(string_features), top_k
 
     def create_accumulator(self):
-        return SplitStats(self._numeric, self._string)
+        return SplitStats(self._numeric, self._string, self._top_k)
 
-    def add_input(self, accumulator, row):
-        return accumulator.add(row)
+    def add_input(self, accumulator, table):
+        return accumulator.add(table)
 
     def extract_output(self, accumulator):
         return accumulator.extract()
+
+
+def raw_table(rows, numeric_features, string_features):
+    """Rows ({feature: value as read, None for missing}) -> the table of raw values the statistics take:
+    float64 numeric columns and string columns, null for missing."""
+    return pa.table(
+        {
+            **{f: pa.array([r.get(f) for r in rows], pa.float64()) for f in numeric_features},
+            **{f: pa.array([r.get(f) for r in rows], pa.string()) for f in string_features},
+        }
+    )
 
 
 def histogram_edges(low, high, bins=HISTOGRAM_BINS):
@@ -148,11 +238,12 @@ def histogram_edges(low, high, bins=HISTOGRAM_BINS):
     return [low + i * width for i in range(bins)] + [high]
 
 
-def histogram_bin(value, edges):
-    """Index of value's bin among `edges` by np.histogram's rule: [low, high), the last bin [low, high];
-    -1 below the first edge, len(edges) - 1 above the last."""
-    i = bisect.bisect_right(edges, value) - 1
-    return i - 1 if value == edges[-1] else i
+def histogram_bins(values, edges):
+    """Each value's bin among `edges` by np.histogram's rule: [low, high), the last bin [low, high]; -1 below
+    the first edge, len(edges) - 1 above the last."""
+    bins = np.searchsorted(edges, values, side="right") - 1
+    bins[values == edges[-1]] -= 1
+    return bins
 
 
 def histogram(counts, edges):
@@ -162,6 +253,13 @@ def histogram(counts, edges):
     ]
 
 
+def bin_counts(values, edges):
+    """{bin index: count} of the values (a float array, NaN for missing) among `edges`."""
+    values = values[~np.isnan(values)]
+    indices, counts = np.unique(histogram_bins(values, np.asarray(edges)), return_counts=True)
+    return dict(zip(indices.tolist(), counts.tolist(), strict=True))
+
+
 def _split_edges(split_stats, numeric):
     split, stats = split_stats
     return split, {
@@ -169,76 +267,64 @@ def _split_edges(split_stats, numeric):
     }
 
 
-def _histogram_keys(split_row, edges):
-    split, row = split_row
-    for name, feature_edges in edges[split].items():
-        value = row.get(name)
-        if value is not None:
-            yield (split, name, histogram_bin(value, feature_edges))
+def _histogram_counts(split_table, edges):
+    split, table = split_table
+    yield (
+        split,
+        {
+            name: bin_counts(table.column(name).to_numpy(zero_copy_only=False), feature_edges)
+            for name, feature_edges in edges[split].items()
+            if feature_edges
+        },
+    )
 
 
-def _string_values(split_row, strings):
-    split, row = split_row
-    for name in strings:
-        if row.get(name) is not None:
-            yield (split, name, row[name])
+def _add_counts(parts):
+    """{feature: {bin: count}} dicts summed."""
+    total = {}
+    for part in parts:
+        for name, counts in part.items():
+            into = total.setdefault(name, {})
+            for index, count in counts.items():
+                into[index] = into.get(index, 0) + count
+    return total
 
 
 def _assemble(split_and_parts, histograms=True):
-    """(split, {"stats": [...], "bins": [...], "values": [...]}) -> the split's statistics artifact (numeric
-    features without "histogram" when `histograms` is off: then there are no "bins")."""
+    """(split, {"stats": [...], "bins": [...]}) -> the split's statistics artifact (numeric features without
+    "histogram" when `histograms` is off: then there are no "bins")."""
     split, parts = split_and_parts
     [stats] = parts["stats"]
-    bins, values = {}, {}
-    for (name, index), count in parts.get("bins", ()):
-        bins.setdefault(name, {})[index] = count
-    for name, top, distinct in parts["values"]:
-        values[name] = (top, distinct)
-    for name, feature in stats["features"].items():
-        if feature["type"] == "numeric":
-            if histograms:
+    bins = _add_counts(parts.get("bins", ()))
+    if histograms:
+        for name, feature in stats["features"].items():
+            if feature["type"] == "numeric":
                 feature["histogram"] = histogram(bins.get(name, {}), histogram_edges(feature["min"], feature["max"]))
-        else:
-            top, distinct = values.get(name, ([], 0))
-            feature["distinct"] = distinct
-            feature["top_values"] = [{"value": v, "count": c} for c, v in sorted(top, key=lambda cv: (-cv[0], cv[1]))]
     return {"split": split, **stats}
 
 
-def _top_and_distinct(keyed):
-    (split, name), parts = keyed
-    [top] = parts["top"]
-    [distinct] = parts["distinct"]
-    return split, (name, top, distinct)
-
-
 class ComputeStatistics(beam.PTransform):
-    """(split, row with None for missing values) -> one statistics artifact per split and window. In the
-    global window (batch) every split of `splits` gets one, also when it is empty; in other windows only
-    the splits with rows do (an empty split has no window to belong to).
+    """(split, table of raw values: see raw_table) batches -> one statistics artifact per split and window.
+    In the global window (batch) every split of `splits` gets one, also when it is empty; in other windows
+    only the splits with rows do (an empty split has no window to belong to).
 
     `histograms=False` leaves out the numeric histograms: their second pass needs each split's (window's)
-    min and max as a side input, so it holds back all of a window's rows until the window closes (and
+    min and max as a side input, so it holds back all of a window's batches until the window closes (and
     the local BundleBasedDirectRunner fails when a bundle without elements reaches a ParDo with a
     windowed side input)."""
 
     def __init__(self, splits, numeric_features, string_features, top_k=TOP_VALUES, histograms=True):
         super().__init__()
-        self._splits, self._numeric, self._strings, self._top_k = (
-            list(splits),
-            list(numeric_features),
-            list(string_features),
-            top_k,
-        )
-        self._histograms = histograms
+        self._splits, self._numeric, self._strings = list(splits), list(numeric_features), list(string_features)
+        self._top_k, self._histograms = top_k, histograms
 
-    def expand(self, rows):
+    def expand(self, batches):
         numeric, strings = self._numeric, self._strings
-        stats = rows | "StatsPerSplit" >> beam.CombinePerKey(SplitStatsFn(numeric, strings))
-        if isinstance(rows.windowing.windowfn, window.GlobalWindows):
+        stats = batches | "StatsPerSplit" >> beam.CombinePerKey(SplitStatsFn(numeric, strings, self._top_k))
+        if isinstance(batches.windowing.windowfn, window.GlobalWindows):
             empty = SplitStats(numeric, strings).extract()
             stats = (
-                (stats, rows.pipeline | "AllSplits" >> beam.Create([(s, empty) for s in self._splits]))
+                (stats, batches.pipeline | "AllSplits" >> beam.Create([(s, empty) for s in self._splits]))
                 | "WithEmptySplits" >> beam.Flatten()
                 | "OnePerSplit" >> beam.CombinePerKey(lambda found: max(found, key=lambda s: s["rows"]))
             )
@@ -246,22 +332,8 @@ class ComputeStatistics(beam.PTransform):
         if self._histograms:
             edges = stats | "HistogramEdges" >> beam.Map(_split_edges, numeric)
             parts["bins"] = (
-                rows
-                | "HistogramBins" >> beam.FlatMap(_histogram_keys, beam.pvalue.AsDict(edges))
-                | "CountBins" >> beam.combiners.Count.PerElement()
-                | "BinsBySplit" >> beam.Map(lambda kc: (kc[0][0], ((kc[0][1], kc[0][2]), kc[1])))
+                batches
+                | "HistogramBins" >> beam.FlatMap(_histogram_counts, beam.pvalue.AsDict(edges))
+                | "AddBins" >> beam.CombinePerKey(_add_counts)
             )
-        counted = (
-            rows
-            | "StringValues" >> beam.FlatMap(_string_values, strings)
-            | "CountValues" >> beam.combiners.Count.PerElement()
-            | "ByFeature" >> beam.Map(lambda kc: ((kc[0][0], kc[0][1]), (kc[1], kc[0][2])))
-        )
-        top = counted | "TopValues" >> beam.combiners.Top.PerKey(self._top_k, key=lambda cv: cv[0])
-        distinct = counted | "DistinctValues" >> beam.combiners.Count.PerKey()
-        parts["values"] = (
-            {"top": top, "distinct": distinct}
-            | "JoinByFeature" >> beam.CoGroupByKey()
-            | "ValuesBySplit" >> beam.Map(_top_and_distinct)
-        )
         return parts | "JoinBySplit" >> beam.CoGroupByKey() | "Assemble" >> beam.Map(_assemble, self._histograms)

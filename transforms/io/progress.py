@@ -36,6 +36,13 @@ class _Progress:
 _progress = {}
 
 
+def _records_in(element):
+    """A batch counts as its records: a list (ReadRecords(batched=True)) or an Arrow table."""
+    if isinstance(element, list):
+        return len(element)
+    return getattr(element, "num_rows", 1)
+
+
 class CountProgress(beam.DoFn):
     """Counts elements as `kind` ("read" or "dead letters"). It outputs nothing: a side branch whose
     passed-through copies went nowhere cost more per element than the counting."""
@@ -47,4 +54,4 @@ class CountProgress(beam.DoFn):
         self._progress = _progress.setdefault(self._pipeline, _Progress(self._interval))
 
     def process(self, element):
-        self._progress.add(self._kind, self._pipeline, len(element) if isinstance(element, list) else 1)
+        self._progress.add(self._kind, self._pipeline, _records_in(element))
