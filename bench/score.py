@@ -6,7 +6,7 @@ TensorFlow on the same rows in large batches (the ceiling), for two models:
 - tabular: a tiny dense model over 8 named float features: almost no per-row cost, so the ratio shows
   the pipeline's per-element overhead.
 
-    python -m bench.score [--rows 20000] [--batch_sizes 32,256] [--repeats 3]
+    python -m bench.score [--rows 20000] [--batch_sizes 32,256] [--repeats 3] [--models cnn,tabular]
 
 The pipeline reads JSONL requests, parses and checks each against the signature, batches, scores through
 RunInference, and writes prediction rows to JSONL; their latency_ms (read to prediction) gives the
@@ -19,6 +19,7 @@ import argparse
 import base64
 import json
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,9 @@ def make_tabular(root):
     return path
 
 
+MODELS = {"cnn": make_cnn, "tabular": make_tabular}
+
+
 def make_requests(kind, rows, path):
     from pipelines.samples.images import LABELS
     from pipelines.samples.score_model import encoded_image
@@ -85,14 +89,11 @@ def make_requests(kind, rows, path):
 
 def ceiling(model_path, requests, batch_size):
     """Rows decoded in memory first (not timed), then the model alone, batch_size rows per call."""
-    from transforms.scoring.model import LoadedModel, prepare_example
+    from transforms.scoring.model import LoadedModel, prepare_example, stack_examples
 
     model = LoadedModel(str(model_path))
     examples = [prepare_example(json.loads(line), model.inputs)[2] for line in open(requests)]
-    batches = [
-        {s.name: np.stack([e[s.name] for e in examples[i : i + batch_size]]) for s in model.inputs}
-        for i in range(0, len(examples), batch_size)
-    ]
+    batches = [stack_examples(examples[i : i + batch_size], model.inputs) for i in range(0, len(examples), batch_size)]
     model(batches[0])  # warm-up: tracing and first allocations
     model(batches[-1])
     start = time.perf_counter()
@@ -141,19 +142,21 @@ def _child(args):
         done, seconds = ceiling(args.model, args.requests, args.batch_size)
     else:
         done, seconds = pipeline(args.model, args.requests, args.out, args.batch_size)
-    print(f"RESULT {done} {seconds:.4f}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"RESULT {done} {seconds:.4f} {peak_mb:.0f}")
 
 
 def measure(repeats, *flags):
-    """(rows done, seconds): the fastest of `repeats` runs, each in its own process, so that another
-    tenant's load on a shared machine inflates neither side of a ratio."""
+    """(rows done, seconds, peak RSS in MB): the fastest of `repeats` runs, each in its own process, so
+    that another tenant's load on a shared machine inflates neither side of a ratio."""
     runs = []
     for _ in range(repeats):
         proc = subprocess.run([sys.executable, "-m", "bench.score", *flags], capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
-        done, seconds = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1].split()[1:]
-        runs.append((int(done), float(seconds)))
+        result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1]
+        done, seconds, peak_mb = result.split()[1:]
+        runs.append((int(done), float(seconds), int(peak_mb)))
     return min(runs, key=lambda run: run[1])
 
 
@@ -175,6 +178,9 @@ def main(argv=None):
     parser.add_argument(
         "--repeats", type=int, default=3, help="Runs of each measurement; the fastest counts. Default: 3."
     )
+    parser.add_argument(
+        "--models", type=str, default="cnn,tabular", help="Models to run, of cnn and tabular. Default: both."
+    )
     parser.add_argument("--child", choices=("ceiling", "pipeline"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--requests", help=argparse.SUPPRESS)
@@ -185,6 +191,9 @@ def main(argv=None):
         _child(args)
         return
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    kinds = args.models.split(",")
+    if set(kinds) - set(MODELS):
+        parser.error(f"--models: unknown {sorted(set(kinds) - set(MODELS))}; choose from {', '.join(MODELS)}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         print(
@@ -194,15 +203,16 @@ def main(argv=None):
         )
         print(
             f"{'model':<9}{'run':<26}{'rows/s':>8}{'seconds':>9}{'start-up':>10}{'vs ceiling':>12}{'steady':>9}"
-            f"{'overhead/row':>14}{'latency p50/p99 ms':>20}"
+            f"{'overhead/row':>14}{'latency p50/p99 ms':>20}{'peak RSS':>10}"
         )
-        for kind, make in (("cnn", make_cnn), ("tabular", make_tabular)):
+        for kind in kinds:
+            make = MODELS[kind]
             model_path, requests, small = make(root), root / f"{kind}.jsonl", root / f"{kind}-small.jsonl"
             make_requests(kind, args.rows, requests)
             make_requests(kind, STARTUP_ROWS, small)
             ceilings = {}
             for batch_size in batch_sizes:
-                done, ceilings[batch_size] = measure(
+                done, ceilings[batch_size], peak_mb = measure(
                     args.repeats,
                     "--child",
                     "ceiling",
@@ -215,7 +225,7 @@ def main(argv=None):
                 )
                 print(
                     f"{kind:<9}{f'plain TF, batch {batch_size}':<26}{done / ceilings[batch_size]:>8.0f}"
-                    f"{ceilings[batch_size]:>9.2f}"
+                    f"{ceilings[batch_size]:>9.2f}{'':>65}{peak_mb:>7} MB"
                 )
             ceiling_s = min(ceilings.values())
             for batch_size in batch_sizes:
@@ -235,8 +245,8 @@ def main(argv=None):
                         str(batch_size),
                     )
 
-                _, startup_s = run(small, f"startup-{kind}-{batch_size}")
-                scored, seconds = run(requests, f"out-{kind}-{batch_size}")
+                _, startup_s, _ = run(small, f"startup-{kind}-{batch_size}")
+                scored, seconds, peak_mb = run(requests, f"out-{kind}-{batch_size}")
                 assert scored == done == args.rows, (scored, done)
                 steady = (scored - STARTUP_ROWS) / (seconds - startup_s)
                 overhead_us = (1 / steady - ceiling_s / scored) * 1e6
@@ -244,7 +254,7 @@ def main(argv=None):
                 print(
                     f"{kind:<9}{f'pipeline, batch {batch_size}':<26}{scored / seconds:>8.0f}{seconds:>9.2f}"
                     f"{startup_s:>10.2f}{ceiling_s / seconds:>11.2f}x{steady * ceiling_s / scored:>8.2f}x"
-                    f"{overhead_us:>11.0f} us{f'{p50:,.0f} / {p99:,.0f}':>20}"
+                    f"{overhead_us:>11.0f} us{f'{p50:,.0f} / {p99:,.0f}':>20}{peak_mb:>7} MB"
                 )
 
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
@@ -65,8 +65,8 @@ from pipelines.samples import SCORE_DIR
 from transforms.images.pixels import parse_label_map
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl, read_text
-from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteRecords
-from transforms.io.sources import Input, ReadRecords
+from transforms.io.sinks import BigQueryTarget, BigtableTarget, WriteJsonLineBatches, WriteRecords
+from transforms.io.sources import BatchRecords, Input, ReadRecords
 from transforms.scoring.cache import CACHE_COLUMN_FAMILY, LookupCache, cache_key, cache_rows
 from transforms.scoring.model import (
     IMAGE_SCALES,
@@ -212,7 +212,7 @@ class Settings(NamedTuple):
 
 
 class ScoreOutputs(NamedTuple):
-    predictions: PCollection  # rows, from the model and from the cache
+    predictions: PCollection  # lists of rows, from the model and from the cache
     dead_letters: PCollection
 
 
@@ -272,19 +272,23 @@ def validate(options):
 
 def build(pipeline, options, settings, source=None, model_updates=None):
     """Wires the graph. `source` replaces the input (Create/TestStream in tests): PubsubMessage, JSON lines,
-    dicts or ImageInput. `model_updates` (ModelMetadata) replaces the --model_watch_pattern watcher."""
+    dicts or ImageInput, batched here as ReadRecords(batched=True) batches the files. `model_updates`
+    (ModelMetadata) replaces the --model_watch_pattern watcher. Requests move as ScoringBatches and rows
+    as lists (one Beam element per batch); only the sinks that take one row at a time get single rows."""
     opts = options.view_as(ScoreOptions)
     bt, out = options.view_as(BigtableOptions), options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
     project = options.view_as(GoogleCloudOptions).project
     limits = options.view_as(ImageLimitOptions)
-    raw = read = read_records(
-        pipeline,
-        PIPELINE,
-        source or ReadRecords(settings.input, options.view_as(RecordInputOptions).input_format, limits.max_image_bytes),
-        "ReadRequests",
-    )
-    raw, dead_letter_sources = apply_udf(options, raw, PIPELINE)
+    if source is None:
+        source = ReadRecords(
+            settings.input, options.view_as(RecordInputOptions).input_format, limits.max_image_bytes, True
+        )
+        raw = read = read_records(pipeline, PIPELINE, source, "ReadRequests")
+    else:
+        read = read_records(pipeline, PIPELINE, source, "ReadRequests")
+        raw = read | "BatchRecords" >> BatchRecords()
+    raw, dead_letter_sources = apply_udf(options, raw, PIPELINE, batched=True)
     parsed = raw | "ParseRequests" >> beam.ParDo(
         ParseRequests(
             settings.inputs,
@@ -295,6 +299,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
             opts.image_scale,
             opts.max_instances_per_request,
             opts.signature,
+            opts.max_batch_size,
         )
     ).with_outputs(DEAD_LETTER_TAG, ENVELOPES_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
@@ -324,15 +329,13 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         ).with_outputs(LookupCache.MISSES, main="hits")
         predictions.append(looked_up.hits)
         requests = looked_up[LookupCache.MISSES]
-    handler = KeyedModelHandler(
-        TfModelHandler(
-            settings.model_path,
-            opts.signature,
-            opts.min_batch_size,
-            opts.max_batch_size,
-            opts.max_batch_duration_secs if streaming else None,
-            opts.transform_dir,
-        )
+    handler = TfModelHandler(
+        settings.model_path,
+        opts.signature,
+        opts.min_batch_size,
+        opts.max_batch_size,
+        opts.max_batch_duration_secs if streaming else None,
+        opts.transform_dir,
     )
     inference, failed = (
         requests | "RunInference" >> RunInference(handler, model_metadata_pcoll=model_updates).with_exception_handling()
@@ -347,17 +350,24 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, PIPELINE),
     ]
     dead_letter_sources += instance_sources[1:]
-    rows = predictions | "AllPredictions" >> beam.Flatten()
+    batches = predictions | "AllPredictions" >> beam.Flatten()  # lists of rows
     output_table = options.view_as(BigQueryOutputOptions).output_table
     tf_serving = opts.predictions_format == "tf_serving"
-    sink_failures = rows | "WritePredictions" >> WriteRecords(
-        PIPELINE,
-        BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"]) if output_table else None,
-        out.bq_write_method,
-        pubsub_topic=None if tf_serving else opts.predictions_topic,
-        local_prefix=local_output(options, "predictions"),
-        streaming=streaming,
-    )
+    local_prefix = local_output(options, "predictions")
+    if local_prefix:
+        batches | "WritePredictionFiles" >> WriteJsonLineBatches(local_prefix, streaming)
+    sink_failures = ()
+    if output_table or opts.predictions_topic or cache:  # sinks that take one row at a time
+        rows = batches | "Rows" >> beam.FlatMap(lambda batch: batch)
+        sink_failures = rows | "WritePredictions" >> WriteRecords(
+            PIPELINE,
+            BigQueryTarget(output_table, PREDICTION_BQ_SCHEMA, "scored_at", ["model_version"])
+            if output_table
+            else None,
+            out.bq_write_method,
+            pubsub_topic=None if tf_serving else opts.predictions_topic,
+            streaming=streaming,
+        )
     if tf_serving:
         (
             (rows, parsed[ENVELOPES_TAG], instance_sources | "InstanceDeadLetters" >> beam.Flatten())
@@ -371,7 +381,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
             | "WriteCache" >> WriteRecords(PIPELINE, bigtable=cache, streaming=streaming)
         )
     dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, *sink_failures))
-    return ScoreOutputs(rows, dead_letters)
+    return ScoreOutputs(batches, dead_letters)
 
 
 def report(result, options, _settings):

@@ -16,11 +16,20 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipelines import score
-from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError, make_dead_letter
-from transforms.scoring.model import InputSpec, ScoringRequest, check_image_scale, prediction_row, prepare_example
+from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedDoFn, RecordError, make_dead_letter
+from transforms.scoring.model import (
+    InputSpec,
+    ScoringRequest,
+    check_image_scale,
+    prediction_row,
+    prediction_rows,
+    prepare_example,
+)
 from transforms.scoring.requests import ENVELOPES_TAG, ParseRequests, TfServingResponses, tf_serving_response
 
 IMAGE_MODEL = [InputSpec("image_bytes", "string", ())]
@@ -41,10 +50,11 @@ def parsed(parse, raw):
     """(requests as (request id, instance index, example), dead letters as (attributes, reason, payload),
     envelope markers) of one raw request."""
     requests, dead, envelopes = [], [], []
-    for output in parse.process(raw):
+    for output in parse.process([raw]):
         if not isinstance(output, beam.pvalue.TaggedOutput):
-            request, example = output
-            requests.append((request.request_id, request.instance_index, example, request.content_key))
+            for i, request in enumerate(output.requests):
+                example = {name: value[i] for name, value in output.examples.items()}
+                requests.append((request.request_id, request.instance_index, example, request.content_key))
         elif output.tag == ENVELOPES_TAG:
             envelopes.append(output.value)
         else:
@@ -60,7 +70,7 @@ def test_an_instances_body_gives_one_example_or_dead_letter_per_instance():
     body = {"instances": [{"image_bytes": {"b64": b64(red)}}, {"b64": "***"}, 7, {"b64": b64(blue)}]}
     message = PubsubMessage(json.dumps(body).encode(), {"request_id": "m1", "client": "web"}, message_id="41")
     requests, dead, envelopes = parsed(ParseRequests(IMAGE_MODEL, None, "score", 1 << 20, 1 << 16), message)
-    assert [(r[0], r[1], r[2]["image_bytes"].item(), r[3]) for r in requests] == [
+    assert [(r[0], r[1], r[2]["image_bytes"], r[3]) for r in requests] == [
         ("m1/0", 0, red, hashlib.md5(red).hexdigest()),
         ("m1/3", 3, blue, hashlib.md5(blue).hexdigest()),
     ]
@@ -130,7 +140,7 @@ def test_tabular_bodies_in_the_row_columnar_and_examples_forms():
 )
 def test_a_body_unusable_as_a_whole_is_one_dead_letter(body, reason, words):
     parse = ParseRequests(TABULAR_MODEL, None, "score", 1 << 20, 1 << 16, max_instances=3)
-    outputs = list(parse.process(json.dumps(body)))
+    outputs = list(parse.process([json.dumps(body)]))
     [letter] = [o.value for o in outputs]
     assert outputs[0].tag == DEAD_LETTER_TAG and letter["reason"] == reason and words in letter["error_message"]
     assert json.loads(letter["payload_string"]) == body
@@ -272,3 +282,77 @@ def test_start_up_checks_of_the_request_and_response_flags():
     ]:
         with pytest.raises(ValueError, match=words):
             score.validate(PipelineOptions(flags))
+
+
+# Batches against one record at a time: arbitrary plain requests, TF Serving bodies and bytes, for a model
+# with fixed-size float inputs and one with a string input of variable size (whose values never stack).
+VARIABLE_MODEL = [InputSpec("age", "float32", ()), InputSpec("tags", "string", (None,))]
+values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=4),
+    st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-9, 9), st.text(max_size=2)), max_size=4),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+features = st.dictionaries(st.sampled_from(["age", "history", "tags", "other"]), values, max_size=4)
+plain = st.fixed_dictionaries(
+    {"id": st.one_of(st.text(max_size=5), st.integers(0, 99))}, optional={"features": features}
+).map(lambda record: {**record.pop("features", {}), **record} if len(record) % 2 else record)
+bodies = st.fixed_dictionaries({"id": st.sampled_from(["b", "c"]), "instances": st.lists(features, max_size=4)})
+records = st.one_of(plain, plain, bodies).map(lambda r: json.dumps(r).encode()) | st.binary(max_size=20)
+
+
+def _comparable(outputs):
+    """Outputs -> a sorted list of their reprs: requests one per row (the arrays' values and dtypes), dead
+    letters without their time, envelope markers."""
+    seen = []
+    for output in outputs:
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            value = output.value if output.tag == ENVELOPES_TAG else {**output.value, "failed_at": None}
+            seen.append(repr((output.tag, value)))
+            continue
+        for i, r in enumerate(output.requests):
+            example = {
+                name: (v[i].tolist() if hasattr(v[i], "tolist") else v[i], v.dtype.str)
+                for name, v in output.examples.items()
+            }
+            seen.append(repr((r.request_id, r.content_key, r.instance_index, example)))
+    return sorted(seen)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records, max_size=12), st.integers(1, 5))
+def test_a_batch_of_requests_gives_what_its_records_give_one_by_one(batch, max_batch_size):
+    for inputs in (TABULAR_MODEL, VARIABLE_MODEL):
+        parse = ParseRequests(inputs, None, "score", 1 << 20, 1 << 16, max_instances=3, max_batch_size=max_batch_size)
+        batched = list(parse.process(batch))
+        assert all(len(o.requests) <= max_batch_size for o in batched if not isinstance(o, beam.pvalue.TaggedOutput))
+        one_by_one = [output for record in batch for output in GuardedDoFn.process(parse, record)]
+        assert _comparable(batched) == _comparable(one_by_one)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.sampled_from([(), (1,), (3,), (2, 2)]),
+    st.sampled_from(["float32", "float64", "int64"]),
+    st.data(),
+)
+def test_rows_of_a_batch_equal_rows_one_by_one(count, shape, dtype, data):
+    elements = st.floats(width=32) if dtype == "float32" else st.floats() if dtype == "float64" else st.integers(-9, 9)
+    flat = data.draw(st.lists(elements, min_size=count * int(np.prod(shape)), max_size=count * int(np.prod(shape))))
+    outputs = {"scores": np.array(flat, dtype=dtype).reshape((count, *shape))}
+    failed = data.draw(st.sets(st.integers(0, count - 1)))
+    requests = [ScoringRequest(f"r{i}", "k", 1.0, None) for i in range(count)]
+    labels = ["a", "b", "c"]
+    rows = prediction_rows(requests, outputs, "1", labels, 2, 5.0, failed=failed)
+    one_by_one = [
+        prediction_row(r, {"scores": outputs["scores"][i]}, "1", labels, 2, 5.0)
+        for i, r in enumerate(requests)
+        if i not in failed
+    ]
+    assert repr(rows) == repr(one_by_one)
+    for row, i in zip(rows, [i for i in range(count) if i not in failed], strict=True):
+        assert row["outputs"] == json.dumps({"scores": outputs["scores"][i].tolist()})

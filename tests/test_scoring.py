@@ -23,12 +23,14 @@ from tests.pubsub_wait import wait_for_messages
 from tests.test_sli_e2e import bq_client
 from transforms.io.deadletter import RecordError
 from transforms.scoring.model import (
-    INFERENCE_ERROR,
     LoadedModel,
+    ScoringBatch,
     ScoringRequest,
     TfModelHandler,
     prediction_row,
+    prediction_rows,
     prepare_example,
+    stack_examples,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,20 +51,50 @@ def direct_scores(model_dir, images):
     return signature(image_bytes=tf.constant(images))["scores"].numpy()
 
 
-def test_handler_scores_a_batch_in_one_call_and_isolates_a_bad_image(image_model):
+def _requests(count, start=0):
+    return [ScoringRequest(f"r{i}", f"k{i}", 0.0) for i in range(start, start + count)]
+
+
+def test_handler_scores_batches_together_and_isolates_a_bad_image(image_model):
+    """Two ScoringBatches (3 + 4 requests) scored in model calls of at most 4 rows, one bad image among
+    them: that row alone fails, the others equal the signature called directly."""
     rng = random.Random(8)
-    images = [encoded_image(LABELS[i % 3], rng) for i in range(5)]
+    images = [encoded_image(LABELS[i % 3], rng) for i in range(6)]
     model_dir = image_model / "models" / "1"
-    handler = TfModelHandler(str(model_dir))
+    handler = TfModelHandler(str(model_dir), max_batch_size=4)
     model = handler.load_model()
-    examples = [{"image_bytes": np.array(b, dtype=object)} for b in images]
-    bad = {"image_bytes": np.array(b"GIF89a and nothing else", dtype=object)}
-    results = list(handler.run_inference(examples[:2] + [bad] + examples[2:], model))
-    expected = direct_scores(model_dir, images)
-    good = [r for r in results if INFERENCE_ERROR not in r.inference]
-    assert len(results) == 6 and len(good) == 5 and INFERENCE_ERROR in results[2].inference
-    np.testing.assert_allclose(np.stack([r.inference["scores"] for r in good]), expected, rtol=1e-5, atol=1e-6)
-    assert {r.model_id for r in results} == {"1"}
+    sent = images[:2] + [b"GIF89a and nothing else"] + images[2:]
+    batches = [
+        ScoringBatch(_requests(3), {"image_bytes": np.array(sent[:3], dtype=object)}),
+        ScoringBatch(_requests(4, 3), {"image_bytes": np.array(sent[3:], dtype=object)}),
+    ]
+    first, second = handler.run_inference(batches, model)
+    assert (first.example, second.example) == tuple(batches) and {first.model_id, second.model_id} == {"1"}
+    assert list(first.inference.errors) == [2] and second.inference.errors == {}
+    assert [len(r.inference.outputs["scores"]) for r in (first, second)] == [3, 4]
+    scored = np.concatenate([first.inference.outputs["scores"][:2], second.inference.outputs["scores"]])
+    np.testing.assert_allclose(scored, direct_scores(model_dir, images), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_rows_equal_rows_made_one_at_a_time():
+    """prediction_rows over a batch (outputs converted once) gives each request the row prediction_row
+    gives it alone; the outputs text is json.dumps' of the values."""
+    requests = [ScoringRequest(f"r{i}", f"k{i}", 99.5, i if i % 2 else None) for i in range(5)]
+    outputs = {"scores": np.random.default_rng(1).random((5, 3)).astype(np.float32), "b": np.arange(5.0)}
+    rows = prediction_rows(requests, outputs, "7", ["x", "y", "z"], top_k=2, scored_at=100.0, failed={3: "bad"})
+    one_by_one = [
+        prediction_row(r, {k: v[i] for k, v in outputs.items()}, "7", ["x", "y", "z"], 2, 100.0)
+        for i, r in enumerate(requests)
+    ]
+    assert rows == one_by_one[:3] + one_by_one[4:]
+    for i, row in zip([0, 1, 2, 4], rows, strict=True):
+        assert row["outputs"] == json.dumps({"b": float(i), "scores": outputs["scores"][i].tolist()})
+        assert row["top_k"] == []  # two outputs: no labels
+        assert (row["latency_ms"], row["scored_at"]) == (500.0, "1970-01-01T00:01:40+00:00")
+    [single] = prediction_rows(requests[:1], {"scores": outputs["scores"][:1]}, "7", ["x", "y", "z"], 2, 100.0)
+    scores = outputs["scores"][0].astype(np.float64)
+    best = sorted(range(3), key=lambda j: -scores[j])[:2]
+    assert single["top_k"] == [{"label": "xyz"[j], "score": scores[j]} for j in best]
 
 
 def test_examples_are_checked_against_the_signature(tmp_path):
@@ -75,13 +107,16 @@ def test_examples_are_checked_against_the_signature(tmp_path):
     request_id, key, example = prepare_example(
         {"id": "r1", "features": {"age": 31, "history": [1, 2, 3]}}, model.inputs
     )
-    assert request_id == "r1" and example["history"].dtype == np.float32 and example["history"].shape == (3,)
+    given_as_text = prepare_example({"id": "r3", "features": {"age": "2.5", "history": [4, 5, 6]}}, model.inputs)[2]
+    stacked = stack_examples([example, given_as_text], model.inputs)
+    assert request_id == "r1" and stacked["history"].dtype == np.float32 and stacked["history"].shape == (2, 3)
+    assert stacked["age"].dtype == np.float32 and stacked["age"].tolist() == [31.0, 2.5]
     same_key = prepare_example({"id": "r2", "features": {"history": [1, 2, 3], "age": 31}}, model.inputs)[1]
     assert same_key == key  # the content key ignores the request id and field order
     handler = TfModelHandler(str(keras_path))
-    [result] = handler.run_inference([example], handler.load_model())
-    direct = tf.keras.models.load_model(keras_path)([np.array([31.0]), np.array([[1.0, 2.0, 3.0]])]).numpy()
-    np.testing.assert_allclose(result.inference["output_0"], direct[0], rtol=1e-5)
+    [result] = handler.run_inference([ScoringBatch(_requests(2), stacked)], handler.load_model())
+    direct = tf.keras.models.load_model(keras_path)([np.array([31.0, 2.5]), np.array([[1.0, 2, 3], [4, 5, 6]])])
+    np.testing.assert_allclose(result.inference.outputs["output_0"], direct.numpy(), rtol=1e-5)
     for record, reason in [
         ({"id": "r", "features": {"age": 1}}, "missing_feature"),
         ({"id": "r", "features": {"age": 1, "history": [1, 2]}}, "bad_feature"),
@@ -316,7 +351,7 @@ def test_predictions_switch_to_a_new_model_version_from_the_side_input(image_mod
             | "WindowVersions" >> beam.WindowInto(window.FixedWindows(10))
         )
         outputs = score.build(pipeline, options, settings, source=_WindowedRequests(timed), model_updates=updates)
-        assert_that(outputs.predictions, check)
+        assert_that(outputs.predictions | beam.FlatMap(lambda rows: rows), check)
 
 
 def request_line(request_id, image):

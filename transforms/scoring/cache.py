@@ -5,9 +5,10 @@ import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from google.cloud.bigtable.row_set import RowSet
 
 from transforms.io.sinks import ensure_bigtable_table
-from transforms.scoring.model import model_version, prediction_row
+from transforms.scoring.model import ScoringBatch, model_version, prediction_rows
 
 CACHE_COLUMN_FAMILY = "p"
 
@@ -42,8 +43,9 @@ def lookup_prediction(table, request_id):
 
 class LookupCache(beam.DoFn):
     """Before scoring: a request whose content (model input) was already scored by this model version is
-    answered from the Bigtable cache (main output, counted as `cache_hits`); the others go on to the model
-    (`misses`). The version is the watched model's newest when --model_watch_pattern is set."""
+    answered from the Bigtable cache (main output: lists of rows, counted as `cache_hits`); the others go
+    on to the model (`misses`), a ScoringBatch at a time, with one Bigtable read per batch. The version is
+    the watched model's newest when --model_watch_pattern is set."""
 
     MISSES = "misses"
 
@@ -58,22 +60,35 @@ class LookupCache(beam.DoFn):
         self._bt = self._client.instance(self._target.instance).table(self._target.table)
         self._hits = Metrics.counter(self._pipeline, "cache_hits")
 
-    def process(self, keyed, model_updates=None):
-        request, example = keyed
+    def process(self, batch, model_updates=None):
+        """A ScoringBatch -> the list of its cached rows (one Bigtable read for the batch) and a
+        ScoringBatch of the rest, tagged MISSES."""
         version = model_version(model_updates[-1].model_id) if model_updates else self._version
-        row = self._bt.read_row(content_row_key(version, request.content_key).encode())
-        if row is None:
-            yield beam.pvalue.TaggedOutput(self.MISSES, keyed)
-            return
-        cells = {q.decode(): c[0].value.decode() for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
-        self._hits.inc()
-        now = time.time()
-        yield {
-            **prediction_row(request, {}, version, scored_at=now),
-            "outputs": cells["outputs"],
-            "top_k": json.loads(cells["top_k"]),
-            "cache_hit": True,
+        keys = [content_row_key(version, request.content_key).encode() for request in batch.requests]
+        row_set = RowSet()
+        for key in set(keys):
+            row_set.add_row_key(key)
+        cached = {
+            row.row_key: {q.decode(): c[0].value.decode() for q, c in row.cells[CACHE_COLUMN_FAMILY].items()}
+            for row in self._bt.read_rows(row_set=row_set)
         }
+        hits = [i for i, key in enumerate(keys) if key in cached]
+        if hits:
+            self._hits.inc(len(hits))
+            rows = prediction_rows([batch.requests[i] for i in hits], {}, version, scored_at=time.time())
+            yield [
+                {**row, "outputs": cells["outputs"], "top_k": json.loads(cells["top_k"]), "cache_hit": True}
+                for row, cells in zip(rows, (cached[keys[i]] for i in hits), strict=True)
+            ]
+        if len(hits) == len(keys):
+            return
+        misses = [i for i, key in enumerate(keys) if key not in cached]
+        yield beam.pvalue.TaggedOutput(
+            self.MISSES,
+            ScoringBatch(
+                [batch.requests[i] for i in misses], {name: value[misses] for name, value in batch.examples.items()}
+            ),
+        )
 
     def teardown(self):
         self._client.close()

@@ -1,6 +1,7 @@
 """Scoring with TensorFlow models through Beam's RunInference: a model handler for SavedModels (called
-through their serving signature) and `.keras` files, that calls the model once per batch and hands back
-numpy rows, plus the per-element preparation of inputs from the signature and the prediction rows.
+through their serving signature) and `.keras` files that scores ScoringBatches (many requests, their
+inputs stacked into one array each) with one model call per batch and hands back numpy rows, plus the
+preparation of each request's inputs from the signature and the prediction rows, made a batch at a time.
 """
 
 import datetime
@@ -18,12 +19,12 @@ from transforms.core.records import text
 from transforms.images.pixels import check_image_header, decode_base64, decode_image, resize
 from transforms.io.deadletter import RecordError
 
-INFERENCE_ERROR = "__inference_error__"
-
-
 MAX_REQUEST_ID_CHARS = 1024
 
 IMAGE_SCALES = ("auto", "0_1", "0_255", "-1_1", "none")  # --image_scale: see pixel_values
+
+_JSON = json.JSONEncoder()  # json.dumps' defaults, built once
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, default=str)  # of the content key
 
 
 class InputSpec(NamedTuple):
@@ -86,13 +87,17 @@ class LoadedModel:
     def _load(self, path, signature_name):
         if path.endswith(".keras"):
             self._keras = tf.keras.models.load_model(path, compile=False)
-            # one traced graph per input shape: eager Keras calls cost ~20 ms each on small models
-            self._keras_call = tf.function(lambda x: self._keras(x, training=False), reduce_retracing=True)
             self._signature = None
             self.inputs = [
                 InputSpec(t.name.split(":")[0], tf.as_dtype(t.dtype).name, tuple(t.shape[1:]))
                 for t in self._keras.inputs
             ]
+            # one graph, traced on the first call, for every batch size: eager Keras calls cost ~20 ms each
+            # on small models, and a trace per new batch size costs about a second
+            specs = [tf.TensorSpec((None, *spec.shape), spec.dtype) for spec in self.inputs]
+            self._keras_call = tf.function(
+                lambda x: self._keras(x, training=False), input_signature=[specs if len(specs) > 1 else specs[0]]
+            )
             self.output_names = [f"output_{i}" for i in range(len(self._keras.outputs))]
             self.output_shapes = [tuple(t.shape[1:]) for t in self._keras.outputs]
             return
@@ -115,7 +120,10 @@ class LoadedModel:
         if self._transform is not None:
             batch = self._transformed(batch)
         if self._signature is None:
-            arrays = [batch[spec.name] for spec in self._model_inputs]
+            arrays = [
+                batch[spec.name] if spec.dtype == "string" else np.asarray(batch[spec.name], spec.dtype)
+                for spec in self._model_inputs
+            ]
             outputs = self._keras_call(arrays if len(arrays) > 1 else arrays[0])
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             return {name: np.asarray(o) for name, o in zip(self.output_names, outputs, strict=True)}
@@ -123,10 +131,24 @@ class LoadedModel:
         return {name: value.numpy() for name, value in self._signature(**tensors).items()}
 
 
+class BatchPredictions(NamedTuple):
+    """What the model gave a ScoringBatch: {output name: array, one row per request} and {row: message}
+    for the rows it failed on (their rows of `outputs` are placeholders)."""
+
+    outputs: dict
+    errors: dict
+
+
+def batch_rows(batch):
+    """A ScoringBatch's weight in RunInference's batching: its number of requests."""
+    return len(batch.requests)
+
+
 class TfModelHandler(ModelHandler):
-    """Loads the model once per worker process (RunInference shares it) and scores each batch with one
-    call; the rows of the result are numpy slices, never converted tensor by tensor. The model can be
-    swapped while running (RunInference's model-metadata side input calls `update_model_path`)."""
+    """Loads the model once per worker process (RunInference shares it) and scores ScoringBatches: those
+    RunInference groups (up to max_batch_size requests in all) are joined and the model is called once
+    per max_batch_size rows; the results are numpy slices, never converted tensor by tensor. The model
+    can be swapped while running (RunInference's model-metadata side input calls `update_model_path`)."""
 
     def __init__(
         self,
@@ -138,7 +160,12 @@ class TfModelHandler(ModelHandler):
         transform_dir=None,
     ):
         self._model_path, self._signature_name, self._transform_dir = model_path, signature_name, transform_dir
-        self._batching = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+        self._max_batch_size = max_batch_size
+        self._batching = {
+            "min_batch_size": min_batch_size,
+            "max_batch_size": max_batch_size,
+            "element_size_fn": batch_rows,
+        }
         if max_batch_duration_secs:
             self._batching["max_batch_duration_secs"] = max_batch_duration_secs
         super().__init__()
@@ -156,28 +183,78 @@ class TfModelHandler(ModelHandler):
     def get_num_bytes(self, batch):
         """For RunInference's byte metrics: the arrays' sizes (the default pickles the whole batch)."""
         return sum(
-            np.asarray(value).nbytes if np.asarray(value).dtype != object else len(value.item())
-            for example in batch
-            for value in example.values()
+            value.nbytes
+            if value.dtype != object
+            else sum(len(item) for item in value.ravel() if isinstance(item, (bytes, str)))
+            for scoring_batch in batch
+            for value in scoring_batch.examples.values()
         )
 
     def run_inference(self, batch, model, inference_args=None):
-        """One model call per batch. When it fails, the batch is scored one example at a time, so only
-        the bad examples fail: their inference is {INFERENCE_ERROR: message}, a dead letter downstream."""
+        """ScoringBatches -> one PredictionResult(ScoringBatch, BatchPredictions, version) each. The model
+        is called once per max_batch_size rows; when a call fails, its rows are scored one at a time, so
+        only the bad rows fail: they are in BatchPredictions.errors, dead letters downstream."""
         version = model_version(model.path)
         try:
-            outputs = model({spec.name: np.stack([example[spec.name] for example in batch]) for spec in model.inputs})
-        except (tf.errors.OpError, ValueError, TypeError) as e:
-            if len(batch) == 1:
-                return [PredictionResult(batch[0], {INFERENCE_ERROR: f"{type(e).__name__}: {e}"}, version)]
-            return [result for example in batch for result in self.run_inference([example], model)]
-        return [
-            PredictionResult(example, {name: value[i] for name, value in outputs.items()}, version)
-            for i, example in enumerate(batch)
+            arrays = {spec.name: np.concatenate([b.examples[spec.name] for b in batch]) for spec in model.inputs}
+        except ValueError:  # an input of variable size: each ScoringBatch on its own
+            return [result for scoring_batch in batch for result in self.run_inference([scoring_batch], model)]
+        total = sum(batch_rows(b) for b in batch)
+        errors = {}
+        pieces = [
+            self._score(
+                {name: a[start : start + self._max_batch_size] for name, a in arrays.items()}, model, start, errors
+            )
+            for start in range(0, total, self._max_batch_size)
         ]
+        outputs = _join_rows(pieces)
+        results, offset = [], 0
+        for scoring_batch in batch:
+            end = offset + batch_rows(scoring_batch)
+            results.append(
+                PredictionResult(
+                    scoring_batch,
+                    BatchPredictions(
+                        {name: value[offset:end] for name, value in outputs.items()},
+                        {row - offset: message for row, message in errors.items() if offset <= row < end},
+                    ),
+                    version,
+                )
+            )
+            offset = end
+        return results
+
+    def _score(self, arrays, model, offset, errors):
+        """(row count, outputs or None when every row failed); failed rows' messages go to `errors`."""
+        count = len(next(iter(arrays.values())))
+        try:
+            return count, model(arrays)
+        except (tf.errors.OpError, ValueError, TypeError) as e:
+            if count == 1:
+                errors[offset] = f"{type(e).__name__}: {e}"
+                return 1, None
+        return count, _join_rows(
+            [self._score({n: a[i : i + 1] for n, a in arrays.items()}, model, offset + i, errors) for i in range(count)]
+        )
 
     def get_metrics_namespace(self):
         return "score"
+
+
+def _join_rows(pieces):
+    """(row count, {name: array} or None) pieces -> {name: array} of all rows, zeros where a piece failed
+    ({} when all did)."""
+    scored = next((outputs for _, outputs in pieces if outputs is not None), None)
+    if scored is None:
+        return {}
+    if len(pieces) == 1:
+        return scored
+    return {
+        name: np.concatenate(
+            [o[name] if o is not None else np.zeros((count, *value.shape[1:]), value.dtype) for count, o in pieces]
+        )
+        for name, value in scored.items()
+    }
 
 
 def model_directory(path):
@@ -198,6 +275,37 @@ class ScoringRequest(NamedTuple):
     content_key: str  # MD5 of the model input (image bytes or canonical JSON of the features)
     received_at: float  # epoch seconds: publish time in streaming, read time in batch
     instance_index: int | None = None  # the position in a TF Serving request body; None for a plain request
+
+
+class ScoringBatch(NamedTuple):
+    """Requests on their way through RunInference together: one element for many requests."""
+
+    requests: list  # ScoringRequest, one per row
+    examples: dict  # {input name: array stacking the requests' values, one row each}
+
+
+def stack_examples(examples, inputs):
+    """[{input name: value}] (prepare_example's) -> {input name: array of one row per example}."""
+    return {
+        spec.name: np.asarray([example[spec.name] for example in examples], dtype=spec.dtype)
+        if spec.dtype in _FLOAT_DTYPES
+        else np.stack([example[spec.name] for example in examples])
+        for spec in inputs
+    }
+
+
+_FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
+_NUMBERS = (float, int)
+
+
+def _plain_numbers(value, shape):
+    """Whether `value` is Python numbers in exactly `shape` (a number, or a flat list of them): what a
+    float input takes as it is, converted with its batch instead of checked through numpy one by one."""
+    if not shape:
+        return type(value) in _NUMBERS
+    return (
+        len(shape) == 1 and type(value) is list and len(value) == shape[0] and all(type(v) in _NUMBERS for v in value)
+    )
 
 
 def image_input(inputs):
@@ -285,8 +393,12 @@ def prepare_example(
             raise RecordError(
                 "missing_feature", f"feature '{spec.name}' is missing; the model takes {[s.name for s in inputs]}"
             )
+        value = features[spec.name]
+        if spec.dtype in _FLOAT_DTYPES and _plain_numbers(value, spec.shape):
+            example[spec.name] = value  # converted with the batch (stack_examples)
+            continue
         try:
-            value = np.asarray(features[spec.name], dtype=object if spec.dtype == "string" else spec.dtype)
+            value = np.asarray(value, dtype=object if spec.dtype == "string" else spec.dtype)
         except (TypeError, ValueError) as e:
             raise RecordError("bad_feature", f"feature '{spec.name}' is not {spec.dtype}: {e}") from None
         if value.shape != spec.shape and not (None in spec.shape and len(value.shape) == len(spec.shape)):
@@ -294,7 +406,7 @@ def prepare_example(
                 "bad_feature", f"feature '{spec.name}' has shape {value.shape}, the model takes {spec.shape}"
             )
         example[spec.name] = value
-    canonical = json.dumps({s.name: features[s.name] for s in inputs}, sort_keys=True, default=str)
+    canonical = _CANONICAL_JSON.encode({s.name: features[s.name] for s in inputs})
     return request_id, hashlib.md5(canonical.encode()).hexdigest(), example
 
 
@@ -311,26 +423,45 @@ def _image_bytes(record, input_name):
 
 
 def prediction_row(request, outputs, version, labels=None, top_k=3, scored_at=None):
-    """The row written to BigQuery, Pub/Sub and the cache. For a classifier (one output, one score per
-    label) it also lists the top-k labels with their probabilities."""
+    """The row written to BigQuery, Pub/Sub and the cache for one request (see prediction_rows)."""
+    outputs = {name: np.asarray(value)[np.newaxis] for name, value in outputs.items()}
+    return prediction_rows([request], outputs, version, labels, top_k, scored_at)[0]
+
+
+def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=None, failed=()):
+    """The rows of a batch of requests, {output name: array of one row per request} the model's outputs,
+    leaving out the rows in `failed`. For a classifier (one output, one score per label) each also lists the
+    top-k labels with their probabilities. Each output is converted to Python values once per batch."""
     scored_at = scored_at or time.time()
-    row = {
-        "request_id": request.request_id,
-        "instance_index": request.instance_index,
-        "model_version": version,
-        "content_key": request.content_key,
-        "outputs": json.dumps({name: np.asarray(v).tolist() for name, v in sorted(outputs.items())}),
-        "top_k": [],
-        "scored_at": datetime.datetime.fromtimestamp(scored_at, datetime.UTC).isoformat(),
-        "latency_ms": round((scored_at - request.received_at) * 1000, 3),
-        "cache_hit": False,
-    }
-    if len(outputs) == 1:
-        scores = np.asarray(next(iter(outputs.values())), dtype=np.float64).ravel()
-        if labels is not None and len(scores) == len(labels):
-            best = np.argsort(-scores, kind="stable")[:top_k]
-            row["top_k"] = [{"label": labels[i], "score": float(scores[i])} for i in best]
-    return row
+    at = datetime.datetime.fromtimestamp(scored_at, datetime.UTC).isoformat()
+    names = sorted(outputs)
+    columns = [(f"{_JSON.encode(name)}: ", np.asarray(outputs[name]).tolist()) for name in names]
+    top = [[] for _ in requests]
+    if len(names) == 1 and labels is not None and requests:
+        scores = np.asarray(outputs[names[0]], dtype=np.float64).reshape(len(requests), -1)
+        if scores.shape[1] == len(labels):
+            best, values = np.argsort(-scores, axis=1, kind="stable")[:, :top_k].tolist(), scores.tolist()
+            top = [
+                [{"label": labels[j], "score": row[j]} for j in order] for order, row in zip(best, values, strict=True)
+            ]
+    rows = []
+    for i, request in enumerate(requests):
+        if i in failed:
+            continue
+        rows.append(
+            {
+                "request_id": request.request_id,
+                "instance_index": request.instance_index,
+                "model_version": version,
+                "content_key": request.content_key,
+                "outputs": "{" + ", ".join(key + _JSON.encode(values[i]) for key, values in columns) + "}",
+                "top_k": top[i],
+                "scored_at": at,
+                "latency_ms": round((scored_at - request.received_at) * 1000, 3),
+                "cache_hit": False,
+            }
+        )
+    return rows
 
 
 PREDICTION_BQ_SCHEMA = {

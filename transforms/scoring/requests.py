@@ -13,15 +13,22 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 
 from transforms.core.records import record_dict
 from transforms.features.cleanse import serving_features
-from transforms.io.deadletter import GuardedDoFn, RecordError, make_dead_letter, payload_and_attributes
+from transforms.io.deadletter import (
+    GuardedBatchDoFn,
+    GuardedDoFn,
+    RecordError,
+    make_dead_letter,
+    payload_and_attributes,
+)
 from transforms.io.sources import ImageInput
 from transforms.scoring.model import (
-    INFERENCE_ERROR,
+    ScoringBatch,
     ScoringRequest,
     image_input,
-    prediction_row,
+    prediction_rows,
     prepare_example,
     request_id_of,
+    stack_examples,
 )
 
 DEFAULT_MAX_INSTANCES = 1000  # --max_instances_per_request
@@ -113,10 +120,11 @@ def instance_attributes(request_id, instance_index):
     return {"score.request_id": request_id, "score.instance_index": str(instance_index)}
 
 
-class ParseRequests(GuardedDoFn):
-    """Raw request (PubsubMessage, JSON line, BigQuery row, image file) -> (ScoringRequest, model
-    example), or a dead letter naming the field at fault. A TensorFlow Serving body gives one of either per
-    instance, under the request id `<body id>/<position>`, plus (body id, instance count) tagged ENVELOPES_TAG."""
+class ParseRequests(GuardedBatchDoFn):
+    """Raw requests (PubsubMessage, JSON line, BigQuery row, image file), a list at a time -> ScoringBatches
+    of at most `max_batch_size` requests, or one dead letter per bad request naming the field at fault. A
+    TensorFlow Serving body gives one request or dead letter per instance, under the request id
+    `<body id>/<position>`, plus (body id, instance count) tagged ENVELOPES_TAG."""
 
     STEP = "ParseRequests"
 
@@ -130,11 +138,13 @@ class ParseRequests(GuardedDoFn):
         image_scale="auto",
         max_instances=DEFAULT_MAX_INSTANCES,
         signature="serving_default",
+        max_batch_size=256,
     ):
         super().__init__(pipeline_name)
         self._inputs, self._feature_spec = inputs, feature_spec
         self._image = None if feature_spec else image_input(inputs)
         self._max_instances, self._signature = max_instances, signature
+        self._max_batch_size = max_batch_size
         self._limits = {
             "max_image_bytes": max_image_bytes,
             "max_image_pixels": max_image_pixels,
@@ -150,7 +160,48 @@ class ParseRequests(GuardedDoFn):
         return payload, {k: v for k, v in (attributes or {}).items() if not k.startswith(RESERVED_ATTRIBUTES)}
 
     def handle(self, raw):
-        received_at, attributes = time.time(), None
+        requests, outputs, instances = self._parse(raw, time.time())
+        self._count_envelopes([] if instances is None else [instances])
+        yield from outputs
+        yield from self._batches(requests)
+
+    def handle_batch(self, records):
+        read_at, scored, instance_counts = time.time(), [], []
+        for raw in records:
+            try:
+                requests, outputs, instances = self._parse(raw, read_at)
+            except Exception:  # noqa: BLE001 - a bad record: the per-record boundary gives its one dead letter
+                yield from GuardedDoFn.process(self, raw)
+                continue
+            scored += requests
+            yield from outputs
+            if instances is not None:
+                instance_counts.append(instances)
+        self._count_envelopes(instance_counts)
+        yield from self._batches(scored)
+
+    def _count_envelopes(self, instance_counts):
+        if instance_counts:
+            self._envelopes.inc(len(instance_counts))
+            self._envelope_instances.inc(sum(instance_counts))
+
+    def _batches(self, scored):
+        """(ScoringRequest, example) pairs -> ScoringBatches of at most max_batch_size, or one per request
+        where their values do not stack (an input of variable size)."""
+        for start in range(0, len(scored), self._max_batch_size):
+            part = scored[start : start + self._max_batch_size]
+            try:
+                examples = stack_examples([example for _, example in part], self._inputs)
+            except ValueError:
+                for request, example in part:
+                    yield ScoringBatch([request], stack_examples([example], self._inputs))
+                continue
+            yield ScoringBatch([request for request, _ in part], examples)
+
+    def _parse(self, raw, read_at):
+        """One record -> ([(ScoringRequest, example)], [its dead letters and ENVELOPES_TAG output], instance
+        count or None); raises for a record that is bad as a whole."""
+        received_at, attributes = read_at, None
         if isinstance(raw, PubsubMessage):
             attributes = raw.attributes or {}
             if raw.publish_time:
@@ -165,20 +216,23 @@ class ParseRequests(GuardedDoFn):
                 record = {"id": record.get("image/source_id"), "image_data": record["image/encoded"]}
         instances = envelope_instances(record, self._max_instances, self._signature)
         if instances is None:
-            yield self._scoring_input(record, False, received_at)
-            return
+            return [self._scoring_input(record, False, received_at)], [], None
         body_id = request_id_of(record)
+        requests, outputs = [], []
         for position, instance in enumerate(instances):
             request_id = f"{body_id}/{position}"
             try:
-                yield self._scoring_input(
-                    *instance_record(instance, request_id, self._inputs, self._image), received_at, position
+                requests.append(
+                    self._scoring_input(
+                        *instance_record(instance, request_id, self._inputs, self._image), received_at, position
+                    )
                 )
             except Exception as e:  # noqa: BLE001 - one dead letter per bad instance, the others go on
-                yield self.dead_letter(instance, e, {**(attributes or {}), **instance_attributes(request_id, position)})
-        self._envelopes.inc()
-        self._envelope_instances.inc(len(instances))
-        yield beam.pvalue.TaggedOutput(ENVELOPES_TAG, (body_id, len(instances)))
+                outputs.append(
+                    self.dead_letter(instance, e, {**(attributes or {}), **instance_attributes(request_id, position)})
+                )
+        outputs.append(beam.pvalue.TaggedOutput(ENVELOPES_TAG, (body_id, len(instances))))
+        return requests, outputs, len(instances)
 
     def _scoring_input(self, record, values_given, received_at, instance_index=None):
         if self._feature_spec is not None:  # the same defaults, clipping and type checks as in training
@@ -190,7 +244,8 @@ class ParseRequests(GuardedDoFn):
 
 
 class ToPredictionRows(GuardedDoFn):
-    """(ScoringRequest, PredictionResult) -> prediction row; an example the model failed on -> dead letter."""
+    """PredictionResult(ScoringBatch, BatchPredictions, version) -> the list of its prediction rows; each
+    request the model failed on -> a dead letter (inference_failed)."""
 
     STEP = "RunInference"
 
@@ -199,33 +254,53 @@ class ToPredictionRows(GuardedDoFn):
         self._labels, self._top_k = labels, top_k
         self._scored = Metrics.counter(pipeline_name, "scored")
 
-    def dead_letter_payload(self, keyed):
-        request = keyed[0]
-        return (
+    def handle(self, result):
+        batch, predictions, version = result
+        for row, message in sorted(predictions.errors.items()):
+            yield self._dead_letter_of(batch.requests[row], RecordError("inference_failed", message))
+        try:
+            rows = prediction_rows(
+                batch.requests, predictions.outputs, version, self._labels, self._top_k, failed=predictions.errors
+            )
+        except Exception:  # noqa: BLE001 - a row that cannot be written: find it, one request at a time
+            rows = []
+            for row, request in enumerate(batch.requests):
+                if row in predictions.errors:
+                    continue
+                outputs = {name: value[row : row + 1] for name, value in predictions.outputs.items()}
+                try:
+                    rows += prediction_rows([request], outputs, version, self._labels, self._top_k)
+                except Exception as e:  # noqa: BLE001 - one dead letter per request, the others go on
+                    yield self._dead_letter_of(request, e)
+        if rows:
+            self._scored.inc(len(rows))
+            yield rows
+
+    def dead_letter_payload(self, result):
+        """A batch that failed as a whole (not expected: each request is handled above) keeps its ids."""
+        return {"request_ids": [request.request_id for request in result.example.requests]}, None
+
+    def _dead_letter_of(self, request, error):
+        return self.dead_letter(
             {"request_id": request.request_id, "content_key": request.content_key},
+            error,
             instance_attributes(request.request_id, request.instance_index),
         )
-
-    def handle(self, keyed):
-        request, result = keyed
-        if INFERENCE_ERROR in result.inference:
-            raise RecordError("inference_failed", result.inference[INFERENCE_ERROR])
-        row = prediction_row(request, result.inference, result.model_id, self._labels, self._top_k)
-        self._scored.inc()
-        yield row
 
 
 def failed_batch_dead_letters(failed, pipeline_name):
-    """RunInference's own dead-letter output: (batch of keyed examples, (type, message, traceback lines))."""
-    batch, (_, message, _) = failed
-    for request, _ in batch if isinstance(batch, list) else [batch]:
-        yield make_dead_letter(
-            pipeline_name,
-            "RunInference",
-            {"request_id": request.request_id},
-            RecordError("inference_failed", f"the model failed on the batch: {message}"),
-            instance_attributes(request.request_id, request.instance_index),
-        )
+    """RunInference's own dead-letter output: (ScoringBatches, (type, message, traceback lines)), one dead
+    letter per request."""
+    batches, (_, message, _) = failed
+    for batch in batches if isinstance(batches, list) else [batches]:
+        for request in batch.requests:
+            yield make_dead_letter(
+                pipeline_name,
+                "RunInference",
+                {"request_id": request.request_id},
+                RecordError("inference_failed", f"the model failed on the batch: {message}"),
+                instance_attributes(request.request_id, request.instance_index),
+            )
 
 
 def tf_serving_prediction(row):
