@@ -29,6 +29,7 @@ services: bootstrap  ## start the local emulators for manual runs; prints the en
 
 bench: bootstrap
 	$(PY) -m bench.sli
+	$(PY) -m bench.sli_latency
 	$(PY) -m bench.slo_state
 	$(PY) -m bench.images
 	$(PY) -m bench.score
