@@ -53,9 +53,9 @@ from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl
 from transforms.io.sinks import BigQueryTarget, WriteRecords
 from transforms.io.sources import Input, ReadRecords
+from transforms.sli.batch import AggregateLogBatches
 from transforms.sli.config import load_sli_config
-from transforms.sli.parsing import ParseLogRecords
-from transforms.sli.rows import ComputeSliRows
+from transforms.sli.rows import ComputeSliRowsFromPartials
 from transforms.slo.replay import COMPARISON_BQ_SCHEMA, REPLAY_ALERTS_BQ_SCHEMA, ParseSliRows, Period, ReplaySlos
 
 PIPELINE = "slo_replay"
@@ -170,17 +170,17 @@ class _SampleSliRows(beam.PTransform):
         super().__init__()
         self._configs = configs
 
-    def expand(self, records):
+    def expand(self, batches):
         rows, dead_letters = {}, []
         for name, config in self._configs.items():
-            parsed = records | f"ParseLogRecords[{name}]" >> beam.ParDo(
-                ParseLogRecords(config.formats, PIPELINE)
-            ).with_outputs(DEAD_LETTER_TAG, main="events")
+            parsed = batches | f"ParseLogRecords[{name}]" >> beam.ParDo(
+                AggregateLogBatches(config, 60, PIPELINE)
+            ).with_outputs(DEAD_LETTER_TAG, main="partials")
             # batch: no record is late, so the lateness does not matter; rows leave their minute windows, as
             # stored rows have none
             rows[name] = (
-                parsed.events
-                | f"ComputeSliRows[{name}]" >> ComputeSliRows(config, PIPELINE, 60, 0)
+                parsed.partials
+                | f"ComputeSliRows[{name}]" >> ComputeSliRowsFromPartials(config, PIPELINE, 60, 0)
                 | f"GlobalWindow[{name}]" >> beam.WindowInto(window.GlobalWindows())
             )
             dead_letters.append(parsed[DEAD_LETTER_TAG])
@@ -202,7 +202,9 @@ def build(pipeline, options, settings, source=None):
         return result.rows
 
     if source is None and settings.input is None:
-        read = read_records(pipeline, PIPELINE, ReadRecords(Input(input_files=str(SAMPLE_LOGS)), "jsonl"), "ReadLogs")
+        read = read_records(
+            pipeline, PIPELINE, ReadRecords(Input(input_files=str(SAMPLE_LOGS)), "jsonl", batched=True), "ReadLogs"
+        )
         sample_rows, log_dead_letters = read | "SampleSliRows" >> _SampleSliRows(settings.configs)
         dead_letter_sources += log_dead_letters
         parsed = {name: parse(rows, f"ParseSliRows[{name}]") for name, rows in sample_rows.items()}
