@@ -3,9 +3,11 @@
 API over the emulator's gRPC port; a wildcard table with a date range reads the date shards that a Cloud
 Logging sink writes (`requests_YYYYMMDD`)."""
 
+import base64
 import datetime
 import json
 import re
+from pathlib import Path
 
 import apache_beam as beam
 import pytest
@@ -16,10 +18,13 @@ from google.cloud import bigquery
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines import skew, sli
+from pipelines import feature_stats, score, skew, sli, window_features
 from pipelines.options import check_input, select_date_shards
 from pipelines.samples.request_logs import DAY_START, generate_with_truth
 from tests.harness import point_beam_bigquery_storage_at, restore_beam_bigquery_storage
+from tests.test_feature_pipeline import read_examples
+from tests.test_feature_pipeline import run_pipeline as run_feature_stats
+from transforms.features.artifacts import read_statistics
 from transforms.sli.rows import PANE_COLUMNS
 
 F = bigquery.SchemaField
@@ -51,6 +56,13 @@ LOG_ENTRY_SCHEMA = [
         ],
     ),
 ]
+TRANSACTION_SCHEMA = [
+    F("card_id", "STRING"),
+    F("event_time", "TIMESTAMP"),
+    F("amount", "FLOAT64"),
+    F("merchant", "STRING"),
+]
+REQUEST_SCHEMA = [F("id", "STRING"), F("image_data", "BYTES")]
 SERVING_SCHEMA = [
     F("user_id", "STRING"),
     F("age", "INT64"),
@@ -60,6 +72,7 @@ SERVING_SCHEMA = [
     F("device", "STRING"),
     F("review", "STRING"),
 ]
+CUSTOMER_SCHEMA = [*SERVING_SCHEMA, F("churned", "STRING")]
 
 
 @pytest.fixture(scope="module")
@@ -157,16 +170,16 @@ def test_skew_from_a_table_equals_the_same_records_from_files(bq, project, tmp_p
     assert _same(got, expected)
 
 
-def _same(actual, expected):
-    """Equal JSON values, floats to 1e-9 relative (sums in another order differ in the last bits)."""
+def _same(actual, expected, rel=1e-9, abs=0.0):  # noqa: A002 - pytest.approx's name
+    """Equal JSON values, floats to `rel` relative (sums in another order differ in the last bits)."""
     if isinstance(expected, dict):
         assert sorted(actual) == sorted(expected)
-        return all(_same(actual[k], v) for k, v in expected.items())
-    if isinstance(expected, list):
+        return all(_same(actual[k], v, rel, abs) for k, v in expected.items())
+    if isinstance(expected, list | tuple):
         assert len(actual) == len(expected)
-        return all(_same(a, e) for a, e in zip(actual, expected, strict=True))
+        return all(_same(a, e, rel, abs) for a, e in zip(actual, expected, strict=True))
     if isinstance(expected, float):
-        assert actual == pytest.approx(expected, rel=1e-9)
+        assert actual == pytest.approx(expected, rel=rel, abs=abs)
     else:
         assert actual == expected
     return True
@@ -208,3 +221,124 @@ def test_date_shards_are_the_days_in_range(days, others, bounds):
     lo, hi = start or first, end or first + datetime.timedelta(days=800)  # the days the ids can have
     in_range = {f"requests_{lo + datetime.timedelta(days=i):%Y%m%d}" for i in range((hi - lo).days + 1)}
     assert got == sorted(set(ids) & in_range)
+
+
+# --- feature_stats, window_features, score: one dataset, each pipeline's rows from a table and from a file
+
+
+def load_inputs(bq, project, table, schema, records):
+    """`inputs.<table>`, created just before a test reads it: after every DIRECT_READ, Beam deletes the
+    temporary datasets it labelled by listing the datasets with a label filter, which the emulator ignores,
+    so every dataset of the project goes (a dataset shared by the tests of this module would be gone)."""
+    bq.create_dataset("inputs", exists_ok=True)
+    load(bq, f"{project}.inputs.{table}", schema, records)
+    return f"{project}:inputs.{table}"
+
+
+def fitting_records(path, schema, limit=None):
+    """The JSON-object lines of `path` whose values fit `schema`'s types (a table cannot hold the others)."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and all(_fits(record.get(f.name), f.field_type) for f in schema):
+            records.append(record)
+    return records[:limit]
+
+
+def _fits(value, field_type):
+    if value is None:
+        return True
+    if field_type == "TIMESTAMP":
+        try:
+            return datetime.datetime.fromisoformat(value) is not None
+        except (TypeError, ValueError):
+            return False
+    return type(value) is {"STRING": str, "INT64": int, "FLOAT64": float}[field_type]
+
+
+def _without(rows, *columns):
+    return sorted(({k: v for k, v in r.items() if k not in columns} for r in rows), key=json.dumps)
+
+
+def _jsonl_rows(output_dir, prefix):
+    return [json.loads(line) for path in sorted(output_dir.glob(f"{prefix}*.jsonl")) for line in path.open()]
+
+
+def _dead_letter_reasons(output_dir):
+    return sorted(d["reason"] for d in _jsonl_rows(output_dir, "dead_letters"))
+
+
+def test_feature_stats_from_a_table_equals_the_same_records_from_files(bq, project, tmp_path):
+    """600 churn records (NULLs where the file leaves a field out): the same statistics per split and the
+    same transformed examples (each split's TFRecords) from the table as from their file."""
+    records = fitting_records(feature_stats.SAMPLE_DATA, CUSTOMER_SCHEMA, limit=600)
+    table = load_inputs(bq, project, "customers", CUSTOMER_SCHEMA, records)
+    runs = {}
+    for name, flags in (
+        ("files", ["--input_files", str(write_jsonl(tmp_path / "customers.jsonl", records))]),
+        ("table", ["--project", project, "--input_table", table]),
+    ):
+        out = tmp_path / name
+        run_feature_stats(feature_stats.SAMPLE_SPEC, out, *flags)
+        statistics = read_statistics(out)
+        del statistics["run_id"]
+        examples = {split: sorted(read_examples(out, split), key=lambda e: e["user_id"]) for split in ("train", "eval")}
+        runs[name] = statistics, examples, _dead_letter_reasons(out)
+    (stats, examples, dead), expected = runs["table"], runs["files"]
+    assert expected[0]["train"]["rows"] + expected[0]["eval"]["rows"] == len(records)
+    assert _same(stats, expected[0])
+    assert examples == expected[1] and dead == expected[2]
+
+
+def test_window_features_from_a_table_equals_the_same_events_from_files(bq, project, tmp_path):
+    """600 card transactions, event_time a TIMESTAMP column: the same feature rows from the table."""
+    records = fitting_records(Path(window_features.SAMPLE_EVENTS), TRANSACTION_SCHEMA, limit=600)
+    table = load_inputs(bq, project, "transactions", TRANSACTION_SCHEMA, records)
+    runs = {}
+    for name, flags in (
+        ("files", ["--input_files", str(write_jsonl(tmp_path / "transactions.jsonl", records))]),
+        ("table", ["--input_table", table]),
+    ):
+        window_features.run(["--output_dir", str(tmp_path / name), "--progress", "off", "--project", project, *flags])
+        rows = [{k: v for k, v in r.items() if k != "emitted_at"} for r in _jsonl_rows(tmp_path / name, "feature_rows")]
+        runs[name] = sorted(rows, key=lambda r: (r["entity"], r["window"], r["time_index"]))
+    assert len(runs["files"]) > len(records)  # sliding windows: several rows per event
+    assert _same(runs["table"], runs["files"])
+    assert _dead_letter_reasons(tmp_path / "table") == _dead_letter_reasons(tmp_path / "files") == []
+
+
+def test_score_from_a_table_of_image_bytes_equals_the_same_requests_from_files(bq, project, tmp_path):
+    """The bundled requests with an id and valid base64 (one of them not an image), in a table as a BYTES
+    column image_data: the same predictions and dead letters as the JSON requests ({"b64": ...}) of a file."""
+    records = [
+        r
+        for r in fitting_records(score.SAMPLE_REQUESTS, [F("id", "STRING")])
+        if r.get("id") and _is_base64(r["image_bytes"]["b64"])
+    ]
+    rows = [{"id": r["id"], "image_data": r["image_bytes"]["b64"]} for r in records]  # BYTES in JSON: base64
+    table = load_inputs(bq, project, "requests", REQUEST_SCHEMA, rows)
+    runs = {}
+    for name, flags in (
+        ("files", ["--input_files", str(write_jsonl(tmp_path / "requests.jsonl", records))]),
+        ("table", ["--input_table", table]),
+    ):
+        score.run(["--output_dir", str(tmp_path / name), "--progress", "off", "--project", project, *flags])
+        predictions = _without(_jsonl_rows(tmp_path / name, "predictions"), "scored_at", "latency_ms")
+        for row in predictions:
+            row["outputs"] = json.loads(row["outputs"])
+        runs[name] = sorted(predictions, key=lambda r: r["request_id"]), _dead_letter_reasons(tmp_path / name)
+    assert [r["request_id"] for r in runs["files"][0]] == sorted(r["id"] for r in records if r["id"] != "not-an-image")
+    assert runs["files"][1] == ["not_an_image"]
+    # the same images (content keys) and labels; float32 scores of batches of other sizes differ in the last bits
+    assert _same(runs["table"], runs["files"], rel=1e-5, abs=1e-6)
+
+
+def _is_base64(text):
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True

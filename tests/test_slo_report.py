@@ -13,7 +13,7 @@ import plotly.graph_objects
 import plotly.offline
 import pytest
 
-from pipelines import slo_replay
+from pipelines import sli, slo_replay
 from pipelines.reports import slo_report
 from tests.test_sli_pipeline import read_rows
 from tests.test_slo_pipeline import CONFIG, sample_run  # noqa: F401 - the module fixture
@@ -149,8 +149,9 @@ def _utc(iso):
     return datetime.datetime.fromisoformat(iso).astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _check(text, status, alerts, drawn=True):
-    """The table, the firing periods and each SLO's chart: its points those of the status rows, and drawn
+def _check(text, status, alerts, drawn=True, thresholds=None):
+    """The table, the firing periods and each SLO's chart: its points those of the status rows, the
+    threshold lines `thresholds` ({SLO: {rule: threshold}}; default: those of the alerts), and drawn
     (`text` a page as Chromium has rendered it)."""
     page, charts = Page(text), Charts(text, "data-slo")
     by_slo = {}
@@ -183,8 +184,14 @@ def _check(text, status, alerts, drawn=True):
             assert traces[f"burn rate {window} min"]["y"] == rates
         lines = {(s["yref"], s["y0"]) for s in spec["layout"]["shapes"] if s["type"] == "line"}
         assert ("y", 0) in lines and ("y2", last["target"]) in lines
-        thresholds = {a["threshold"] for a in alerts if a["slo"] == name and "threshold" in a}
-        assert {y for ref, y in lines if ref == "y3"} == thresholds
+        expected = (
+            {a["rule"]: a["threshold"] for a in alerts if a["slo"] == name and "threshold" in a}
+            if thresholds is None
+            else thresholds[name]
+        )
+        assert sorted(y for ref, y in lines if ref == "y3") == pytest.approx(sorted(expected.values()))
+        labels = {a["text"] for a in spec["layout"]["annotations"] if a["yref"] == "y3"}
+        assert labels == {f"{rule} threshold {value:.2f}" for rule, value in expected.items()}
         shaded = sorted(s["x0"] for s in spec["layout"]["shapes"] if s["type"] == "rect")
         assert shaded == sorted(_utc(at) for at, _ in fired)
     assert page.alert_rows == len(alerts)
@@ -228,8 +235,20 @@ def test_report_from_local_outputs(sample_run, tmp_path):  # noqa: F811
     assert colours(tmp_path / "page.png") > 200  # charts in colour, not a blank or one-colour page
 
 
-def test_report_from_bigquery(loaded, project, tmp_path):  # noqa: F811
+# The sample config's rules are the default policy; threshold = budget share * 28 days * 1440 / long window.
+SAMPLE_THRESHOLDS = {"page:60m/5m": 0.02 * 28 * 1440 / 60, "page:360m/30m": 0.05 * 28 * 1440 / 360}
+SAMPLE_THRESHOLDS["ticket:4320m/360m"] = 0.10 * 28 * 1440 / 4320
+
+
+def test_report_from_bigquery(loaded, sample_run, project, tmp_path):  # noqa: F811
+    """From the status table, with the --sli_config the rows were computed with: every rule's threshold
+    line (by hand above; those of the rules that fired in the local run's alerts agree), drawn in Chromium."""
     _, status = loaded
+    fired = {
+        (a["severity"], a["long_window_minutes"], a["short_window_minutes"], a["threshold"])
+        for a in read_rows(sample_run, "alerts")
+    }
+    assert fired and all(SAMPLE_THRESHOLDS[f"{s}:{lw}m/{sw}m"] == pytest.approx(t) for s, lw, sw, t in fired)
     output = tmp_path / "report.html"
     slo_report.main(
         [
@@ -237,6 +256,8 @@ def test_report_from_bigquery(loaded, project, tmp_path):  # noqa: F811
             f"{project}:sre.slo_status",
             "--project",
             project,
+            "--sli_config",
+            str(sli.SAMPLE_CONFIG),
             "--since",
             "2026-11-22T00:00:00+00:00",
             "--until",
@@ -254,7 +275,14 @@ def test_report_from_bigquery(loaded, project, tmp_path):  # noqa: F811
         for rule in before - now:
             alerts.append({"slo": row["slo"], "state": "RESOLVED", "at": row["evaluated_at"], "rule": rule})
         previous[row["slo"]] = row["alerts_firing"]
-    _check(output.read_text(), status, alerts, drawn=False)  # test_report_from_local_outputs shows it drawn
+    thresholds = {name: SAMPLE_THRESHOLDS for name in {r["slo"] for r in status}}
+    _check(dump_dom(output), status, alerts, thresholds=thresholds)
+
+
+def test_unreadable_sli_config_is_a_clear_error(project, tmp_path):
+    missing = tmp_path / "nope.yaml"  # checked before the table is read
+    with pytest.raises(SystemExit, match=f"--sli_config: cannot read {missing}"):
+        slo_report.main(["--slo_table", f"{project}:sre.slo_status", "--sli_config", str(missing)])
 
 
 def test_no_status_rows_is_a_clear_error(tmp_path):

@@ -4,7 +4,12 @@ rates against the alert thresholds with firing periods shaded (plotly.js inlined
 
     python -m pipelines.reports.slo_report                                 # from output/sli (the default run)
     python -m pipelines.reports.slo_report --slo_table P:sre.slo_status --project P \\
+        --sli_config gs://B/config/profile_service.yaml \\
         --since 2026-11-01T00:00:00Z --until 2026-11-23T00:00:00Z --output report.html
+
+The burn-rate threshold lines come from the alerts (local outputs: those of the rules that fired) or, with
+--sli_config (the config the SLI pipeline ran with), from every alert rule of it: status rows read from
+BigQuery carry no thresholds.
 """
 
 import argparse
@@ -16,7 +21,9 @@ import sys
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.reports.charts import chart, draw, library
+from transforms.core.config import ConfigError
 from transforms.io.files import read_jsonl
+from transforms.sli.config import load_sli_config
 
 _MAX_POINTS = 2000  # per chart line; longer series are sampled evenly
 
@@ -206,16 +213,32 @@ def _rule(alert):
     return f"{alert['severity']}:{alert['long_window_minutes']}m/{alert['short_window_minutes']}m"
 
 
-def render(status, alerts, title="SLO report"):
+def config_thresholds(config, status):
+    """{SLO: {rule: burn-rate threshold}} of every alert rule of an SliConfig, for the SLOs of the status rows
+    (a calendar-month SLO's threshold is that of its last row's month, `window_days`)."""
+    period = {r["slo"]: r["window_days"] for r in sorted(status, key=lambda r: r["evaluated_at"])}
+    return {
+        slo.name: {
+            f"{r.severity}:{r.long_window_minutes}m/{r.short_window_minutes}m": float(r.threshold(period[slo.name]))
+            for r in config.alerting.rules
+        }
+        for slo in config.slos
+        if slo.name in period
+    }
+
+
+def render(status, alerts, title="SLO report", thresholds=None):
+    """The page; `thresholds` ({SLO: {rule: threshold}}, see config_thresholds) replace those of the alerts."""
     by_slo = {}
     for row in sorted(status, key=lambda r: r["evaluated_at"]):
         by_slo.setdefault(row["slo"], []).append(row)
-    fired, thresholds = {}, {}
+    fired, from_alerts = {}, {}
     for alert in sorted(alerts, key=lambda a: a["at"]):
         if alert["state"] == "FIRING":
             fired[alert["slo"]] = fired.get(alert["slo"], 0) + 1
         if alert.get("threshold") is not None:  # alerts rebuilt from BigQuery rows carry none
-            thresholds.setdefault(alert["slo"], {})[_rule(alert)] = alert["threshold"]
+            from_alerts.setdefault(alert["slo"], {})[_rule(alert)] = alert["threshold"]
+    thresholds = from_alerts if thresholds is None else thresholds
     table_rows, sections = [], []
     for name, rows in sorted(by_slo.items()):
         last = rows[-1]
@@ -283,6 +306,14 @@ def main(argv=None):
     )
     parser.add_argument("--project", type=str, default=None, help="Project to run the BigQuery query in.")
     parser.add_argument(
+        "--sli_config",
+        type=str,
+        default=None,
+        help="The SLI/SLO config YAML (local or gs://) the SLI pipeline ran with: the threshold lines of all its "
+        "alert rules on the burn-rate panels. Give it with --slo_table (the status rows carry no thresholds); "
+        "without it the page shows the thresholds of the alerts that fired in --input_dir.",
+    )
+    parser.add_argument(
         "--since",
         type=str,
         default=None,
@@ -296,6 +327,12 @@ def main(argv=None):
         help="HTML file to write. Default: slo_report.html in --input_dir (or here).",
     )
     args = parser.parse_args(argv)
+    config = None
+    if args.sli_config:
+        try:
+            config = load_sli_config(args.sli_config)
+        except ConfigError as e:  # names --sli_config and the field at fault
+            raise SystemExit(f"error: {e}") from None
     if args.slo_table:
         until = datetime.datetime.fromisoformat(args.until) if args.until else datetime.datetime.now(datetime.UTC)
         since = datetime.datetime.fromisoformat(args.since) if args.since else until - datetime.timedelta(days=7)
@@ -304,11 +341,21 @@ def main(argv=None):
     else:
         status, alerts = read_local(args.input_dir)
         output = args.output or FileSystems.join(args.input_dir, "slo_report.html")
+    source = f"--slo_table {args.slo_table}" if args.slo_table else f"--input_dir {args.input_dir}"
     if not status:
-        source = f"--slo_table {args.slo_table}" if args.slo_table else f"--input_dir {args.input_dir}"
         raise SystemExit(f"error: no SLO status rows in {source}; run python -m pipelines.sli with SLOs first")
+    thresholds = None
+    if config:
+        thresholds = config_thresholds(config, status)
+        missing = sorted({r["slo"] for r in status} - set(thresholds))
+        if missing:
+            print(
+                f"note: --sli_config {args.sli_config} has no SLO {', '.join(missing)} of {source}: no threshold lines"
+            )
+    elif args.slo_table:
+        print("note: status rows carry no burn-rate thresholds: give --sli_config to draw them")
     with FileSystems.create(output) as f:
-        f.write(render(status, alerts).encode("utf-8"))
+        f.write(render(status, alerts, thresholds=thresholds).encode("utf-8"))
     print(
         f"wrote {output}: {len({r['slo'] for r in status})} SLOs, {len(status)} status rows, "
         f"{len(alerts)} alert transitions"
