@@ -10,6 +10,7 @@ cleanse, split, statistics, written as JSON), against
     statistics, transform and writes. The same analyze from instance dicts is printed too.
 
     python -m bench.features [--rows 1000000]
+    python -m bench.features --profile [--rows 200000]   # the whole pipeline under cProfile: where the time goes
 
 The input is a generated Parquet file of --rows rows x 20 columns (a key, a label, 10 numeric and 8
 categorical features). Each measurement runs in its own process; wall time and peak RSS are that
@@ -214,28 +215,43 @@ def full_pipeline(path, tmp):
     return metric_counts(result, "feature_stats").get("records_in", 0)
 
 
-def _child(kind, path, tmp):
-    start = time.perf_counter()
-    rows = {
+def _child(kind, path, tmp, profile=False):
+    run = {
         "ceiling": ceiling,
         "tft": plain_tft_record_batches,
         "tft_dicts": plain_tft,
         "statistics": statistics_only,
         "pipeline": full_pipeline,
-    }[kind](*((path,) if kind == "ceiling" else (path, tmp)))
+    }[kind]
+    args = (path,) if kind == "ceiling" else (path, tmp)
+    start = time.perf_counter()
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        rows = profiler.runcall(run, *args)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+            r"pipelines|transforms|tensorflow_transform|tfx_bsl|io/", 40
+        )
+    else:
+        rows = run(*args)
     seconds = time.perf_counter() - start
     print(f"RESULT {rows} {seconds:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", flush=True)
     os._exit(0)  # TensorFlow and pyarrow can crash while tearing down at exit; the result is out
 
 
-def measure(kind, path, tmp):
+def measure(kind, path, tmp, profile=False):
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.features", "--child", kind, "--path", str(path), "--tmp", str(tmp)],
+        [sys.executable, "-m", "bench.features", "--child", kind, "--path", str(path), "--tmp", str(tmp)]
+        + ["--profile"] * profile,
         capture_output=True,
         text=True,
     )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
+    if profile:
+        print(proc.stdout)
     rows, seconds, rss = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1].split()[1:]
     return int(rows), float(seconds), float(rss)
 
@@ -246,15 +262,22 @@ def main(argv=None):
     parser.add_argument(
         "--child", choices=("ceiling", "tft", "tft_dicts", "statistics", "pipeline"), help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="Only the whole pipeline, under cProfile: its slowest functions."
+    )
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child, args.path, args.tmp)
+        _child(args.child, args.path, args.tmp, args.profile)
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.parquet"
         make_file(path, args.rows)
+        if args.profile:
+            rows, seconds, rss = measure("pipeline", path, Path(tmp) / "pipeline", profile=True)
+            print(f"pipeline under cProfile: {rows:,} rows in {seconds:.1f} s, peak RSS {rss:,.0f} MiB")
+            return
         print(
             f"{args.rows:,} rows x 20 columns (Parquet); statistics per split; 10 numeric features scaled to "
             f"[0, 1] and z-scored, 8 vocabularies (top 100)"

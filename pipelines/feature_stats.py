@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -51,9 +51,16 @@ from pipelines.options import (
     resolve_tensorboard_run,
 )
 from pipelines.samples import FEATURES_DIR
+from transforms.features.analysis import TrainingAnalysisFn, needs_tft_analysis
 from transforms.features.artifacts import SPEC_FILE, STATS_BQ_SCHEMA, read_statistics, stats_rows
 from transforms.features.cleanse import AssignStratifiedSplits, CleanseRecords, CleanseTables, batch_of_rows
-from transforms.features.examples import EncodeExamples, tensor_adapter_config, tfxio_batch, tfxio_schema
+from transforms.features.examples import (
+    EncodeExamples,
+    WriteExampleBatches,
+    tensor_adapter_config,
+    tfxio_batch,
+    tfxio_schema,
+)
 from transforms.features.spec import make_preprocessing_fn, parse_feature_spec
 from transforms.features.statistics import ROWS_PER_BATCH, ComputeStatistics
 from transforms.features.tensorboard import WriteFeatureSummaries
@@ -227,6 +234,11 @@ def build(pipeline, options, settings, source=None):
 
     arrow_schema, adapter = tfxio_schema(spec), tensor_adapter_config(spec)
     parts = by_split | "PartitionBySplit" >> beam.Partition(lambda kv, n: splits.index(kv[0]), len(splits))
+    analysis = (
+        parts[splits.index("train")]
+        | "FilledTrain" >> beam.Map(lambda kv: kv[1].filled)
+        | "AnalyzeTrain" >> beam.CombineGlobally(TrainingAnalysisFn(spec))
+    )
     transformed = {}
     compress = tfrecords.compression == "gzip"
     with tft_beam.Context(temp_dir=settings.temp_dir):
@@ -234,28 +246,26 @@ def build(pipeline, options, settings, source=None):
             name: part | f"RecordBatches[{name}]" >> beam.Map(lambda kv: tfxio_batch(kv[1].filled, arrow_schema))
             for name, part in zip(splits, parts, strict=True)
         }
-        (transformed["train"], train_metadata), transform_fn = (
-            inputs["train"],
-            adapter,
-        ) | "AnalyzeAndTransformTrain" >> tft_beam.AnalyzeAndTransformDataset(
-            make_preprocessing_fn(spec), output_record_batches=True
+        # tf.Transform's pass over the training rows only for what the pipeline's analysis leaves to it
+        analyzed = (
+            inputs["train"]
+            if needs_tft_analysis(spec)
+            else pipeline | "NoRowsToAnalyze" >> beam.Create([pa.RecordBatch.from_pylist([], schema=arrow_schema)])
+        )
+        transform_fn = (analyzed, adapter) | "TransformFn" >> tft_beam.AnalyzeDataset(
+            make_preprocessing_fn(spec, analysis)
         )
         for name in splits:
-            if name != "train":
-                transformed[name], _ = (
-                    (inputs[name], adapter),
-                    transform_fn,
-                ) | f"Transform[{name}]" >> tft_beam.TransformDataset(output_record_batches=True)
+            transformed[name], metadata = ((inputs[name], adapter), transform_fn) | (
+                f"Transform[{name}]" >> tft_beam.TransformDataset(output_record_batches=True)
+            )
         for name in splits:
             (
                 transformed[name]
-                | f"Encode[{name}]" >> beam.ParDo(EncodeExamples(train_metadata.schema))
+                | f"Encode[{name}]" >> beam.ParDo(EncodeExamples(metadata.schema))
                 | f"Write[{name}]"
-                >> beam.io.WriteToTFRecord(
-                    FileSystems.join(out.output_dir, name, "examples"),
-                    file_name_suffix=".tfrecord.gz" if compress else ".tfrecord",
-                    compression_type=CompressionTypes.GZIP if compress else CompressionTypes.UNCOMPRESSED,
-                    num_shards=tfrecords.num_shards,
+                >> WriteExampleBatches(
+                    FileSystems.join(out.output_dir, name, "examples"), tfrecords.num_shards, compress
                 )
             )
         transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out.output_dir)

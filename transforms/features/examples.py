@@ -1,10 +1,17 @@
 """tf.Transform's side of the columnar pipeline: cleansed batches as the Arrow RecordBatches it reads
-through TFXIO, and its transformed RecordBatches encoded as tf.train.Examples by tfx-bsl (C++)."""
+through TFXIO, its transformed RecordBatches encoded as tf.train.Examples by tfx-bsl (C++), and each batch of
+encoded examples written to its TFRecord shard in one call."""
+
+import io
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.coders import coders
+from apache_beam.io import filebasedsink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.tfrecordio import _TFRecordUtil
 
 
 def tfxio_schema(spec):
@@ -44,8 +51,8 @@ def tfxio_batch(filled, schema):
 
 
 class EncodeExamples(beam.DoFn):
-    """(transformed RecordBatch, passthrough) -> its rows as serialized tf.train.Examples of `schema` (the
-    transformed metadata's), by tfx-bsl's encoder, made once per worker."""
+    """(transformed RecordBatch, passthrough) -> the list of its rows as serialized tf.train.Examples of `schema`
+    (the transformed metadata's), by tfx-bsl's encoder, made once per worker."""
 
     def __init__(self, schema):
         self._schema = schema.SerializeToString()
@@ -57,4 +64,42 @@ class EncodeExamples(beam.DoFn):
         self._encoder = RecordBatchToExamplesEncoder(schema_pb2.Schema.FromString(self._schema))
 
     def process(self, batch_and_passthrough):
-        yield from self._encoder.encode(batch_and_passthrough[0])
+        yield self._encoder.encode(batch_and_passthrough[0])
+
+
+class _TFRecordBatchSink(filebasedsink.FileBasedSink):
+    """Beam's TFRecord sink taking a list of records per element: the same files as WriteToTFRecord's (Beam's
+    own record framing), one element and one (compressed) write per batch instead of one per record."""
+
+    def __init__(self, file_path_prefix, file_name_suffix, num_shards, compression_type):
+        super().__init__(
+            file_path_prefix,
+            coders.BytesCoder(),
+            file_name_suffix=file_name_suffix,
+            num_shards=num_shards,
+            mime_type="application/octet-stream",
+            compression_type=compression_type,
+        )
+
+    def write_record(self, file_handle, records):
+        framed = io.BytesIO()
+        for record in records:
+            _TFRecordUtil.write_record(framed, record)
+        file_handle.write(framed.getvalue())
+
+
+class WriteExampleBatches(beam.PTransform):
+    """Lists of serialized examples (EncodeExamples) -> TFRecord files `<prefix>-SSSSS-of-NNNNN<suffix>`,
+    gzipped with `compress` (suffix .tfrecord.gz, else .tfrecord); num_shards 0: as many as the runner likes."""
+
+    def __init__(self, file_path_prefix, num_shards, compress):
+        super().__init__()
+        self._sink = _TFRecordBatchSink(
+            file_path_prefix,
+            ".tfrecord.gz" if compress else ".tfrecord",
+            num_shards,
+            CompressionTypes.GZIP if compress else CompressionTypes.UNCOMPRESSED,
+        )
+
+    def expand(self, batches):
+        return batches | "WriteBatches" >> beam.io.Write(self._sink)

@@ -259,31 +259,80 @@ def _fixed_vocabulary(vocabulary):
     return tf.lookup.StaticHashTable(keys, default_value=-1)
 
 
-def make_preprocessing_fn(spec):
+def _scale_to_0_1(x, low, high):
+    """tf.Transform's scale_to_0_1 with its min and max given: the sigmoid when min >= max."""
+    import tensorflow as tf
+
+    return tf.where(low < high, (x - low) / (high - low), tf.math.sigmoid(x)) * 1.0 + 0.0
+
+
+def _z_score(x, mean, var):
+    """tf.Transform's scale_to_z_score with its mean and variance given: x - mean when the variance is 0."""
+    import tensorflow as tf
+
+    deviation, std = x - mean, tf.sqrt(var)
+    return tf.where(tf.not_equal(std, 0), deviation / std, deviation)
+
+
+def make_preprocessing_fn(spec, analysis=None):
     """The tf.Transform preprocessing function of the spec. Outputs are named `<feature>_<suffix>`
     (e.g. age_scaled, country_index); the key passes through; a float label keeps its value and a string
     label becomes its index in a vocabulary sorted by frequency (`label_<name>`); crosses are
-    `<a>_x_<b>_hash`."""
+    `<a>_x_<b>_hash`. With `analysis` (the singleton PCollection of analysis.TrainingAnalysisFn's output), the
+    min, max, mean, variance and categorical vocabularies come from it (analysis.FromAnalysis) instead of
+    tf.Transform's analyzers; quantile buckets and text vocabularies are tf.Transform's either way."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
+    from transforms.features.analysis import FromAnalysis, scaled_features, vocabulary_features
+
+    def analyzed(inputs):
+        """{feature: [min, max, mean, var]} and {feature: vocabulary file}, tensors of the analysis (two
+        analyzers: tf.Transform takes asset outputs and other outputs from separate ones)."""
+        files = {name: filename for name, (filename, _, _) in vocabulary_features(spec).items()}
+        if analysis is None:
+            return {}, {}
+        moments = paths = ()
+        if scaled:
+            moments = tft.experimental.ptransform_analyzer(
+                [inputs[spec.key]], FromAnalysis(analysis, scaled, {}), [tf.float32] * len(scaled), [[4]] * len(scaled)
+            )
+        if files:
+            paths = tft.experimental.ptransform_analyzer(
+                [inputs[spec.key]],
+                FromAnalysis(analysis, [], files),
+                [tf.string] * len(files),
+                [[]] * len(files),
+                [filename.encode() for filename in files.values()],
+            )
+        return dict(zip(scaled, moments, strict=True)), dict(zip(files, paths, strict=True))
+
+    def apply_vocabulary(x, path, filename, num_oov_buckets=0, **analyzer_args):
+        """The vocabulary file of the analysis at `path` applied, or without one tf.Transform's (`filename`)."""
+        if path is None:
+            return tft.compute_and_apply_vocabulary(
+                x, num_oov_buckets=num_oov_buckets, vocab_filename=filename, **analyzer_args
+            )
+        return tft.apply_vocabulary(x, path, num_oov_buckets=num_oov_buckets)
+
     def preprocessing_fn(inputs):
+        moments, files = analyzed(inputs)
         outputs = {spec.key: inputs[spec.key]}
         for f in spec.inputs:
             x = inputs[f.name]
             if f.type == "label":
                 outputs[f.name] = (
-                    x
-                    if f.label_dtype == "float"
-                    else tft.compute_and_apply_vocabulary(x, vocab_filename=f"label_{f.name}")
+                    x if f.label_dtype == "float" else apply_vocabulary(x, files.get(f.name), f"label_{f.name}")
                 )
                 continue
+            if f.name in moments:
+                low, high, mean, var = tf.unstack(moments[f.name])
             for t in f.transforms:
                 name = f"{f.name}_{t.output_suffix}"
                 if t.kind == "scale_to_0_1":
-                    outputs[name] = tft.scale_to_0_1(x)
+                    outputs[name] = tft.scale_to_0_1(x) if analysis is None else _scale_to_0_1(x, low, high)
                 elif t.kind == "z_score":
-                    outputs[name] = tft.scale_to_z_score(x)
+                    outputs[name] = tft.scale_to_z_score(x) if analysis is None else _z_score(x, mean, var)
                 elif t.kind == "log":
                     outputs[name] = tf.math.log1p(tf.maximum(x, 0.0))
                 elif t.kind == "bucketize" and t.boundaries:
@@ -297,13 +346,22 @@ def make_preprocessing_fn(spec):
                     tokens = tf.strings.split(x) if f.type == "text" else x
                     if vocabulary.keys:
                         index = tf.ragged.map_flat_values(_fixed_vocabulary(vocabulary).lookup, tokens)
-                    else:
+                    elif f.type == "text":  # tokens: tf.Transform's analyzer (see analysis.py)
                         index = tft.compute_and_apply_vocabulary(
                             tokens,
                             top_k=vocabulary.top_k,
                             frequency_threshold=vocabulary.frequency_threshold or None,
                             num_oov_buckets=vocabulary.num_oov_buckets,
                             vocab_filename=f"vocab_{f.name}",
+                        )
+                    else:
+                        index = apply_vocabulary(
+                            tokens,
+                            files.get(f.name),
+                            f"vocab_{f.name}",
+                            vocabulary.num_oov_buckets,
+                            top_k=vocabulary.top_k,
+                            frequency_threshold=vocabulary.frequency_threshold or None,
                         )
                     if f.type == "text":
                         index = index.to_sparse() if isinstance(index, tf.RaggedTensor) else index
@@ -317,4 +375,5 @@ def make_preprocessing_fn(spec):
             outputs[f"{cross.name}_hash"] = tft.hash_strings(joined, cross.hash_buckets)
         return outputs
 
+    scaled = scaled_features(spec)
     return preprocessing_fn

@@ -85,28 +85,23 @@ _GAMMA_MANTISSA = 2 * SKETCH_ACCURACY / (1 - SKETCH_ACCURACY)
 _MULTIPLIER = (1 / math.log1p(_GAMMA_MANTISSA)) * math.log(2)  # ddsketch's: log_gamma(v) = log2(v) * this
 
 
-class NumericAccumulator:
-    """count (rows), missing, n (values), mean, m2, min, max and a quantile sketch of one feature, added a
-    batch at a time (a float array, NaN for missing); a batch's mean and m2 join the running ones by the
-    same Chan update as a merge."""
+class Moments:
+    """n, mean, m2, min and max of values present (a float64 array), added a batch at a time: a batch's own mean
+    and m2 (numpy) join the running ones by the same Chan update as a merge."""
 
     def __init__(self):
-        self.count = self.missing = self.n = 0
+        self.n = 0
         self.mean = self.m2 = 0.0
         self.min = self.max = None
-        self.sketch = LogSketch()
 
-    def add(self, values):
-        values = np.asarray(values, np.float64)
-        present = values[~np.isnan(values)]
-        batch = NumericAccumulator()
-        batch.count, batch.missing, batch.n = len(values), len(values) - len(present), len(present)
-        if batch.n:
-            batch.mean = float(present.mean())
+    def add_present(self, present):
+        if len(present):
+            batch = Moments()
+            batch.n, batch.mean = len(present), float(present.mean())
             batch.m2 = float(np.square(present - batch.mean).sum())
             batch.min, batch.max = float(present.min()), float(present.max())
-            batch.sketch.add(present)
-        return self.merge(batch)
+            Moments.merge(self, batch)
+        return self
 
     def merge(self, other):
         if other.n:
@@ -117,7 +112,30 @@ class NumericAccumulator:
             self.n = n
             self.min = other.min if self.min is None else min(self.min, other.min)
             self.max = other.max if self.max is None else max(self.max, other.max)
-            self.sketch.merge(other.sketch)
+        return self
+
+
+class NumericAccumulator(Moments):
+    """count (rows), missing, the Moments and a quantile sketch of one feature, added a batch at a time (a float
+    array, NaN for missing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = self.missing = 0
+        self.sketch = LogSketch()
+
+    def add(self, values):
+        values = np.asarray(values, np.float64)
+        present = values[~np.isnan(values)]
+        self.count += len(values)
+        self.missing += len(values) - len(present)
+        self.add_present(present)
+        self.sketch.add(present)
+        return self
+
+    def merge(self, other):
+        super().merge(other)
+        self.sketch.merge(other.sketch)
         self.count += other.count
         self.missing += other.missing
         return self
@@ -333,6 +351,8 @@ class ComputeStatistics(beam.PTransform):
             edges = stats | "HistogramEdges" >> beam.Map(_split_edges, numeric)
             parts["bins"] = (
                 batches
+                # the batches wait for the edges: held as their numeric columns only
+                | "NumericColumns" >> beam.MapTuple(lambda split, table: (split, table.select(numeric)))
                 | "HistogramBins" >> beam.FlatMap(_histogram_counts, beam.pvalue.AsDict(edges))
                 | "AddBins" >> beam.CombinePerKey(_add_counts)
             )
