@@ -1,12 +1,17 @@
+import datetime
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.samples import SLI_DIR
 from pipelines.samples.request_logs import MALFORMED
+from transforms.core.records import datetime_micros
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.sli.config import Formats, load_sli_config
-from transforms.sli.parsing import ParseLogRecords, parse_log_record
+from transforms.sli.parsing import ParseLogRecords, _timestamp_micros, _utc_rfc3339_micros, parse_log_record
 
 FORMATS = load_sli_config(SLI_DIR / "profile_service.yaml").formats
 
@@ -206,3 +211,36 @@ def test_dofn_keeps_pubsub_attributes_and_bytes_in_dead_letters():
     assert dead["payload_string"] is None
     assert base64.b64decode(dead["payload_bytes"]) == b"\xff not utf8"
     assert dead["attributes"] == [{"key": "origin", "value": "lb"}]
+
+
+_UTC_TEXT = st.builds(
+    lambda moment, digits, suffix: (
+        moment.strftime("%Y-%m-%dT%H:%M:%S")
+        + (f".{moment.microsecond:06d}{moment.microsecond % 1000:03d}"[: digits + 1] if digits else "")
+        + suffix
+    ),
+    st.datetimes(datetime.datetime(1970, 1, 1), datetime.datetime(9000, 1, 1)),
+    st.integers(0, 9),
+    st.sampled_from(["Z", "+00:00"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_UTC_TEXT, _UTC_TEXT.map(lambda t: t.replace("T", " ")), st.text(max_size=35)))
+def test_the_fast_rfc3339_path_reads_what_fromisoformat_reads(value):
+    """The usual UTC form is read without datetime; any text it takes gives fromisoformat's microseconds, and
+    the general parser decides the rest (here: the same time or the same error as fromisoformat alone)."""
+    fast = _utc_rfc3339_micros(value)
+    try:
+        expected = datetime_micros(datetime.datetime.fromisoformat(value.strip().replace(" UTC", "Z")))
+    except ValueError:
+        expected = None
+    if fast is not None:
+        assert fast == expected
+    if _UTC_TEXT_FORM.fullmatch(value):
+        assert fast == expected
+    if expected is not None and 0 <= expected <= 221845392000 * 10**6:
+        assert _timestamp_micros(value, "t") == expected
+
+
+_UTC_TEXT_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|\+00:00)", re.ASCII)

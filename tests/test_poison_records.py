@@ -290,7 +290,7 @@ def test_window_feature_parse_key_and_format_never_raise(record):
     keyed, dead = outcomes(PARSE_EVENTS, [record])  # a batch of one record
     assert len(keyed) + len(dead) == 1
     for entity, windows in keyed:
-        assert len(windows) == 12  # 10 sliding + 2 fixed windows of the sample spec
+        assert len(windows) == 3  # one time bucket per window granularity of the sample spec: 1 min, 1 h, 1 day
         [rows] = list(FORMAT_FEATURES.process((entity, windows)))
         assert len(rows) == 12
         json.dumps(rows, allow_nan=False)

@@ -4,6 +4,8 @@ with the Bigtable online store's lookup and the BigQuery offline store's point-i
 
 import datetime
 import json
+import math
+import statistics
 from pathlib import Path
 
 import apache_beam as beam
@@ -29,8 +31,9 @@ from transforms.window_features.aggregate import (
     Event,
     ParseEvents,
     WindowAggregatesFn,
+    WindowBuckets,
     lookup_features,
-    merge_entity_windows,
+    merge_entity_buckets,
     parse_event,
 )
 from transforms.window_features.spec import WindowFeatureSpec, load_window_spec
@@ -217,8 +220,13 @@ def _merged_outputs(outputs, by_entity):
             dead.append({k: v for k, v in out.value.items() if k != "failed_at"})
             continue
         if by_entity:
-            entity, windows = out
+            entity, buckets = out
             assert isinstance(entity, str)
+            windows = {
+                (name, start): acc
+                for name, starts, acc in WindowBuckets(SPEC, aggregates).windows(buckets)
+                for start in starts
+            }
         else:
             assert isinstance(out, TimestampedValue) and out.timestamp.micros == out.value[1][0]
             (entity, name, start), acc = out.value
@@ -246,12 +254,83 @@ def test_partials_of_an_entity_merge_per_window():
     step = ParseEvents(SPEC, "window_features", by_entity=True)
     first = dict(step.handle({"card_id": "c", "event_time": T0 + 30, "amount": 2}))
     second = dict(step.handle({"card_id": "c", "event_time": T0 + 90, "amount": 5}))
-    merged = merge_entity_windows(aggregates, [first["c"], second["c"]])
+    buckets = merge_entity_buckets(aggregates, [first["c"], second["c"]])
+    assert sorted(buckets) == [(60, T0), (60, T0 + 60)]  # both windows are whole minutes: one bucket a minute
+    merged = {
+        (name, start): acc for name, starts, acc in WindowBuckets(SPEC, aggregates).windows(buckets) for start in starts
+    }
     # 1m: [T0, T0+60) and [T0+60, T0+120); 2m every 1m: [T0-60, T0+60), [T0, T0+120), [T0+60, T0+180)
     assert sorted(merged) == [("1m", T0), ("1m", T0 + 60), ("2m", T0 - 60), ("2m", T0), ("2m", T0 + 60)]
     assert aggregates.value(merged[("2m", T0)], "amount", "sum") == 7.0
     assert aggregates.value(merged[("2m", T0)], "amount", "last") == 5.0
     assert aggregates.value(merged[("1m", T0 + 60)], "amount", "count") == 1
+
+
+_BUCKET_WINDOWS = [("1m", 60, 60), ("150s", 150, 60), ("10m", 600, 60), ("1h", 3600, 3600), ("5m", 300, 120)]
+_BUCKET_SPEC = WindowFeatureSpec.model_validate(
+    {
+        "entity_field": "card_id",
+        "time_field": "event_time",
+        "windows": [{"name": n, "size": size, "period": step} for n, size, step in _BUCKET_WINDOWS],
+        "aggregations": SPEC.model_dump()["aggregations"],
+    }
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(-4_000_000, 4_000_000),  # milliseconds from T0
+            st.one_of(st.none(), st.integers(-50, 50).map(float)),
+            st.one_of(st.none(), st.sampled_from("xyz")),
+        ),
+        max_size=25,
+    ),
+    st.integers(1, 4),
+)
+def test_windows_from_buckets_are_the_windows_of_each_event(events, parts):
+    """Events merged into buckets (in `parts` partial tables, merged as after the shuffle) give exactly the
+    windows and values of the oracle, which adds each event to every window holding it; the windows include
+    sliding ones whose size is no multiple of their period (buckets of gcd(size, period))."""
+    aggregates, windowing = Aggregates(_BUCKET_SPEC), WindowBuckets(_BUCKET_SPEC, Aggregates(_BUCKET_SPEC))
+    tables = [{} for _ in range(parts)]
+    for i, (ms, amount, merchant) in enumerate(events):
+        values = {k: v for k, v in (("amount", amount), ("merchant", merchant)) if v is not None}
+        event = Event("c", (T0 * 1000 + ms) * 1000, values)
+        windowing.add(tables[i % parts], event.micros, aggregates.of_event(event))
+    buckets = merge_entity_buckets(aggregates, tables)
+    actual = {}
+    for name, start, acc in [
+        (name, start, acc) for name, starts, acc in windowing.windows(buckets) for start in starts
+    ]:
+        size = dict((n, s) for n, s, _ in _BUCKET_WINDOWS)[name]
+        assert ("c", name, start + size) not in actual
+        actual[("c", name, start + size)] = {
+            feature: aggregates.value(acc, field, agg)
+            for feature, field, agg in _BUCKET_SPEC.aggregations_in(
+                next(w for w in _BUCKET_SPEC.windows if w.name == name)
+            )
+        }
+    expected = {}  # each event added to every window holding it (EventWindow.starts), values as the oracle's
+    for w in _BUCKET_SPEC.windows:
+        groups = {}
+        for ms, amount, merchant in events:
+            for start in w.starts(T0 + ms / 1000):
+                groups.setdefault(start, []).append((T0 * 1000 + ms, amount, merchant))
+        for start, members in groups.items():
+            amounts = sorted((t, a) for t, a, _ in members if a is not None)
+            values = [a for _, a in amounts]
+            expected[("c", w.name, start + w.size)] = {
+                f"amount_count_{w.name}": len(values),
+                f"amount_sum_{w.name}": math.fsum(values),
+                f"amount_mean_{w.name}": statistics.fmean(values) if values else None,
+                f"amount_min_{w.name}": min(values, default=None),
+                f"amount_max_{w.name}": max(values, default=None),
+                f"amount_last_{w.name}": amounts[-1][1] if amounts else None,
+                f"merchant_distinct_count_{w.name}": len({m for _, _, m in members if m is not None}),
+            }
+    assert_same_features(actual, expected)
 
 
 def test_late_events_update_their_windows_and_too_late_ones_are_dropped():

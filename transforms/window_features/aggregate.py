@@ -13,8 +13,9 @@ Batches of events (dicts, JSON text or Pub/Sub messages) -> per entity, window s
   pane_timing, pane_index, emitted_at   as in the SLI rows: readers take the highest pane_index
                 (emitted_at: when the bundle that formatted the row started)
 
-Each batch is parsed in one call (ParseEvents), its events' windows worked out in integer microseconds,
-and its events merged into one partial `Aggregates` list per entity and window before anything is shuffled.
+Each batch is parsed in one call (ParseEvents) and its events merged, before anything is shuffled, into
+one partial `Aggregates` list per entity and time bucket (`WindowBuckets`: a bucket is gcd(size, period)
+seconds, so each window is a whole number of buckets); a window's aggregates are the merge of its buckets.
 
 Bigtable online store: row key = entity, one column per feature (family "features"), cell timestamp =
 window end, every version kept until the column family's max age; `lookup_features` reads them back.
@@ -22,7 +23,7 @@ window end, every version kept until the column family's max age; `lookup_featur
 
 import datetime
 import json
-from collections import Counter
+import math
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -33,10 +34,9 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms.core.records import (
-    MAX_EVENT_SECONDS,
-    MIN_EVENT_SECONDS,
     datetime_micros,
     epoch_micros,
+    event_micros,
     finite,
     is_missing,
     micros_seconds,
@@ -99,12 +99,13 @@ def event_time_micros(value, epoch_unit):
             "invalid_event_time",
             f"event time {value!r:.60} is neither RFC 3339 text nor an epoch number ({epoch_unit})",
         )
-    if not MIN_EVENT_SECONDS * 1_000_000 <= micros <= MAX_EVENT_SECONDS * 1_000_000:
+    try:
+        return event_micros(micros, "event_time")
+    except RecordError:
         raise RecordError(
             "invalid_event_time",
             f"event time {value!r:.60} is not between 1970 and 9000: check the spec's epoch_unit (s, ms or us)",
-        )
-    return micros
+        ) from None
 
 
 def event_seconds(value, epoch_unit):
@@ -252,49 +253,105 @@ class WindowAggregatesFn(beam.CombineFn):
         return acc
 
 
+class WindowBuckets:
+    """Window assignment through time buckets. An event is merged into one bucket per granularity of the
+    spec's windows (gcd(size, period) seconds, shared by the windows of that granularity), not into each
+    of the size/period sliding windows that hold it; a window's aggregates are the merge of the nonempty
+    buckets it covers, and consecutive windows covering the same buckets share one merged list."""
+
+    def __init__(self, spec, aggregates):
+        self._aggregates = aggregates
+        self._windows = [(w.name, w.size, w.step, math.gcd(w.size, w.step)) for w in spec.windows]
+        self._widths = sorted({width for *_, width in self._windows})
+
+    def add(self, buckets, micros, single):
+        """Merges the list of one event at `micros` into `buckets` {(width, bucket start seconds): list}; the
+        first bucket it starts keeps `single` itself."""
+        seconds, owned = micros // 1_000_000, True
+        for width in self._widths:
+            key = (width, seconds // width * width)
+            acc = buckets.get(key)
+            if acc is not None:
+                self._aggregates.merge(acc, single)
+            elif owned:
+                buckets[key], owned = single, False
+            else:
+                buckets[key] = self._aggregates.copy(single)
+
+    def windows(self, buckets):
+        """(window name, starts, Aggregates list) of the windows holding events of `buckets`, in order of the
+        spec's windows, then of start: `starts` is a range of window starts (seconds) whose windows hold the
+        same buckets, hence one list. The lists may be buckets or shared: read them only."""
+        by_width = {}
+        for (width, start), acc in buckets.items():
+            by_width.setdefault(width, []).append((start, acc))
+        for part in by_width.values():
+            part.sort(key=itemgetter(0))
+        for name, size, step, width in self._windows:
+            if width in by_width:
+                for starts, acc in self._sweep(size, step, by_width[width]):
+                    yield name, starts, acc
+
+    def _sweep(self, size, step, part):
+        """(starts, merged list) over one spec window's sorted buckets: the windows from `starts.start` on
+        hold buckets [first, end) until the next window drops bucket `first` or takes bucket `end`."""
+        starts, copy, merge = [start for start, _ in part], self._aggregates.copy, self._aggregates.merge
+        first = end = 0
+        window_start = None
+        while first < len(part):
+            earliest = (starts[first] - size) // step * step + step  # the first window holding bucket `first`
+            if window_start is None or window_start < earliest:
+                window_start = earliest
+            while end < len(part) and starts[end] < window_start + size:
+                end += 1
+            acc = part[first][1]
+            if end - first > 1:
+                acc = copy(acc)
+                for _, other in part[first + 1 : end]:
+                    merge(acc, other)
+            # the last window of the run: the one before the next that drops bucket `first` or takes `end`
+            last = starts[first] // step * step
+            if end < len(part):
+                last = min(last, (starts[end] - size) // step * step)
+            yield range(window_start, last + 1, step), acc
+            window_start = last + step
+            while first < len(part) and starts[first] < window_start:
+                first += 1
+
+
 class ParseEvents(GuardedBatchDoFn):
-    """A batch of raw records -> the partial Aggregates of its events per entity and window, and a dead
-    letter with the reason per bad record. `by_entity` (a backfill): one (entity, {(window name, window
-    start): Aggregates list}) per entity of the batch; else (streaming) one ((entity, window name, window
-    start), Aggregates list) per window, timestamped with its latest event, so that Beam windows it by the
-    key (WindowFromKey). One record (`handle`) gives the lists of its own windows; a batch gives those of
-    its records merged."""
+    """A batch of raw records -> the partial Aggregates of its events, and a dead letter with the reason per
+    bad record. `by_entity` (a backfill): one (entity, {(bucket width, bucket start): Aggregates list}) per
+    entity of the batch (WindowBuckets); else (streaming) one ((entity, window name, window start),
+    Aggregates list) per window, timestamped with its latest event, so that Beam windows it by the key
+    (WindowFromKey). One record (`handle`) gives the lists of its own event; a batch gives those of its
+    records merged."""
 
     STEP = "ParseEvents"
 
     def __init__(self, spec, pipeline_name, by_entity):
         super().__init__(pipeline_name)
         self._spec, self._by_entity = spec, by_entity
-        self._windows = [(w.name, w.size * 1_000_000, w.step * 1_000_000) for w in spec.windows]
         self._aggregates = Aggregates(spec)
+        self._buckets = WindowBuckets(spec, self._aggregates)
         self._events = Metrics.counter(pipeline_name, "events")
 
     def _add(self, table, record):
-        """Parses `record` and merges its event into `table` {entity: {(window name, start): list}}."""
+        """Parses `record` and merges its event into `table` {entity: {(bucket width, start): list}}."""
         event = parse_event(payload_and_attributes(record)[0], self._spec)
-        micros, single = event.micros, self._aggregates.of_event(event)
-        copy, merge = self._aggregates.copy, self._aggregates.merge
-        windows = table.get(event.entity)
-        if windows is None:
-            windows = table[event.entity] = {}
-        for name, size, step in self._windows:
-            start = micros // step * step
-            while start + size > micros:
-                key = (name, start // 1_000_000)
-                acc = windows.get(key)
-                if acc is None:
-                    windows[key] = copy(single)
-                else:
-                    merge(acc, single)
-                start -= step
+        buckets = table.get(event.entity)
+        if buckets is None:
+            buckets = table[event.entity] = {}
+        self._buckets.add(buckets, event.micros, self._aggregates.of_event(event))
 
     def _outputs(self, table):
         if self._by_entity:
             yield from table.items()
             return
-        for entity, windows in table.items():
-            for (name, start), acc in windows.items():
-                yield window.TimestampedValue(((entity, name, start), acc), Timestamp(micros=acc[0]))
+        for entity, buckets in table.items():
+            for name, starts, acc in self._buckets.windows(buckets):
+                for start in starts:
+                    yield window.TimestampedValue(((entity, name, start), acc), Timestamp(micros=acc[0]))
 
     def handle(self, record):
         table = {}
@@ -316,8 +373,9 @@ class ParseEvents(GuardedBatchDoFn):
         yield from self._outputs(table)
 
 
-def merge_entity_windows(aggregates, partials):
-    """{(window name, start): Aggregates list} dicts of one entity -> one dict, merged per window."""
+def merge_entity_buckets(aggregates, partials):
+    """{(bucket width, start): Aggregates list} dicts of one entity -> one dict, merged per bucket (the first
+    dict is changed and returned)."""
     partials = iter(partials)
     merged = next(partials)
     for partial in partials:
@@ -348,8 +406,9 @@ _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 
 
 class FormatFeatureRows(beam.DoFn):
-    """(entity, {(window name, start): Aggregates list}) in a pane -> the list of its feature rows, one per
-    window (see the module doc)."""
+    """The aggregates of an entity -> the list of its feature rows (see the module doc), one per window. A
+    backfill: (entity, {(bucket width, start): Aggregates list}) of all its events, one final pane per
+    window; streaming: (entity, (window name, start, Aggregates list)) in a pane."""
 
     def __init__(self, spec, bounded_input, pipeline_name):
         self._spec, self._pipeline = spec, pipeline_name
@@ -357,6 +416,7 @@ class FormatFeatureRows(beam.DoFn):
 
     def setup(self):
         self._aggregates = Aggregates(self._spec)
+        self._buckets = WindowBuckets(self._spec, self._aggregates)
         self._windows = {
             w.name: (
                 w.size,
@@ -370,46 +430,54 @@ class FormatFeatureRows(beam.DoFn):
         self._window_rows = {name: Metrics.counter(self._pipeline, f"feature_rows_{name}") for name in names}
         # a backfill formats each entity once: its windows' entity counts (the local report prints them)
         self._window_entities = {name: Metrics.counter(self._pipeline, f"entities_{name}") for name in names}
-        self._iso = {}  # seconds -> ISO text: the rows of a bundle share few window bounds
+        self._bounds = {name: {} for name in names}  # window start -> its bounds as ISO text (few a bundle)
 
     def start_bundle(self):
         self._emitted_at = datetime.datetime.now(datetime.UTC).isoformat()
-        if len(self._iso) > 100_000:
-            self._iso.clear()
-
-    def _iso_seconds(self, seconds):
-        text = self._iso.get(seconds)
-        if text is None:
-            text = self._iso[seconds] = datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
-        return text
+        if sum(map(len, self._bounds.values())) > 100_000:
+            for bounds in self._bounds.values():
+                bounds.clear()
 
     def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
-        entity, windows = keyed
-        iso = self._iso_seconds
-        timing = "ON_TIME" if self._bounded_input else _PANE_TIMING.get(pane.timing, "UNKNOWN")
-        index = 0 if self._bounded_input else pane.index
-        self._rows.inc(len(windows))
-        rows, per_window = [], Counter(name for name, _ in windows)
+        entity, aggregates = keyed
+        if self._bounded_input:
+            runs, timing, index = self._buckets.windows(aggregates), "ON_TIME", 0
+        else:
+            name, start, acc = aggregates
+            runs, timing, index = [(name, (start,), acc)], _PANE_TIMING.get(pane.timing, "UNKNOWN"), pane.index
+        emitted_at, rows, per_window = self._emitted_at, [], {}
+        for name, starts, acc in runs:
+            size, step, readers = self._windows[name]
+            features = [{"name": feature, "value": read(acc)} for feature, read in readers]  # shared by the run
+            cached = self._bounds[name]
+            for start in starts:
+                bounds = cached.get(start)
+                if bounds is None:
+                    bounds = cached[start] = tuple(_iso(t) for t in (start, start + size, start + size + step))
+                rows.append(
+                    {
+                        "entity": entity,
+                        "window": name,
+                        "window_start": bounds[0],
+                        "time_index": bounds[1],
+                        "valid_until": bounds[2],
+                        "features": features,
+                        "pane_timing": timing,
+                        "pane_index": index,
+                        "emitted_at": emitted_at,
+                    }
+                )
+            per_window[name] = per_window.get(name, 0) + len(starts)
+        self._rows.inc(len(rows))
         for name, count in per_window.items():
             self._window_rows[name].inc(count)
             if self._bounded_input:
                 self._window_entities[name].inc()
-        for (name, start), acc in windows.items():
-            size, step, readers = self._windows[name]
-            rows.append(
-                {
-                    "entity": entity,
-                    "window": name,
-                    "window_start": iso(start),
-                    "time_index": iso(start + size),
-                    "valid_until": iso(start + size + step),
-                    "features": [{"name": feature, "value": read(acc)} for feature, read in readers],
-                    "pane_timing": timing,
-                    "pane_index": index,
-                    "emitted_at": self._emitted_at,
-                }
-            )
         yield rows
+
+
+def _iso(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
 class WindowFeatures(NamedTuple):
@@ -421,12 +489,12 @@ class ComputeWindowFeatures(beam.PTransform):
     """Batches (lists) of raw records -> WindowFeatures: lists of feature rows (per entity and window of the
     spec), and the dead letters of ParseEvents.
 
-    A backfill needs no Beam windows: each batch's partial aggregates of an entity go through one GroupByKey
-    per entity (fewer, smaller elements than one per window: the local runner holds the whole shuffle) and
-    are merged there. In streaming the window is in the key and Beam windows by it: the watermark pane is
-    ON_TIME, then every late batch within `allowed_lateness_seconds` fires a LATE pane with the updated
-    (accumulated) aggregates; later events are dropped by Beam (the runner counts them). The tests check
-    both paths give the same values."""
+    A backfill needs no Beam windows: each batch's partial aggregates of an entity (per time bucket) go
+    through one GroupByKey per entity (fewer, smaller elements than one per window: the local runner holds
+    the whole shuffle) and are merged there into its windows. In streaming the window is in the key and Beam
+    windows by it: the watermark pane is ON_TIME, then every late batch within `allowed_lateness_seconds`
+    fires a LATE pane with the updated (accumulated) aggregates; later events are dropped by Beam (the
+    runner counts them). The tests check both paths give the same values."""
 
     def __init__(self, spec, pipeline_name, allowed_lateness_seconds=3600):
         super().__init__()
@@ -443,7 +511,7 @@ class ComputeWindowFeatures(beam.PTransform):
                 parsed.partials
                 | "GroupPerEntity" >> beam.GroupByKey()
                 | "MergePerEntity"
-                >> beam.MapTuple(lambda entity, parts: (entity, merge_entity_windows(aggregates, parts)))
+                >> beam.MapTuple(lambda entity, parts: (entity, merge_entity_buckets(aggregates, parts)))
             )
         else:
             per_entity = (
@@ -456,7 +524,7 @@ class ComputeWindowFeatures(beam.PTransform):
                     allowed_lateness=Duration(seconds=self._allowed_lateness),
                 )
                 | "AggregatePerEntity" >> beam.CombinePerKey(WindowAggregatesFn(aggregates))
-                | "ByEntity" >> beam.MapTuple(lambda key, acc: (key[0], {key[1:]: acc}))
+                | "ByEntity" >> beam.MapTuple(lambda key, acc: (key[0], (key[1], key[2], acc)))
             )
         rows = per_entity | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, bounded, self._pipeline))
         if not bounded:
