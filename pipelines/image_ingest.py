@@ -38,8 +38,10 @@ from pipelines.launch import (
     read_records,
     run_pipeline,
     write_dead_letters,
+    write_health_rows,
 )
 from pipelines.options import (
+    HealthOptions,
     ImageFolderInputOptions,
     ImageLimitOptions,
     LabelMapOptions,
@@ -47,6 +49,7 @@ from pipelines.options import (
     PubsubInputOptions,
     TfRecordOutputOptions,
     UdfOptions,
+    check_health,
     check_image_limits,
     check_input,
     check_outputs,
@@ -196,6 +199,7 @@ OPTION_CLASSES = (
     LabelMapOptions,
     TfRecordOutputOptions,
     UdfOptions,
+    HealthOptions,
 )
 
 
@@ -213,6 +217,7 @@ class ImageIngestOutputs(NamedTuple):
     manifest: PCollection
     dead_letters: PCollection
     label_report: PCollection  # None in streaming
+    health_rows: PCollection = None  # with a --health_* sink
 
 
 def validate(options):
@@ -241,6 +246,7 @@ def validate(options):
     if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes Pub/Sub messages and manifest lines; it does not apply to --input_dir")
     check_udf(options)
+    check_health(options)
     check_outputs(options, PIPELINE, ())
     labels = None
     if label_map:
@@ -364,7 +370,8 @@ def build(pipeline, options, settings, source=None):
             >> beam.io.WriteToText(FileSystems.join(out.output_dir, "label_report"), ".json", shard_name_template="")
         )
     dead_letters = write_dead_letters(options, PIPELINE, read, (record_dead_letters, *sink_failures))
-    return ImageIngestOutputs(split.split, manifest, dead_letters, label_report)
+    health_rows = write_health_rows(options, PIPELINE, split.split, dead_letters)
+    return ImageIngestOutputs(split.split, manifest, dead_letters, label_report, health_rows)
 
 
 def report(result, options, _settings):

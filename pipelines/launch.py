@@ -10,11 +10,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.options import OutputOptions, UdfOptions
+from pipelines.options import HEALTH_SINK_FLAGS, HealthOptions, OutputOptions, UdfOptions
 from transforms.io.deadletter import DEAD_LETTER_TAG
-from transforms.io.sinks import WriteDeadLetters
+from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.io.sources import BatchRecords
 from transforms.io.udf import ApplyUdf, ApplyUdfToBatch, udf_failure_dead_letter
+from transforms.sli.rows import SLI_ROW_BQ_SCHEMA
+from transforms.slo.health import PipelineHealth
 
 UDF_BATCH = 32  # records per round trip to a Python UDF's subprocess
 
@@ -169,6 +171,37 @@ def write_dead_letters(options, pipeline_name, records_read, dead_letter_sources
     )
     add_progress(options, pipeline_name, records_read, dead_letters)
     return dead_letters
+
+
+def write_health_rows(options, pipeline_name, outputs, dead_letters):
+    """With a --health_* sink: the pipeline's health rows (transforms.slo.health.PipelineHealth) from its
+    `outputs` and `dead_letters` (what write_dead_letters returned), written to those sinks. Rows BigQuery
+    rejects become dead letters written beside the others (not counted in the health rows: that would be a
+    loop). Returns the rows, or None without a sink."""
+    health, out = options.view_as(HealthOptions), options.view_as(OutputOptions)
+    if not any(getattr(health, flag) for flag in HEALTH_SINK_FLAGS):
+        return None
+    rows = (outputs, dead_letters) | "PipelineHealth" >> PipelineHealth(pipeline_name, health.health_freshness_seconds)
+    table = health.health_table
+    rejected = rows | "WriteHealthRows" >> WriteRecords(
+        pipeline_name,
+        BigQueryTarget(table, SLI_ROW_BQ_SCHEMA, "window_start", ["sli_id"]) if table else None,
+        out.bq_write_method,
+        pubsub_topic=health.health_topic,
+        local_prefix=FileSystems.join(health.health_output_dir, "health_rows") if health.health_output_dir else None,
+        streaming=True,
+    )
+    for failures in rejected:
+        failures | "WriteHealthRowDeadLetters" >> WriteDeadLetters(
+            pipeline_name,
+            out.dead_letter_table,
+            out.dead_letter_topic,
+            local_output(options, "health_row_dead_letters"),
+            True,
+            out.bq_write_method,
+            out.dead_letter_max_payload_bytes,
+        )
+    return rows
 
 
 def add_progress(options, pipeline_name, records, dead_letters):

@@ -1,6 +1,7 @@
 """What every pipeline shares: output/dead-letter flags, --help, runner defaults, the local report."""
 
 import datetime
+import logging
 import os
 
 from apache_beam.options.pipeline_options import (
@@ -121,6 +122,57 @@ def check_allowed_lateness(options):
     lateness = options.view_as(EventTimeOptions).allowed_lateness_seconds
     if lateness < 0:
         raise ValueError(f"--allowed_lateness_seconds must be >= 0, got {lateness}")
+
+
+class HealthOptions(PipelineOptions):
+    """Every streaming pipeline: SLI rows about the pipeline itself (transforms/slo/health.py,
+    docs/pipeline_slos.md)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--health_table",
+            type=str,
+            default=None,
+            help="Streaming: BigQuery table PROJECT:DATASET.TABLE for the pipeline's own SLI rows (freshness of "
+            "its outputs, dead-letter rate; one row per SLI and minute; created if missing).",
+        )
+        parser.add_argument(
+            "--health_topic",
+            type=str,
+            default=None,
+            help="Streaming: Pub/Sub topic projects/P/topics/T for the pipeline's own SLI rows, one JSON message "
+            "each: the input of the job that evaluates their SLOs (pipelines.sli --sli_rows_subscription).",
+        )
+        parser.add_argument(
+            "--health_output_dir",
+            type=str,
+            default=None,
+            help="Streaming: directory (local or gs://) for the pipeline's own SLI rows, health_rows-*.jsonl.",
+        )
+        parser.add_argument(
+            "--health_freshness_seconds",
+            type=float,
+            default=120.0,
+            help="An output (or dead letter) is fresh when it leaves the pipeline at most this many seconds "
+            "after its event time: the threshold of the health rows' freshness SLI. Default: 120.",
+        )
+
+
+HEALTH_SINK_FLAGS = ("health_table", "health_topic", "health_output_dir")
+
+
+def check_health(options):
+    """Health rows describe a running streaming job: their sinks need streaming, the threshold a positive value."""
+    health = options.view_as(HealthOptions)
+    if health.health_freshness_seconds <= 0:
+        raise ValueError(f"--health_freshness_seconds must be positive, got {health.health_freshness_seconds}")
+    given = [f"--{flag}" for flag in HEALTH_SINK_FLAGS if getattr(health, flag)]
+    if given and not options.view_as(StandardOptions).streaming:
+        raise ValueError(
+            f"{' and '.join(given)}: health rows describe a streaming job; read from --input_subscription or "
+            "--input_topic (or drop the flag for a batch run)"
+        )
 
 
 class BatchInputOptions(PipelineOptions):
@@ -445,3 +497,115 @@ def list_date_shards(table, start=None, end=None):
             "--input_start_date/--input_end_date"
         )
     return [f"{project}:{dataset}.{t}" for t in shards]
+
+
+class RolloutOptions(PipelineOptions):
+    """Scoring: a second model version beside the primary (pipelines.score, docs/score.md "Model rollouts")."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--canary_model_dir",
+            type=str,
+            default=None,
+            help="A second model (SavedModel folder or .keras file, local or gs://) that scores the requests "
+            "--canary_fraction selects; its last path component is its version.",
+        )
+        parser.add_argument(
+            "--canary_fraction",
+            type=float,
+            default=0.05,
+            help="With --canary_model_dir: the share of requests it scores, chosen by a hash of the request id "
+            "(a request id always goes to the same version). Default: 0.05.",
+        )
+        parser.add_argument(
+            "--shadow_model_dir",
+            type=str,
+            default=None,
+            help="A second model that scores every request beside the primary; only the primary's predictions "
+            "are written, the shadow's feed the per-version SLI rows.",
+        )
+        parser.add_argument(
+            "--rollout_slo_config",
+            type=str,
+            default=None,
+            help="SLI/SLO config YAML (as --sli_config) over the scoring events of each version: one service, "
+            "one journey per version with path /model/<version>. Gives per-version SLI rows and SLO status; "
+            "a FIRING alert on an SLO of the canary's journey rolls the canary back.",
+        )
+        parser.add_argument(
+            "--rollback_control_file",
+            type=str,
+            default=None,
+            help="With --canary_model_dir: file (local or gs://) written on rollback; while it exists no "
+            "request goes to the canary (delete it and restart to route to the canary again).",
+        )
+        parser.add_argument(
+            "--rollback_poll_seconds",
+            type=float,
+            default=10.0,
+            help="How often each worker checks --rollback_control_file. Default: 10.",
+        )
+        parser.add_argument(
+            "--rollback_topic",
+            type=str,
+            default=None,
+            help="Pub/Sub topic projects/P/topics/T for rollback messages, one JSON message per FIRING alert "
+            "of a canary SLO.",
+        )
+        parser.add_argument(
+            "--rollout_sli_table",
+            type=str,
+            default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the per-version SLI rows (created if missing).",
+        )
+        parser.add_argument(
+            "--rollout_slo_table",
+            type=str,
+            default=None,
+            help="BigQuery table PROJECT:DATASET.TABLE for the SLO status rows of --rollout_slo_config.",
+        )
+
+
+def check_rollout(options):
+    """Cross-flag checks of RolloutOptions; returns the loaded --rollout_slo_config (or None)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.io.files import read_text
+    from transforms.sli.config import parse_sli_config
+
+    opts = options.view_as(RolloutOptions)
+    if opts.canary_model_dir and opts.shadow_model_dir:
+        raise ValueError("give one of --canary_model_dir or --shadow_model_dir, not both")
+    second = opts.canary_model_dir or opts.shadow_model_dir
+    if opts.canary_model_dir and not 0 < opts.canary_fraction < 1:
+        raise ValueError(f"--canary_fraction must be between 0 and 1 (exclusive), got {opts.canary_fraction}")
+    if opts.rollback_poll_seconds <= 0:
+        raise ValueError(f"--rollback_poll_seconds must be positive, got {opts.rollback_poll_seconds}")
+    needs_second = ("rollout_slo_config", "rollback_control_file", "rollback_topic", "rollout_sli_table")
+    for flag in needs_second:
+        if getattr(opts, flag) and not second:
+            raise ValueError(f"--{flag} needs a second model: give --canary_model_dir or --shadow_model_dir")
+    for flag in ("rollback_control_file", "rollback_topic"):
+        if getattr(opts, flag) and not (opts.canary_model_dir and opts.rollout_slo_config):
+            raise ValueError(f"--{flag} is for rolling back a canary: give --canary_model_dir and --rollout_slo_config")
+    if not opts.rollout_slo_config:
+        if opts.rollout_slo_table:
+            raise ValueError("--rollout_slo_table needs --rollout_slo_config")
+        return None
+    try:
+        config = parse_sli_config(read_text(opts.rollout_slo_config), f"--rollout_slo_config {opts.rollout_slo_config}")
+    except OSError as e:
+        raise ValueError(f"--rollout_slo_config: cannot read {opts.rollout_slo_config}: {e}") from None
+    if opts.canary_model_dir and config.slos and not opts.rollback_control_file:
+        raise ValueError(
+            "--rollout_slo_config defines SLOs: give --rollback_control_file, the file a rollback writes and the "
+            "routing reads"
+        )
+    if opts.rollback_control_file and FileSystems.exists(opts.rollback_control_file):
+        logging.warning(
+            "--rollback_control_file %s exists: the canary was rolled back and gets no requests; delete the file "
+            "to route to it again",
+            opts.rollback_control_file,
+        )
+    return config

@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import RunInference
 from apache_beam.ml.inference.utils import WatchFilePattern
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
@@ -44,24 +43,31 @@ from pipelines.launch import (
     read_records,
     run_pipeline,
     write_dead_letters,
+    write_health_rows,
 )
 from pipelines.options import (
     BatchInputOptions,
     BigQueryOutputOptions,
     BigtableOptions,
+    EventTimeOptions,
+    HealthOptions,
     ImageFolderInputOptions,
     ImageLimitOptions,
     LabelMapOptions,
     OutputOptions,
     PubsubInputOptions,
     RecordInputOptions,
+    RolloutOptions,
     UdfOptions,
+    check_health,
     check_image_limits,
     check_input,
     check_outputs,
+    check_rollout,
     check_udf,
 )
 from pipelines.samples import SCORE_DIR
+from transforms.core.config import load_config
 from transforms.images.pixels import parse_label_map
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl, read_text
@@ -74,18 +80,31 @@ from transforms.scoring.model import (
     LoadedModel,
     TfModelHandler,
     check_image_scale,
+    image_input,
     model_directory,
     model_version,
 )
+from transforms.scoring.online_features import AddOnlineFeatures, OnlineFeatureStore
 from transforms.scoring.requests import (
     DEFAULT_MAX_INSTANCES,
     ENVELOPES_TAG,
     PREDICTIONS_FORMATS,
     ParseRequests,
     TfServingResponses,
-    ToPredictionRows,
-    failed_batch_dead_letters,
 )
+from transforms.scoring.rollout import (
+    CANARY_TAG,
+    SHADOW_TAG,
+    RolloutSlos,
+    RouteRequests,
+    WriteControlFile,
+    check_rollout_config,
+    run_model,
+    version_events,
+)
+from transforms.sli.rows import SLI_ROW_BQ_SCHEMA
+from transforms.slo.status import SLO_STATUS_BQ_SCHEMA
+from transforms.window_features.spec import WindowFeatureSpec
 
 PIPELINE = "score"
 SAMPLE_MODEL = SCORE_DIR / "model" / "1"
@@ -186,6 +205,43 @@ class ScoreOptions(PipelineOptions):
             help="With --bigtable_instance: cached predictions are garbage-collected after this many hours "
             "(set when the table is created). Default: 24.",
         )
+        parser.add_argument(
+            "--feature_store_instance",
+            type=str,
+            default=None,
+            help="Online features: the Bigtable instance of --feature_store_table (project: --project).",
+        )
+        parser.add_argument(
+            "--feature_store_table",
+            type=str,
+            default=None,
+            help="Online features: the Bigtable table pipelines.window_features writes (its --bigtable_table). "
+            "Each request gets its entity's window features as of the request's time before the model; stale "
+            "ones get the value of no events. Needs --feature_store_instance and --feature_window_spec.",
+        )
+        parser.add_argument(
+            "--feature_window_spec",
+            type=str,
+            default=None,
+            help="Online features: the window spec YAML (local or gs://) the feature table was written with: "
+            "feature names, windows, the entity and time fields (a request's time is its time field, else its "
+            "publish time, else when it was read).",
+        )
+        parser.add_argument(
+            "--entity_field",
+            type=str,
+            default=None,
+            help="Online features: the request field holding the entity id (top level or under 'features'). "
+            "Default: the window spec's entity_field.",
+        )
+        parser.add_argument(
+            "--missing_feature_value",
+            type=float,
+            default=None,
+            help="Online features: the value of a mean, min, max or last feature whose window had no events "
+            "(counts and sums are 0). Default: none: the request's own value is kept, and without one the "
+            "request is a dead letter (missing_feature).",
+        )
 
 
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query", "input_dir")
@@ -200,6 +256,9 @@ OPTION_CLASSES = (
     BigQueryOutputOptions,
     BigtableOptions,
     UdfOptions,
+    RolloutOptions,
+    EventTimeOptions,
+    HealthOptions,
 )
 
 
@@ -209,6 +268,8 @@ class Settings(NamedTuple):
     inputs: list  # what a request carries: the model's InputSpecs (or the raw features with --transform_dir)
     labels: list  # or None
     feature_spec: object  # the FeatureSpec of --transform_dir, or None
+    rollout_config: object = None  # the SliConfig of --rollout_slo_config, or None
+    online_features: object = None  # the OnlineFeatureStore of --feature_store_table, or None
 
 
 class ScoreOutputs(NamedTuple):
@@ -235,6 +296,7 @@ def validate(options):
     if source.input_dir and options.view_as(UdfOptions).udf_path:
         raise ValueError("--udf_path reshapes JSON requests; it does not apply to --input_dir")
     check_udf(options)
+    check_health(options)
     check_image_limits(options)
     # the Bigtable cache is not a main output
     check_outputs(options, PIPELINE, (options.view_as(BigQueryOutputOptions).output_table, opts.predictions_topic))
@@ -252,6 +314,7 @@ def validate(options):
                 f"--transform_dir: cannot load a transform from {opts.transform_dir}: {str(e).splitlines()[0]}"
             ) from None
     check_image_scale(opts.image_scale, model.inputs)
+    rollout_config = check_rollout_second_model(options, model, model_path)
     label_map = options.view_as(LabelMapOptions).label_map
     labels_path = str(SAMPLE_LABELS) if default_model and not label_map else label_map
     labels = None
@@ -267,7 +330,76 @@ def validate(options):
                 f"--label_map: {labels_path} has {len(labels)} labels but the model's output "
                 f"'{model.output_names[0]}' has {model.output_shapes[0][-1]} scores per example"
             )
-    return Settings(source, model_path, model.inputs, labels, getattr(model, "feature_spec", None))
+    feature_spec = getattr(model, "feature_spec", None)
+    online = check_online_features(options, source, model.inputs, feature_spec)
+    return Settings(source, model_path, model.inputs, labels, feature_spec, rollout_config, online)
+
+
+def check_rollout_second_model(options, model, model_path):
+    """The rollout flags, and the canary or shadow model against the primary: the same inputs, another
+    version. Returns the --rollout_slo_config (or None)."""
+    rollout = options.view_as(RolloutOptions)
+    config = check_rollout(options)
+    flag = "--canary_model_dir" if rollout.canary_model_dir else "--shadow_model_dir"
+    second_dir = rollout.canary_model_dir or rollout.shadow_model_dir
+    if not second_dir:
+        return None
+    if options.view_as(BigtableOptions).bigtable_instance:
+        raise ValueError(f"{flag} does not combine with the Bigtable cache (--bigtable_instance): leave one out")
+    if model_version(second_dir) == model_version(model_path):
+        raise ValueError(
+            f"{flag}: {second_dir} has the version {model_version(second_dir)!r} of --model_path; "
+            "predictions and SLI rows tell versions apart by their folder (or file) name: rename one"
+        )
+    opts = options.view_as(ScoreOptions)
+    try:
+        second = LoadedModel(model_directory(second_dir), opts.signature, opts.transform_dir)
+    except (OSError, ValueError, tf_errors.OpError) as e:
+        raise ValueError(f"{flag}: cannot load {second_dir}: {str(e).splitlines()[0]}") from None
+    if second.inputs != model.inputs or second.output_names != model.output_names:
+        raise ValueError(
+            f"{flag}: {second_dir} takes {second.inputs} and gives {second.output_names}, but --model_path "
+            f"takes {model.inputs} and gives {model.output_names}: both versions must score the same requests"
+        )
+    if config is not None:
+        check_rollout_config(config, [model_version(model_path), model_version(second_dir)], "--rollout_slo_config")
+    return config
+
+
+def check_online_features(options, source, inputs, feature_spec):
+    """The OnlineFeatureStore of the --feature_store_* flags, or None without them."""
+    opts = options.view_as(ScoreOptions)
+    online_flags = ("feature_store_instance", "feature_store_table", "feature_window_spec")
+    given = [f for f in online_flags if getattr(opts, f)]
+    if not given:
+        if opts.entity_field or opts.missing_feature_value is not None:
+            raise ValueError(
+                "--entity_field and --missing_feature_value are for online features: give --feature_store_table"
+            )
+        return None
+    if len(given) < len(online_flags):
+        missing = [f"--{f}" for f in online_flags if f not in given]
+        raise ValueError(
+            "online features need --feature_store_instance, --feature_store_table and --feature_window_spec: "
+            f"add {missing}"
+        )
+    if source.input_dir or (feature_spec is None and image_input(inputs)):
+        raise ValueError("--feature_store_table adds named features to requests, but the model takes an image")
+    spec = load_config(opts.feature_window_spec, WindowFeatureSpec, "--feature_window_spec")
+    names = {name for w in spec.windows for name, _, _ in spec.aggregations_in(w)}
+    if not names & {s.name for s in inputs}:
+        raise ValueError(
+            f"--feature_window_spec {opts.feature_window_spec}: the model takes none of its features "
+            f"{sorted(names)[:10]}; it takes {[s.name for s in inputs][:10]}"
+        )
+    return OnlineFeatureStore(
+        options.view_as(GoogleCloudOptions).project,
+        opts.feature_store_instance,
+        opts.feature_store_table,
+        spec,
+        opts.entity_field or spec.entity_field,
+        opts.missing_feature_value,
+    )
 
 
 def build(pipeline, options, settings, source=None, model_updates=None):
@@ -289,6 +421,9 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         read = read_records(pipeline, PIPELINE, source, "ReadRequests")
         raw = read | "BatchRecords" >> BatchRecords()
     raw, dead_letter_sources = apply_udf(options, raw, PIPELINE, batched=True)
+    if settings.online_features:
+        raw, feature_dead_letters = raw | "OnlineFeatures" >> AddOnlineFeatures(settings.online_features, PIPELINE)
+        dead_letter_sources.append(feature_dead_letters)
     parsed = raw | "ParseRequests" >> beam.ParDo(
         ParseRequests(
             settings.inputs,
@@ -300,6 +435,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
             opts.max_instances_per_request,
             opts.signature,
             opts.max_batch_size,
+            online_features=settings.online_features is not None,
         )
     ).with_outputs(DEAD_LETTER_TAG, ENVELOPES_TAG, main="requests")
     dead_letter_sources.append(parsed[DEAD_LETTER_TAG])
@@ -329,27 +465,51 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         ).with_outputs(LookupCache.MISSES, main="hits")
         predictions.append(looked_up.hits)
         requests = looked_up[LookupCache.MISSES]
-    handler = TfModelHandler(
-        settings.model_path,
-        opts.signature,
-        opts.min_batch_size,
-        opts.max_batch_size,
-        opts.max_batch_duration_secs if streaming else None,
-        opts.transform_dir,
+    rollout = options.view_as(RolloutOptions)
+    second_dir = rollout.canary_model_dir or rollout.shadow_model_dir
+    if second_dir:
+        routed = requests | "RouteRequests" >> beam.ParDo(
+            RouteRequests(
+                PIPELINE,
+                rollout.canary_fraction,
+                bool(rollout.shadow_model_dir),
+                rollout.rollback_control_file,
+                rollout.rollback_poll_seconds,
+            )
+        ).with_outputs(DEAD_LETTER_TAG, CANARY_TAG, SHADOW_TAG, main="primary")
+        dead_letter_sources.append(routed[DEAD_LETTER_TAG])
+        requests = routed.primary
+
+    def handler(model_path):
+        return TfModelHandler(
+            model_path,
+            opts.signature,
+            opts.min_batch_size,
+            opts.max_batch_size,
+            opts.max_batch_duration_secs if streaming else None,
+            opts.transform_dir,
+        )
+
+    primary_rows, scoring_dead_letters = run_model(
+        requests, handler(settings.model_path), settings.labels, opts.top_k, PIPELINE, model_updates=model_updates
     )
-    inference, failed = (
-        requests | "RunInference" >> RunInference(handler, model_metadata_pcoll=model_updates).with_exception_handling()
-    )
-    scored = inference | "ToPredictionRows" >> beam.ParDo(
-        ToPredictionRows(settings.labels, opts.top_k, PIPELINE)
-    ).with_outputs(DEAD_LETTER_TAG, main="rows")
-    predictions.append(scored.rows)
-    instance_sources = [  # where the dead letter of one instance of a request body can come from
-        parsed[DEAD_LETTER_TAG],
-        scored[DEAD_LETTER_TAG],
-        failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_dead_letters, PIPELINE),
-    ]
-    dead_letter_sources += instance_sources[1:]
+    predictions.append(primary_rows)
+    instance_sources = [parsed[DEAD_LETTER_TAG], *scoring_dead_letters]  # where an instance's dead letter can be
+    dead_letter_sources += scoring_dead_letters
+    if second_dir:
+        prefix = "Canary" if rollout.canary_model_dir else "Shadow"
+        second_rows, second_dead_letters = run_model(
+            routed[CANARY_TAG if rollout.canary_model_dir else SHADOW_TAG],
+            handler(second_dir),
+            settings.labels,
+            opts.top_k,
+            PIPELINE if rollout.canary_model_dir else f"{PIPELINE}_shadow",  # a shadow's counts apart
+            prefix,
+        )
+        if rollout.canary_model_dir:  # a shadow's outcomes feed its SLI rows only
+            predictions.append(second_rows)
+            instance_sources += second_dead_letters
+            dead_letter_sources += second_dead_letters
     batches = predictions | "AllPredictions" >> beam.Flatten()  # lists of rows
     output_table = options.view_as(BigQueryOutputOptions).output_table
     tf_serving = opts.predictions_format == "tf_serving"
@@ -380,7 +540,48 @@ def build(pipeline, options, settings, source=None, model_updates=None):
             | "CacheRows" >> beam.FlatMap(cache_rows)
             | "WriteCache" >> WriteRecords(PIPELINE, bigtable=cache, streaming=streaming)
         )
+    if settings.rollout_config:
+        service = settings.rollout_config.services[0].name
+        primary_version, second_version = model_version(settings.model_path), model_version(second_dir)
+        sli_rows, slo_status, rollbacks = (
+            *version_events("", primary_rows, scoring_dead_letters, service, primary_version),
+            *version_events(prefix, second_rows, second_dead_letters, service, second_version),
+        ) | "RolloutSlos" >> RolloutSlos(
+            settings.rollout_config,
+            PIPELINE,
+            options.view_as(EventTimeOptions).allowed_lateness_seconds,
+            second_version if rollout.canary_model_dir else None,
+            primary_version,
+        )
+        sink_failures += sli_rows | "WriteRolloutSliRows" >> WriteRecords(
+            PIPELINE,
+            BigQueryTarget(rollout.rollout_sli_table, SLI_ROW_BQ_SCHEMA, "window_start", ["sli_id"])
+            if rollout.rollout_sli_table
+            else None,
+            out.bq_write_method,
+            local_prefix=local_output(options, "rollout_sli_rows"),
+            streaming=streaming,
+        )
+        if slo_status is not None:
+            sink_failures += slo_status | "WriteRolloutSloStatus" >> WriteRecords(
+                PIPELINE,
+                BigQueryTarget(rollout.rollout_slo_table, SLO_STATUS_BQ_SCHEMA, "evaluated_at", ["slo"])
+                if rollout.rollout_slo_table
+                else None,
+                out.bq_write_method,
+                local_prefix=local_output(options, "rollout_slo_status"),
+                streaming=streaming,
+            )
+        if rollbacks is not None:
+            rollbacks | "PublishRollbacks" >> WriteRecords(
+                PIPELINE,
+                pubsub_topic=rollout.rollback_topic,
+                local_prefix=local_output(options, "rollbacks"),
+                streaming=streaming,
+            )
+            rollbacks | "WriteRollbackControl" >> beam.ParDo(WriteControlFile(rollout.rollback_control_file, PIPELINE))
     dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, *sink_failures))
+    write_health_rows(options, PIPELINE, batches, dead_letters)
     return ScoreOutputs(batches, dead_letters)
 
 
@@ -394,6 +595,11 @@ def report(result, options, _settings):
     if counts.get("envelopes"):
         lines.append(
             f"TF Serving request bodies: {counts['envelopes']}, holding {counts.get('envelope_instances', 0)} instances"
+        )
+    if options.view_as(RolloutOptions).canary_model_dir:
+        lines.append(
+            f"routed to the primary: {counts.get('routed_to_primary', 0)}  to the canary: "
+            f"{counts.get('routed_to_canary', 0)}  rollbacks: {counts.get('rollbacks', 0)}"
         )
     by_reason = dead_letters_by_reason(counts)
     if by_reason:

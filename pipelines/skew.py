@@ -37,13 +37,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import PCollection
 from apache_beam.transforms import window
 
-from pipelines.launch import apply_udf, metric_counts, read_records, run_pipeline, write_dead_letters
+from pipelines.launch import apply_udf, metric_counts, read_records, run_pipeline, write_dead_letters, write_health_rows
 from pipelines.options import (
     BatchInputOptions,
+    HealthOptions,
     OutputOptions,
     PubsubInputOptions,
     RecordInputOptions,
     UdfOptions,
+    check_health,
     check_input,
     check_outputs,
     check_udf,
@@ -109,7 +111,7 @@ class SkewOptions(PipelineOptions):
 
 
 INPUT_FLAGS = ("input_subscription", "input_topic", "input_files", "input_table", "input_query")
-OPTION_CLASSES = (SkewOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, UdfOptions)
+OPTION_CLASSES = (SkewOptions, PubsubInputOptions, BatchInputOptions, RecordInputOptions, UdfOptions, HealthOptions)
 
 
 class Settings(NamedTuple):
@@ -124,6 +126,7 @@ class SkewOutputs(NamedTuple):
     report: PCollection  # one skew report per window (batch: one)
     rows: PCollection  # the reports' rows, one per feature and window
     dead_letters: PCollection
+    health_rows: PCollection = None  # with a --health_* sink
 
 
 def validate(options):
@@ -132,6 +135,7 @@ def validate(options):
     if opts.skew_window_seconds <= 0:
         raise ValueError(f"--skew_window_seconds must be positive, got {opts.skew_window_seconds}")
     check_udf(options)
+    check_health(options)
     check_outputs(options, PIPELINE, ())
     training_dir = opts.training_dir or str(SAMPLES / "training")
     try:
@@ -226,7 +230,8 @@ def build(pipeline, options, settings, source=None):
     dead_letters = write_dead_letters(
         options, PIPELINE, read, (*dead_letter_sources, values[DEAD_LETTER_TAG], *sink_failures)
     )
-    return SkewOutputs(report, report_rows, dead_letters)
+    health_rows = write_health_rows(options, PIPELINE, report_rows, dead_letters)
+    return SkewOutputs(report, report_rows, dead_letters, health_rows)
 
 
 def report(result, options, settings):

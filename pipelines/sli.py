@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
@@ -36,18 +37,21 @@ from pipelines.launch import (
     read_records,
     run_pipeline,
     write_dead_letters,
+    write_health_rows,
 )
 from pipelines.options import (
     BatchInputOptions,
     BigQueryOutputOptions,
     BigtableOptions,
     EventTimeOptions,
+    HealthOptions,
     OutputOptions,
     PubsubInputOptions,
     SliConfigOptions,
     TensorBoardOptions,
     UdfOptions,
     check_allowed_lateness,
+    check_health,
     check_input,
     check_outputs,
     check_udf,
@@ -67,6 +71,7 @@ from transforms.sli.rows import (
     bigtable_row_key,
 )
 from transforms.sli.tensorboard import WriteSliSummaries
+from transforms.slo.replay import ParseSliRows, Period
 from transforms.slo.status import ALERTS_TAG, SLO_STATUS_BQ_SCHEMA, ComputeSloStatus, slo_status_row_key
 
 PIPELINE = "sli"
@@ -97,6 +102,23 @@ class SliOptions(PipelineOptions):
             help="Pub/Sub topic projects/P/topics/T for burn-rate alert transitions (FIRING/RESOLVED), one "
             "JSON message each.",
         )
+        parser.add_argument(
+            "--sli_rows_subscription",
+            type=str,
+            default=None,
+            help="Pub/Sub subscription projects/P/subscriptions/S of SLI rows as JSON instead of request logs "
+            "(streaming): the SLOs of --sli_config are evaluated on them, e.g. on other pipelines' health rows "
+            "(their --health_topic; the sample pipelines/samples/pipeline_slos/pipeline_slos.yaml).",
+        )
+        parser.add_argument(
+            "--sli_rows_delay_seconds",
+            type=int,
+            default=120,
+            help="With --sli_rows_subscription: how long after a minute ends its rows may still arrive before "
+            "the minute is evaluated (rows come from other jobs, published once their minute has closed there); "
+            "a minute still without rows of an SLO with minutes_without_data: bad then counts as bad. "
+            "Default: 120.",
+        )
 
 
 # The pipeline's own flag groups; every pipeline also has OutputOptions (see pipelines/options.py).
@@ -111,6 +133,7 @@ OPTION_CLASSES = (
     BigtableOptions,
     TensorBoardOptions,
     UdfOptions,
+    HealthOptions,
 )
 
 
@@ -119,6 +142,7 @@ class SliOutputs(NamedTuple):
     slo_status: PCollection  # None when the config defines no SLOs
     alerts: PCollection  # None when the config defines no SLOs
     dead_letters: PCollection
+    health_rows: PCollection = None  # with a --health_* sink
 
 
 class Settings(NamedTuple):
@@ -130,6 +154,13 @@ def validate(options):
     """Cross-flag checks, before any graph is built."""
     sli = options.view_as(SliOptions)
     source = check_input(options, INPUT_FLAGS, Input(input_files=str(SAMPLE_LOGS)))
+    if sli.sli_rows_subscription:
+        if source.input_files != str(SAMPLE_LOGS):
+            raise ValueError(f"give --sli_rows_subscription or {source.given()[0]}, not both")
+        source = Input(input_subscription=sli.sli_rows_subscription)
+        options.view_as(StandardOptions).streaming = True
+    if sli.sli_rows_delay_seconds < 0:
+        raise ValueError(f"--sli_rows_delay_seconds must be >= 0, got {sli.sli_rows_delay_seconds}")
     if sli.window_seconds <= 0:
         raise ValueError(f"--window_seconds must be positive, got {sli.window_seconds}")
     check_allowed_lateness(options)
@@ -139,8 +170,11 @@ def validate(options):
         (options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions).bigtable_instance),
     )
     check_udf(options)
+    check_health(options)
     config = load_sli_config(options.view_as(SliConfigOptions).sli_config or SAMPLE_CONFIG)
     resolve_tensorboard_run(options, PIPELINE)
+    if not config.slos and sli.sli_rows_subscription:
+        raise ValueError("--sli_rows_subscription evaluates SLOs on SLI rows: add a 'slos' section to --sli_config")
     if not config.slos and (sli.slo_table or sli.alerts_topic):
         raise ValueError("--slo_table and --alerts_topic need SLOs: add a 'slos' section to --sli_config")
     if config.slos and sli.window_seconds != 60:
@@ -158,18 +192,27 @@ def build(pipeline, options, settings, source=None):
     sli, config = options.view_as(SliOptions), settings.config
     out = options.view_as(OutputOptions)
     streaming = options.view_as(StandardOptions).streaming
-    batched = source is None  # a given source yields records, batched here
-    read = read_records(
-        pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl", batched=True), "ReadLogRecords"
-    )
-    records, dead_letter_sources = apply_udf(options, read, PIPELINE, batched=batched)
-    batches = records if batched else records | "BatchRecords" >> BatchRecords()
-    parsed = batches | "ParseLogRecords" >> beam.ParDo(
-        AggregateLogBatches(config, sli.window_seconds, PIPELINE)
-    ).with_outputs(DEAD_LETTER_TAG, main="partials")
-    rows = parsed.partials | "ComputeSliRows" >> ComputeSliRowsFromPartials(
-        config, PIPELINE, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds
-    )
+    if sli.sli_rows_subscription:  # SLI rows in, as other pipelines' --health_topic writes them
+        read = read_records(pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl"), "ReadSliRows")
+        parsed = (
+            read
+            | "MessageData" >> beam.Map(lambda record: record.data if isinstance(record, PubsubMessage) else record)
+            | "ParseSliRows" >> beam.ParDo(ParseSliRows(PIPELINE, Period())).with_outputs(DEAD_LETTER_TAG, main="rows")
+        )
+        rows, dead_letter_sources = parsed.rows, []
+    else:
+        batched = source is None  # a given source yields records, batched here
+        read = read_records(
+            pipeline, PIPELINE, source or ReadRecords(settings.input, "jsonl", batched=True), "ReadLogRecords"
+        )
+        records, dead_letter_sources = apply_udf(options, read, PIPELINE, batched=batched)
+        batches = records if batched else records | "BatchRecords" >> BatchRecords()
+        parsed = batches | "ParseLogRecords" >> beam.ParDo(
+            AggregateLogBatches(config, sli.window_seconds, PIPELINE)
+        ).with_outputs(DEAD_LETTER_TAG, main="partials")
+        rows = parsed.partials | "ComputeSliRows" >> ComputeSliRowsFromPartials(
+            config, PIPELINE, sli.window_seconds, options.view_as(EventTimeOptions).allowed_lateness_seconds
+        )
     project = options.view_as(GoogleCloudOptions).project
 
     def bigtable(row_key, time_field):
@@ -198,7 +241,8 @@ def build(pipeline, options, settings, source=None):
         )
     slo_status = alerts = None
     if config.slos:
-        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, parsed.partials.is_bounded, PIPELINE)
+        delay = sli.sli_rows_delay_seconds if sli.sli_rows_subscription else 0
+        slos = rows | "ComputeSloStatus" >> ComputeSloStatus(config, read.is_bounded, PIPELINE, delay)
         slo_status, alerts = slos.status, slos[ALERTS_TAG]
         sink_failures += slo_status | "WriteSloStatus" >> WriteRecords(
             PIPELINE,
@@ -214,7 +258,8 @@ def build(pipeline, options, settings, source=None):
     dead_letters = write_dead_letters(
         options, PIPELINE, read, (*dead_letter_sources, parsed[DEAD_LETTER_TAG], *sink_failures)
     )
-    return SliOutputs(rows, slo_status, alerts, dead_letters)
+    health_rows = write_health_rows(options, PIPELINE, rows, dead_letters)
+    return SliOutputs(rows, slo_status, alerts, dead_letters, health_rows)
 
 
 def alert_line(alert):

@@ -37,17 +37,20 @@ from pipelines.launch import (
     read_records,
     run_pipeline,
     write_dead_letters,
+    write_health_rows,
 )
 from pipelines.options import (
     BatchInputOptions,
     BigQueryOutputOptions,
     BigtableOptions,
     EventTimeOptions,
+    HealthOptions,
     OutputOptions,
     PubsubInputOptions,
     RecordInputOptions,
     UdfOptions,
     check_allowed_lateness,
+    check_health,
     check_input,
     check_outputs,
     check_udf,
@@ -99,12 +102,14 @@ OPTION_CLASSES = (
     BigQueryOutputOptions,
     BigtableOptions,
     UdfOptions,
+    HealthOptions,
 )
 
 
 class WindowFeaturesOutputs(NamedTuple):
     row_batches: PCollection  # lists of feature rows
     dead_letters: PCollection
+    health_rows: PCollection = None  # with a --health_* sink
 
 
 class Settings(NamedTuple):
@@ -125,6 +130,7 @@ def validate(options):
         (options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions).bigtable_instance),
     )
     check_udf(options)
+    check_health(options)
     return Settings(load_window_spec(opts.window_spec or SAMPLE_SPEC), source)
 
 
@@ -181,7 +187,8 @@ def build(pipeline, options, settings, source=None):
     dead_letters = write_dead_letters(
         options, PIPELINE, read, (*dead_letter_sources, parse_dead_letters, *sink_failures)
     )
-    return WindowFeaturesOutputs(row_batches, dead_letters)
+    health_rows = write_health_rows(options, PIPELINE, row_batches, dead_letters)
+    return WindowFeaturesOutputs(row_batches, dead_letters, health_rows)
 
 
 REPORT_MAX_ROWS = 100_000  # the report reads the feature rows back for the busiest windows up to this many

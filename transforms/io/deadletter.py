@@ -72,6 +72,7 @@ REASONS = {
     "too_many_pixels": "the image declares more pixels than --max_pixels",
     "unknown_label": "the label is not in --label_map",
     "inference_failed": "the model raised on the example or its batch",
+    "feature_lookup_failed": "reading the entity's online features from Bigtable failed (--feature_store_table)",
     "udf_error": "the user-defined function raised, exited, or returned something that is not a record",
     "udf_timeout": "the user-defined function ran past --udf_timeout_ms",
     "udf_memory": "the JavaScript user-defined function went over its memory limit",

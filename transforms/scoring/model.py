@@ -275,6 +275,7 @@ class ScoringRequest(NamedTuple):
     content_key: str  # MD5 of the model input (image bytes or canonical JSON of the features)
     received_at: float  # epoch seconds: publish time in streaming, read time in batch
     instance_index: int | None = None  # the position in a TF Serving request body; None for a plain request
+    feature_time_index: tuple = ()  # online features: ({"window_name", "time_index"} per window of the spec)
 
 
 class ScoringBatch(NamedTuple):
@@ -459,6 +460,7 @@ def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=
                 "scored_at": at,
                 "latency_ms": round((scored_at - request.received_at) * 1000, 3),
                 "cache_hit": False,
+                "feature_time_index": list(request.feature_time_index),
             }
         )
     return rows
@@ -483,5 +485,14 @@ PREDICTION_BQ_SCHEMA = {
         {"name": "scored_at", "type": "TIMESTAMP", "mode": "REQUIRED"},
         {"name": "latency_ms", "type": "FLOAT", "mode": "NULLABLE"},
         {"name": "cache_hit", "type": "BOOLEAN", "mode": "REQUIRED"},
+        {
+            "name": "feature_time_index",
+            "type": "RECORD",
+            "mode": "REPEATED",
+            "fields": [
+                {"name": "window_name", "type": "STRING", "mode": "REQUIRED"},
+                {"name": "time_index", "type": "TIMESTAMP", "mode": "NULLABLE"},
+            ],
+        },
     ]
 }

@@ -36,6 +36,7 @@ ENVELOPES_TAG = "envelopes"  # (body id, number of instances) per TF Serving bod
 ENVELOPE_KEYS = ("instances", "inputs", "examples")
 PREDICTIONS_FORMATS = ("rows", "tf_serving")  # --predictions_format
 MAX_ERRORS_SHOWN = 10  # failed instances described in a tf_serving error response
+FEATURE_TIMES_KEY = "_feature_time_index"  # set by online_features: the prediction row's feature_time_index
 
 
 def envelope_instances(record, max_instances, signature):
@@ -139,8 +140,10 @@ class ParseRequests(GuardedBatchDoFn):
         max_instances=DEFAULT_MAX_INSTANCES,
         signature="serving_default",
         max_batch_size=256,
+        online_features=False,
     ):
         super().__init__(pipeline_name)
+        self._online_features = online_features  # requests carry FEATURE_TIMES_KEY (AddOnlineFeatures)
         self._inputs, self._feature_spec = inputs, feature_spec
         self._image = None if feature_spec else image_input(inputs)
         self._max_instances, self._signature = max_instances, signature
@@ -240,7 +243,8 @@ class ParseRequests(GuardedBatchDoFn):
         request_id, content_key, example = prepare_example(
             record, self._inputs, values_given or self._feature_spec is not None, **self._limits
         )
-        return ScoringRequest(request_id, content_key, received_at, instance_index), example
+        times = tuple(record.get(FEATURE_TIMES_KEY, ())) if self._online_features else ()
+        return ScoringRequest(request_id, content_key, received_at, instance_index, times), example
 
 
 class ToPredictionRows(GuardedDoFn):

@@ -228,9 +228,14 @@ class Slo(StrictModel):
     method: Literal["occurrences", "timeslices"] = "occurrences"
     timeslice_threshold: float | None = Field(None, gt=0, le=1)
     exclusions: list[Exclusion] = Field(default_factory=list)
+    minutes_without_data: Literal["skip", "bad"] = Field(
+        "skip", description="timeslices: 'bad' counts a minute with no SLI row as a bad minute (a stalled source)"
+    )
 
     @model_validator(mode="after")
     def _shape(self):
+        if self.minutes_without_data == "bad" and self.method != "timeslices":
+            raise ValueError("'minutes_without_data: bad' counts minutes: it goes with method: timeslices")
         if (self.sli is None) == (self.components is None):
             raise ValueError("give exactly one of 'sli' (one SLI) or 'components' (a weighted composite)")
         if self.components is not None and not self.components:

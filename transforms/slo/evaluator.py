@@ -26,6 +26,11 @@ by default, which fires and resolves at the first minute the condition changes.
 
 Exclusions (maintenance windows): data of an excluded minute is dropped on arrival, so it counts in no
 window; the excluded minutes the compliance window has stepped through are counted per reason.
+
+Minutes without data: a timeslices SLO with `minutes_without_data: bad` counts each evaluated minute in
+which a component has no row as a bad minute of it (no events), so a source that stops sending rows burns
+budget (transforms/slo/health.py); a row arriving later for that minute replaces it. Evaluation goes on
+while an alert fires, until the longest alert window holds no data (the alert then stays FIRING).
 """
 
 import calendar
@@ -230,6 +235,9 @@ class SloEvaluator:
     def active(self, minute):
         """Evaluate (and emit) minute `minute`: data within the longest short window, or an alert firing."""
         recent = self.last_data_minute is not None and minute - self.last_data_minute < self.idle_minutes
+        if self.slo.minutes_without_data == "bad" and not recent and self.last_data_minute is not None:
+            # missing minutes keep it firing: stop once every alert window holds only them (a drain ends)
+            return any(self.firing) and minute - self.last_data_minute < self.keep_minutes
         return recent or any(self.firing)
 
     def advance_to(self, minute):
@@ -262,6 +270,9 @@ class SloEvaluator:
             self._enter_hour(hour, m)
         hour_slot = hour % self.hour_slots
         reasons = self.exclusion_reasons(m)
+        if self.slo.minutes_without_data == "bad" and not reasons:
+            for c in range(components):
+                contributions.setdefault(c, (0, 1, 0))  # a bad minute, no events; a late row replaces it
         if reasons:
             for j in (0, *(1 + self.reasons.index(r) for r in reasons)):
                 i = hour_slot * len(self.excluded) + j

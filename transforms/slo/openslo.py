@@ -553,7 +553,8 @@ def _policy(index, rule, period):
 
 def export_documents(config, source="<config>"):
     """SliConfig -> [OpenSLO object]: a Service per service, an AlertPolicy per burn-rate rule and SLO
-    period, and an SLO per SLO. ConfigError for an SLO with its own exclusions (OpenSLO v1 has none)."""
+    period, and an SLO per SLO. ConfigError for an SLO with its own exclusions or `minutes_without_data: bad`
+    (OpenSLO v1 has neither)."""
     periods = sorted({_period(s) for s in config.slos})
     documents = [
         _object("Service", s.name, {"description": f"journeys: {', '.join(j.name for j in s.journeys)}"})
@@ -565,6 +566,11 @@ def export_documents(config, source="<config>"):
             raise ConfigError(
                 f"{source}: slos[{i}].exclusions ({slo.name}): OpenSLO v1 has no exclusion windows; "
                 "move them to the service or keep this SLO in the SLI config"
+            )
+        if slo.minutes_without_data == "bad":
+            raise ConfigError(
+                f"{source}: slos[{i}].minutes_without_data ({slo.name}): OpenSLO v1 cannot count a minute "
+                "without data as bad; keep this SLO in the SLI config"
             )
         if slo.window == "calendar_month":
             window = {

@@ -104,10 +104,15 @@ class _EvaluatorMixin:
 class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
     """Keyed by SLO; the evaluator's state (`SloEvaluator.state()`, packed arrays) lives in Beam state; an
     event-time timer evaluates each minute once the watermark has passed it (so every SLI window of that
-    minute has arrived)."""
+    minute has arrived), or `delay_seconds` later: rows that come from another job (published after their
+    minute, transforms/slo/health.py) get that long to arrive before their minute counts them."""
 
     EVALUATOR = ReadModifyWriteStateSpec("evaluator_state", BytesCoder())
     NEXT_MINUTE = TimerSpec("next_minute", TimeDomain.WATERMARK)
+
+    def __init__(self, config, pipeline_name, delay_seconds=0):
+        super().__init__(config, pipeline_name)
+        self._delay = delay_seconds
 
     def setup(self):
         super().setup()
@@ -129,7 +134,7 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
         self._add(evaluator, value)
         pending = evaluator.first_pending_minute()  # None: nothing pending (excluded or too late)
         if pending is not None and (evaluator.now is None or not evaluator.active(evaluator.now)):
-            timer.set((pending + 1) * 60)  # a paused SLO resumes with its data
+            timer.set((pending + 1) * 60 + self._delay)  # a paused SLO resumes with its data
         evaluator_state.write(evaluator.state())
 
     @on_timer(NEXT_MINUTE)
@@ -145,14 +150,14 @@ class EvaluateSlosStreaming(_EvaluatorMixin, beam.DoFn):
             evaluator_state.clear()
             return
         evaluator = self._restored(key, evaluator_state)
-        minute = int(fire_time.micros // 60_000_000) - 1
+        minute = int((fire_time.micros - self._delay * 1_000_000) // 60_000_000) - 1
         rows, alerts = evaluator.advance_to(minute)
         if evaluator.active(evaluator.now):
-            timer.set((evaluator.now + 2) * 60)
+            timer.set((evaluator.now + 2) * 60 + self._delay)
         else:
             pending = evaluator.first_pending_minute()
             if pending is not None:
-                timer.set((pending + 1) * 60)
+                timer.set((pending + 1) * 60 + self._delay)
         evaluator_state.write(evaluator.state())
         yield from self._emit(rows, alerts)
 
@@ -174,17 +179,19 @@ class EvaluateSlosBatch(_EvaluatorMixin, beam.DoFn):
         end = max(by_minute) if by_minute else None
         while end is not None:  # evaluate on until the SLO goes idle, as the streaming timers do
             yield from self._emit(*evaluator.advance_to(end))
-            if not evaluator.active(evaluator.now):
-                break
+            if not evaluator.active(evaluator.now) or evaluator.slo.minutes_without_data == "bad":
+                break  # (the rows end where the replayed period does: no later minute is missing)
             end = evaluator.now + 1
 
 
 class ComputeSloStatus(beam.PTransform):
-    """SLI rows -> SLO status rows (main output) and alert transitions (`alerts` output)."""
+    """SLI rows -> SLO status rows (main output) and alert transitions (`alerts` output). Streaming,
+    `delay_seconds` (EvaluateSlosStreaming) waits that long after each minute before evaluating it."""
 
-    def __init__(self, config, bounded, pipeline_name):
+    def __init__(self, config, bounded, pipeline_name, delay_seconds=0):
         super().__init__()
         self._config, self._bounded, self._pipeline = config, bounded, pipeline_name
+        self._delay = delay_seconds
 
     def expand(self, sli_rows):
         inputs = (
@@ -201,7 +208,7 @@ class ComputeSloStatus(beam.PTransform):
             )
         else:
             evaluated = inputs | "EvaluateSlos" >> beam.ParDo(
-                EvaluateSlosStreaming(self._config, self._pipeline)
+                EvaluateSlosStreaming(self._config, self._pipeline, self._delay)
             ).with_outputs(ALERTS_TAG, main="status")
         return evaluated
 
