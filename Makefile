@@ -37,3 +37,4 @@ bench: bootstrap
 	$(PY) -m bench.features
 	$(PY) -m bench.window_features
 	$(PY) -m bench.udf
+	$(PY) -m bench.pipeline_health
