@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from transforms.features.skew import DEFAULT_THRESHOLDS as SKEW_THRESHOLDS
 from transforms.io.deadletter import DEFAULT_MAX_PAYLOAD_BYTES
 from transforms.io.sources import Input, detect_format
 from transforms.io.udf import DEFAULT_TIMEOUT_MS as DEFAULT_UDF_TIMEOUT_MS
@@ -547,6 +548,14 @@ class RolloutOptions(PipelineOptions):
             help="How often each worker checks --rollback_control_file. Default: 10.",
         )
         parser.add_argument(
+            "--divergence_threshold",
+            type=float,
+            default=SKEW_THRESHOLDS["js_divergence"],
+            help="Rollouts: the Jensen-Shannon divergence (base 2, 0 to 1) of the second version's predictions "
+            "against the primary's over which a minute counts as bad on the journey at /rollout/divergence of "
+            "--rollout_slo_config. Default: 0.1.",
+        )
+        parser.add_argument(
             "--rollback_topic",
             type=str,
             default=None,
@@ -580,6 +589,8 @@ def check_rollout(options):
     second = opts.canary_model_dir or opts.shadow_model_dir
     if opts.canary_model_dir and not 0 < opts.canary_fraction < 1:
         raise ValueError(f"--canary_fraction must be between 0 and 1 (exclusive), got {opts.canary_fraction}")
+    if not 0 < opts.divergence_threshold < 1:
+        raise ValueError(f"--divergence_threshold must be between 0 and 1 (exclusive), got {opts.divergence_threshold}")
     if opts.rollback_poll_seconds <= 0:
         raise ValueError(f"--rollback_poll_seconds must be positive, got {opts.rollback_poll_seconds}")
     needs_second = ("rollout_slo_config", "rollback_control_file", "rollback_topic", "rollout_sli_table")

@@ -99,6 +99,7 @@ from transforms.scoring.rollout import (
     RouteRequests,
     WriteControlFile,
     check_rollout_config,
+    divergence_events,
     run_model,
     version_events,
 )
@@ -546,6 +547,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
         sli_rows, slo_status, rollbacks = (
             *version_events("", primary_rows, scoring_dead_letters, service, primary_version),
             *version_events(prefix, second_rows, second_dead_letters, service, second_version),
+            *divergence_events(settings.rollout_config, primary_rows, second_rows, rollout.divergence_threshold),
         ) | "RolloutSlos" >> RolloutSlos(
             settings.rollout_config,
             PIPELINE,

@@ -129,6 +129,7 @@ PARAMETERS = {
     "rollout_slo_config": ("GCS_READ_FILE", [GCS_FILE], "gs://my-bucket/config/canary_slos.yaml"),
     "rollback_control_file": ("GCS_WRITE_FILE", [GCS_FILE], "gs://my-bucket/rollouts/shapes-4/rollback.json"),
     "rollback_poll_seconds": ("TEXT", [r"^[0-9]+(\.[0-9]+)?$"], "10.0"),
+    "divergence_threshold": ("TEXT", [r"^0?\.[0-9]+$"], "0.1"),
     "rollback_topic": ("PUBSUB_TOPIC", [PUBSUB_TOPIC], "projects/p/topics/model-rollbacks"),
     "rollout_sli_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.rollout_sli_rows"),
     "rollout_slo_table": ("BIGQUERY_TABLE", [BIGQUERY_TABLE], "my-project:ml.rollout_slo_status"),

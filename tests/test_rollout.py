@@ -1,7 +1,9 @@
 """Model rollouts (pipelines.score --canary_model_dir/--shadow_model_dir, transforms/scoring/rollout.py): the
-hash routing, the router on arbitrary batches, the per-version SLI rows of a batch run counted by hand, and a
-streaming run through the Pub/Sub emulator where a canary that fails on half its inputs is rolled back."""
+hash routing, the router on arbitrary batches, the divergence of the versions' predictions against numpy, the
+per-version SLI rows of a batch run counted by hand, and a streaming run through the Pub/Sub emulator where a
+canary that fails on half its inputs is rolled back."""
 
+import datetime
 import hashlib
 import json
 import random
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
 from google.cloud import bigquery, pubsub_v1
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,11 +28,17 @@ from transforms.io.files import read_jsonl
 from transforms.scoring.model import ScoringBatch, ScoringRequest
 from transforms.scoring.rollout import (
     CANARY_TAG,
+    DIVERGENCE_PATH,
+    FAILED,
     SHADOW_TAG,
+    SUCCEEDED,
     RollbackControl,
     RollbackMessages,
     RouteRequests,
     canary_bucket,
+    divergence,
+    divergence_events,
+    prediction_value,
 )
 from transforms.sli.config import parse_sli_config
 from transforms.sli.rows import SLI_ROW_BQ_SCHEMA
@@ -181,6 +190,7 @@ def _options(models, tmp_path, *flags):
     [
         (["--canary_model_dir", "M2", "--shadow_model_dir", "M2"], "not both"),
         (["--canary_model_dir", "M2", "--canary_fraction", "1.5"], "--canary_fraction must be between 0 and 1"),
+        (["--canary_model_dir", "M2", "--divergence_threshold", "0"], "--divergence_threshold must be between 0 and 1"),
         (["--rollback_topic", "projects/p/topics/t"], "--rollback_topic needs a second model"),
         (["--canary_model_dir", "M1"], "has the version '1' of --model_path"),
         (["--canary_model_dir", "M2", "--rollout_slo_config", str(SAMPLE_CONFIG)], "give --rollback_control_file"),
@@ -205,7 +215,67 @@ def test_bad_rollout_flags_are_named(models, tmp_path, flags, message):
 
 def test_sample_config_loads_with_one_journey_per_version():
     config = parse_sli_config(SAMPLE_CONFIG.read_text(), str(SAMPLE_CONFIG))
-    assert [j.path for j in config.services[0].journeys] == ["/model/1", "/model/2"]
+    assert [j.path for j in config.services[0].journeys] == ["/model/1", "/model/2", DIVERGENCE_PATH]
+
+
+# -- the divergence of the versions' predictions ----------------------------------------------------------
+
+
+def js_by_numpy(primary, second):
+    """The divergence worked out a second way: numpy's histogram of the primary (10 bins), the second
+    version's values in those bins plus one below and one above, Jensen-Shannon in base 2."""
+    counts, edges = np.histogram(primary, bins=10)
+    inside, _ = np.histogram(second, bins=edges)
+    p = np.concatenate([[0], counts, [0]]) / len(primary)
+    q = np.concatenate([[np.sum(second < edges[0])], inside, [np.sum(second > edges[-1])]]) / len(second)
+    m = (p + q) / 2
+
+    def kl(a):
+        return np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0]))
+
+    return (kl(p) + kl(q)) / 2
+
+
+def _rows(values, at):
+    scored_at = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat()
+    return [{"top_k": [], "outputs": json.dumps({"y": v}), "scored_at": scored_at, "latency_ms": 0.0} for v in values]
+
+
+def test_divergence_per_window_is_bad_for_a_shifted_version_and_good_for_an_identical_one():
+    rng = np.random.default_rng(5)
+    primary_a, primary_b = rng.normal(0, 1, 400).tolist(), rng.normal(0, 1, 400).tolist()
+    shifted = [v + 1.0 for v in rng.normal(0, 1, 300).tolist()]
+    expected = js_by_numpy(np.array(primary_a), np.array(shifted))
+    assert divergence(primary_a, shifted) == pytest.approx(expected, rel=1e-9)
+    assert expected > 0.1 and divergence(primary_b, primary_b) == 0.0
+    start = 1_800_000_000  # a minute's start: window A is [start, start + 60), B the next minute
+    config = parse_sli_config(SAMPLE_CONFIG.read_text(), str(SAMPLE_CONFIG))
+    with beam.Pipeline("FnApiRunner") as pipeline:
+        primary = pipeline | "Primary" >> beam.Create([_rows(primary_a, start + 10), _rows(primary_b, start + 70)])
+        second = pipeline | "Second" >> beam.Create([_rows(shifted, start + 20), _rows(primary_b, start + 80)])
+        (events,) = divergence_events(config, primary, second, 0.1)
+        statuses = events | beam.Map(lambda e: (e.path, e.timestamp, e.status))
+        assert_that(
+            statuses,
+            equal_to([(DIVERGENCE_PATH, start + 59.999999, FAILED), (DIVERGENCE_PATH, start + 119.999999, SUCCEEDED)]),
+        )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=30),
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=30),
+)
+def test_divergence_of_any_values_is_between_0_and_1_and_0_for_the_same(primary, second):
+    assert 0.0 <= divergence(primary, second) <= 1.0 + 1e-12
+    assert divergence(primary, primary) == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text())))
+def test_prediction_value_of_any_outputs_is_a_finite_number_or_none(outputs):
+    value = prediction_value({"top_k": [], "outputs": json.dumps(outputs)})
+    assert value is None or (isinstance(value, float) and np.isfinite(value))
 
 
 # -- a batch run: predictions, dead letters and per-version SLI rows counted by hand, and the manual's
@@ -249,13 +319,14 @@ def test_batch_canary_scores_each_request_once_and_counts_per_version(models, tm
         version, factor = ("2", 3.0) if p["request_id"] in canary else ("1", 2.0)
         assert p["model_version"] == version
         assert json.loads(p["outputs"])["y"] == pytest.approx(factor * xs[p["request_id"]], rel=1e-6)
-    rows = [r for r in read_outputs(out, "rollout_sli_rows") if r["sli_name"] == "failed_requests"]
+    version_rows = [r for r in read_outputs(out, "rollout_sli_rows") if r["journey"] != "divergence"]
+    rows = [r for r in version_rows if r["sli_name"] == "failed_requests"]
     totals = {}
     for row in rows:
         total, bad = totals.get(row["journey"], (0, 0))
         totals[row["journey"]] = (total + row["total"], bad + row["bad"])
     assert totals == {"model-1": (len(xs) - len(canary), 0), "model-2": (len(canary), len(failing))}
-    versions_query(services, project, read_outputs(out, "rollout_sli_rows"), totals)
+    versions_query(services, project, version_rows, totals)
     # half the canary's requests fail: a burn rate far over the threshold, the canary SLO's alert fires
     rollbacks = read_outputs(out, "rollbacks")
     assert {r["slo"] for r in rollbacks} == {"canary-availability"}
@@ -288,7 +359,10 @@ def test_batch_shadow_writes_only_the_primary_and_counts_the_shadow_apart(models
         if row["sli_name"] == "failed_requests":
             total, bad = totals.get(row["journey"], (0, 0))
             totals[row["journey"]] = (total + row["total"], bad + row["bad"])
+    divergent_minutes, minutes = totals.pop("divergence")
     assert totals == {"model-1": (40, 0), "model-2": (40, 20)}
+    # 3x on x < 0.5 against 2x on every x: every minute with both versions' predictions diverges
+    assert minutes >= 1 and divergent_minutes == minutes
     assert not read_outputs(out, "rollbacks")  # a shadow is never rolled back: it serves nothing
 
 

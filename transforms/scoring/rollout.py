@@ -6,11 +6,16 @@ The rollback reaches the routing step through a control file (local or gs://): t
 it, the router checks whether it exists at most every `poll_seconds`, and from then on sends every
 request to the primary. A file, not a side input or a loop in the graph: the local runners cannot refresh
 side inputs from a watcher, a Beam graph has no cycles, and every worker of a Dataflow job can read the
-same object (a Pub/Sub subscription would hand the message to one worker only)."""
+same object (a Pub/Sub subscription would hand the message to one worker only).
+
+The divergence of the versions' predictions is the skew measure of numeric features
+(transforms.features.skew): per SLI window, the second version's values binned in the primary's
+histogram, Jensen-Shannon divergence; one scoring event per window, failed when over the threshold."""
 
 import datetime
 import hashlib
 import json
+import math
 import time
 
 import apache_beam as beam
@@ -19,6 +24,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
+from transforms.features.skew import numeric_skew
+from transforms.features.statistics import bin_counts, histogram, histogram_edges
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedDoFn
 from transforms.scoring.model import ScoringBatch
 from transforms.scoring.requests import ToPredictionRows, failed_batch_dead_letters
@@ -31,6 +38,8 @@ CANARY_TAG = "canary"
 SHADOW_TAG = "shadow"
 ROLLOUT_METHOD = "PREDICT"  # the method of the scoring events the SLI config's journeys match
 SUCCEEDED, FAILED = 200, 500  # the status of a scoring event: availability SLIs count 5xx as bad
+WINDOW_SECONDS = 60  # the rollout SLI window
+DIVERGENCE_PATH = "/rollout/divergence"  # the path of the per-window divergence events
 
 
 def canary_bucket(request_id):
@@ -124,12 +133,16 @@ def _epoch(iso):
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
+def _received_at(row):
+    return _epoch(row["scored_at"]) - (row["latency_ms"] or 0.0) / 1000
+
+
 def prediction_events(rows, service):
     """A list of prediction rows -> one timestamped scoring event each: at the request's publish (or read)
     time, its latency the row's, succeeded."""
     for row in rows:
         latency_ms = row["latency_ms"] or 0.0
-        received_at = _epoch(row["scored_at"]) - latency_ms / 1000
+        received_at = _received_at(row)
         event = RequestEvent(
             received_at, service, "", ROLLOUT_METHOD, version_path(row["model_version"]), SUCCEEDED, latency_ms, "score"
         )
@@ -144,11 +157,76 @@ def failure_event(dead_letter, service, version):
     return beam.window.TimestampedValue(event, failed_at)
 
 
+def prediction_value(row):
+    """The number a prediction row adds to its version's distribution: the top label's score of a
+    classifier, else the model's one output when it is one finite number; None otherwise."""
+    if row["top_k"]:
+        value = row["top_k"][0]["score"]
+    else:
+        outputs = json.loads(row["outputs"])
+        value = next(iter(outputs.values())) if len(outputs) == 1 else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def divergence(primary, second):
+    """Jensen-Shannon divergence (base 2) of the second version's values against the primary's, binned as
+    skew.numeric_skew bins serving values against training: the histogram edges from the primary's min to
+    its max, plus one bin below and one above."""
+    edges = histogram_edges(min(primary), max(primary))
+    reference = {"histogram": histogram(bin_counts(np.asarray(primary, dtype=np.float64), edges), edges)}
+    served = bin_counts(np.asarray(second, dtype=np.float64), edges)
+    return numeric_skew(reference, {"count": len(second), "missing": 0}, served)["js_divergence"]
+
+
+def _side_values(rows, side):
+    for row in rows:
+        value = prediction_value(row)
+        if value is not None:
+            yield beam.window.TimestampedValue((side, value), _received_at(row))
+
+
+def _divergence_event(values, service, threshold, win=beam.DoFn.WindowParam):
+    primary = [v for side, v in values if side == 0]
+    second = [v for side, v in values if side == 1]
+    if primary and second:
+        status = SUCCEEDED if divergence(primary, second) <= threshold else FAILED
+        at = win.max_timestamp().micros / 1e6  # inside the window, so the SLI rows count it there
+        yield beam.window.TimestampedValue(
+            RequestEvent(at, service, "", ROLLOUT_METHOD, DIVERGENCE_PATH, status, 0.0, "score"), at
+        )
+
+
+def divergence_events(config, primary_rows, second_rows, threshold):
+    """The divergence events of the two versions' prediction rows (lists of rows), one per SLI window with
+    predictions of both, failed when the divergence is over `threshold`: [] unless a journey of the
+    config matches DIVERGENCE_PATH. Predictions later than the window's end are left out."""
+    if _journey_of_path(config, DIVERGENCE_PATH) == UNMATCHED_JOURNEY:
+        return []
+    values = (
+        primary_rows | "PrimaryPredictionValues" >> beam.FlatMap(_side_values, 0),
+        second_rows | "SecondPredictionValues" >> beam.FlatMap(_side_values, 1),
+    )
+    service = config.services[0].name
+    return [
+        values
+        | "AllPredictionValues" >> beam.Flatten()
+        | "DivergenceWindows" >> beam.WindowInto(beam.window.FixedWindows(WINDOW_SECONDS))
+        | "DivergenceValues" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+        | "DivergenceEvents" >> beam.FlatMap(_divergence_event, service, threshold)
+        | "DivergenceEventsUnwindowed" >> beam.WindowInto(beam.window.GlobalWindows())  # as the other events
+    ]
+
+
+def _journey_of_path(config, path):
+    return JourneyMatcher(config).match(config.services[0].name, ROLLOUT_METHOD, path)[0]
+
+
 def journey_of(config, version):
     """The journey of the SLI config's one service that a version's events fall in (UNMATCHED_JOURNEY if
     none)."""
-    service = config.services[0].name
-    return JourneyMatcher(config).match(service, ROLLOUT_METHOD, version_path(version))[0]
+    return _journey_of_path(config, version_path(version))
 
 
 def canary_slos(config, canary_version):
@@ -234,7 +312,7 @@ class RolloutSlos(beam.PTransform):
 
     def expand(self, events):
         events = events | "AllScoringEvents" >> beam.Flatten()
-        rows = events | "RolloutSliRows" >> ComputeSliRows(self._config, self._pipeline, 60, self._lateness)
+        rows = events | "RolloutSliRows" >> ComputeSliRows(self._config, self._pipeline, WINDOW_SECONDS, self._lateness)
         if not self._config.slos:
             return rows, None, None
         slos = rows | "RolloutSloStatus" >> ComputeSloStatus(self._config, events.is_bounded, self._pipeline)
