@@ -16,8 +16,6 @@ Requests move one Beam element each through the lookup (the Bigtable handler rea
 and are batched again for parsing.
 """
 
-import datetime
-import json
 import time
 from typing import NamedTuple
 
@@ -28,16 +26,18 @@ from apache_beam.io.requestresponse import NoOpsRepeater
 from apache_beam.transforms.enrichment import Enrichment
 from apache_beam.transforms.enrichment_handlers.bigtable import BigTableEnrichmentHandler
 from apache_beam.transforms.enrichment_handlers.utils import ExceptionLevel
-from google.cloud.bigtable import row_filters
 
 from transforms.core.records import is_missing, record_dict
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedBatchDoFn, GuardedDoFn, RecordError, payload_and_attributes
 from transforms.io.sources import BatchRecords
 from transforms.scoring.requests import ENVELOPE_KEYS, FEATURE_TIMES_KEY
-from transforms.window_features.aggregate import _EMPTY, BIGTABLE_COLUMN_FAMILY, MAX_ENTITY_BYTES, event_time_micros
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MICROSECOND = datetime.timedelta(microseconds=1)
+from transforms.window_features.aggregate import (
+    BIGTABLE_COLUMN_FAMILY,
+    MAX_ENTITY_BYTES,
+    as_of_filter,
+    event_time_micros,
+    features_at,
+)
 
 
 class OnlineFeatureStore(NamedTuple):
@@ -51,20 +51,6 @@ class OnlineFeatureStore(NamedTuple):
 
 def _row_key(request):
     return request.entity.encode("utf-8")
-
-
-def as_of_filter(as_of_micros):
-    """The newest cell of each feature at or before the request's time (Bigtable's timestamps are whole
-    milliseconds; the range's end is exclusive)."""
-    return row_filters.RowFilterChain(
-        [
-            row_filters.FamilyNameRegexFilter(BIGTABLE_COLUMN_FAMILY),
-            row_filters.TimestampRangeFilter(
-                row_filters.TimestampRange(end=_EPOCH + (as_of_micros // 1000 + 1) * 1000 * _MICROSECOND)
-            ),
-            row_filters.CellsColumnLimitFilter(1),
-        ]
-    )
 
 
 class PointInTimeBigtableHandler(BigTableEnrichmentHandler):
@@ -149,27 +135,6 @@ class FeatureRequests(GuardedBatchDoFn):
             as_of=request_time_micros(record, raw, store.spec, read_at),
             raw=raw,
         )
-
-
-def features_at(cells, spec, as_of_micros, missing_value=None):
-    """{feature: [(value text, cell time)]} (the newest cell at or before the request's time, as the
-    handler reads it) -> ({feature: value}, [{window_name, time_index}]): stale or absent features get the
-    value of no events (`missing_value` where that is no value); a window's time_index is None when none
-    of its features was current."""
-    features, times = {}, []
-    for w in spec.windows:
-        window_time = None
-        for name, _, aggregate in spec.aggregations_in(w):
-            cell = cells.get(name)
-            cell_micros = (cell[0][1] - _EPOCH) // _MICROSECOND if cell else None
-            if cell_micros is not None and as_of_micros < cell_micros + w.step * 1_000_000:
-                features[name] = json.loads(cell[0][0])
-                window_time = cell_micros if window_time is None else max(window_time, cell_micros)
-            else:
-                features[name] = _EMPTY.get(aggregate, missing_value)
-        at = None if window_time is None else datetime.datetime.fromtimestamp(window_time / 1e6, datetime.UTC)
-        times.append({"window_name": w.name, "time_index": at and at.isoformat()})
-    return features, times
 
 
 def with_features(record, features, times):

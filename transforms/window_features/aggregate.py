@@ -538,6 +538,47 @@ def bigtable_cells(row):
     return {f["name"]: f["value"] for f in row["features"] if f["value"] is not None}
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+def as_of_filter(as_of_micros):
+    """The newest cell of each feature at or before `as_of_micros` (Bigtable's timestamps are whole
+    milliseconds; the range's end is exclusive)."""
+    from google.cloud.bigtable import row_filters
+
+    return row_filters.RowFilterChain(
+        [
+            row_filters.FamilyNameRegexFilter(BIGTABLE_COLUMN_FAMILY),
+            row_filters.TimestampRangeFilter(
+                row_filters.TimestampRange(end=_EPOCH + (as_of_micros // 1000 + 1) * 1000 * _MICROSECOND)
+            ),
+            row_filters.CellsColumnLimitFilter(1),
+        ]
+    )
+
+
+def features_at(cells, spec, as_of_micros, missing_value=None):
+    """{feature: [(value JSON, cell time)]} (the newest cell at or before `as_of_micros`, as `as_of_filter`
+    reads it) -> ({feature: value}, [{window_name, time_index}]): stale or absent features get the
+    value of no events (`missing_value` where that is no value); a window's time_index is None when none
+    of its features was current."""
+    features, times = {}, []
+    for w in spec.windows:
+        window_time = None
+        for name, _, aggregate in spec.aggregations_in(w):
+            cell = cells.get(name)
+            cell_micros = (cell[0][1] - _EPOCH) // _MICROSECOND if cell else None
+            if cell_micros is not None and as_of_micros < cell_micros + w.step * 1_000_000:
+                features[name] = json.loads(cell[0][0])
+                window_time = cell_micros if window_time is None else max(window_time, cell_micros)
+            else:
+                features[name] = _EMPTY.get(aggregate, missing_value)
+        at = None if window_time is None else datetime.datetime.fromtimestamp(window_time / 1e6, datetime.UTC)
+        times.append({"window_name": w.name, "time_index": at and at.isoformat()})
+    return features, times
+
+
 def lookup_features(table, entity, spec, as_of=None):
     """The features of `entity` current at `as_of` (a datetime; default now) from the online store:
     {feature: value}. A feature's value is its newest cell at or before `as_of` while that window is still
@@ -547,26 +588,12 @@ def lookup_features(table, entity, spec, as_of=None):
         table = bigtable.Client(project=P).instance("features").table("online")
         lookup_features(table, "card-42", load_window_spec("spec.yaml"))["amount_sum_10m"]
     """
-    from google.cloud.bigtable import row_filters
-
     as_of = as_of or datetime.datetime.now(datetime.UTC)
-    filters = row_filters.RowFilterChain(
-        [
-            row_filters.TimestampRangeFilter(
-                row_filters.TimestampRange(end=as_of + datetime.timedelta(milliseconds=1))
-            ),
-            row_filters.CellsColumnLimitFilter(1),
-        ]
-    )
-    row = table.read_row(entity.encode("utf-8"), filter_=filters)
+    as_of_micros = (as_of - _EPOCH) // _MICROSECOND
+    row = table.read_row(entity.encode("utf-8"), filter_=as_of_filter(as_of_micros))
     cells = row.cells.get(BIGTABLE_COLUMN_FAMILY, {}) if row else {}
-    features = {}
-    for w in spec.windows:
-        for name, _, agg in spec.aggregations_in(w):
-            cell = (cells.get(name.encode()) or [None])[0]
-            fresh = cell is not None and as_of < cell.timestamp + datetime.timedelta(seconds=w.step)
-            features[name] = json.loads(cell.value) if fresh else _EMPTY.get(agg)
-    return features
+    newest = {name.decode(): [(c.value, c.timestamp) for c in column] for name, column in cells.items()}
+    return features_at(newest, spec, as_of_micros)[0]
 
 
 def entity_row_key(row):
