@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from pipelines import score
 from pipelines.samples import SCORE_DIR
 from tests.test_sli_e2e import bq_client
+from tests.test_slo_queries import _schema
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl
 from transforms.scoring.model import ScoringBatch, ScoringRequest
@@ -331,10 +332,6 @@ def test_batch_canary_scores_each_request_once_and_counts_per_version(models, tm
     rollbacks = read_outputs(out, "rollbacks")
     assert {r["slo"] for r in rollbacks} == {"canary-availability"}
     assert json.loads(control.read_text())["canary_version"] == "2"
-
-
-def _schema(fields):
-    return [bigquery.SchemaField(f["name"], f["type"], mode=f["mode"]) for f in fields]
 
 
 def test_batch_shadow_writes_only_the_primary_and_counts_the_shadow_apart(models, tmp_path):
