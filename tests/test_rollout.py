@@ -255,11 +255,25 @@ def test_divergence_per_window_is_bad_for_a_shifted_version_and_good_for_an_iden
         primary = pipeline | "Primary" >> beam.Create([_rows(primary_a, start + 10), _rows(primary_b, start + 70)])
         second = pipeline | "Second" >> beam.Create([_rows(shifted, start + 20), _rows(primary_b, start + 80)])
         (events,) = divergence_events(config, primary, second, 0.1)
-        statuses = events | beam.Map(lambda e: (e.path, e.timestamp, e.status))
-        assert_that(
+        statuses = events | beam.Map(lambda e: (e.path, e.timestamp, e.status)) | beam.combiners.Count.PerElement()
+        assert_that(  # one event per prediction of the second version
             statuses,
-            equal_to([(DIVERGENCE_PATH, start + 59.999999, FAILED), (DIVERGENCE_PATH, start + 119.999999, SUCCEEDED)]),
+            equal_to(
+                [
+                    ((DIVERGENCE_PATH, start + 59.999999, FAILED), len(shifted)),
+                    ((DIVERGENCE_PATH, start + 119.999999, SUCCEEDED), len(primary_b)),
+                ]
+            ),
         )
+
+
+def test_divergence_equals_hand_worked_jensen_shannon():
+    # primary [1, 1]: one bin [1, 1]; second [1, 5]: half in it, half above. p = (0, 1, 0), q = (0, 1/2, 1/2),
+    # m = (0, 3/4, 1/4): JS = (log2(4/3) + (1/2 log2(2/3) + 1/2 log2(2))) / 2 = 0.311278...
+    assert divergence([1.0, 1.0], [1.0, 5.0]) == pytest.approx(0.3112781244591328, rel=1e-12)
+    # primary [0, 10]: ten bins of width 1, 0 in the first, 10 in the last (closed); 0.5 and 10 land there too
+    assert divergence([0.0, 10.0], [0.5, 10.0]) == 0.0
+    assert divergence([0.0, 10.0], [20.0, 20.0]) == pytest.approx(1.0)  # all above the primary's range
 
 
 @settings(max_examples=100, deadline=None)
@@ -330,8 +344,38 @@ def test_batch_canary_scores_each_request_once_and_counts_per_version(models, tm
     versions_query(services, project, version_rows, totals)
     # half the canary's requests fail: a burn rate far over the threshold, the canary SLO's alert fires
     rollbacks = read_outputs(out, "rollbacks")
-    assert {r["slo"] for r in rollbacks} == {"canary-availability"}
+    # 3x against 2x: every minute diverges as well, so the divergence SLO fires too
+    assert {r["slo"] for r in rollbacks} == {"canary-availability", "canary-divergence"}
     assert json.loads(control.read_text())["canary_version"] == "2"
+
+
+def test_batch_canary_that_diverges_but_never_fails_is_rolled_back(models, tmp_path):
+    xs = {f"d{i}": i / 400 for i in range(200)}  # x < 0.5: the canary (3x) never fails, it only diverges
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"id": r, "features": {"x": x}}) + "\n" for r, x in xs.items()))
+    control = tmp_path / "rollback.json"
+    options = _options(
+        models,
+        tmp_path,
+        *("--runner", "FnApiRunner", "--input_files", str(requests), "--canary_model_dir", str(models / "2")),
+        *("--canary_fraction", "0.5", "--rollout_slo_config", str(SAMPLE_CONFIG)),
+        *("--rollback_control_file", str(control)),
+    )
+    settings_ = score.validate(options)
+    with beam.Pipeline(options=options) as pipeline:
+        score.build(pipeline, options, settings_)
+    out = tmp_path / "out"
+    canary = {r for r in xs if goes_to_canary(r, 0.5)}
+    assert len(canary) >= 20  # the sample's min_events
+    assert sorted(p["request_id"] for p in read_outputs(out, "predictions")) == sorted(xs)
+    assert not read_outputs(out, "dead_letters")
+    divergence_rows = [
+        r for r in read_outputs(out, "rollout_sli_rows") if r["journey"] == "divergence" and r["sli_kind"] != "latency"
+    ]
+    # one event per canary prediction, every one bad: all requests went through scoring in a minute or two
+    assert sum(r["total"] for r in divergence_rows) == sum(r["bad"] for r in divergence_rows) == len(canary)
+    assert {r["slo"] for r in read_outputs(out, "rollbacks")} == {"canary-divergence"}
+    assert json.loads(control.read_text())["slo"] == "canary-divergence"
 
 
 def test_batch_shadow_writes_only_the_primary_and_counts_the_shadow_apart(models, tmp_path):
@@ -356,10 +400,10 @@ def test_batch_shadow_writes_only_the_primary_and_counts_the_shadow_apart(models
         if row["sli_name"] == "failed_requests":
             total, bad = totals.get(row["journey"], (0, 0))
             totals[row["journey"]] = (total + row["total"], bad + row["bad"])
-    divergent_minutes, minutes = totals.pop("divergence")
+    compared, diverging = totals.pop("divergence")
     assert totals == {"model-1": (40, 0), "model-2": (40, 20)}
-    # 3x on x < 0.5 against 2x on every x: every minute with both versions' predictions diverges
-    assert minutes >= 1 and divergent_minutes == minutes
+    # 3x on x < 0.5 against 2x on every x: every minute diverges, one bad event per shadow prediction
+    assert (compared, diverging) == (20, 20)
     assert not read_outputs(out, "rollbacks")  # a shadow is never rolled back: it serves nothing
 
 
@@ -472,7 +516,9 @@ def test_streaming_canary_is_rolled_back_and_every_request_is_scored_once(models
     )
     # the failures fire canary-availability; on a loaded machine canary-latency (2 s) may fire as well
     by_slo = {m["slo"]: m for m in rollbacks.messages}
-    assert "canary-availability" in by_slo and set(by_slo) <= {"canary-availability", "canary-latency"}
+    # (and canary-divergence, once a minute of 3x against 2x has closed)
+    allowed = {"canary-availability", "canary-latency", "canary-divergence"}
+    assert "canary-availability" in by_slo and set(by_slo) <= allowed
     for message in by_slo.values():
         assert (message["canary_version"], message["primary_version"]) == ("2", "1")
         assert message["burn_rate_long"] > message["threshold"]

@@ -10,7 +10,9 @@ same object (a Pub/Sub subscription would hand the message to one worker only).
 
 The divergence of the versions' predictions is the skew measure of numeric features
 (transforms.features.skew): per SLI window, the second version's values binned in the primary's
-histogram, Jensen-Shannon divergence; one scoring event per window, failed when over the threshold."""
+histogram, Jensen-Shannon divergence. The window gives one divergence event per prediction of the second
+version it compared, all failed when the divergence is over the threshold: a timeslices SLO counts the
+window as one bad minute, and the alerts' `min_events` counts the predictions behind it."""
 
 import datetime
 import hashlib
@@ -193,15 +195,18 @@ def _divergence_event(values, service, threshold, win=beam.DoFn.WindowParam):
     if primary and second:
         status = SUCCEEDED if divergence(primary, second) <= threshold else FAILED
         at = win.max_timestamp().micros / 1e6  # inside the window, so the SLI rows count it there
-        yield beam.window.TimestampedValue(
+        event = beam.window.TimestampedValue(
             RequestEvent(at, service, "", ROLLOUT_METHOD, DIVERGENCE_PATH, status, 0.0, "score"), at
         )
+        for _ in second:
+            yield event
 
 
 def divergence_events(config, primary_rows, second_rows, threshold):
-    """The divergence events of the two versions' prediction rows (lists of rows), one per SLI window with
-    predictions of both, failed when the divergence is over `threshold`: [] unless a journey of the
-    config matches DIVERGENCE_PATH. Predictions later than the window's end are left out."""
+    """The divergence events of the two versions' prediction rows (lists of rows): per SLI window with
+    predictions of both, one per prediction of the second version, all failed when the divergence is over
+    `threshold`; [] unless a journey of the config matches DIVERGENCE_PATH. Predictions later than the
+    window's end are left out."""
     if _journey_of_path(config, DIVERGENCE_PATH) == UNMATCHED_JOURNEY:
         return []
     values = (
@@ -230,9 +235,12 @@ def journey_of(config, version):
 
 
 def canary_slos(config, canary_version):
-    """Names of the SLOs over an SLI of the canary's journey: their FIRING alerts roll the canary back."""
-    prefix = f"{config.services[0].name}/{journey_of(config, canary_version)}/"
-    return frozenset(slo.name for slo in config.slos if any(sli.startswith(prefix) for sli, _ in slo.slis()))
+    """Names of the SLOs over an SLI of the canary's journey or of the divergence journey: their FIRING
+    alerts roll the canary back."""
+    service = config.services[0].name
+    journeys = {journey_of(config, canary_version), _journey_of_path(config, DIVERGENCE_PATH)} - {UNMATCHED_JOURNEY}
+    prefixes = tuple(f"{service}/{journey}/" for journey in journeys)
+    return frozenset(slo.name for slo in config.slos if any(sli.startswith(prefixes) for sli, _ in slo.slis()))
 
 
 def check_rollout_config(config, versions, flag):
