@@ -157,6 +157,11 @@ def validate(options):
     if sli.sli_rows_subscription:
         if source.input_files != str(SAMPLE_LOGS):
             raise ValueError(f"give --sli_rows_subscription or {source.given()[0]}, not both")
+        if options.view_as(UdfOptions).udf_path:
+            raise ValueError(
+                "--udf_path reshapes log records, and --sli_rows_subscription reads SLI rows, not logs: drop "
+                "--udf_path here and give it to the job that reads the logs"
+            )
         source = Input(input_subscription=sli.sli_rows_subscription)
         options.view_as(StandardOptions).streaming = True
     if sli.sli_rows_delay_seconds < 0:

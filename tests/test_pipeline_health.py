@@ -291,6 +291,7 @@ def test_bad_health_flags_fail_naming_the_flag(argv, words, capsys):
     [
         (["--input_topic", "projects/p/topics/t"], "give --sli_rows_subscription or --input_topic, not both"),
         (["--sli_rows_delay_seconds", "-1"], "--sli_rows_delay_seconds must be >= 0"),
+        (["--udf_path", str(ROOT / "udf/mask_pii.py")], "--udf_path reshapes log records"),
         (["--sli_config", str(ROOT / "pipelines/samples/sli/store.yaml")], "add a 'slos' section"),
     ],
 )
