@@ -186,6 +186,17 @@ def _options(models, tmp_path, *flags):
     return PipelineOptions(["--model_path", str(models / "1"), "--output_dir", str(tmp_path / "out"), *flags])
 
 
+def _score_batch(models, tmp_path, xs, *flags):
+    """Scores requests {id: x} from a file on FnApiRunner with `flags`; returns the output folder."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"id": r, "features": {"x": x}}) + "\n" for r, x in xs.items()))
+    options = _options(models, tmp_path, "--runner", "FnApiRunner", "--input_files", str(requests), *flags)
+    settings_ = score.validate(options)
+    with beam.Pipeline(options=options) as pipeline:
+        score.build(pipeline, options, settings_)
+    return tmp_path / "out"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -300,29 +311,14 @@ def test_prediction_value_of_any_outputs_is_a_finite_number_or_none(outputs):
 def test_batch_canary_scores_each_request_once_and_counts_per_version(models, tmp_path, services, project):
     rng = random.Random(3)
     xs = {f"b{i}": round(rng.random(), 3) for i in range(300)}
-    requests = tmp_path / "requests.jsonl"
-    requests.write_text("".join(json.dumps({"id": r, "features": {"x": x}}) + "\n" for r, x in xs.items()))
     control = tmp_path / "rollback.json"
-    options = _options(
+    out = _score_batch(
         models,
         tmp_path,
-        "--runner",
-        "FnApiRunner",
-        "--input_files",
-        str(requests),
-        "--canary_model_dir",
-        str(models / "2"),
-        "--canary_fraction",
-        "0.3",
-        "--rollout_slo_config",
-        str(SAMPLE_CONFIG),
-        "--rollback_control_file",
-        str(control),
+        xs,
+        *("--canary_model_dir", str(models / "2"), "--canary_fraction", "0.3"),
+        *("--rollout_slo_config", str(SAMPLE_CONFIG), "--rollback_control_file", str(control)),
     )
-    settings_ = score.validate(options)
-    with beam.Pipeline(options=options) as pipeline:
-        score.build(pipeline, options, settings_)
-    out = tmp_path / "out"
     predictions = read_outputs(out, "predictions")
     dead = read_outputs(out, "dead_letters")
     canary = {r for r in xs if goes_to_canary(r, 0.3)}
@@ -351,20 +347,14 @@ def test_batch_canary_scores_each_request_once_and_counts_per_version(models, tm
 
 def test_batch_canary_that_diverges_but_never_fails_is_rolled_back(models, tmp_path):
     xs = {f"d{i}": i / 400 for i in range(200)}  # x < 0.5: the canary (3x) never fails, it only diverges
-    requests = tmp_path / "requests.jsonl"
-    requests.write_text("".join(json.dumps({"id": r, "features": {"x": x}}) + "\n" for r, x in xs.items()))
     control = tmp_path / "rollback.json"
-    options = _options(
+    out = _score_batch(
         models,
         tmp_path,
-        *("--runner", "FnApiRunner", "--input_files", str(requests), "--canary_model_dir", str(models / "2")),
-        *("--canary_fraction", "0.5", "--rollout_slo_config", str(SAMPLE_CONFIG)),
-        *("--rollback_control_file", str(control)),
+        xs,
+        *("--canary_model_dir", str(models / "2"), "--canary_fraction", "0.5"),
+        *("--rollout_slo_config", str(SAMPLE_CONFIG), "--rollback_control_file", str(control)),
     )
-    settings_ = score.validate(options)
-    with beam.Pipeline(options=options) as pipeline:
-        score.build(pipeline, options, settings_)
-    out = tmp_path / "out"
     canary = {r for r in xs if goes_to_canary(r, 0.5)}
     assert len(canary) >= 20  # the sample's min_events
     assert sorted(p["request_id"] for p in read_outputs(out, "predictions")) == sorted(xs)
@@ -380,18 +370,9 @@ def test_batch_canary_that_diverges_but_never_fails_is_rolled_back(models, tmp_p
 
 def test_batch_shadow_writes_only_the_primary_and_counts_the_shadow_apart(models, tmp_path):
     xs = {f"h{i}": i / 40 for i in range(40)}  # x >= 0.5 for h20..h39: the shadow fails on half
-    requests = tmp_path / "requests.jsonl"
-    requests.write_text("".join(json.dumps({"id": r, "features": {"x": x}}) + "\n" for r, x in xs.items()))
-    options = _options(
-        models,
-        tmp_path,
-        *("--runner", "FnApiRunner", "--input_files", str(requests)),
-        *("--shadow_model_dir", str(models / "2"), "--rollout_slo_config", str(SAMPLE_CONFIG)),
+    out = _score_batch(
+        models, tmp_path, xs, "--shadow_model_dir", str(models / "2"), "--rollout_slo_config", str(SAMPLE_CONFIG)
     )
-    settings_ = score.validate(options)
-    with beam.Pipeline(options=options) as pipeline:
-        score.build(pipeline, options, settings_)
-    out = tmp_path / "out"
     predictions = read_outputs(out, "predictions")
     assert sorted(p["request_id"] for p in predictions) == sorted(xs)
     assert {p["model_version"] for p in predictions} == {"1"} and not read_outputs(out, "dead_letters")
