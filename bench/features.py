@@ -13,8 +13,9 @@ cleanse, split, statistics, written as JSON), against
     python -m bench.features --profile [--rows 200000]   # the whole pipeline under cProfile: where the time goes
 
 The input is a generated Parquet file of --rows rows x 20 columns (a key, a label, 10 numeric and 8
-categorical features). Each measurement runs in its own process; wall time and peak RSS are that
-process's (the runner's SDK harness runs in the same process).
+categorical features), and the same rows as CSV for one more run of the pipeline (its CSV reader). Each
+measurement runs in its own process; wall time and peak RSS are that process's (the runner's SDK harness
+runs in the same process).
 """
 
 import argparse
@@ -52,6 +53,7 @@ SPEC = (
 
 def make_file(path, rows):
     import pyarrow as pa
+    import pyarrow.csv
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
@@ -61,7 +63,9 @@ def make_file(path, rows):
         columns[name] = pa.array(values, mask=rng.random(rows) < 0.02)
     for i, name in enumerate(CATEGORICAL):
         columns[name] = rng.choice([f"v{j}" for j in range(5 + 40 * i)], rows)
-    pq.write_table(pa.table(columns), path, row_group_size=100_000)
+    table = pa.table(columns)
+    pq.write_table(table, path, row_group_size=100_000)
+    pa.csv.write_csv(table, path.with_suffix(".csv"))  # the same rows for the CSV reader's run
 
 
 def ceiling(path):
@@ -194,6 +198,11 @@ def statistics_only(path, tmp):
     return sum(split["rows"] for split in stats)
 
 
+def full_pipeline_csv(path, tmp):
+    """The whole pipeline on the same rows as CSV: pyarrow's CSV reader in byte-range chunks."""
+    return full_pipeline(Path(path).with_suffix(".csv"), tmp)
+
+
 def full_pipeline(path, tmp):
     from pipelines import feature_stats
     from pipelines.launch import metric_counts
@@ -222,6 +231,7 @@ def _child(kind, path, tmp, profile=False):
         "tft_dicts": plain_tft,
         "statistics": statistics_only,
         "pipeline": full_pipeline,
+        "pipeline_csv": full_pipeline_csv,
     }[kind]
     args = (path,) if kind == "ceiling" else (path, tmp)
     start = time.perf_counter()
@@ -260,7 +270,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="Rows in the generated file. Default: 1000000.")
     parser.add_argument(
-        "--child", choices=("ceiling", "tft", "tft_dicts", "statistics", "pipeline"), help=argparse.SUPPRESS
+        "--child",
+        choices=("ceiling", "tft", "tft_dicts", "statistics", "pipeline", "pipeline_csv"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--profile", action="store_true", help="Only the whole pipeline, under cProfile: its slowest functions."
@@ -289,6 +301,7 @@ def main(argv=None):
             "tft": "(b) plain tf.Transform analyze, RecordBatches",
             "tft_dicts": "    plain tf.Transform analyze, instance dicts",
             "pipeline": "pipeline: statistics + analyze + transform + write",
+            "pipeline_csv": "    the same pipeline on the rows as CSV",
         }
         results = {}
         for kind, name in names.items():
@@ -301,6 +314,7 @@ def main(argv=None):
             f"statistics alone / ceiling throughput: {ceiling_s / stats_s:.3f}x (target >= 0.3x); "
             f"pipeline / plain RecordBatch analyze: {tft_s / pipeline_s:.2f}x (target >= 1.0x); "
             f"pipeline / instance-dict analyze: {results['tft_dicts'][1] / pipeline_s:.2f}x; "
+            f"pipeline on CSV / plain RecordBatch analyze: {tft_s / results['pipeline_csv'][1]:.2f}x; "
             f"peak RSS pipeline / plain RecordBatch analyze: {pipeline_rss / tft_rss:.2f}x (target <= 1.5x)"
         )
 

@@ -53,7 +53,13 @@ from pipelines.options import (
 from pipelines.samples import FEATURES_DIR
 from transforms.features.analysis import TrainingAnalysisFn, needs_tft_analysis
 from transforms.features.artifacts import SPEC_FILE, STATS_BQ_SCHEMA, read_statistics, stats_rows
-from transforms.features.cleanse import AssignStratifiedSplits, CleanseRecords, CleanseTables, batch_of_rows
+from transforms.features.cleanse import (
+    AssignStratifiedSplits,
+    CleanseChunks,
+    CleanseRecords,
+    CleanseTables,
+    batch_of_rows,
+)
 from transforms.features.examples import (
     EncodeExamples,
     WriteExampleBatches,
@@ -166,9 +172,8 @@ def build(pipeline, options, settings, source=None):
     if source is None and columnar and not options.view_as(UdfOptions).udf_path:
         read = pipeline | "ReadRecordBatches" >> ReadRecordBatches(settings.input.input_files, columnar, PIPELINE)
         dead_letter_sources = []
-        cleansed = read | "CleanseTables" >> beam.ParDo(CleanseTables(spec, PIPELINE)).with_outputs(
-            DEAD_LETTER_TAG, main="batches"
-        )
+        cleanse = CleanseTables(spec, PIPELINE) if columnar == "parquet" else CleanseChunks(spec, PIPELINE)
+        cleansed = read | "CleanseTables" >> beam.ParDo(cleanse).with_outputs(DEAD_LETTER_TAG, main="batches")
         batches = cleansed.batches
     else:
         records = read = read_records(

@@ -4,16 +4,27 @@ deterministically by a key hash, on batches of rows (CleansedBatch)."""
 
 import hashlib
 import math
+from functools import partial
 from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 
 from transforms.core.records import is_missing, record_dict
 from transforms.core.splits import assign_splits, streaming_split
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedDoFn, RecordError, make_dead_letter
+from transforms.io.record_batches import (
+    CsvChunk,
+    JsonChunk,
+    TfRecordChunk,
+    chunk_records,
+    decode_csv,
+    decode_jsonl,
+    decode_tfrecord,
+)
 
 
 class Cleansed(NamedTuple):
@@ -189,10 +200,11 @@ def _arrow(values):
     return values if isinstance(values, pa.Array) else pa.array(values, from_pandas=True)
 
 
-def cleanse_table(table, spec):
+def cleanse_table(table, spec, shown=None):
     """A table of records -> (CleansedBatch of the rows that pass, {row index: RecordError} of those that do
     not), the same outcome for every row as `cleanse` of that row: the first failing check in the same order
-    (the key, then each input in spec order) gives the reason."""
+    (the key, then each input in spec order) gives the reason. `shown` {column: values}: what a wrong-type
+    message shows instead of the table's value (the text of a CSV cell)."""
     n = table.num_rows
     names = set(table.column_names)
     errors = {}
@@ -208,7 +220,7 @@ def cleanse_table(table, spec):
         for i in np.flatnonzero(wrong | (missing & required)):
             if i not in errors:
                 errors[int(i)] = (
-                    _wrong_type(f, column[int(i)].as_py())
+                    _wrong_type(f, (shown or {}).get(f.name, column)[int(i)].as_py())
                     if wrong[i]
                     else RecordError("missing_required", f"required feature '{f.name}' is missing")
                 )
@@ -262,6 +274,75 @@ class CleanseTables(beam.DoFn):
             )
         if batch.num_rows:
             yield batch
+
+
+class CleanseChunks(beam.DoFn):
+    """Chunks of records (record_batches.CsvChunk, JsonChunk, TfRecordChunk) -> CleansedBatches of the rows that
+    pass and a dead letter per record that does not, each with the outcome the per-record path gives it: the
+    chunk is decoded into a table (record_batches.decode_*) and cleansed by cleanse_table; the records the
+    decoder leaves to the per-record path go through CleanseRecords. A chunk that fails as a whole (mixed
+    kinds of values in a JSON column, a corrupt example) is redone record by record (counted as
+    `<pipeline>:batch_fallbacks`): CSV lines each as a chunk of one, other records through CleanseRecords."""
+
+    STEP = CleanseRecords.STEP
+
+    def __init__(self, spec, pipeline_name):
+        self._spec, self._pipeline = spec, pipeline_name
+
+    def setup(self):
+        from tfx_bsl.coders import example_coder
+
+        self._rows = CleanseRecords(self._spec, self._pipeline)
+        self._fallbacks = Metrics.counter(self._pipeline, "batch_fallbacks")
+        numeric = {f.name for f in self._spec.inputs if f.is_numeric}
+        columns = {self._spec.key, *(f.name for f in self._spec.inputs)}
+        known = {"key": self._spec.key, "numeric": numeric, "columns": columns}
+        self._decode = {
+            CsvChunk: partial(decode_csv, **known),
+            JsonChunk: partial(decode_jsonl, **known),
+            TfRecordChunk: partial(decode_tfrecord, **known, decoder=example_coder.ExamplesToRecordBatchDecoder()),
+        }
+
+    def process(self, chunk):
+        try:
+            outputs = list(self._cleanse(chunk))
+        except Exception:  # noqa: BLE001 - the batch boundary: redo it record by record
+            self._fallbacks.inc()
+            outputs = list(self._one_by_one(chunk))
+        yield from outputs
+
+    def _cleanse(self, chunk):
+        records = chunk_records(chunk)
+        decoded = self._decode[type(chunk)](chunk)
+        batch, row_errors = cleanse_table(decoded.table, self._spec, decoded.shown)
+        errors = {**decoded.errors, **{int(decoded.rows[i]): e for i, e in row_errors.items()}}
+        for i in sorted(errors):
+            yield self._dead_letter(records[i], errors[i])
+        if batch.num_rows:
+            yield batch
+        yield from self._per_record([records[i] for i in decoded.odd])
+
+    def _one_by_one(self, chunk):
+        if not isinstance(chunk, CsvChunk):
+            yield from self._per_record(chunk_records(chunk))
+            return
+        for line in chunk.records:
+            try:
+                yield from list(self._cleanse(CsvChunk(chunk.header, [line])))
+            except Exception as e:  # noqa: BLE001 - the record boundary
+                yield self._dead_letter(line, e)
+
+    def _per_record(self, records):
+        rows = [out for record in records for out in self._rows.process(record)]
+        yield from (row for row in rows if isinstance(row, beam.pvalue.TaggedOutput))
+        clean = [row for row in rows if not isinstance(row, beam.pvalue.TaggedOutput)]
+        if clean:
+            yield batch_of_rows(clean, self._spec)
+
+    def _dead_letter(self, payload, error):
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG, make_dead_letter(self._pipeline, self.STEP, payload, error, None)
+        )
 
 
 class _SplitOneStratum(beam.DoFn):
