@@ -53,7 +53,7 @@ SPEC = (
 
 def make_file(path, rows):
     import pyarrow as pa
-    import pyarrow.csv
+    import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def make_file(path, rows):
         columns[name] = rng.choice([f"v{j}" for j in range(5 + 40 * i)], rows)
     table = pa.table(columns)
     pq.write_table(table, path, row_group_size=100_000)
-    pa.csv.write_csv(table, path.with_suffix(".csv"))  # the same rows for the CSV reader's run
+    pcsv.write_csv(table, path.with_suffix(".csv"))  # the same rows for the CSV reader's run
 
 
 def ceiling(path):

@@ -4,7 +4,8 @@ Parquet is read by Beam's `ReadFromParquetBatched` (a table per row group). CSV,
 read as chunks of records (CSV: `CsvChunk`, a header and about BATCH_BYTES of lines; JSONL: lists of lines;
 TFRecord: lists of serialized examples), every format split by Beam across workers (byte ranges for CSV and
 JSONL, the same line-claiming as sources.JsonFileSource), and turned into a table a chunk at a time by
-`decode_chunk`, which leaves out, with their reasons, the records it cannot convert. Each element counts its
+`decode_csv`, `decode_jsonl` or `decode_tfrecord`, which leave out, with their reasons, the records they cannot
+convert. Each element counts its
 records into `<pipeline>:records_in`."""
 
 import csv
@@ -107,7 +108,8 @@ def _text(column):
         bad = []
         for i, value in enumerate(values):
             try:
-                value.decode("utf-8") if value is not None else None
+                if value is not None:
+                    value.decode("utf-8")
             except UnicodeDecodeError:
                 bad.append(i)
                 values[i] = b""
@@ -118,17 +120,9 @@ def decode_csv(chunk, key, numeric, columns):
     """CsvChunk -> Decoded. Cells are text: the key and string features as they are (empty: missing); a numeric
     feature's cell is a number in decimal or exponent notation, read round-trip exact (empty or `nan`:
     missing; `inf`, `1e400` or any other text: wrong_type). A row of the wrong width is `invalid_json`."""
-    errors, good = {}, range(len(chunk.records))
-    try:
-        b"\n".join(chunk.records).decode("utf-8")
-    except UnicodeDecodeError:
-        good = []
-        for i, line in enumerate(chunk.records):
-            try:
-                line.decode("utf-8")
-                good.append(i)
-            except UnicodeDecodeError:
-                errors[i] = RecordError("invalid_utf8", f"CSV line {i} of the chunk is not valid UTF-8 text")
+    _, bad = _text(pa.array(chunk.records, pa.binary()))
+    errors = {i: RecordError("invalid_utf8", f"CSV line {i} of the chunk is not valid UTF-8 text") for i in bad}
+    good = [i for i in range(len(chunk.records)) if i not in errors]
     lines = [chunk.records[i] for i in good]
     names = next(csv.reader([chunk.header.decode("utf-8", "replace")]), [])
     if not lines:
