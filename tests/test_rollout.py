@@ -27,6 +27,7 @@ from tests.test_slo_queries import _schema
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.io.files import read_jsonl
 from transforms.scoring.model import ScoringBatch, ScoringRequest
+from transforms.scoring.requests import failed_batch_dead_letters
 from transforms.scoring.rollout import (
     CANARY_TAG,
     DIVERGENCE_PATH,
@@ -39,6 +40,7 @@ from transforms.scoring.rollout import (
     canary_bucket,
     divergence,
     divergence_events,
+    failure_event,
     prediction_value,
 )
 from transforms.sli.config import parse_sli_config
@@ -408,6 +410,26 @@ def versions_query(services, project, sli_rows, totals):
             == sum(x["bad"] for x in sli_rows if x["journey"] == r["journey"] and x["sli_kind"] == "latency")
             / r["requests"]
         )
+
+
+def test_a_failed_request_counts_from_its_receipt_to_its_failure():
+    """The failed event of a request the model failed on: at the request's receipt, its latency the time to
+    the failure (both read back from the dead letter's own timestamps), so a slow failure is slow too."""
+    received_at = 1795341600.25  # 2026-11-22T10:00:00.25Z
+    batch = ScoringBatch([ScoringRequest("slow", "k", received_at), ScoringRequest("b/1", "k", received_at, 1)], {})
+    letters = list(failed_batch_dead_letters((batch, ("E", "boom", [])), "score"))
+    for letter, request_id in zip(letters, ("slow", "b/1"), strict=True):
+        event = failure_event(letter, "scoring", "2")
+        failed_at = datetime.datetime.fromisoformat(letter["failed_at"]).timestamp()
+        assert event.timestamp == received_at and event.value.timestamp == received_at
+        assert event.value.latency_ms == pytest.approx((failed_at - received_at) * 1000)
+        assert (event.value.path, event.value.status) == ("/model/2", FAILED)
+        assert json.loads(letter["payload_string"]) == {"request_id": request_id}
+    # a dead letter without the receipt time (not a scoring failure): at the failure, latency 0
+    other = {**letters[0], "attributes": []}
+    event = failure_event(other, "scoring", "2")
+    assert event.value.latency_ms == 0.0
+    assert event.timestamp == datetime.datetime.fromisoformat(other["failed_at"]).timestamp()
 
 
 # -- streaming through the Pub/Sub emulator: the canary fails, is rolled back, nothing is lost -------------

@@ -2,6 +2,7 @@
 REST bodies split into one example per instance, and the TF Serving response per body regrouped from the
 instances' outcomes."""
 
+import datetime
 import json
 import time
 
@@ -119,6 +120,16 @@ def instance_attributes(request_id, instance_index):
     if instance_index is None:
         return None
     return {"score.request_id": request_id, "score.instance_index": str(instance_index)}
+
+
+RECEIVED_AT_KEY = "score.received_at"  # a scoring failure's dead letter: when its request was received
+
+
+def scoring_failure_attributes(request):
+    """What the dead letter of a request the model failed on carries: the instance's ids and the time the
+    request was received (ISO 8601), from which the rollout SLIs take the failed request's latency."""
+    received = datetime.datetime.fromtimestamp(request.received_at, datetime.UTC).isoformat()
+    return {**(instance_attributes(request.request_id, request.instance_index) or {}), RECEIVED_AT_KEY: received}
 
 
 class ParseRequests(GuardedBatchDoFn):
@@ -288,7 +299,7 @@ class ToPredictionRows(GuardedDoFn):
         return self.dead_letter(
             {"request_id": request.request_id, "content_key": request.content_key},
             error,
-            instance_attributes(request.request_id, request.instance_index),
+            scoring_failure_attributes(request),
         )
 
 
@@ -303,7 +314,7 @@ def failed_batch_dead_letters(failed, pipeline_name):
                 "RunInference",
                 {"request_id": request.request_id},
                 RecordError("inference_failed", f"the model failed on the batch: {message}"),
-                instance_attributes(request.request_id, request.instance_index),
+                scoring_failure_attributes(request),
             )
 
 

@@ -30,7 +30,7 @@ from transforms.features.skew import numeric_skew
 from transforms.features.statistics import bin_counts, histogram, histogram_edges
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedDoFn
 from transforms.scoring.model import ScoringBatch
-from transforms.scoring.requests import ToPredictionRows, failed_batch_dead_letters
+from transforms.scoring.requests import RECEIVED_AT_KEY, ToPredictionRows, failed_batch_dead_letters
 from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher
 from transforms.sli.parsing import RequestEvent
 from transforms.sli.rows import ComputeSliRows
@@ -152,11 +152,15 @@ def prediction_events(rows, service):
 
 
 def failure_event(dead_letter, service, version):
-    """A dead letter of a version's scoring -> its failed scoring event, at the failure time (the request's
-    latency is not known there: 0)."""
+    """A dead letter of a version's scoring -> its failed scoring event, at the time its request was received
+    (as a prediction's event), its latency the time from then to the failure. A dead letter without that
+    time (not one of a scoring failure) is an event at the failure, of latency 0."""
     failed_at = _epoch(dead_letter["failed_at"])
-    event = RequestEvent(failed_at, service, "", ROLLOUT_METHOD, version_path(version), FAILED, 0.0, "score")
-    return beam.window.TimestampedValue(event, failed_at)
+    received = next((a["value"] for a in dead_letter["attributes"] if a["key"] == RECEIVED_AT_KEY), None)
+    received_at = failed_at if received is None else _epoch(received)
+    latency_ms = max(failed_at - received_at, 0.0) * 1000
+    event = RequestEvent(received_at, service, "", ROLLOUT_METHOD, version_path(version), FAILED, latency_ms, "score")
+    return beam.window.TimestampedValue(event, received_at)
 
 
 def prediction_value(row):

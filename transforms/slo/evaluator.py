@@ -42,6 +42,7 @@ from fractions import Fraction
 from transforms.sli.config import exact
 
 _MINUTES_PER_HOUR = 60
+ADDED, EXCLUDED, TOO_OLD = "added", "excluded", "too_old"  # what SloEvaluator.add did with its input
 _WIDER = {"B": "H", "H": "I", "I": "q", "q": "d"}
 # what `state()` saves, in order
 _STATE = (
@@ -146,22 +147,23 @@ class SloEvaluator:
 
     # -- input ---------------------------------------------------------------------------------------------
     def add(self, minute, component, good, total, pane_index=0):
-        """Records a window's counts (a later pane replaces an earlier one). Returns False for data older
-        than the longest alert window, which can no longer be applied exactly (the caller counts it)."""
+        """Records a window's counts (a later pane replaces an earlier one). Returns ADDED, EXCLUDED (a minute
+        an exclusion covers: never counted) or TOO_OLD (data older than the longest alert window, which can
+        no longer be applied exactly); the caller counts the last two."""
         if self.now is not None and minute <= self.now - self.keep_minutes:
-            return False
+            return TOO_OLD
         if self.exclusion_reasons(minute):
-            return True  # excluded: never counted
+            return EXCLUDED
         if self.now is None or minute > self.now:  # folded in when evaluation reaches that minute
             bucket = self.pending.setdefault(minute, {})
             old = bucket.get(component)
             if old is None or old[2] <= pane_index:  # else an older pane of a window already superseded
                 bucket[component] = (good, total, pane_index)
-            return True
+            return ADDED
         # late data for an evaluated minute: apply the difference wherever that minute is still counted
         i = (minute % self.keep_minutes) * len(self.weights) + component
         if self.minute_panes[i] > pane_index:
-            return True
+            return ADDED
         before = self._minute(i)
         after = self._contribution(good, total)
         self._store_minute(i, after, pane_index)
@@ -174,7 +176,7 @@ class SloEvaluator:
             self._add_packed(self.hour_counts, (hour % self.hour_slots) * len(self.weights) + component, delta)
             self._apply(self.compliance[component], delta, 1)
         self.last_data_minute = max(self.last_data_minute or minute, minute)
-        return True
+        return ADDED
 
     def exclusion_reasons(self, minute):
         """The reasons of the exclusions covering minute index `minute`, sorted; [] when none does."""

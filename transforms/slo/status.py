@@ -11,7 +11,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
-from transforms.slo.evaluator import SloEvaluator
+from transforms.slo.evaluator import EXCLUDED, TOO_OLD, SloEvaluator
 
 ALERTS_TAG = "alerts"
 
@@ -89,9 +89,10 @@ class _EvaluatorMixin:
         return SloEvaluator(slo, self._config.alerting, self._config.exclusions_for(slo))
 
     def _add(self, evaluator, value):
-        if evaluator.exclusion_reasons(value[0]):
-            self._excluded.inc()  # add() leaves it out
-        if not evaluator.add(*value):
+        outcome = evaluator.add(*value)
+        if outcome == EXCLUDED:
+            self._excluded.inc()
+        elif outcome == TOO_OLD:
             self._ignored.inc()
 
     @staticmethod
