@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make demo` and `make test` (each installs what it needs first).
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test lint format services bench tensorboard
+.PHONY: bootstrap demo test lint format services loop bench tensorboard
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -10,7 +10,7 @@ demo: bootstrap  ## run the SLI pipeline on its bundled sample, locally
 	$(PY) -m pipelines.sli
 
 test: bootstrap  ## the whole suite, emulators included (started and stopped by the tests)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 lint: bootstrap  ## ruff: the linter and the formatter's check (settings in pyproject.toml)
 	.venv/bin/ruff check .
@@ -26,6 +26,9 @@ tensorboard: bootstrap  ## TensorBoard on the runs under TENSORBOARD_DIR (the ma
 
 services: bootstrap  ## start the local emulators for manual runs; prints the env to export
 	$(PY) -m tests.harness
+
+loop: bootstrap  ## the serving loop on the emulators: features, scoring with a canary, SLOs, rollback (docs/serving_loop.md)
+	$(PY) -m scripts.serving_loop --workdir output/serving_loop
 
 bench: bootstrap
 	$(PY) -m bench.sli

@@ -1,0 +1,379 @@
+"""The serving loop on the local emulators, in one command (`make loop`; docs/serving_loop.md).
+
+Three streaming jobs run as the manuals launch them, on Beam's local runner:
+- `pipelines.window_features` turns card transactions (Pub/Sub) into window features in the Bigtable
+  online store;
+- `pipelines.score` scores requests with those features read at each request's time, sends half of the
+  traffic to a canary model, and rolls the canary back when a burn-rate alert of its SLOs fires;
+- `pipelines.sli --sli_rows_subscription` evaluates the SLOs of both pipelines from the health rows they
+  publish (`--health_topic`), so that a stalled pipeline pages.
+
+This script publishes transactions and requests, prints what each job does as it happens, stops the feature
+job once its first health row is out (a stall), and ends when the canary has been rolled back and the stall
+has paged. It then checks the loop's promises: every request answered exactly once (a prediction or a dead
+letter), only the canary failing, traffic back on the primary after the rollback, every feature read equal to
+the sum of what was published in its window, and the freshness alert of the stalled pipeline.
+
+    python -m scripts.serving_loop                  # starts the emulators itself (tests/harness.py)
+    python -m scripts.serving_loop --workdir output/serving_loop
+"""
+
+import argparse
+import datetime
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "pipelines" / "samples"
+WINDOW_SPEC = SAMPLES / "window_features" / "transactions.yaml"
+CANARY_SLOS = SAMPLES / "score" / "canary_slos.yaml"
+PIPELINE_SLOS = SAMPLES / "pipeline_slos" / "pipeline_slos.yaml"
+INSTANCE, TABLE = "serving-loop", "card_features"
+TOPICS = ("transactions", "requests", "predictions", "dead-letters", "rollbacks", "pipeline-health", "alerts")
+CARDS = [f"c-{i:02d}" for i in range(12)]  # cards with transactions
+NEW_CARDS = [f"new-{i}" for i in range(4)]  # requests only: no features, so the canary fails on them
+CANARY_FRACTION = 0.5
+STALLED_SLO = "window-features-freshness"
+KEEPALIVE = "keepalive-"  # the ids of the requests published while draining
+
+
+def log(started, message):
+    print(f"[{time.time() - started:5.0f} s] {message}", flush=True)
+
+
+def save_models(root):
+    """Version 1 returns the card's spend over the last 10 minutes (amount_sum_10m), so each prediction shows
+    the feature it read. Version 2, the canary, returns 1.5 times that and fails on a card without
+    transactions in the window (a cold-start bug: it asserts amount_count_10m > 0)."""
+    import tensorflow as tf
+
+    class Spend(tf.Module):
+        def __init__(self, factor, needs_history):
+            super().__init__()
+            self._factor, self._needs_history = factor, needs_history
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None], tf.float32, name="amount_count_10m"),
+                tf.TensorSpec([None], tf.float32, name="amount_sum_10m"),
+            ]
+        )
+        def serve(self, amount_count_10m, amount_sum_10m):
+            if self._needs_history:
+                tf.debugging.assert_positive(amount_count_10m, message="canary: a card without history")
+            return {"spend": amount_sum_10m * self._factor}
+
+    for version, module in (("1", Spend(1.0, False)), ("2", Spend(1.5, True))):
+        tf.saved_model.save(module, str(root / version), signatures={"serving_default": module.serve})
+
+
+def goes_to_canary(request_id):
+    """The routing rule (transforms/scoring/rollout.py canary_bucket), computed here on its own."""
+    return int(hashlib.sha256(request_id.encode()).hexdigest()[:16], 16) / 16**16 < CANARY_FRACTION
+
+
+class Topics:
+    """The loop's topics (`loop-<name>`), each with a subscription the jobs read (`loop-<name>-in`) and one
+    this script watches (`-watch`) from a background streaming pull, keeping every message, duplicates
+    included."""
+
+    def __init__(self, project):
+        from google.cloud import pubsub_v1
+
+        self.publisher, self.subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        self.topic = {name: self.publisher.topic_path(project, f"loop-{name}") for name in TOPICS}
+        self.job_sub = {name: self.subscriber.subscription_path(project, f"loop-{name}-in") for name in TOPICS}
+        self.messages = {name: [] for name in TOPICS}
+        self._seen = dict.fromkeys(TOPICS, 0)
+        self._lock = threading.Lock()
+        self._pulls = []
+        for name in TOPICS:
+            watch = self.subscriber.subscription_path(project, f"loop-{name}-watch")
+            self.publisher.create_topic(name=self.topic[name])
+            for sub in (self.job_sub[name], watch):
+                self.subscriber.create_subscription(name=sub, topic=self.topic[name])
+            if name not in ("transactions", "requests"):
+                self._pulls.append(self.subscriber.subscribe(watch, functools.partial(self._keep, name)))
+
+    def _keep(self, name, message):
+        with self._lock:
+            self.messages[name].append(json.loads(message.data))
+        message.ack()
+
+    def publish(self, name, record):
+        return self.publisher.publish(self.topic[name], json.dumps(record).encode())
+
+    def new(self, name):
+        """The messages of a topic that came since the last call."""
+        with self._lock:
+            fresh = self.messages[name][self._seen[name] :]
+            self._seen[name] = len(self.messages[name])
+        return fresh
+
+    def close(self):
+        for pull in self._pulls:
+            pull.cancel()
+
+
+def job_commands(project, topics, workdir, delay_seconds):
+    """The three jobs' command lines, as the manuals give them."""
+    common = ["--project", project]
+    health = ["--health_topic", topics.topic["pipeline-health"]]
+    commands = {
+        "window_features": [
+            *("pipelines.window_features", "--window_spec", str(WINDOW_SPEC)),
+            *("--input_subscription", topics.job_sub["transactions"]),
+            *("--bigtable_instance", INSTANCE, "--bigtable_table", TABLE),
+            *("--output_dir", str(workdir / "window_features"), *health),
+        ],
+        "score": [
+            *("pipelines.score", "--input_subscription", topics.job_sub["requests"]),
+            *("--model_path", str(workdir / "models" / "1"), "--canary_model_dir", str(workdir / "models" / "2")),
+            *("--canary_fraction", str(CANARY_FRACTION), "--rollout_slo_config", str(CANARY_SLOS)),
+            *("--rollback_control_file", str(workdir / "rollback.json"), "--rollback_poll_seconds", "1"),
+            *("--rollback_topic", topics.topic["rollbacks"], "--predictions_topic", topics.topic["predictions"]),
+            *("--dead_letter_topic", topics.topic["dead-letters"], "--max_batch_duration_secs", "1"),
+            *("--feature_store_instance", INSTANCE, "--feature_store_table", TABLE),
+            *("--feature_window_spec", str(WINDOW_SPEC), "--output_dir", str(workdir / "score"), *health),
+        ],
+        "evaluator": [
+            *("pipelines.sli", "--sli_config", str(PIPELINE_SLOS)),
+            *("--sli_rows_subscription", topics.job_sub["pipeline-health"]),
+            *("--sli_rows_delay_seconds", str(delay_seconds), "--alerts_topic", topics.topic["alerts"]),
+            *("--output_dir", str(workdir / "evaluator")),
+        ],
+    }
+    return {name: [sys.executable, "-m", argv[0], *common, *argv[1:]] for name, argv in commands.items()}
+
+
+def launch(argv, log_path):
+    """A job as a process of its own (its own process group, so that stop() ends its workers too)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def stop(job):
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGTERM)
+        try:
+            job.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
+def table_exists(project):
+    from google.cloud import bigtable
+
+    client = bigtable.Client(project=project, admin=True)
+    try:
+        return client.instance(INSTANCE).table(TABLE).exists()
+    finally:
+        client.close()
+
+
+def _epoch(iso):
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def expected_sum(transactions, card, window_end):
+    """What card spent in the 10-minute window ending at `window_end`, from what this script published."""
+    return sum(amount for c, t, amount in transactions if c == card and window_end - 600 <= t < window_end)
+
+
+def run_loop(project, env, workdir, delay_seconds=30, rate=10, deadline_seconds=480):
+    """Runs the loop; returns its summary (timings, counts and the checks, each (description, passed))."""
+    workdir = Path(workdir)
+    started = time.time()
+    os.environ.update(env)  # this process's clients and the jobs talk to the emulators
+    (workdir / "rollback.json").unlink(missing_ok=True)  # a control file left by an earlier run
+    topics = Topics(project)
+    commands = job_commands(project, topics, workdir, delay_seconds)
+    jobs = {name: launch(commands[name], workdir / "logs" / f"{name}.log") for name in ("window_features", "evaluator")}
+    save_models(workdir / "models")  # meanwhile
+    jobs["score"] = launch(commands["score"], workdir / "logs" / "score.log")
+    log(started, f"started window_features, score and the SLO evaluator (logs: {workdir / 'logs'})")
+    rng = random.Random(7)
+    transactions, requests, cards_of = [], {}, {}
+    after_rollback, events = [], {}
+    serving = False  # requests start once the online store's table exists (a lookup of a missing one fails)
+    try:
+        while time.time() - started < deadline_seconds:
+            now = time.time()
+            # no transactions in the 2 s before a minute ends: the direct runner's Pub/Sub watermark is the
+            # wall clock, so one published there could reach its window after the watermark closed it
+            if now % 60 < 58 and "stalled" not in events:
+                for _ in range(rate):
+                    card = rng.choice(CARDS)
+                    amount = round(rng.uniform(1, 100), 2)
+                    at = time.time()
+                    iso = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
+                    topics.publish("transactions", {"card_id": card, "event_time": iso, "amount": amount})
+                    transactions.append((card, _epoch(iso), amount))
+            if not serving and table_exists(project):
+                serving = True
+                log(started, f"the online store {INSTANCE}/{TABLE} exists: requests start")
+            if serving:
+                for _ in range(rate):
+                    request_id = f"r{len(requests)}"
+                    card = rng.choice(CARDS + NEW_CARDS)
+                    topics.publish("requests", {"id": request_id, "card_id": card})
+                    requests[request_id], cards_of[request_id] = time.time(), card
+                    if "rolled_back" in events and now > events["rolled_back"] + 3 and goes_to_canary(request_id):
+                        after_rollback.append(request_id)
+            _watch(topics, started, events, jobs)
+            if "rolled_back" in events and "paged" in events and len(after_rollback) >= 20:
+                break
+            time.sleep(max(0.0, 1 - (time.time() - now)))
+        log(started, f"published {len(transactions)} transactions and {len(requests)} requests; draining")
+        # On the local runner a request with online features can wait in the scoring job until a later
+        # Pub/Sub pull returns; a trickle of keep-alive requests (not counted) keeps the pulls coming.
+        drain_until, keepalive = time.time() + 120, 0
+        while time.time() < drain_until and not set(requests) <= set(_answered(topics)):
+            topics.publish("requests", {"id": f"{KEEPALIVE}{keepalive}", "card_id": CARDS[0]})
+            keepalive += 1
+            _watch(topics, started, events, jobs)
+            time.sleep(2)
+    finally:
+        for job in jobs.values():
+            stop(job)
+        topics.close()
+    return _summary(topics, started, events, transactions, requests, cards_of, after_rollback)
+
+
+def _watch(topics, started, events, jobs):
+    """Pulls the outputs, prints what is new, and stalls the feature job once it has shown it works."""
+    for prediction in topics.new("predictions"):
+        ten = _window_time(prediction, "10m")
+        if ten and "features_read" not in events:
+            events["features_read"] = time.time()
+            log(started, f"score: request {prediction['request_id']} read window features (10m window up to {ten})")
+    for dead in topics.new("dead-letters"):
+        if "first_failure" not in events:
+            events["first_failure"] = time.time()
+            log(started, f"score: the canary failed a request ({dead['reason']}: {dead['error_message'][:80]})")
+    for rollback in topics.new("rollbacks"):
+        events.setdefault("rolled_back", time.time())
+        log(
+            started,
+            f"score: ROLLBACK of model {rollback['canary_version']} on {rollback['slo']} (burn rate "
+            f"{rollback['burn_rate_long']:.1f} > {rollback['threshold']:.2f}); traffic returns to the primary",
+        )
+    for row in topics.new("pipeline-health"):
+        if row["sli_name"] == "freshness":
+            log(
+                started,
+                f"health: {row['journey']} minute {row['window_start'][11:16]}: {row['total']} outputs, "
+                f"{row['bad']} stale, max lag {row['latency_max_ms'] / 1000:.1f} s; published "
+                f"{time.time() - _epoch(row['window_start']) - 60:.0f} s after the minute",
+            )
+            if row["journey"] == "window_features":
+                events.setdefault("features_health", time.time())
+    for alert in topics.new("alerts"):
+        log(started, f"evaluator: {alert['state']} {alert['severity']} {alert['slo']} at {alert['at'][11:19]}")
+        if alert["slo"] == STALLED_SLO and alert["state"] == "FIRING" and "stalled" in events:
+            events.setdefault("paged", time.time())
+    if "stalled" not in events and {"features_read", "features_health"} <= events.keys():
+        stop(jobs["window_features"])
+        events["stalled"] = time.time()
+        log(started, "window_features STOPPED (a stall): its health rows stop, the evaluator should page")
+
+
+def _window_time(prediction, window):
+    for entry in prediction.get("feature_time_index") or []:
+        if entry["window_name"] == window:
+            return entry["time_index"]
+    return None
+
+
+def _dead_letter_id(dead):
+    return json.loads(dead["payload_string"])["request_id"]
+
+
+def _answered(topics):
+    return [p["request_id"] for p in topics.messages["predictions"]] + [
+        _dead_letter_id(d) for d in topics.messages["dead-letters"]
+    ]
+
+
+def _summary(topics, started, events, transactions, requests, cards_of, after_rollback):
+    predictions = [p for p in topics.messages["predictions"] if not p["request_id"].startswith(KEEPALIVE)]
+    dead = [d for d in topics.messages["dead-letters"] if not _dead_letter_id(d).startswith(KEEPALIVE)]
+    answered = [p["request_id"] for p in predictions] + [_dead_letter_id(d) for d in dead]
+    by_id = {p["request_id"]: p for p in predictions}
+    wrong_features, read = [], 0
+    for p in predictions:
+        ten = _window_time(p, "10m")
+        if p["model_version"] != "1" or ten is None:
+            continue
+        read += 1
+        spend = json.loads(p["outputs"])["spend"]
+        want = expected_sum(transactions, cards_of[p["request_id"]], _epoch(ten))
+        if not math.isclose(spend, want, rel_tol=1e-6, abs_tol=1e-3):  # the model computes in float32
+            wrong_features.append((p["request_id"], spend, want))
+    alerts = topics.messages["alerts"]
+    checks = [
+        ("every request answered exactly once", sorted(answered) == sorted(requests)),
+        ("only canary requests failed", all(goes_to_canary(_dead_letter_id(d)) for d in dead)),
+        ("the canary was rolled back", "rolled_back" in events),
+        (
+            "after the rollback, the canary's requests went to the primary",
+            bool(after_rollback) and all(by_id.get(r, {}).get("model_version") == "1" for r in after_rollback),
+        ),
+        ("predictions read online features", read > 0),
+        ("every feature read is the sum of what was published in its window", read > 0 and not wrong_features),
+        ("the stalled feature pipeline paged", "paged" in events),
+    ]
+    return {
+        "seconds": {name: round(at - started, 1) for name, at in events.items()},
+        "transactions": len(transactions),
+        "requests": len(requests),
+        "predictions": len(predictions),
+        "dead_letters": len(dead),
+        "predictions_with_features": read,
+        "wrong_features": wrong_features[:10],
+        "unanswered": {r: round(at - started, 1) for r, at in requests.items() if r not in set(answered)},
+        "rollbacks": topics.messages["rollbacks"],
+        "alerts": alerts,
+        "prediction_rows": predictions,
+        "dead_letter_rows": dead,
+        "checks": checks,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="output/serving_loop", help="models, job logs and job outputs")
+    parser.add_argument("--rate", type=int, default=10, help="transactions and requests a second. Default: 10")
+    args = parser.parse_args(argv)
+    from tests.harness import PROJECT, LocalServices
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["CLOUDSDK_CONFIG"] = tempfile.mkdtemp(prefix="gcloud-config-")  # never real credentials
+    services = LocalServices().start()
+    try:
+        summary = run_loop(PROJECT, services.env, workdir, rate=args.rate)
+    finally:
+        services.stop()
+    shown = ("seconds", "transactions", "requests", "predictions", "dead_letters", "predictions_with_features")
+    print(json.dumps({k: summary[k] for k in (*shown, "wrong_features", "unanswered")}, indent=1))
+    for description, passed in summary["checks"]:
+        print(f"{'ok  ' if passed else 'FAIL'} {description}")
+    return 0 if all(passed for _, passed in summary["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
