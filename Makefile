@@ -9,7 +9,7 @@ bootstrap:
 demo: bootstrap  ## run the SLI pipeline on its bundled sample, locally
 	$(PY) -m pipelines.sli
 
-test: bootstrap  ## the whole suite, emulators included (started and stopped by the tests)
+test: bootstrap  ## the whole suite in two pytest-xdist workers, emulators included (started once, stopped at the end)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 lint: bootstrap  ## ruff: the linter and the formatter's check (settings in pyproject.toml)
