@@ -3,11 +3,14 @@ Bigtable online store, scoring that reads them with a canary that fails on cards
 canary's burn-rate alert rolling it back, and the pipelines' health rows evaluated by a separate
 `pipelines.sli --sli_rows_subscription` job that pages when the feature job stops. Each job is a
 `python -m pipelines.<name>` process, as the manuals launch them. What is checked is worked out apart from
-the pipelines: the routing rule from SHA-256, the features from what the loop published."""
+the pipelines: the routing rule from SHA-256, the features from what the loop published. And the manual,
+docs/serving_loop.md, names every flag the loop gives its jobs."""
 
+import collections
 import json
+from types import SimpleNamespace
 
-from scripts.serving_loop import CANARY_FRACTION, STALLED_SLO, goes_to_canary, run_loop
+from scripts.serving_loop import CANARY_FRACTION, ROOT, STALLED_SLO, goes_to_canary, job_commands, run_loop
 
 
 def test_the_loop_rolls_back_the_canary_and_pages_on_a_stalled_feature_job(services, project, tmp_path):
@@ -35,3 +38,12 @@ def test_the_loop_rolls_back_the_canary_and_pages_on_a_stalled_feature_job(servi
     pages = [a for a in summary["alerts"] if (a["slo"], a["state"], a["severity"]) == (STALLED_SLO, "FIRING", "page")]
     assert pages and summary["seconds"]["paged"] > summary["seconds"]["stalled"]
     assert summary["predictions_with_features"] > 0 and summary["wrong_features"] == []
+
+
+def test_manual_names_every_flag_the_loop_gives_its_jobs(tmp_path):
+    topics = SimpleNamespace(topic=collections.defaultdict(str), job_sub=collections.defaultdict(str))
+    manual = (ROOT / "docs" / "serving_loop.md").read_text()
+    for name, argv in job_commands("p", topics, tmp_path, 30).items():
+        assert f"python -m {argv[2]} " in manual, name
+        missing = [flag for flag in argv if flag.startswith("--") and flag not in manual]
+        assert missing == [], (name, missing)
