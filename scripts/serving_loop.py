@@ -8,9 +8,10 @@ Three streaming jobs run as the manuals launch them, on Beam's local runner:
 - `pipelines.sli --sli_rows_subscription` evaluates the SLOs of both pipelines from the health rows they
   publish (`--health_topic`), so that a stalled pipeline pages.
 
-This script publishes transactions and requests, prints what each job does as it happens, stops the feature
-job once its first health row is out (a stall), and ends when the canary has been rolled back and the stall
-has paged. It then checks the loop's promises: every request answered exactly once (a prediction or a dead
+This script publishes transactions and requests and prints what each job does as it happens. Once the canary
+has been rolled back, predictions have read features and the feature job's first health row is out, it stops
+the traffic and waits for every answer; then it stops the feature job (a stall) and ends when the stall has
+paged. It then checks the loop's promises: every request answered exactly once (a prediction or a dead
 letter), only the canary failing, traffic back on the primary after the rollback, every feature read equal to
 the sum of what was published in its window, and the freshness alert of the stalled pipeline.
 
@@ -20,19 +21,19 @@ the sum of what was published in its window, and the freshness alert of the stal
 
 import argparse
 import datetime
-import functools
 import hashlib
 import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from tests.harness import PROJECT, LocalServices, stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "pipelines" / "samples"
@@ -45,7 +46,6 @@ CARDS = [f"c-{i:02d}" for i in range(12)]  # cards with transactions
 NEW_CARDS = [f"new-{i}" for i in range(4)]  # requests only: no features, so the canary fails on them
 CANARY_FRACTION = 0.5
 STALLED_SLO = "window-features-freshness"
-KEEPALIVE = "keepalive-"  # the ids of the requests published while draining
 
 
 def log(started, message):
@@ -84,32 +84,43 @@ def goes_to_canary(request_id):
 
 
 class Topics:
-    """The loop's topics (`loop-<name>`), each with a subscription the jobs read (`loop-<name>-in`) and one
-    this script watches (`-watch`) from a background streaming pull, keeping every message, duplicates
-    included."""
+    """The loop's topics (`loop-<name>`): the jobs read the inputs through `loop-<name>-in` subscriptions, and
+    this script watches the outputs through `loop-<name>-watch` ones, each pulled by a thread of its own that
+    keeps every message, duplicates included."""
+
+    JOB_INPUTS = ("transactions", "requests", "pipeline-health")
+    WATCHED = ("predictions", "dead-letters", "rollbacks", "pipeline-health", "alerts")
 
     def __init__(self, project):
         from google.cloud import pubsub_v1
 
         self.publisher, self.subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
         self.topic = {name: self.publisher.topic_path(project, f"loop-{name}") for name in TOPICS}
-        self.job_sub = {name: self.subscriber.subscription_path(project, f"loop-{name}-in") for name in TOPICS}
-        self.messages = {name: [] for name in TOPICS}
-        self._seen = dict.fromkeys(TOPICS, 0)
-        self._lock = threading.Lock()
-        self._pulls = []
+        self.job_sub = {n: self.subscriber.subscription_path(project, f"loop-{n}-in") for n in self.JOB_INPUTS}
+        watch = {n: self.subscriber.subscription_path(project, f"loop-{n}-watch") for n in self.WATCHED}
         for name in TOPICS:
-            watch = self.subscriber.subscription_path(project, f"loop-{name}-watch")
             self.publisher.create_topic(name=self.topic[name])
-            for sub in (self.job_sub[name], watch):
-                self.subscriber.create_subscription(name=sub, topic=self.topic[name])
-            if name not in ("transactions", "requests"):
-                self._pulls.append(self.subscriber.subscribe(watch, functools.partial(self._keep, name)))
+        for subscriptions in (self.job_sub, watch):
+            for name, subscription in subscriptions.items():
+                self.subscriber.create_subscription(name=subscription, topic=self.topic[name])
+        self.messages = {name: [] for name in self.WATCHED}
+        self._seen = dict.fromkeys(self.WATCHED, 0)
+        self._lock, self._closed = threading.Lock(), threading.Event()
+        self._pulls = [threading.Thread(target=self._pull, args=(n, watch[n]), daemon=True) for n in self.WATCHED]
+        for pull in self._pulls:
+            pull.start()
 
-    def _keep(self, name, message):
-        with self._lock:
-            self.messages[name].append(json.loads(message.data))
-        message.ack()
+    def _pull(self, name, subscription):
+        while not self._closed.is_set():
+            try:
+                received = self.subscriber.pull(subscription=subscription, max_messages=500, timeout=10)
+            except Exception:  # noqa: BLE001 - a pull that timed out or failed: pull again
+                continue
+            messages = received.received_messages
+            if messages:
+                self.subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in messages])
+                with self._lock:
+                    self.messages[name] += [json.loads(m.message.data) for m in messages]
 
     def publish(self, name, record):
         return self.publisher.publish(self.topic[name], json.dumps(record).encode())
@@ -122,8 +133,9 @@ class Topics:
         return fresh
 
     def close(self):
+        self._closed.set()
         for pull in self._pulls:
-            pull.cancel()
+            pull.join(timeout=15)
 
 
 def job_commands(project, topics, workdir, delay_seconds):
@@ -158,20 +170,10 @@ def job_commands(project, topics, workdir, delay_seconds):
 
 
 def launch(argv, log_path):
-    """A job as a process of its own (its own process group, so that stop() ends its workers too)."""
+    """A job as a process of its own (its own process group, so that stop_process_group ends its workers too)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-
-
-def stop(job):
-    if job.poll() is None:
-        os.killpg(job.pid, signal.SIGTERM)
-        try:
-            job.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
 
 
 def table_exists(project):
@@ -214,7 +216,7 @@ def run_loop(project, env, workdir, delay_seconds=30, rate=10, deadline_seconds=
             now = time.time()
             # no transactions in the 2 s before a minute ends: the direct runner's Pub/Sub watermark is the
             # wall clock, so one published there could reach its window after the watermark closed it
-            if now % 60 < 58 and "stalled" not in events:
+            if now % 60 < 58:
                 for _ in range(rate):
                     card = rng.choice(CARDS)
                     amount = round(rng.uniform(1, 100), 2)
@@ -233,28 +235,31 @@ def run_loop(project, env, workdir, delay_seconds=30, rate=10, deadline_seconds=
                     requests[request_id], cards_of[request_id] = time.time(), card
                     if "rolled_back" in events and now > events["rolled_back"] + 3 and goes_to_canary(request_id):
                         after_rollback.append(request_id)
-            _watch(topics, started, events, jobs)
-            if "rolled_back" in events and "paged" in events and len(after_rollback) >= 20:
+            _watch(topics, started, events)
+            if len(after_rollback) >= 20 and {"features_read", "features_health"} <= events.keys():
                 break
             time.sleep(max(0.0, 1 - (time.time() - now)))
         log(started, f"published {len(transactions)} transactions and {len(requests)} requests; draining")
-        # On the local runner a request with online features can wait in the scoring job until a later
-        # Pub/Sub pull returns; a trickle of keep-alive requests (not counted) keeps the pulls coming.
-        drain_until, keepalive = time.time() + 120, 0
+        drain_until = time.time() + 120
         while time.time() < drain_until and not set(requests) <= set(_answered(topics)):
-            topics.publish("requests", {"id": f"{KEEPALIVE}{keepalive}", "card_id": CARDS[0]})
-            keepalive += 1
-            _watch(topics, started, events, jobs)
-            time.sleep(2)
+            _watch(topics, started, events)
+            time.sleep(1)
+        # the stall: the feature job stops, its health rows with it
+        stop_process_group(jobs["window_features"], 20)
+        events["stalled"] = time.time()
+        log(started, "window_features STOPPED (a stall): its health rows stop, the evaluator should page")
+        while time.time() - started < deadline_seconds and "paged" not in events:
+            _watch(topics, started, events)
+            time.sleep(1)
     finally:
         for job in jobs.values():
-            stop(job)
+            stop_process_group(job, 20)
         topics.close()
     return _summary(topics, started, events, transactions, requests, cards_of, after_rollback)
 
 
-def _watch(topics, started, events, jobs):
-    """Pulls the outputs, prints what is new, and stalls the feature job once it has shown it works."""
+def _watch(topics, started, events):
+    """Prints what is new on the output topics and notes the loop's milestones in `events`."""
     for prediction in topics.new("predictions"):
         ten = _window_time(prediction, "10m")
         if ten and "features_read" not in events:
@@ -285,10 +290,6 @@ def _watch(topics, started, events, jobs):
         log(started, f"evaluator: {alert['state']} {alert['severity']} {alert['slo']} at {alert['at'][11:19]}")
         if alert["slo"] == STALLED_SLO and alert["state"] == "FIRING" and "stalled" in events:
             events.setdefault("paged", time.time())
-    if "stalled" not in events and {"features_read", "features_health"} <= events.keys():
-        stop(jobs["window_features"])
-        events["stalled"] = time.time()
-        log(started, "window_features STOPPED (a stall): its health rows stop, the evaluator should page")
 
 
 def _window_time(prediction, window):
@@ -309,9 +310,8 @@ def _answered(topics):
 
 
 def _summary(topics, started, events, transactions, requests, cards_of, after_rollback):
-    predictions = [p for p in topics.messages["predictions"] if not p["request_id"].startswith(KEEPALIVE)]
-    dead = [d for d in topics.messages["dead-letters"] if not _dead_letter_id(d).startswith(KEEPALIVE)]
-    answered = [p["request_id"] for p in predictions] + [_dead_letter_id(d) for d in dead]
+    predictions, dead = topics.messages["predictions"], topics.messages["dead-letters"]
+    answered = _answered(topics)
     by_id = {p["request_id"]: p for p in predictions}
     wrong_features, read = [], 0
     for p in predictions:
@@ -358,8 +358,6 @@ def main(argv=None):
     parser.add_argument("--workdir", default="output/serving_loop", help="models, job logs and job outputs")
     parser.add_argument("--rate", type=int, default=10, help="transactions and requests a second. Default: 10")
     args = parser.parse_args(argv)
-    from tests.harness import PROJECT, LocalServices
-
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["CLOUDSDK_CONFIG"] = tempfile.mkdtemp(prefix="gcloud-config-")  # never real credentials
@@ -368,7 +366,8 @@ def main(argv=None):
         summary = run_loop(PROJECT, services.env, workdir, rate=args.rate)
     finally:
         services.stop()
-    shown = ("seconds", "transactions", "requests", "predictions", "dead_letters", "predictions_with_features")
+    shown = ("seconds", "transactions", "requests", "predictions", "dead_letters")
+    shown += ("predictions_with_features",)
     print(json.dumps({k: summary[k] for k in (*shown, "wrong_features", "unanswered")}, indent=1))
     for description, passed in summary["checks"]:
         print(f"{'ok  ' if passed else 'FAIL'} {description}")

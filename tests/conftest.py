@@ -15,8 +15,14 @@ import pytest
 from tests.harness import PROJECT, LocalServices, point_beam_bigquery_at
 
 _services = None
-# files that load the same BigQuery table (sre.slo_status: test_slo_report imports test_slo_queries' fixture)
-_SHARED_GROUPS = {"test_slo_queries": "sre.slo_status", "test_slo_report": "sre.slo_status"}
+# Files that load the same BigQuery table (sre.slo_status: test_slo_report imports test_slo_queries' fixture)
+# share a group. The serving loop (about 4 minutes) joins the largest file's group: xdist hands out the groups
+# with the most tests first, so the loop starts at once and runs beside everything else, not after it.
+_SHARED_GROUPS = {
+    "test_slo_queries": "sre.slo_status",
+    "test_slo_report": "sre.slo_status",
+    "test_serving_loop": "test_window_features",
+}
 _FIRST = "tests.test_serving_loop"
 
 
@@ -40,7 +46,7 @@ def pytest_configure_node(node):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    # the longest file (about 4 minutes) first, so that it runs beside the others rather than after them
+    # the loop first within its group (see _SHARED_GROUPS)
     items.sort(key=lambda item: item.module.__name__ != _FIRST)
     for item in items:
         name = item.module.__name__.rsplit(".", 1)[-1]

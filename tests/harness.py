@@ -98,6 +98,18 @@ def _tcp_open(port):
         return True
 
 
+def stop_process_group(proc, timeout):
+    """Ends a process started with start_new_session=True and everything it started: SIGTERM to its group,
+    SIGKILL after `timeout` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class LocalServices:
     def __init__(self):
         self.workdir = Path(tempfile.mkdtemp(prefix="local-services-"))
@@ -203,13 +215,7 @@ class LocalServices:
 
     def stop(self):
         for _name, proc in reversed(self._procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process_group(proc, 10)
         self._procs = []
         if self._metadata:
             self._metadata.shutdown()

@@ -1,7 +1,7 @@
 """Model rollouts (pipelines.score --canary_model_dir/--shadow_model_dir, transforms/scoring/rollout.py): the
 hash routing, the router on arbitrary batches, the divergence of the versions' predictions against numpy, the
-per-version SLI rows of a batch run counted by hand. The streaming rollback through the Pub/Sub emulator is
-part of the whole loop: tests/test_serving_loop.py."""
+per-version SLI rows of a batch run counted by hand, and a streaming run through the Pub/Sub emulator where a
+canary that fails on half its inputs is rolled back."""
 
 import datetime
 import hashlib
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
-from google.cloud import bigquery
+from google.cloud import bigquery, pubsub_v1
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -430,3 +430,107 @@ def test_a_failed_request_counts_from_its_receipt_to_its_failure():
     event = failure_event(other, "scoring", "2")
     assert event.value.latency_ms == 0.0
     assert event.timestamp == datetime.datetime.fromisoformat(other["failed_at"]).timestamp()
+
+
+# -- streaming through the Pub/Sub emulator: the canary fails, is rolled back, nothing is lost -------------
+
+
+class Drain:
+    """Pulls subscriptions, keeping every JSON message (duplicates included)."""
+
+    def __init__(self, subscriber, subscription):
+        self._subscriber, self._subscription, self.messages = subscriber, subscription, []
+
+    def pull(self):
+        response = self._subscriber.pull(subscription=self._subscription, max_messages=100, timeout=2)
+        self.messages += [json.loads(m.message.data) for m in response.received_messages]
+        if response.received_messages:
+            self._subscriber.acknowledge(
+                subscription=self._subscription, ack_ids=[m.ack_id for m in response.received_messages]
+            )
+
+
+def _dead_letter_id(dead_letter):
+    return json.loads(dead_letter["payload_string"])["request_id"]
+
+
+def test_streaming_canary_is_rolled_back_and_every_request_is_scored_once(models, services, project, tmp_path):
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    names = ("rollout-requests", "rollout-predictions", "rollout-dead-letters", "rollbacks")
+    topics = {n: publisher.topic_path(project, n) for n in names}
+    subs = {n: subscriber.subscription_path(project, f"{n}-check") for n in names}
+    for name in names:
+        publisher.create_topic(name=topics[name])
+        subscriber.create_subscription(name=subs[name], topic=topics[name])
+    control = tmp_path / "rollback.json"
+    options = PipelineOptions(
+        ["--runner", "BundleBasedDirectRunner", "--project", project, "--streaming"]
+        + ["--input_subscription", subs["rollout-requests"], "--model_path", str(models / "1")]
+        + ["--canary_model_dir", str(models / "2"), "--canary_fraction", "0.5"]
+        + ["--rollout_slo_config", str(SAMPLE_CONFIG), "--rollback_control_file", str(control)]
+        + ["--rollback_poll_seconds", "1", "--rollback_topic", topics["rollbacks"]]
+        + ["--predictions_topic", topics["rollout-predictions"], "--dead_letter_topic", topics["rollout-dead-letters"]]
+        + ["--max_batch_duration_secs", "1"]
+    )
+    pipeline = beam.Pipeline(options=options)
+    score.build(pipeline, options, score.validate(options))
+    result = pipeline.run()
+    predictions = Drain(subscriber, subs["rollout-predictions"])
+    dead = Drain(subscriber, subs["rollout-dead-letters"])
+    rollbacks = Drain(subscriber, subs["rollbacks"])
+    rng, sent, after_rollback = random.Random(5), {}, []
+
+    def publish(request_id):
+        sent[request_id] = round(rng.random(), 3)
+        body = json.dumps({"id": request_id, "features": {"x": sent[request_id]}}).encode()
+        publisher.publish(topics["rollout-requests"], body)
+
+    def answered():
+        return {p["request_id"] for p in predictions.messages} | {_dead_letter_id(d) for d in dead.messages}
+
+    started = time.time()
+    try:
+        deadline = time.time() + 240
+        while not rollbacks.messages and time.time() < deadline:  # ~10 requests a second until the rollback
+            for _ in range(5):
+                publish(f"s{len(sent)}")
+            for drain in (predictions, dead, rollbacks):
+                drain.pull()
+        assert rollbacks.messages, "no rollback message within 240 s"
+        rolled_back_at = time.time()
+        time.sleep(2)  # the router reads the control file within --rollback_poll_seconds
+        for request_id in (f"after{i}" for i in range(100)):
+            if goes_to_canary(request_id, 0.5) and len(after_rollback) < 12:  # ids the canary would get
+                publish(request_id)
+                after_rollback.append(request_id)
+        deadline = time.time() + 60
+        while not set(sent) <= answered() and time.time() < deadline:
+            predictions.pull()
+            dead.pull()
+        predictions.pull()  # a last pull: a request scored twice would show here
+        dead.pull()
+    finally:
+        drained_at = time.time()
+        publisher.publish(topics["rollout-requests"], b"{}").result(timeout=30)  # ends the runner's waiting pull
+        result.cancel()
+    print(
+        f"\nrollback message {rolled_back_at - started:.0f} s after the start, all {len(sent)} requests answered "
+        f"{drained_at - rolled_back_at:.0f} s later; cancelled in {time.time() - drained_at:.0f} s"
+    )
+    # the failures fire canary-availability; on a loaded machine canary-latency (2 s) may fire as well
+    by_slo = {m["slo"]: m for m in rollbacks.messages}
+    # (and canary-divergence, once a minute of 3x against 2x has closed)
+    allowed = {"canary-availability", "canary-latency", "canary-divergence"}
+    assert "canary-availability" in by_slo and set(by_slo) <= allowed
+    for message in by_slo.values():
+        assert (message["canary_version"], message["primary_version"]) == ("2", "1")
+        assert message["burn_rate_long"] > message["threshold"]
+    assert json.loads(control.read_text())["slo"] in by_slo
+    answers = [p["request_id"] for p in predictions.messages] + [_dead_letter_id(d) for d in dead.messages]
+    assert sorted(answers) == sorted(sent)  # every request once: a prediction or a dead letter
+    by_id = {p["request_id"]: p for p in predictions.messages}
+    failed = {_dead_letter_id(d) for d in dead.messages}
+    for request_id in failed:  # only the canary failed, only where it fails
+        assert goes_to_canary(request_id, 0.5) and sent[request_id] >= FAIL_FROM
+    assert all(by_id[r]["model_version"] == "1" for r in after_rollback)  # traffic is back on the primary
+    assert any(p["model_version"] == "2" for p in predictions.messages)  # the canary did serve before
