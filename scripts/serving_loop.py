@@ -312,6 +312,7 @@ def _answered(topics):
 def _summary(topics, started, events, transactions, requests, cards_of, after_rollback):
     predictions, dead = topics.messages["predictions"], topics.messages["dead-letters"]
     answered = _answered(topics)
+    unanswered = set(requests) - set(answered)
     by_id = {p["request_id"]: p for p in predictions}
     wrong_features, read = [], 0
     for p in predictions:
@@ -344,7 +345,7 @@ def _summary(topics, started, events, transactions, requests, cards_of, after_ro
         "dead_letters": len(dead),
         "predictions_with_features": read,
         "wrong_features": wrong_features[:10],
-        "unanswered": {r: round(at - started, 1) for r, at in requests.items() if r not in set(answered)},
+        "unanswered": {r: round(at - started, 1) for r, at in requests.items() if r in unanswered},
         "rollbacks": topics.messages["rollbacks"],
         "alerts": alerts,
         "prediction_rows": predictions,
@@ -366,8 +367,7 @@ def main(argv=None):
         summary = run_loop(PROJECT, services.env, workdir, rate=args.rate)
     finally:
         services.stop()
-    shown = ("seconds", "transactions", "requests", "predictions", "dead_letters")
-    shown += ("predictions_with_features",)
+    shown = ("seconds", "transactions", "requests", "predictions", "dead_letters", "predictions_with_features")
     print(json.dumps({k: summary[k] for k in (*shown, "wrong_features", "unanswered")}, indent=1))
     for description, passed in summary["checks"]:
         print(f"{'ok  ' if passed else 'FAIL'} {description}")
