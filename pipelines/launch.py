@@ -16,7 +16,7 @@ from transforms.io.sinks import BigQueryTarget, WriteDeadLetters, WriteRecords
 from transforms.io.sources import BatchRecords
 from transforms.io.udf import ApplyUdf, ApplyUdfToBatch, udf_failure_dead_letter
 from transforms.sli.rows import SLI_ROW_BQ_SCHEMA
-from transforms.slo.health import PipelineHealth
+from transforms.slo.health import PipelineHealth, element_timestamp
 
 UDF_BATCH = 32  # records per round trip to a Python UDF's subprocess
 
@@ -173,15 +173,18 @@ def write_dead_letters(options, pipeline_name, records_read, dead_letter_sources
     return dead_letters
 
 
-def write_health_rows(options, pipeline_name, outputs, dead_letters):
+def write_health_rows(options, pipeline_name, outputs, dead_letters, output_event_seconds=element_timestamp):
     """With a --health_* sink: the pipeline's health rows (transforms.slo.health.PipelineHealth) from its
-    `outputs` and `dead_letters` (what write_dead_letters returned), written to those sinks. Rows BigQuery
+    `outputs` and `dead_letters` (what write_dead_letters returned), written to those sinks; the event time of
+    an output is its timestamp, or `output_event_seconds` of it. Rows BigQuery
     rejects become dead letters written beside the others (not counted in the health rows: that would be a
     loop). Returns the rows, or None without a sink."""
     health, out = options.view_as(HealthOptions), options.view_as(OutputOptions)
     if not any(getattr(health, flag) for flag in HEALTH_SINK_FLAGS):
         return None
-    rows = (outputs, dead_letters) | "PipelineHealth" >> PipelineHealth(pipeline_name, health.health_freshness_seconds)
+    rows = (outputs, dead_letters) | "PipelineHealth" >> PipelineHealth(
+        pipeline_name, health.health_freshness_seconds, output_event_seconds=output_event_seconds
+    )
     table = health.health_table
     rejected = rows | "WriteHealthRows" >> WriteRecords(
         pipeline_name,

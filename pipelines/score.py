@@ -83,6 +83,7 @@ from transforms.scoring.model import (
     image_input,
     model_directory,
     model_version,
+    oldest_request_seconds,
 )
 from transforms.scoring.online_features import AddOnlineFeatures, OnlineFeatureStore
 from transforms.scoring.requests import (
@@ -583,7 +584,7 @@ def build(pipeline, options, settings, source=None, model_updates=None):
             )
             rollbacks | "WriteRollbackControl" >> beam.ParDo(WriteControlFile(rollout.rollback_control_file, PIPELINE))
     dead_letters = write_dead_letters(options, PIPELINE, read, (*dead_letter_sources, *sink_failures))
-    write_health_rows(options, PIPELINE, batches, dead_letters)
+    write_health_rows(options, PIPELINE, batches, dead_letters, oldest_request_seconds)
     return ScoreOutputs(batches, dead_letters)
 
 

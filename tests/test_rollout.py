@@ -14,7 +14,9 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from google.cloud import bigquery, pubsub_v1
 from hypothesis import given, settings
@@ -430,6 +432,37 @@ def test_a_failed_request_counts_from_its_receipt_to_its_failure():
     event = failure_event(other, "scoring", "2")
     assert event.value.latency_ms == 0.0
     assert event.timestamp == datetime.datetime.fromisoformat(other["failed_at"]).timestamp()
+
+
+def test_scoring_freshness_counts_from_each_requests_publish_time(models, tmp_path):
+    """The scorer's health rows: a request's lag runs from its Pub/Sub publish time, not from its Beam
+    timestamp (here the read time, as batching before the model re-timestamps elements), so that a backlog
+    in the subscription makes the scorer stale. Requests published 200-260 s ago, freshness threshold 120 s."""
+    now = int(time.time())  # TestStream watermarks are whole milliseconds
+    published = {f"old{i}": now - 200 - 10 * i for i in range(7)}
+    messages = [
+        beam.window.TimestampedValue(
+            PubsubMessage(
+                json.dumps({"id": r, "features": {"x": 0.1}}).encode(),
+                {},
+                publish_time=datetime.datetime.fromtimestamp(at, datetime.UTC),
+            ),
+            now,
+        )
+        for r, at in published.items()
+    ]
+    stream = TestStream().advance_watermark_to(now).add_elements(messages).advance_watermark_to_infinity()
+    health = tmp_path / "health"
+    options = _options(
+        models, tmp_path, "--runner", "BundleBasedDirectRunner", "--streaming", "--health_output_dir", str(health)
+    )
+    with beam.Pipeline(options=options) as pipeline:
+        score.build(pipeline, options, score.validate(options), source=stream)
+    finished = time.time()
+    rows = [r for r in read_jsonl(str(health / "health_rows*.jsonl")) if r["sli_name"] == "freshness"]
+    assert sum(r["total"] for r in rows) == sum(r["bad"] for r in rows) == len(published)
+    oldest_lag = max(now - at for at in published.values())
+    assert oldest_lag * 1000 <= max(r["latency_max_ms"] for r in rows) <= (finished - now + oldest_lag) * 1000
 
 
 # -- streaming through the Pub/Sub emulator: the canary fails, is rolled back, nothing is lost -------------

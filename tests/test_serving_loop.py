@@ -13,7 +13,9 @@ from types import SimpleNamespace
 from scripts.serving_loop import CANARY_FRACTION, ROOT, STALLED_SLO, goes_to_canary, job_commands, run_loop
 
 
-def test_the_loop_rolls_back_the_canary_and_pages_on_a_stalled_feature_job(services, project, tmp_path):
+def test_the_loop_rolls_back_the_canary_and_pages_on_a_stalled_feature_job_while_scoring_goes_on(
+    services, project, tmp_path
+):
     summary = run_loop(project, services.env, tmp_path)
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_rows")}, indent=1))
     assert [name for name, passed in summary["checks"] if not passed] == []
@@ -38,6 +40,7 @@ def test_the_loop_rolls_back_the_canary_and_pages_on_a_stalled_feature_job(servi
     pages = [a for a in summary["alerts"] if (a["slo"], a["state"], a["severity"]) == (STALLED_SLO, "FIRING", "page")]
     assert pages and summary["seconds"]["paged"] > summary["seconds"]["stalled"]
     assert summary["predictions_with_features"] > 0 and summary["wrong_features"] == []
+    assert summary["stale_in_stall"] > 0  # requests in the stall read its stale features as no events
 
 
 def test_manual_names_every_flag_the_loop_gives_its_jobs(tmp_path):

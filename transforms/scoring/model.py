@@ -466,6 +466,19 @@ def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=
     return rows
 
 
+def received_seconds(row):
+    """When a prediction row's request was received (its publish time in streaming): scored_at - latency_ms."""
+    return datetime.datetime.fromisoformat(row["scored_at"]).timestamp() - (row["latency_ms"] or 0.0) / 1000
+
+
+def oldest_request_seconds(rows, timestamp_seconds):
+    """The event time of a list of prediction rows in the health rows (write_health_rows): the receipt of its
+    oldest request, so that scoring's freshness is its latency from publish to prediction, a backlog in the
+    subscription included (batching before the model gives the lists later timestamps than their requests');
+    `timestamp_seconds` for an empty list."""
+    return min(map(received_seconds, rows), default=timestamp_seconds)
+
+
 PREDICTION_BQ_SCHEMA = {
     "fields": [
         {"name": "request_id", "type": "STRING", "mode": "REQUIRED"},

@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import RunInference
 from transforms.features.skew import numeric_skew
 from transforms.features.statistics import bin_counts, histogram, histogram_edges
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedDoFn
-from transforms.scoring.model import ScoringBatch
+from transforms.scoring.model import ScoringBatch, received_seconds
 from transforms.scoring.requests import RECEIVED_AT_KEY, ToPredictionRows, failed_batch_dead_letters
 from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher
 from transforms.sli.parsing import RequestEvent
@@ -135,16 +135,12 @@ def _epoch(iso):
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
-def _received_at(row):
-    return _epoch(row["scored_at"]) - (row["latency_ms"] or 0.0) / 1000
-
-
 def prediction_events(rows, service):
     """A list of prediction rows -> one timestamped scoring event each: at the request's publish (or read)
     time, its latency the row's, succeeded."""
     for row in rows:
         latency_ms = row["latency_ms"] or 0.0
-        received_at = _received_at(row)
+        received_at = received_seconds(row)
         event = RequestEvent(
             received_at, service, "", ROLLOUT_METHOD, version_path(row["model_version"]), SUCCEEDED, latency_ms, "score"
         )
@@ -190,7 +186,7 @@ def _side_values(rows, side):
     for row in rows:
         value = prediction_value(row)
         if value is not None:
-            yield beam.window.TimestampedValue((side, value), _received_at(row))
+            yield beam.window.TimestampedValue((side, value), received_seconds(row))
 
 
 def _divergence_event(values, service, threshold, win=beam.DoFn.WindowParam):

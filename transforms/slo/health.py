@@ -3,8 +3,10 @@
 
 Every output element of a pipeline, and every dead letter, is one health event (a list, as some pipelines
 emit rows in batches, is as many events as it holds). It is counted in the minute of processing time at
-which it reached the health step, with lag = that processing time - the element's event timestamp (0 when
-the event time is ahead). Per pipeline and minute, two rows (service "pipelines", journey the pipeline):
+which it reached the health step, with lag = that processing time - the element's event time (0 when the
+event time is ahead): its Beam timestamp, or what the pipeline's `event_seconds` reads off it where batching
+re-timestamped its elements (scoring: the publish time of the batch's oldest request). Per pipeline and
+minute, two rows (service "pipelines", journey the pipeline):
 
   pipelines/<pipeline>/freshness     sli_kind latency, threshold_ms the freshness threshold: total = outputs
                                      and dead letters, bad = those whose lag is over the threshold; the
@@ -59,19 +61,24 @@ def health_event(pipeline_name, freshness_ms, element, event_seconds, now_second
     return (HEALTH_SERVICE, pipeline_name, minute), (lag_ms, events, (lag_ms > freshness_ms, dead_letter))
 
 
+def element_timestamp(_element, timestamp_seconds):
+    """The event time of an output element: its Beam timestamp."""
+    return timestamp_seconds
+
+
 class HealthEvents(beam.DoFn):
     """Output elements or dead letters -> health events, timestamped at their processing time (the minute
-    they count in)."""
+    they count in). `event_seconds(element, Beam timestamp seconds) -> seconds` gives an element's event time."""
 
-    def __init__(self, pipeline_name, freshness_seconds, dead_letters, clock):
+    def __init__(self, pipeline_name, freshness_seconds, dead_letters, clock, event_seconds=element_timestamp):
         self._pipeline, self._freshness_ms = pipeline_name, freshness_seconds * 1000
-        self._dead_letters, self._clock = dead_letters, clock
+        self._dead_letters, self._clock, self._event_seconds = dead_letters, clock, event_seconds
 
     def setup(self):
         self._stale = Metrics.counter(self._pipeline, "health_events_stale")
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam):
-        event_seconds = timestamp.micros / 1e6
+        event_seconds = self._event_seconds(element, timestamp.micros / 1e6)
         now = self._clock(event_seconds)
         key, value = health_event(self._pipeline, self._freshness_ms, element, event_seconds, now, self._dead_letters)
         if value[2][0]:
@@ -101,9 +108,17 @@ class PipelineHealth(ComputeSliRows):
     """(outputs, dead letters) of a streaming pipeline -> its health rows, one pane per processing minute
     once the watermark passes it (and a LATE pane for events that reach a minute after that).
 
-    `clock(event seconds) -> processing seconds`: `wall_clock` but in tests."""
+    `clock(event seconds) -> processing seconds`: `wall_clock` but in tests. `output_event_seconds`: the event
+    time of an output element (HealthEvents); dead letters keep their timestamps."""
 
-    def __init__(self, pipeline_name, freshness_seconds=120.0, allowed_lateness_seconds=3600, clock=wall_clock):
+    def __init__(
+        self,
+        pipeline_name,
+        freshness_seconds=120.0,
+        allowed_lateness_seconds=3600,
+        clock=wall_clock,
+        output_event_seconds=element_timestamp,
+    ):
         super().__init__(
             health_config(pipeline_name, freshness_seconds),
             pipeline_name,
@@ -111,15 +126,19 @@ class PipelineHealth(ComputeSliRows):
             allowed_lateness_seconds,
         )
         self._freshness_seconds, self._clock = freshness_seconds, clock
+        self._output_event_seconds = output_event_seconds
 
     def expand(self, outputs_and_dead_letters):
         outputs, dead_letters = outputs_and_dead_letters
         minutes = [
             pcoll
             | f"{label}HealthEvents"
-            >> beam.ParDo(HealthEvents(self._pipeline, self._freshness_seconds, is_dead_letter, self._clock))
+            >> beam.ParDo(HealthEvents(self._pipeline, self._freshness_seconds, is_dead_letter, self._clock, event))
             | f"{label}HealthMinutes" >> self._windowing(False)
-            for label, pcoll, is_dead_letter in (("Output", outputs, False), ("DeadLetter", dead_letters, True))
+            for label, pcoll, is_dead_letter, event in (
+                ("Output", outputs, False, self._output_event_seconds),
+                ("DeadLetter", dead_letters, True, element_timestamp),
+            )
         ]
         return (
             minutes
