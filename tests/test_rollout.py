@@ -435,9 +435,10 @@ def test_a_failed_request_counts_from_its_receipt_to_its_failure():
 
 
 def test_scoring_freshness_counts_from_each_requests_publish_time(models, tmp_path):
-    """The scorer's health rows: a request's lag runs from its Pub/Sub publish time, not from its Beam
-    timestamp (here the read time, as batching before the model re-timestamps elements), so that a backlog
-    in the subscription makes the scorer stale. Requests published 200-260 s ago, freshness threshold 120 s."""
+    """The scorer's health rows: a request's lag runs from its Pub/Sub publish time, so that a backlog in the
+    subscription makes the scorer stale. The lists of predictions cannot tell it by their Beam timestamps: the
+    batching before the model stamps them at the end of the global window. Requests published 200-260 s
+    before they are read (timestamped at their publish time, as the Pub/Sub read does), threshold 120 s."""
     now = int(time.time())  # TestStream watermarks are whole milliseconds
     published = {f"old{i}": now - 200 - 10 * i for i in range(7)}
     messages = [
@@ -447,11 +448,11 @@ def test_scoring_freshness_counts_from_each_requests_publish_time(models, tmp_pa
                 {},
                 publish_time=datetime.datetime.fromtimestamp(at, datetime.UTC),
             ),
-            now,
+            at,
         )
         for r, at in published.items()
     ]
-    stream = TestStream().advance_watermark_to(now).add_elements(messages).advance_watermark_to_infinity()
+    stream = TestStream().advance_watermark_to(now - 300).add_elements(messages).advance_watermark_to_infinity()
     health = tmp_path / "health"
     options = _options(
         models, tmp_path, "--runner", "BundleBasedDirectRunner", "--streaming", "--health_output_dir", str(health)

@@ -474,7 +474,7 @@ def received_seconds(row):
 def oldest_request_seconds(rows, timestamp_seconds):
     """The event time of a list of prediction rows in the health rows (write_health_rows): the receipt of its
     oldest request, so that scoring's freshness is its latency from publish to prediction, a backlog in the
-    subscription included (batching before the model gives the lists later timestamps than their requests');
+    subscription included (batching before the model stamps the lists at the end of the global window);
     `timestamp_seconds` for an empty list."""
     return min(map(received_seconds, rows), default=timestamp_seconds)
 
