@@ -18,7 +18,9 @@ install_venv() {  # venv lock [extra pip args...]
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return; fi
   echo "bootstrap: installing $venv from $lock"
   $UV venv --quiet --allow-existing -p 3.11 "$venv"
-  $UV pip install --quiet -p "$venv/bin/python" -r "$lock" "$@"
+  # --compile-bytecode: the .pyc files at install (as pip writes them), so that no process compiles the
+  # libraries' sources on import where PYTHONDONTWRITEBYTECODE is set (9 s an import of Beam and TF here)
+  $UV pip install --quiet --compile-bytecode -p "$venv/bin/python" -r "$lock" "$@"
   echo "$want" > "$stamp"
 }
 
