@@ -147,14 +147,17 @@ def build(pipeline, options, settings, source=None):
     )
     records, dead_letter_sources = apply_udf(options, records, PIPELINE)
     batches = records | "BatchRecords" >> BatchRecords() if source or udf else records
+    table, bt = options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions)
     row_batches, parse_dead_letters = batches | "ComputeWindowFeatures" >> ComputeWindowFeatures(
-        spec, PIPELINE, options.view_as(EventTimeOptions).allowed_lateness_seconds
+        spec,
+        PIPELINE,
+        options.view_as(EventTimeOptions).allowed_lateness_seconds,
+        json_lines=not (streaming or table or bt.bigtable_instance),  # files only: no rows needed
     )
     local_prefix = local_output(options, "feature_rows")
     if local_prefix:
         row_batches | "WriteFeatureFiles" >> WriteJsonLineBatches(local_prefix, streaming)
 
-    table, bt = options.view_as(BigQueryOutputOptions).output_table, options.view_as(BigtableOptions)
     online = (
         BigtableTarget(
             options.view_as(GoogleCloudOptions).project,

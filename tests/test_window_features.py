@@ -25,10 +25,12 @@ from tests.test_sli_e2e import ROOT, bq_client
 from tests.window_oracle import expected_features, valid_events
 from transforms.core.config import ConfigError
 from transforms.io.deadletter import GuardedDoFn, RecordError
+from transforms.io.sinks import to_json_lines
 from transforms.window_features.aggregate import (
     Aggregates,
     ComputeWindowFeatures,
     Event,
+    FormatFeatureRows,
     ParseEvents,
     WindowAggregatesFn,
     WindowBuckets,
@@ -150,7 +152,18 @@ def test_bad_events_are_record_errors(record, reason):
     assert error.value.reason == reason
 
 
-def test_accumulator_one_and_merged_against_the_standard_library():
+def test_integer_amounts_near_the_float_limit_sum_to_infinity_not_an_error():
+    """Two amounts just under 2**1023 each (valid, finite) sum past the largest float: the window's sum is
+    inf (null in JSON) and the job goes on; as integers their sum would not convert to a float at all."""
+    aggregates = Aggregates(SPEC)
+    event = parse_event({"card_id": "c", "event_time": T0, "amount": 2**1023 - 1}, SPEC)
+    assert event.values["amount"] == float(2**1023 - 1)
+    acc = aggregates.add_event(aggregates.of_event(event), event)
+    assert aggregates.value(acc, "amount", "sum") == math.inf
+    assert aggregates.value(acc, "amount", "max") == float(2**1023 - 1)
+
+
+def test_accumulator_one_merged_and_event_by_event_against_the_standard_library():
     events = [
         Event("c", (T0 + i) * 10**6, {"amount": a, "merchant": m})
         for i, (a, m) in enumerate([(5.0, "x"), (1.5, "y"), (9.25, "x"), (2.0, "z"), (7.0, "y")])
@@ -166,6 +179,9 @@ def test_accumulator_one_and_merged_against_the_standard_library():
         aggregates.merge(parts[i % 3], aggregates.of_event(e))
     combine = WindowAggregatesFn(aggregates)  # merged, then merged with an empty accumulator
     merged = combine.merge_accumulators([parts[2], parts[0], combine.create_accumulator(), parts[1]])
+    by_event = aggregates.of_event(events[0])  # event by event, as WindowBuckets adds them
+    for e in events[1:]:
+        aggregates.add_event(by_event, e)
     amounts = [5.0, 1.5, 9.25, 2.0, 7.0, 3.0]
     expected = {
         ("amount", "count"): 6,
@@ -177,6 +193,7 @@ def test_accumulator_one_and_merged_against_the_standard_library():
         ("merchant", "count"): 6,
         ("merchant", "distinct_count"): 4,
     }
+    assert by_event == one
     for acc in (one, merged):
         assert {k: aggregates.value(acc, *k) for k in expected} == pytest.approx(expected)
         assert acc[0] == (T0 + 10) * 10**6  # the latest event, which stamps a streaming partial
@@ -298,7 +315,7 @@ def test_windows_from_buckets_are_the_windows_of_each_event(events, parts):
     for i, (ms, amount, merchant) in enumerate(events):
         values = {k: v for k, v in (("amount", amount), ("merchant", merchant)) if v is not None}
         event = Event("c", (T0 * 1000 + ms) * 1000, values)
-        windowing.add(tables[i % parts], event.micros, aggregates.of_event(event))
+        windowing.add(tables[i % parts], event)
     buckets = merge_entity_buckets(aggregates, tables)
     actual = {}
     for name, start, acc in [
@@ -331,6 +348,38 @@ def test_windows_from_buckets_are_the_windows_of_each_event(events, parts):
                 f"merchant_distinct_count_{w.name}": len({m for _, _, m in members if m is not None}),
             }
     assert_same_features(actual, expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(max_size=8),  # quotes, backslashes, '%' and any Unicode included
+    st.lists(
+        st.tuples(
+            st.integers(-4_000_000, 4_000_000),
+            st.one_of(st.none(), st.floats(-1.7e308, 1.7e308)),  # parse_event gives floats
+            st.one_of(st.none(), st.text(max_size=3)),
+        ),
+        max_size=12,
+    ),
+)
+def test_backfill_json_lines_are_the_json_of_the_rows(entity, events):
+    """FormatFeatureRows' JSON lines (a backfill writing files only) are what to_json_lines gives for its
+    rows, byte for byte: sums that overflow to infinity (null) and any entity text included."""
+    aggregates, windowing = Aggregates(_BUCKET_SPEC), WindowBuckets(_BUCKET_SPEC, Aggregates(_BUCKET_SPEC))
+    buckets = {}
+    for ms, amount, merchant in events:
+        values = {k: v for k, v in (("amount", amount), ("merchant", merchant)) if v is not None}
+        windowing.add(buckets, Event(entity, (T0 * 1000 + ms) * 1000, values))
+    outputs = []
+    for json_lines in (False, True):
+        fn = FormatFeatureRows(_BUCKET_SPEC, True, "window_features", json_lines)
+        fn.setup()
+        fn.start_bundle()
+        fn._emitted_at = "2026-12-03T10:00:00+00:00"
+        [out] = fn.process((entity, {k: aggregates.copy(v) for k, v in buckets.items()}))
+        outputs.append(out)
+    rows, text = outputs
+    assert text == to_json_lines(rows) and len(rows) == len(text.splitlines()) >= (1 if events else 0)
 
 
 def test_late_events_update_their_windows_and_too_late_ones_are_dropped():

@@ -313,9 +313,17 @@ def to_json_lines(rows):
     return "\n".join(map(to_json_line, rows))
 
 
+def _jsonl_text(batch):
+    """A list of dicts, or its JSONL text already -> [the text], or [] for an empty one."""
+    if not batch:
+        return []
+    return [batch if isinstance(batch, str) else to_json_lines(batch)]
+
+
 class WriteJsonLineBatches(beam.PTransform):
     """WriteJsonLines for lists of dicts: each list is written as one text element (its lines joined), so
-    a batch costs one Beam element, not one per row. Empty lists write nothing."""
+    a batch costs one Beam element, not one per row; a batch already encoded (the text `to_json_lines`
+    gives, as window features' backfill writes it) is written as it is. Empty ones write nothing."""
 
     def __init__(self, file_path_prefix, streaming=False, streaming_flush_seconds=60):
         super().__init__()
@@ -331,7 +339,8 @@ class WriteJsonLineBatches(beam.PTransform):
             )
         return (
             batches
-            | "ToJson" >> beam.FlatMap(lambda rows: [to_json_lines(rows)] if rows else [])
+            | "ToJson"
+            >> beam.FlatMap(lambda rows: [rows if isinstance(rows, str) else to_json_lines(rows)] if rows else [])
             | "Write"
             >> beam.io.WriteToText(
                 self._prefix, file_name_suffix=".jsonl", triggering_frequency=self._triggering_frequency

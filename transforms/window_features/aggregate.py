@@ -28,6 +28,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 import apache_beam as beam
+import orjson
 from apache_beam.coders import coders
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
@@ -43,6 +44,7 @@ from transforms.core.records import (
     record_dict,
 )
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedBatchDoFn, RecordError, payload_and_attributes
+from transforms.io.sinks import to_json_line
 
 BIGTABLE_COLUMN_FAMILY = "features"
 MAX_ENTITY_BYTES = 4096  # the online store's row key is the entity
@@ -135,7 +137,7 @@ def parse_event(record, spec):
         if is_missing(value):
             continue
         if field in spec.numeric_fields:
-            finite(value, field)
+            value = finite(value, field)  # a float: sums of huge integers overflow to inf, never raise
         elif not isinstance(value, (str, int, float)):
             raise RecordError("wrong_type", f"field '{field}' must be a single value, got {type(value).__name__}")
         values[field] = value
@@ -173,6 +175,34 @@ class Aggregates:
             at = self._distinct_at.get(field)
             if at is not None:
                 acc[at] = {value}
+        return acc
+
+    def add_event(self, acc, event):
+        """Folds one event into `acc` (which owns its sets, as for `merge`): what merge(acc, of_event(event))
+        gives, without building the event's own list."""
+        micros = event.micros
+        if micros > acc[0]:
+            acc[0] = micros
+        for field, value in event.values.items():
+            acc[self._count_at[field]] += 1
+            at = self._numeric_at.get(field)
+            if at is not None:
+                if acc[at] is None:
+                    acc[at : at + 5] = value, value, value, micros, value
+                else:
+                    acc[at] += value
+                    if value < acc[at + 1]:
+                        acc[at + 1] = value
+                    if value > acc[at + 2]:
+                        acc[at + 2] = value
+                    if (micros, value) > (acc[at + 3], acc[at + 4]):
+                        acc[at + 3], acc[at + 4] = micros, value
+            at = self._distinct_at.get(field)
+            if at is not None:
+                if acc[at] is None:
+                    acc[at] = {value}
+                else:
+                    acc[at].add(value)
         return acc
 
     def copy(self, acc):
@@ -264,19 +294,16 @@ class WindowBuckets:
         self._windows = [(w.name, w.size, w.step, math.gcd(w.size, w.step)) for w in spec.windows]
         self._widths = sorted({width for *_, width in self._windows})
 
-    def add(self, buckets, micros, single):
-        """Merges the list of one event at `micros` into `buckets` {(width, bucket start seconds): list}; the
-        first bucket it starts keeps `single` itself."""
-        seconds, owned = micros // 1_000_000, True
+    def add(self, buckets, event):
+        """Adds an Event to `buckets` {(width, bucket start seconds): Aggregates list}, one bucket per width."""
+        seconds, aggregates = event.micros // 1_000_000, self._aggregates
         for width in self._widths:
             key = (width, seconds // width * width)
             acc = buckets.get(key)
-            if acc is not None:
-                self._aggregates.merge(acc, single)
-            elif owned:
-                buckets[key], owned = single, False
+            if acc is None:
+                buckets[key] = aggregates.of_event(event)
             else:
-                buckets[key] = self._aggregates.copy(single)
+                aggregates.add_event(acc, event)
 
     def windows(self, buckets):
         """(window name, starts, Aggregates list) of the windows holding events of `buckets`, in order of the
@@ -342,7 +369,7 @@ class ParseEvents(GuardedBatchDoFn):
         buckets = table.get(event.entity)
         if buckets is None:
             buckets = table[event.entity] = {}
-        self._buckets.add(buckets, event.micros, self._aggregates.of_event(event))
+        self._buckets.add(buckets, event)
 
     def _outputs(self, table):
         if self._by_entity:
@@ -408,11 +435,16 @@ _PANE_TIMING = {0: "EARLY", 1: "ON_TIME", 2: "LATE", 3: "UNKNOWN"}
 class FormatFeatureRows(beam.DoFn):
     """The aggregates of an entity -> the list of its feature rows (see the module doc), one per window. A
     backfill: (entity, {(bucket width, start): Aggregates list}) of all its events, one final pane per
-    window; streaming: (entity, (window name, start, Aggregates list)) in a pane."""
+    window; streaming: (entity, (window name, start, Aggregates list)) in a pane.
 
-    def __init__(self, spec, bounded_input, pipeline_name):
+    `json_lines` (a backfill whose only sink is files): the rows' JSONL text instead, the text
+    `to_json_lines` gives for the list, without building the rows: each run of windows encodes its features
+    once, and each row's line is spliced from pieces encoded once per entity, window and bundle."""
+
+    def __init__(self, spec, bounded_input, pipeline_name, json_lines=False):
         self._spec, self._pipeline = spec, pipeline_name
         self._bounded_input = bounded_input  # a backfill: one final pane per window, not windowed by Beam
+        self._json_lines = json_lines and bounded_input
 
     def setup(self):
         self._aggregates = Aggregates(self._spec)
@@ -430,7 +462,15 @@ class FormatFeatureRows(beam.DoFn):
         self._window_rows = {name: Metrics.counter(self._pipeline, f"feature_rows_{name}") for name in names}
         # a backfill formats each entity once: its windows' entity counts (the local report prints them)
         self._window_entities = {name: Metrics.counter(self._pipeline, f"entities_{name}") for name in names}
-        self._bounds = {name: {} for name in names}  # window start -> its bounds as ISO text (few a bundle)
+        # json_lines: per window, its features' JSON with %s for each value
+        self._features_json = {
+            name: "["
+            + ",".join('{"name":%s,"value":%%s}' % to_json_line(f).replace("%", "%%") for f, _ in readers)
+            + "]"
+            for name, (_, _, readers) in self._windows.items()
+        }
+        # window start -> its bounds as ISO text, or (json_lines) the end of its rows' line (few a bundle)
+        self._bounds = {name: {} for name in names}
 
     def start_bundle(self):
         self._emitted_at = datetime.datetime.now(datetime.UTC).isoformat()
@@ -445,35 +485,64 @@ class FormatFeatureRows(beam.DoFn):
         else:
             name, start, acc = aggregates
             runs, timing, index = [(name, (start,), acc)], _PANE_TIMING.get(pane.timing, "UNKNOWN"), pane.index
-        emitted_at, rows, per_window = self._emitted_at, [], {}
+        rows, per_window = [], {}
+        if self._json_lines:
+            head = f'{{"emitted_at":{to_json_line(self._emitted_at)},"entity":{to_json_line(entity)},"features":'
         for name, starts, acc in runs:
             size, step, readers = self._windows[name]
-            features = [{"name": feature, "value": read(acc)} for feature, read in readers]  # shared by the run
-            cached = self._bounds[name]
-            for start in starts:
-                bounds = cached.get(start)
-                if bounds is None:
-                    bounds = cached[start] = tuple(_iso(t) for t in (start, start + size, start + size + step))
-                rows.append(
-                    {
-                        "entity": entity,
-                        "window": name,
-                        "window_start": bounds[0],
-                        "time_index": bounds[1],
-                        "valid_until": bounds[2],
-                        "features": features,
-                        "pane_timing": timing,
-                        "pane_index": index,
-                        "emitted_at": emitted_at,
-                    }
-                )
+            if self._json_lines:
+                self._add_lines(rows, head, name, size, step, starts, [read(acc) for _, read in readers])
+            else:
+                features = [{"name": f, "value": read(acc)} for f, read in readers]  # shared by the run
+                self._add_rows(rows, entity, name, size, step, starts, features, timing, index)
             per_window[name] = per_window.get(name, 0) + len(starts)
         self._rows.inc(len(rows))
         for name, count in per_window.items():
             self._window_rows[name].inc(count)
             if self._bounded_input:
                 self._window_entities[name].inc()
-        yield rows
+        if self._json_lines:
+            yield "\n".join(rows)
+        else:
+            yield rows
+
+    def _add_rows(self, rows, entity, name, size, step, starts, features, timing, index):
+        cached = self._bounds[name]
+        for start in starts:
+            bounds = cached.get(start)
+            if bounds is None:
+                bounds = cached[start] = tuple(_iso(t) for t in (start, start + size, start + size + step))
+            rows.append(
+                {
+                    "entity": entity,
+                    "window": name,
+                    "window_start": bounds[0],
+                    "time_index": bounds[1],
+                    "valid_until": bounds[2],
+                    "features": features,
+                    "pane_timing": timing,
+                    "pane_index": index,
+                    "emitted_at": self._emitted_at,
+                }
+            )
+
+    def _add_lines(self, lines, head, name, size, step, starts, values):
+        """The JSON lines of `_add_rows`' rows of a backfill (keys in to_json_line's sorted order): `head`
+        (the entity's), the features (the window's names around its values' JSON, in one orjson call), the
+        end of the line (per window start)."""
+        # values are floats, counts or None, so their JSON holds no comma of its own
+        head += self._features_json[name] % tuple(orjson.dumps(values).decode()[1:-1].split(","))
+        cached = self._bounds[name]
+        for start in starts:
+            tail = cached.get(start)
+            if tail is None:
+                window_start, time_index, valid_until = (_iso(t) for t in (start, start + size, start + size + step))
+                tail = cached[start] = (
+                    f',"pane_index":0,"pane_timing":"ON_TIME","time_index":{to_json_line(time_index)},'
+                    f'"valid_until":{to_json_line(valid_until)},"window":{to_json_line(name)},'
+                    f'"window_start":{to_json_line(window_start)}}}'
+                )
+            lines.append(head + tail)
 
 
 def _iso(seconds):
@@ -481,7 +550,9 @@ def _iso(seconds):
 
 
 class WindowFeatures(NamedTuple):
-    row_batches: beam.PCollection  # lists of feature rows: per entity in a backfill, per window pane in streaming
+    # lists of feature rows: per entity in a backfill (or their JSONL text, `json_lines`), per window pane in
+    # streaming
+    row_batches: beam.PCollection
     dead_letters: beam.PCollection
 
 
@@ -494,12 +565,13 @@ class ComputeWindowFeatures(beam.PTransform):
     the whole shuffle) and are merged there into its windows. In streaming the window is in the key and Beam
     windows by it: the watermark pane is ON_TIME, then every late batch within `allowed_lateness_seconds`
     fires a LATE pane with the updated (accumulated) aggregates; later events are dropped by Beam (the
-    runner counts them). The tests check both paths give the same values."""
+    runner counts them). The tests check both paths give the same values. `json_lines`: a backfill gives each
+    entity's rows as their JSONL text (FormatFeatureRows), for a run whose only sink is files."""
 
-    def __init__(self, spec, pipeline_name, allowed_lateness_seconds=3600):
+    def __init__(self, spec, pipeline_name, allowed_lateness_seconds=3600, json_lines=False):
         super().__init__()
         self._spec, self._pipeline = spec, pipeline_name
-        self._allowed_lateness = allowed_lateness_seconds
+        self._allowed_lateness, self._json_lines = allowed_lateness_seconds, json_lines
 
     def expand(self, batches):
         bounded, aggregates = batches.is_bounded, Aggregates(self._spec)
@@ -526,7 +598,9 @@ class ComputeWindowFeatures(beam.PTransform):
                 | "AggregatePerEntity" >> beam.CombinePerKey(WindowAggregatesFn(aggregates))
                 | "ByEntity" >> beam.MapTuple(lambda key, acc: (key[0], (key[1], key[2], acc)))
             )
-        rows = per_entity | "FormatFeatureRows" >> beam.ParDo(FormatFeatureRows(self._spec, bounded, self._pipeline))
+        rows = per_entity | "FormatFeatureRows" >> beam.ParDo(
+            FormatFeatureRows(self._spec, bounded, self._pipeline, self._json_lines)
+        )
         if not bounded:
             # Rows carry their window in their columns; WindowFromKey could not assign windows to them later.
             rows = rows | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
