@@ -159,22 +159,24 @@ class Aggregates:
         distinct_start = numeric_start + 5 * len(self._numeric_at)
         self._distinct_at = {f: distinct_start + i for i, f in enumerate(spec.distinct_fields)}
         self._size = distinct_start + len(self._distinct_at)
+        self._empty = [-1] + [0] * len(self._fields) + [None] * (self._size - 1 - len(self._fields))
+        # per field: where its count, numbers (or None) and distinct set (or None) are
+        self._slots = {f: (self._count_at[f], self._numeric_at.get(f), self._distinct_at.get(f)) for f in self._fields}
 
     def empty(self):
-        return [-1] + [0] * len(self._fields) + [None] * (self._size - 1 - len(self._fields))
+        return self._empty.copy()
 
     def of_event(self, event):
         """The list of one event."""
-        acc = self.empty()
-        acc[0] = event.micros
+        acc = self._empty.copy()
+        micros = acc[0] = event.micros
         for field, value in event.values.items():
-            acc[self._count_at[field]] = 1
-            at = self._numeric_at.get(field)
-            if at is not None:
-                acc[at : at + 5] = value, value, value, event.micros, value
-            at = self._distinct_at.get(field)
-            if at is not None:
-                acc[at] = {value}
+            count_at, numbers, distinct = self._slots[field]
+            acc[count_at] = 1
+            if numbers is not None:
+                acc[numbers : numbers + 5] = value, value, value, micros, value
+            if distinct is not None:
+                acc[distinct] = {value}
         return acc
 
     def add_event(self, acc, event):
@@ -184,8 +186,8 @@ class Aggregates:
         if micros > acc[0]:
             acc[0] = micros
         for field, value in event.values.items():
-            acc[self._count_at[field]] += 1
-            at = self._numeric_at.get(field)
+            count_at, at, distinct = self._slots[field]
+            acc[count_at] += 1
             if at is not None:
                 if acc[at] is None:
                     acc[at : at + 5] = value, value, value, micros, value
@@ -197,12 +199,11 @@ class Aggregates:
                         acc[at + 2] = value
                     if (micros, value) > (acc[at + 3], acc[at + 4]):
                         acc[at + 3], acc[at + 4] = micros, value
-            at = self._distinct_at.get(field)
-            if at is not None:
-                if acc[at] is None:
-                    acc[at] = {value}
+            if distinct is not None:
+                if acc[distinct] is None:
+                    acc[distinct] = {value}
                 else:
-                    acc[at].add(value)
+                    acc[distinct].add(value)
         return acc
 
     def copy(self, acc):
