@@ -168,8 +168,7 @@ def statistics_only(path, tmp):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import feature_stats
-    from transforms.features.cleanse import CleanseTables
+    from transforms.features.cleanse import CleanseTables, batches_by_split
     from transforms.features.spec import parse_feature_spec
     from transforms.features.statistics import ComputeStatistics
     from transforms.io.deadletter import DEAD_LETTER_TAG
@@ -187,7 +186,7 @@ def statistics_only(path, tmp):
         )
         (
             cleansed.batches
-            | beam.FlatMap(feature_stats.batches_by_split, splits)
+            | beam.FlatMap(batches_by_split, splits)
             | beam.Map(lambda split_batch: (split_batch[0], split_batch[1].raw))
             | ComputeStatistics(splits, numeric, strings)
             | beam.combiners.ToList()

@@ -59,6 +59,7 @@ from transforms.features.cleanse import (
     CleanseRecords,
     CleanseTables,
     batch_of_rows,
+    batches_by_split,
 )
 from transforms.features.examples import (
     EncodeExamples,
@@ -150,14 +151,6 @@ def _count_splits(batch, counters):
     for name, count in zip(names, counts, strict=True):
         counters[name].inc(int(count))
     return batch
-
-
-def batches_by_split(batch, splits):
-    """A CleansedBatch -> (split, the batch's rows of that split) for every split it has rows of."""
-    for name in splits:
-        rows = np.flatnonzero(batch.split == name)
-        if len(rows):
-            yield name, batch.take(rows)
 
 
 def build(pipeline, options, settings, source=None):

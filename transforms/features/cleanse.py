@@ -124,6 +124,14 @@ class CleansedBatch(NamedTuple):
         )
 
 
+def batches_by_split(batch, splits):
+    """A CleansedBatch -> (split, the batch's rows of that split) for every split it has rows of."""
+    for name in splits:
+        rows = np.flatnonzero(batch.split == name)
+        if len(rows):
+            yield name, batch.take(rows)
+
+
 def _schemas(spec):
     numeric = [f.name for f in spec.inputs if f.is_numeric]
     raw = pa.schema([(f.name, pa.float64() if f.name in numeric else pa.string()) for f in spec.inputs])
