@@ -339,8 +339,7 @@ class WriteJsonLineBatches(beam.PTransform):
             )
         return (
             batches
-            | "ToJson"
-            >> beam.FlatMap(lambda rows: [rows if isinstance(rows, str) else to_json_lines(rows)] if rows else [])
+            | "ToJson" >> beam.FlatMap(_jsonl_text)
             | "Write"
             >> beam.io.WriteToText(
                 self._prefix, file_name_suffix=".jsonl", triggering_frequency=self._triggering_frequency

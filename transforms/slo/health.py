@@ -4,7 +4,7 @@
 Every output element of a pipeline, and every dead letter, is one health event (a list, as some pipelines
 emit rows in batches, is as many events as it holds). It is counted in the minute of processing time at
 which it reached the health step, with lag = that processing time - the element's event time (0 when the
-event time is ahead): its Beam timestamp, or what the pipeline's `event_seconds` reads off it where batching
+event time is ahead): its Beam timestamp, or what the pipeline's `output_event_seconds` reads off it where batching
 moved its timestamps (scoring: the publish time of the batch's oldest request). Per pipeline and
 minute, two rows (service "pipelines", journey the pipeline):
 
