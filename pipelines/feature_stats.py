@@ -56,6 +56,7 @@ from transforms.features.artifacts import SPEC_FILE, STATS_BQ_SCHEMA, read_stati
 from transforms.features.cleanse import (
     AssignStratifiedSplits,
     CleanseChunks,
+    CleansedBatch,
     CleanseRecords,
     CleanseTables,
     batch_of_rows,
@@ -146,7 +147,13 @@ def validate(options):
     return Settings(source, spec, spec_text, run_id, temp_dir)
 
 
-def _count_splits(batch, counters):
+def filled_of_split(split_batch, split):
+    """(split, CleansedBatch) -> its filled table if it is of `split`."""
+    if split_batch[0] == split:
+        yield split_batch[1].filled
+
+
+def _count_splits(batch, counters) -> CleansedBatch:
     names, counts = np.unique(batch.split.astype(str), return_counts=True)
     for name, count in zip(names, counts, strict=True):
         counters[name].inc(int(count))
@@ -195,7 +202,8 @@ def build(pipeline, options, settings, source=None):
     strings = [f.name for f in spec.inputs if f.name not in numeric]
     statistics = (
         by_split
-        | "RawBySplit" >> beam.Map(lambda split_batch: (split_batch[0], split_batch[1].raw))
+        | "RawBySplit"
+        >> beam.Map(lambda split_batch: (split_batch[0], split_batch[1].raw)).with_output_types(tuple[str, pa.Table])
         | "ComputeStatistics" >> ComputeStatistics(splits, numeric, strings)
     )
 
@@ -231,18 +239,18 @@ def build(pipeline, options, settings, source=None):
         )
 
     arrow_schema, adapter = tfxio_schema(spec), tensor_adapter_config(spec)
-    parts = by_split | "PartitionBySplit" >> beam.Partition(lambda kv, n: splits.index(kv[0]), len(splits))
-    analysis = (
-        parts[splits.index("train")]
-        | "FilledTrain" >> beam.Map(lambda kv: kv[1].filled)
-        | "AnalyzeTrain" >> beam.CombineGlobally(TrainingAnalysisFn(spec))
-    )
+    filled = {
+        name: by_split | f"Filled[{name}]" >> beam.FlatMap(filled_of_split, name).with_output_types(pa.Table)
+        for name in splits
+    }
+    analysis = filled["train"] | "AnalyzeTrain" >> beam.CombineGlobally(TrainingAnalysisFn(spec))
     transformed = {}
     compress = tfrecords.compression == "gzip"
     with tft_beam.Context(temp_dir=settings.temp_dir):
         inputs = {
-            name: part | f"RecordBatches[{name}]" >> beam.Map(lambda kv: tfxio_batch(kv[1].filled, arrow_schema))
-            for name, part in zip(splits, parts, strict=True)
+            name: filled[name]
+            | f"RecordBatches[{name}]" >> beam.Map(tfxio_batch, arrow_schema).with_output_types(pa.RecordBatch)
+            for name in splits
         }
         # tf.Transform's pass over the training rows only for what the pipeline's analysis leaves to it
         analyzed = (

@@ -4,6 +4,7 @@ deterministically by a key hash, on batches of rows (CleansedBatch)."""
 
 import hashlib
 import math
+from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from transforms.core.columnar import register_columnar
 from transforms.core.records import is_missing, record_dict
 from transforms.core.splits import assign_splits, streaming_split
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedDoFn, RecordError, make_dead_letter
@@ -99,6 +101,7 @@ class CleanseRecords(GuardedDoFn):
         yield cleansed
 
 
+@register_columnar
 class CleansedBatch(NamedTuple):
     """Cleansed rows, a column per feature: `raw` (see statistics.raw_table) and `filled` (the key column and
     every input, defaults filled and numbers clipped) are Arrow tables, `split` (a numpy array of split
@@ -124,7 +127,7 @@ class CleansedBatch(NamedTuple):
         )
 
 
-def batches_by_split(batch, splits):
+def batches_by_split(batch, splits) -> Iterator[tuple[str, CleansedBatch]]:
     """A CleansedBatch -> (split, the batch's rows of that split) for every split it has rows of."""
     for name in splits:
         rows = np.flatnonzero(batch.split == name)
@@ -252,6 +255,7 @@ def cleanse_table(table, spec, shown=None):
     return CleansedBatch(split, raw_table, filled_table, hashes), errors
 
 
+@beam.typehints.with_output_types(CleansedBatch)
 class CleanseTables(beam.DoFn):
     """Arrow tables of records -> a CleansedBatch of the rows that pass, and a dead letter per row that does
     not (the row as a dict, with the reason of `cleanse`); the split by key hash unless stratified. A
@@ -284,6 +288,7 @@ class CleanseTables(beam.DoFn):
             yield batch
 
 
+@beam.typehints.with_output_types(CleansedBatch)
 class CleanseChunks(beam.DoFn):
     """Chunks of records (record_batches.CsvChunk, JsonChunk, TfRecordChunk) -> CleansedBatches of the rows that
     pass and a dead letter per record that does not, each with the outcome the per-record path gives it: the
@@ -353,6 +358,7 @@ class CleanseChunks(beam.DoFn):
         )
 
 
+@beam.typehints.with_output_types(CleansedBatch)
 class _SplitOneStratum(beam.DoFn):
     def __init__(self, fractions):
         self._fractions = fractions

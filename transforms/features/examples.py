@@ -2,7 +2,9 @@
 through TFXIO, its transformed RecordBatches encoded as tf.train.Examples by tfx-bsl (C++), and each batch of
 encoded examples written to its TFRecord shard in one call."""
 
+import concurrent.futures
 import io
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -12,6 +14,8 @@ from apache_beam.coders import coders
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.tfrecordio import _TFRecordUtil
+
+EXAMPLES_PER_WRITE = 8192  # examples encoded and written at a time: bounds the memory of a batch's examples
 
 
 def tfxio_schema(spec):
@@ -64,22 +68,62 @@ class EncodeExamples(beam.DoFn):
         self._encoder = RecordBatchToExamplesEncoder(schema_pb2.Schema.FromString(self._schema))
 
     def process(self, batch_and_passthrough):
-        yield self._encoder.encode(batch_and_passthrough[0])
+        batch = batch_and_passthrough[0]
+        for start in range(0, batch.num_rows, EXAMPLES_PER_WRITE):
+            yield self._encoder.encode(batch.slice(start, EXAMPLES_PER_WRITE))
+
+
+class _GzipOnAThread:
+    """A file handle that gzips each write on a thread of its own, as Beam's gzip writer does (the same zlib
+    stream, so the same bytes), while the caller goes on: zlib releases the GIL, so the next batch is
+    transformed and encoded while this one is compressed. One write is in flight at a time; an error in it
+    is raised by the next write or by close."""
+
+    def __init__(self, raw):
+        self._raw, self._pending = raw, None
+        self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gzip")
+
+    def _compress(self, data):
+        self._raw.write(self._compressor.compress(data))
+
+    def _wait(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def write(self, data):
+        self._wait()
+        self._pending = self._thread.submit(self._compress, data)
+
+    def close(self):
+        try:
+            self._wait()
+            self._raw.write(self._compressor.flush())
+        finally:
+            self._thread.shutdown()
+            self._raw.close()
 
 
 class _TFRecordBatchSink(filebasedsink.FileBasedSink):
     """Beam's TFRecord sink taking a list of records per element: the same files as WriteToTFRecord's (Beam's
-    own record framing), one element and one (compressed) write per batch instead of one per record."""
+    own record framing), one element and one write per batch instead of one per record, gzipped (`gzip`) on
+    a thread beside the pipeline's."""
 
-    def __init__(self, file_path_prefix, file_name_suffix, num_shards, compression_type):
+    def __init__(self, file_path_prefix, file_name_suffix, num_shards, gzip):
         super().__init__(
             file_path_prefix,
             coders.BytesCoder(),
             file_name_suffix=file_name_suffix,
             num_shards=num_shards,
             mime_type="application/octet-stream",
-            compression_type=compression_type,
+            compression_type=CompressionTypes.UNCOMPRESSED,
         )
+        self._gzip = gzip
+
+    def open(self, temp_path):
+        raw = super().open(temp_path)
+        return _GzipOnAThread(raw) if self._gzip else raw
 
     def write_record(self, file_handle, records):
         framed = io.BytesIO()
@@ -94,12 +138,8 @@ class WriteExampleBatches(beam.PTransform):
 
     def __init__(self, file_path_prefix, num_shards, compress):
         super().__init__()
-        self._sink = _TFRecordBatchSink(
-            file_path_prefix,
-            ".tfrecord.gz" if compress else ".tfrecord",
-            num_shards,
-            CompressionTypes.GZIP if compress else CompressionTypes.UNCOMPRESSED,
-        )
+        suffix = ".tfrecord.gz" if compress else ".tfrecord"
+        self._sink = _TFRecordBatchSink(file_path_prefix, suffix, num_shards, compress)
 
     def expand(self, batches):
         return batches | "WriteBatches" >> beam.io.Write(self._sink)

@@ -352,7 +352,10 @@ class ComputeStatistics(beam.PTransform):
             parts["bins"] = (
                 batches
                 # the batches wait for the edges: held as their numeric columns only
-                | "NumericColumns" >> beam.MapTuple(lambda split, table: (split, table.select(numeric)))
+                | "NumericColumns"
+                >> beam.MapTuple(lambda split, table: (split, table.select(numeric))).with_output_types(
+                    tuple[str, pa.Table]
+                )
                 | "HistogramBins" >> beam.FlatMap(_histogram_counts, beam.pvalue.AsDict(edges))
                 | "AddBins" >> beam.CombinePerKey(_add_counts)
             )

@@ -21,6 +21,7 @@ import pyarrow.csv as pcsv
 from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.metrics import Metrics
 
+import transforms.core.columnar  # noqa: F401 - the coder of pa.Table
 from transforms.core.records import MAX_RECORD_BYTES, SerializedExample, is_missing, record_dict
 from transforms.io.deadletter import RecordError
 from transforms.io.sources import BATCH_BYTES, BatchRecords, Input, ReadRecords, claimed_line_batches, detect_format
@@ -237,7 +238,9 @@ class ReadRecordBatches(beam.PTransform):
     def expand(self, pbegin):
         fmt = self._format
         if fmt == "parquet":
-            read = pbegin | "ReadParquetBatched" >> beam.io.ReadFromParquetBatched(self._pattern)
+            read = pbegin | "ReadParquetBatched" >> beam.io.ReadFromParquetBatched(self._pattern).with_output_types(
+                pa.Table
+            )
         elif fmt == "csv":
             read = pbegin | "ReadCsvChunks" >> beam.io.Read(CsvChunkSource(self._pattern))
         elif fmt == "jsonl":
@@ -253,4 +256,5 @@ class ReadRecordBatches(beam.PTransform):
                 | "BatchTfRecords" >> BatchRecords()
                 | "AsTfRecordChunks" >> beam.Map(TfRecordChunk)
             )
-        return read | "CountRecordsIn" >> beam.Map(_count_rows, Metrics.counter(self._pipeline, "records_in"))
+        counter = Metrics.counter(self._pipeline, "records_in")
+        return read | "CountRecordsIn" >> beam.Map(_count_rows, counter).with_output_types(read.element_type)
