@@ -1,10 +1,12 @@
 """How the columnar feature pipeline moves and writes its batches: ColumnarCoder (pickle, with the size taken
-from the buffers instead of a pickled copy), the examples encoded a slice at a time, and the gzip of the
-TFRecords compressed on a thread: the same bytes as Beam's own gzip writer for the same writes."""
+from the buffers instead of a pickled copy, one-value list columns as their values), the examples encoded a
+slice at a time, and the TFRecords' gzip: each slice a gzip member, compressed on threads as Beam's gzip
+writer compresses, written in order, read back as one stream."""
 
 import gzip
 import io
 import pickle
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -31,19 +33,36 @@ class _Closing(io.BytesIO):
         super().close()
 
 
+def _members(data):
+    """A gzip file's members, decompressed one by one."""
+    members = []
+    while data:
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        members.append(member.decompress(data))
+        assert member.eof, "a member is cut short"
+        data = member.unused_data
+    return members
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.binary(max_size=3000), max_size=12))
-def test_gzip_on_a_thread_writes_what_beams_gzip_writer_writes(chunks):
-    ours, beams = _Closing(), _Closing()
-    threaded = examples._GzipOnAThread(ours)
-    reference = CompressedFile(beams, CompressionTypes.GZIP)
+@given(st.lists(st.binary(max_size=3000), max_size=12), st.integers(1, 3))
+def test_each_write_is_a_gzip_member_in_order(chunks, threads):
+    raw = _Closing()
+    writer = examples._GzipMembers(raw, threads)
     for chunk in chunks:
-        threaded.write(chunk)
-        reference.write(chunk)
-    threaded.close()
+        writer.write(chunk)
+    writer.close()
+    assert _members(raw.kept) == chunks
+    assert gzip.decompress(raw.kept) == b"".join(chunks)  # one stream to a gzip reader
+
+
+def test_a_member_is_compressed_as_beams_gzip_writer_compresses():
+    data = b"".join(f"record {i} {i * i}".encode() for i in range(20_000))
+    beams = _Closing()
+    reference = CompressedFile(beams, CompressionTypes.GZIP)
+    reference.write(data)
     reference.close()
-    assert ours.kept == beams.kept
-    assert gzip.decompress(ours.kept) == b"".join(chunks)
+    assert examples.gzip_member(data) == beams.kept
 
 
 class _FailingFile(_Closing):
@@ -51,12 +70,13 @@ class _FailingFile(_Closing):
         raise OSError("disk full")
 
 
-def test_a_failed_compressed_write_is_raised_and_the_file_closed():
+def test_a_failed_write_is_raised_and_the_file_closed():
     raw = _FailingFile()
-    writer = examples._GzipOnAThread(raw)
-    writer.write(b"x" * 100_000)  # fails on the thread...
-    with pytest.raises(OSError, match="disk full"):
-        writer.close()  # ...and is raised here
+    writer = examples._GzipMembers(raw, 1)
+    with pytest.raises(OSError, match="disk full"):  # by the write, or by close if still compressing
+        writer.write(b"x" * 100_000)
+        writer.close()
+    writer.close()  # nothing left to write: the file is closed
     assert raw.closed
 
 

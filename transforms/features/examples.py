@@ -2,8 +2,10 @@
 through TFXIO, its transformed RecordBatches encoded as tf.train.Examples by tfx-bsl (C++), and each batch of
 encoded examples written to its TFRecord shard in one call."""
 
+import collections
 import concurrent.futures
 import io
+import os
 import zlib
 
 import apache_beam as beam
@@ -73,42 +75,43 @@ class EncodeExamples(beam.DoFn):
             yield self._encoder.encode(batch.slice(start, EXAMPLES_PER_WRITE))
 
 
-class _GzipOnAThread:
-    """A file handle that gzips each write on a thread of its own, as Beam's gzip writer does (the same zlib
-    stream, so the same bytes), while the caller goes on: zlib releases the GIL, so the next batch is
-    transformed and encoded while this one is compressed. One write is in flight at a time; an error in it
-    is raised by the next write or by close."""
+GZIP_THREADS = min(4, os.cpu_count() or 1)
 
-    def __init__(self, raw):
-        self._raw, self._pending = raw, None
-        self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gzip")
 
-    def _compress(self, data):
-        self._raw.write(self._compressor.compress(data))
+def gzip_member(data):
+    """`data` as one gzip member (RFC 1952), compressed as Beam's gzip writer compresses (zlib's default level)."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
 
-    def _wait(self):
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+
+class _GzipMembers:
+    """A file handle that makes each write a gzip member of its own, compressed on a pool of threads while the
+    caller goes on (zlib releases Python's lock), and writes the members in order. A gzip file is a series of
+    members: gunzip, Python's gzip, Beam's and TensorFlow's GZIP readers read it as one stream. At most
+    `threads` writes are in flight; an error in one is raised by a later write or by close."""
+
+    def __init__(self, raw, threads=GZIP_THREADS):
+        self._raw, self._limit, self._pending = raw, threads, collections.deque()
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="gzip")
 
     def write(self, data):
-        self._wait()
-        self._pending = self._thread.submit(self._compress, data)
+        self._pending.append(self._pool.submit(gzip_member, data))
+        while len(self._pending) > self._limit or (self._pending and self._pending[0].done()):
+            self._raw.write(self._pending.popleft().result())
 
     def close(self):
         try:
-            self._wait()
-            self._raw.write(self._compressor.flush())
+            while self._pending:
+                self._raw.write(self._pending.popleft().result())
         finally:
-            self._thread.shutdown()
+            self._pool.shutdown(cancel_futures=True)
             self._raw.close()
 
 
 class _TFRecordBatchSink(filebasedsink.FileBasedSink):
-    """Beam's TFRecord sink taking a list of records per element: the same files as WriteToTFRecord's (Beam's
-    own record framing), one element and one write per batch instead of one per record, gzipped (`gzip`) on
-    a thread beside the pipeline's."""
+    """Beam's TFRecord sink taking a list of records per element: the same records as WriteToTFRecord's (Beam's
+    own record framing), one element and one write per batch instead of one per record, each batch a gzip
+    member (`gzip`) compressed beside the pipeline's thread."""
 
     def __init__(self, file_path_prefix, file_name_suffix, num_shards, gzip):
         super().__init__(
@@ -123,7 +126,7 @@ class _TFRecordBatchSink(filebasedsink.FileBasedSink):
 
     def open(self, temp_path):
         raw = super().open(temp_path)
-        return _GzipOnAThread(raw) if self._gzip else raw
+        return _GzipMembers(raw) if self._gzip else raw
 
     def write_record(self, file_handle, records):
         framed = io.BytesIO()
