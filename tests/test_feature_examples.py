@@ -29,7 +29,8 @@ class _Closing(io.BytesIO):
     mode = "wb"
 
     def close(self):
-        self.kept = self.getvalue()
+        if not self.closed:
+            self.kept = self.getvalue()
         super().close()
 
 
