@@ -1,7 +1,7 @@
 """How the columnar feature pipeline moves and writes its batches: ColumnarCoder (pickle, with the size taken
 from the buffers instead of a pickled copy, one-value list columns as their values), the examples encoded a
-slice at a time, and the TFRecords' gzip: each slice a gzip member, compressed on threads as Beam's gzip
-writer compresses, written in order, read back as one stream."""
+slice at a time, and the TFRecords' gzip: each slice a gzip member, compressed on threads at the level of
+Beam's gzip writer, written in order, read back as one stream."""
 
 import gzip
 import io
@@ -57,13 +57,16 @@ def test_each_write_is_a_gzip_member_in_order(chunks, threads):
     assert gzip.decompress(raw.kept) == b"".join(chunks)  # one stream to a gzip reader
 
 
-def test_a_member_is_compressed_as_beams_gzip_writer_compresses():
-    data = b"".join(f"record {i} {i * i}".encode() for i in range(20_000))
+def test_a_member_is_about_the_size_of_beams_gzip():
+    rng = np.random.default_rng(0)
+    data = b"".join(f"record {i} {x:.6f}".encode() for i, x in enumerate(rng.normal(size=50_000)))
     beams = _Closing()
-    reference = CompressedFile(beams, CompressionTypes.GZIP)
+    reference = CompressedFile(beams, CompressionTypes.GZIP)  # Beam's gzip writer, zlib's default level
     reference.write(data)
     reference.close()
-    assert examples.gzip_member(data) == beams.kept
+    member = examples.gzip_member(data)
+    assert _members(member) == [data]
+    assert len(beams.kept) < len(member) < 1.1 * len(beams.kept)
 
 
 class _FailingFile(_Closing):
