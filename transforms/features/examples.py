@@ -1,6 +1,6 @@
 """tf.Transform's side of the columnar pipeline: cleansed batches as the Arrow RecordBatches it reads
-through TFXIO, its transformed RecordBatches encoded as tf.train.Examples by tfx-bsl (C++), and each batch of
-encoded examples written to its TFRecord shard in one call."""
+through TFXIO, its transformed RecordBatches encoded as tf.train.Examples by tfx-bsl (C++) a slice at a time,
+and each slice written to its TFRecord shard in one call, gzipped as a member of its own on a pool of threads."""
 
 import collections
 import concurrent.futures
