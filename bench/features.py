@@ -168,7 +168,7 @@ def statistics_only(path, tmp):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.features.cleanse import CleanseTables, batches_by_split
+    from transforms.features.cleanse import CleanseTables, batches_by_split, raw_of_split
     from transforms.features.spec import parse_feature_spec
     from transforms.features.statistics import ComputeStatistics
     from transforms.io.deadletter import DEAD_LETTER_TAG
@@ -187,7 +187,7 @@ def statistics_only(path, tmp):
         (
             cleansed.batches
             | beam.FlatMap(batches_by_split, splits)
-            | beam.Map(lambda split_batch: (split_batch[0], split_batch[1].raw))
+            | beam.Map(raw_of_split)
             | ComputeStatistics(splits, numeric, strings)
             | beam.combiners.ToList()
             | beam.Map(json.dumps)

@@ -61,6 +61,7 @@ from transforms.features.cleanse import (
     CleanseTables,
     batch_of_rows,
     batches_by_split,
+    raw_of_split,
 )
 from transforms.features.examples import (
     EncodeExamples,
@@ -202,8 +203,7 @@ def build(pipeline, options, settings, source=None):
     strings = [f.name for f in spec.inputs if f.name not in numeric]
     statistics = (
         by_split
-        | "RawBySplit"
-        >> beam.Map(lambda split_batch: (split_batch[0], split_batch[1].raw)).with_output_types(tuple[str, pa.Table])
+        | "RawBySplit" >> beam.Map(raw_of_split)
         | "ComputeStatistics" >> ComputeStatistics(splits, numeric, strings)
     )
 

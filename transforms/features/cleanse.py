@@ -135,6 +135,11 @@ def batches_by_split(batch, splits) -> Iterator[tuple[str, CleansedBatch]]:
             yield name, batch.take(rows)
 
 
+def raw_of_split(split_batch) -> tuple[str, pa.Table]:
+    """(split, CleansedBatch) -> (split, its raw table): what the statistics take."""
+    return split_batch[0], split_batch[1].raw
+
+
 def _schemas(spec):
     numeric = [f.name for f in spec.inputs if f.is_numeric]
     raw = pa.schema([(f.name, pa.float64() if f.name in numeric else pa.string()) for f in spec.inputs])

@@ -492,7 +492,8 @@ class FormatFeatureRows(beam.DoFn):
         for name, starts, acc in runs:
             size, step, readers = self._windows[name]
             if self._json_lines:
-                self._add_lines(rows, head, name, size, step, starts, [read(acc) for _, read in readers])
+                values = [read(acc) for _, read in readers]
+                self._add_lines(rows, head, name, size, step, starts, values, timing, index)
             else:
                 features = [{"name": f, "value": read(acc)} for f, read in readers]  # shared by the run
                 self._add_rows(rows, entity, name, size, step, starts, features, timing, index)
@@ -527,7 +528,7 @@ class FormatFeatureRows(beam.DoFn):
                 }
             )
 
-    def _add_lines(self, lines, head, name, size, step, starts, values):
+    def _add_lines(self, lines, head, name, size, step, starts, values, timing, index):
         """The JSON lines of `_add_rows`' rows of a backfill (keys in to_json_line's sorted order): `head`
         (the entity's), the features (the window's names around its values' JSON, in one orjson call), the
         end of the line (per window start)."""
@@ -539,7 +540,7 @@ class FormatFeatureRows(beam.DoFn):
             if tail is None:
                 window_start, time_index, valid_until = (_iso(t) for t in (start, start + size, start + size + step))
                 tail = cached[start] = (
-                    f',"pane_index":0,"pane_timing":"ON_TIME","time_index":{to_json_line(time_index)},'
+                    f',"pane_index":{index},"pane_timing":{to_json_line(timing)},"time_index":{to_json_line(time_index)},'
                     f'"valid_until":{to_json_line(valid_until)},"window":{to_json_line(name)},'
                     f'"window_start":{to_json_line(window_start)}}}'
                 )
