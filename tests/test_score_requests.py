@@ -26,6 +26,7 @@ from transforms.scoring.model import (
     InputSpec,
     ScoringRequest,
     check_image_scale,
+    json_encoder,
     prediction_row,
     prediction_rows,
     prepare_example,
@@ -356,3 +357,34 @@ def test_rows_of_a_batch_equal_rows_one_by_one(count, shape, dtype, data):
     assert repr(rows) == repr(one_by_one)
     for row, i in zip(rows, [i for i in range(count) if i not in failed], strict=True):
         assert row["outputs"] == json.dumps({"scores": outputs["scores"][i].tolist()})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(json_values, st.binary(max_size=4), st.dictionaries(st.text(max_size=2), st.binary(max_size=2))))
+def test_the_reused_json_encoders_give_json_dumps_text(value):
+    """Arbitrary values (NaN, infinities, integers past 64 bits, non-ASCII and control characters, bytes
+    written by `default=str`): the encoders made once give json.dumps' text."""
+    assert json_encoder(sort_keys=True, default=str)(value) == json.dumps(value, sort_keys=True, default=str)
+    try:
+        expected = json.dumps(value)
+    except TypeError:  # bytes, without `default`
+        with pytest.raises(TypeError):
+            json_encoder()(value)
+    else:
+        assert json_encoder()(value) == expected
+
+
+def test_a_content_key_is_the_md5_of_the_inputs_canonical_json():
+    """The content key (the serving cache's row key) stays what it was: MD5 of the model inputs' json.dumps
+    text with sorted keys, whatever the order of the request's features."""
+    record = {"id": "r", "features": {"history": [1, 2.5, 3e-7], "other": "x", "age": 41.5}}
+    _, key, _ = prepare_example(record, TABULAR_MODEL)
+    expected = hashlib.md5(json.dumps({"age": 41.5, "history": [1, 2.5, 3e-7]}, sort_keys=True).encode())
+    assert key == expected.hexdigest()

@@ -23,8 +23,30 @@ MAX_REQUEST_ID_CHARS = 1024
 
 IMAGE_SCALES = ("auto", "0_1", "0_255", "-1_1", "none")  # --image_scale: see pixel_values
 
-_JSON = json.JSONEncoder()  # json.dumps' defaults, built once
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, default=str)  # of the content key
+
+def json_encoder(**options):
+    """A function giving the text `json.JSONEncoder(**options).encode` gives, from a C encoder made once
+    (`encode` makes one per call: most of the cost of a small value). It skips the circular-reference check:
+    a value decoded from JSON cannot hold itself, and one that does raises RecursionError, a dead letter."""
+    encoder = json.JSONEncoder(**options)
+    if json.encoder.c_make_encoder is None:  # a Python without json's C accelerator
+        return encoder.encode
+    chunks = json.encoder.c_make_encoder(
+        None,
+        encoder.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_json = json_encoder()  # json.dumps' text
+_canonical_json = json_encoder(sort_keys=True, default=str)  # of the content key
 
 
 class InputSpec(NamedTuple):
@@ -407,7 +429,7 @@ def prepare_example(
                 "bad_feature", f"feature '{spec.name}' has shape {value.shape}, the model takes {spec.shape}"
             )
         example[spec.name] = value
-    canonical = _CANONICAL_JSON.encode({s.name: features[s.name] for s in inputs})
+    canonical = _canonical_json({s.name: features[s.name] for s in inputs})
     return request_id, hashlib.md5(canonical.encode()).hexdigest(), example
 
 
@@ -436,7 +458,7 @@ def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=
     scored_at = scored_at or time.time()
     at = datetime.datetime.fromtimestamp(scored_at, datetime.UTC).isoformat()
     names = sorted(outputs)
-    columns = [(f"{_JSON.encode(name)}: ", np.asarray(outputs[name]).tolist()) for name in names]
+    columns = [(f"{_json(name)}: ", np.asarray(outputs[name]).tolist()) for name in names]
     top = [[] for _ in requests]
     if len(names) == 1 and labels is not None and requests:
         scores = np.asarray(outputs[names[0]], dtype=np.float64).reshape(len(requests), -1)
@@ -455,7 +477,7 @@ def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=
                 "instance_index": request.instance_index,
                 "model_version": version,
                 "content_key": request.content_key,
-                "outputs": "{" + ", ".join(key + _JSON.encode(values[i]) for key, values in columns) + "}",
+                "outputs": "{" + ", ".join(key + _json(values[i]) for key, values in columns) + "}",
                 "top_k": top[i],
                 "scored_at": at,
                 "latency_ms": round((scored_at - request.received_at) * 1000, 3),

@@ -45,9 +45,9 @@ def envelope_instances(record, max_instances, signature):
     "row" format), `inputs` (the "columnar" format: {input: [one value per instance]}, or a list for a
     one-input model) or `examples` (the classify/regress API, each merged over `context`). A body that is
     unusable as a whole raises RecordError."""
-    keys = [key for key in ENVELOPE_KEYS if key in record]
-    if not keys:
+    if record.keys().isdisjoint(ENVELOPE_KEYS):  # a plain request, most are: no list built
         return None
+    keys = [key for key in ENVELOPE_KEYS if key in record]
     if len(keys) > 1:
         raise RecordError("bad_field", f"the body has {keys}: send one of 'instances', 'inputs' or 'examples'")
     key, instances = keys[0], record[keys[0]]
