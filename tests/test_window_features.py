@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import statistics
+import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -34,10 +35,11 @@ from transforms.window_features.aggregate import (
     ParseEvents,
     WindowAggregatesFn,
     WindowBuckets,
+    entity_buckets_of_shard,
     lookup_features,
-    merge_entity_buckets,
     parse_event,
 )
+from transforms.window_features.columns import ENTITY_SHARDS, BucketColumns
 from transforms.window_features.spec import WindowFeatureSpec, load_window_spec
 
 SAMPLE_LINES = Path(window_features.SAMPLE_EVENTS).read_text().splitlines()
@@ -58,6 +60,21 @@ T0 = 1795341600  # 2026-11-22T10:00:00Z, a window boundary
 
 def _iso(seconds):
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
+
+
+def _buckets(spec, *batches):
+    """{entity: {(bucket width, start): Aggregates list}} of lists of events, as a backfill gets them: each
+    batch reduced in columns and cut per entity shard, the partials grouped per shard and merged there."""
+    widths, shards = WindowBuckets(spec, Aggregates(spec)).widths, {}
+    for events in batches:
+        if events:
+            for shard, partial in BucketColumns.of_events(events, spec, widths).by_shard():
+                shards.setdefault(shard, []).append(partial)
+    return {
+        entity: buckets
+        for shard, parts in shards.items()
+        for entity, buckets in entity_buckets_of_shard((shard, parts), spec)
+    }
 
 
 def row_values(rows):
@@ -158,12 +175,12 @@ def test_integer_amounts_near_the_float_limit_sum_to_infinity_not_an_error():
     aggregates = Aggregates(SPEC)
     event = parse_event({"card_id": "c", "event_time": T0, "amount": 2**1023 - 1}, SPEC)
     assert event.values["amount"] == float(2**1023 - 1)
-    acc = aggregates.add_event(aggregates.of_event(event), event)
+    [acc] = _buckets(SPEC, [event, event])["c"].values()
     assert aggregates.value(acc, "amount", "sum") == math.inf
     assert aggregates.value(acc, "amount", "max") == float(2**1023 - 1)
 
 
-def test_accumulator_one_merged_and_event_by_event_against_the_standard_library():
+def test_accumulator_in_columns_merged_and_shuffled_against_the_standard_library():
     events = [
         Event("c", (T0 + i) * 10**6, {"amount": a, "merchant": m})
         for i, (a, m) in enumerate([(5.0, "x"), (1.5, "y"), (9.25, "x"), (2.0, "z"), (7.0, "y")])
@@ -171,17 +188,11 @@ def test_accumulator_one_merged_and_event_by_event_against_the_standard_library(
     events.append(Event("c", (T0 + 10) * 10**6, {"merchant": "w"}))  # no amount
     events.append(Event("c", (T0 + 2) * 10**6, {"amount": 3.0}))  # out of order, same time as 9.25
     aggregates = Aggregates(SPEC)
-    one = aggregates.empty()
-    for e in events:
-        aggregates.merge(one, aggregates.of_event(e))
-    parts = [aggregates.empty(), aggregates.empty(), aggregates.empty()]
-    for i, e in enumerate(events):
-        aggregates.merge(parts[i % 3], aggregates.of_event(e))
+    one = _buckets(SPEC, events)["c"][(60, T0)]  # the events reduced in columns, one batch
+    parts = [_buckets(SPEC, events[i::3])["c"][(60, T0)] for i in range(3)]  # three batches, as Aggregates
     combine = WindowAggregatesFn(aggregates)  # merged, then merged with an empty accumulator
     merged = combine.merge_accumulators([parts[2], parts[0], combine.create_accumulator(), parts[1]])
-    by_event = aggregates.of_event(events[0])  # event by event, as WindowBuckets adds them
-    for e in events[1:]:
-        aggregates.add_event(by_event, e)
+    shuffled = _buckets(SPEC, events[::2], events[1::2])["c"][(60, T0)]  # two columnar partials merged
     amounts = [5.0, 1.5, 9.25, 2.0, 7.0, 3.0]
     expected = {
         ("amount", "count"): 6,
@@ -193,7 +204,7 @@ def test_accumulator_one_merged_and_event_by_event_against_the_standard_library(
         ("merchant", "count"): 6,
         ("merchant", "distinct_count"): 4,
     }
-    assert by_event == one
+    assert shuffled == one
     for acc in (one, merged):
         assert {k: aggregates.value(acc, *k) for k in expected} == pytest.approx(expected)
         assert acc[0] == (T0 + 10) * 10**6  # the latest event, which stamps a streaming partial
@@ -236,21 +247,21 @@ def _merged_outputs(outputs, by_entity):
         if isinstance(out, beam.pvalue.TaggedOutput):
             dead.append({k: v for k, v in out.value.items() if k != "failed_at"})
             continue
+        windows = {}
         if by_entity:
-            entity, buckets = out
-            assert isinstance(entity, str)
-            windows = {
-                (name, start): acc
-                for name, starts, acc in WindowBuckets(SPEC, aggregates).windows(buckets)
-                for start in starts
-            }
+            shard, columns = out
+            for entity, buckets in entity_buckets_of_shard((shard, [columns]), SPEC):
+                assert isinstance(entity, str) and shard == zlib.crc32(entity.encode()) % ENTITY_SHARDS
+                for name, starts, acc in WindowBuckets(SPEC, aggregates).windows(buckets):
+                    for start in starts:
+                        assert (entity, name, start) not in windows
+                        windows[(entity, name, start)] = acc
         else:
             assert isinstance(out, TimestampedValue) and out.timestamp.micros == out.value[1][0]
             (entity, name, start), acc = out.value
             assert start <= out.timestamp.micros / 10**6 < start + {"1m": 60, "2m": 120}[name]
-            windows = {(name, start): acc}
-        for (name, start), acc in windows.items():
-            key = (entity, name, start)
+            windows[(entity, name, start)] = acc
+        for key, acc in windows.items():
             merged[key] = aggregates.merge(merged.get(key, aggregates.empty()), acc)
     return merged, dead
 
@@ -269,10 +280,11 @@ def test_a_batch_gives_what_its_records_give_one_by_one(records, by_entity):
 def test_partials_of_an_entity_merge_per_window():
     aggregates = Aggregates(SPEC)
     step = ParseEvents(SPEC, "window_features", by_entity=True)
-    first = dict(step.handle({"card_id": "c", "event_time": T0 + 30, "amount": 2}))
-    second = dict(step.handle({"card_id": "c", "event_time": T0 + 90, "amount": 5}))
-    buckets = merge_entity_buckets(aggregates, [first["c"], second["c"]])
-    assert sorted(buckets) == [(60, T0), (60, T0 + 60)]  # both windows are whole minutes: one bucket a minute
+    first = list(step.handle({"card_id": "c", "event_time": T0 + 30, "amount": 2}))
+    second = list(step.handle({"card_id": "c", "event_time": T0 + 90, "amount": 5}))
+    assert len(first) == len(second) == 1 and first[0][0] == second[0][0]  # one shard, the entity's
+    [(entity, buckets)] = entity_buckets_of_shard((first[0][0], [first[0][1], second[0][1]]), SPEC)
+    assert entity == "c" and sorted(buckets) == [(60, T0), (60, T0 + 60)]  # whole minutes: a bucket a minute
     merged = {
         (name, start): acc for name, starts, acc in WindowBuckets(SPEC, aggregates).windows(buckets) for start in starts
     }
@@ -298,47 +310,47 @@ _BUCKET_SPEC = WindowFeatureSpec.model_validate(
 @given(
     st.lists(
         st.tuples(
+            st.sampled_from([f"card-{i}" for i in range(40)]),  # spread over many of the 256 shards
             st.integers(-4_000_000, 4_000_000),  # milliseconds from T0
             st.one_of(st.none(), st.integers(-50, 50).map(float)),
             st.one_of(st.none(), st.sampled_from("xyz")),
         ),
-        max_size=25,
+        max_size=40,
     ),
     st.integers(1, 4),
 )
 def test_windows_from_buckets_are_the_windows_of_each_event(events, parts):
-    """Events merged into buckets (in `parts` partial tables, merged as after the shuffle) give exactly the
-    windows and values of the oracle, which adds each event to every window holding it; the windows include
-    sliding ones whose size is no multiple of their period (buckets of gcd(size, period))."""
+    """Events of many entities reduced into buckets (in `parts` batches, cut per entity shard and merged as
+    after the shuffle) give exactly the windows and values of the oracle, which adds each event to every
+    window holding it; the windows include sliding ones whose size is no multiple of their period (buckets
+    of gcd(size, period))."""
     aggregates, windowing = Aggregates(_BUCKET_SPEC), WindowBuckets(_BUCKET_SPEC, Aggregates(_BUCKET_SPEC))
-    tables = [{} for _ in range(parts)]
-    for i, (ms, amount, merchant) in enumerate(events):
+    batches = [[] for _ in range(parts)]
+    for i, (entity, ms, amount, merchant) in enumerate(events):
         values = {k: v for k, v in (("amount", amount), ("merchant", merchant)) if v is not None}
-        event = Event("c", (T0 * 1000 + ms) * 1000, values)
-        windowing.add(tables[i % parts], event)
-    buckets = merge_entity_buckets(aggregates, tables)
+        batches[i % parts].append(Event(entity, (T0 * 1000 + ms) * 1000, values))
     actual = {}
-    for name, start, acc in [
-        (name, start, acc) for name, starts, acc in windowing.windows(buckets) for start in starts
-    ]:
-        size = dict((n, s) for n, s, _ in _BUCKET_WINDOWS)[name]
-        assert ("c", name, start + size) not in actual
-        actual[("c", name, start + size)] = {
-            feature: aggregates.value(acc, field, agg)
-            for feature, field, agg in _BUCKET_SPEC.aggregations_in(
-                next(w for w in _BUCKET_SPEC.windows if w.name == name)
-            )
-        }
+    for entity, buckets in _buckets(_BUCKET_SPEC, *batches).items():
+        for name, starts, acc in windowing.windows(buckets):
+            size = dict((n, s) for n, s, _ in _BUCKET_WINDOWS)[name]
+            for start in starts:
+                assert (entity, name, start + size) not in actual
+                actual[(entity, name, start + size)] = {
+                    feature: aggregates.value(acc, field, agg)
+                    for feature, field, agg in _BUCKET_SPEC.aggregations_in(
+                        next(w for w in _BUCKET_SPEC.windows if w.name == name)
+                    )
+                }
     expected = {}  # each event added to every window holding it (EventWindow.starts), values as the oracle's
     for w in _BUCKET_SPEC.windows:
         groups = {}
-        for ms, amount, merchant in events:
+        for entity, ms, amount, merchant in events:
             for start in w.starts(T0 + ms / 1000):
-                groups.setdefault(start, []).append((T0 * 1000 + ms, amount, merchant))
-        for start, members in groups.items():
+                groups.setdefault((entity, start), []).append((T0 * 1000 + ms, amount, merchant))
+        for (entity, start), members in groups.items():
             amounts = sorted((t, a) for t, a, _ in members if a is not None)
             values = [a for _, a in amounts]
-            expected[("c", w.name, start + w.size)] = {
+            expected[(entity, w.name, start + w.size)] = {
                 f"amount_count_{w.name}": len(values),
                 f"amount_sum_{w.name}": math.fsum(values),
                 f"amount_mean_{w.name}": statistics.fmean(values) if values else None,
@@ -365,11 +377,12 @@ def test_windows_from_buckets_are_the_windows_of_each_event(events, parts):
 def test_backfill_json_lines_are_the_json_of_the_rows(entity, events):
     """FormatFeatureRows' JSON lines (a backfill writing files only) are what to_json_lines gives for its
     rows, byte for byte: sums that overflow to infinity (null) and any entity text included."""
-    aggregates, windowing = Aggregates(_BUCKET_SPEC), WindowBuckets(_BUCKET_SPEC, Aggregates(_BUCKET_SPEC))
-    buckets = {}
-    for ms, amount, merchant in events:
-        values = {k: v for k, v in (("amount", amount), ("merchant", merchant)) if v is not None}
-        windowing.add(buckets, Event(entity, (T0 * 1000 + ms) * 1000, values))
+    aggregates = Aggregates(_BUCKET_SPEC)
+    events = [
+        Event(entity, (T0 * 1000 + ms) * 1000, {k: v for k, v in (("amount", a), ("merchant", m)) if v is not None})
+        for ms, a, m in events
+    ]
+    buckets = _buckets(_BUCKET_SPEC, events).get(entity, {})
     outputs = []
     for json_lines in (False, True):
         fn = FormatFeatureRows(_BUCKET_SPEC, True, "window_features", json_lines)

@@ -13,9 +13,11 @@ Batches of events (dicts, JSON text or Pub/Sub messages) -> per entity, window s
   pane_timing, pane_index, emitted_at   as in the SLI rows: readers take the highest pane_index
                 (emitted_at: when the bundle that formatted the row started)
 
-Each batch is parsed in one call (ParseEvents) and its events merged, before anything is shuffled, into
-one partial `Aggregates` list per entity and time bucket (`WindowBuckets`: a bucket is gcd(size, period)
-seconds, so each window is a whole number of buckets); a window's aggregates are the merge of its buckets.
+Each batch is parsed in one call (ParseEvents) and its events reduced, before anything is shuffled, to one
+partial per entity and time bucket, in numpy columns (`columns.BucketColumns`; a bucket is gcd(size,
+period) seconds, so each window is a whole number of buckets). A backfill shuffles those columns per entity
+shard and reduces them again; each entity's buckets then become `Aggregates` lists, and a window's
+aggregates are the merge of its buckets (`WindowBuckets`).
 
 Bigtable online store: row key = entity, one column per feature (family "features"), cell timestamp =
 window end, every version kept until the column family's max age; `lookup_features` reads them back.
@@ -45,6 +47,7 @@ from transforms.core.records import (
 )
 from transforms.io.deadletter import DEAD_LETTER_TAG, GuardedBatchDoFn, RecordError, payload_and_attributes
 from transforms.io.sinks import to_json_line
+from transforms.window_features.columns import BucketColumns
 
 BIGTABLE_COLUMN_FAMILY = "features"
 MAX_ENTITY_BYTES = 4096  # the online store's row key is the entity
@@ -166,46 +169,6 @@ class Aggregates:
     def empty(self):
         return self._empty.copy()
 
-    def of_event(self, event):
-        """The list of one event."""
-        acc = self._empty.copy()
-        micros = acc[0] = event.micros
-        for field, value in event.values.items():
-            count_at, numbers, distinct = self._slots[field]
-            acc[count_at] = 1
-            if numbers is not None:
-                acc[numbers : numbers + 5] = value, value, value, micros, value
-            if distinct is not None:
-                acc[distinct] = {value}
-        return acc
-
-    def add_event(self, acc, event):
-        """Folds one event into `acc` (which owns its sets, as for `merge`): what merge(acc, of_event(event))
-        gives, without building the event's own list."""
-        micros = event.micros
-        if micros > acc[0]:
-            acc[0] = micros
-        for field, value in event.values.items():
-            count_at, at, distinct = self._slots[field]
-            acc[count_at] += 1
-            if at is not None:
-                if acc[at] is None:
-                    acc[at : at + 5] = value, value, value, micros, value
-                else:
-                    acc[at] += value
-                    if value < acc[at + 1]:
-                        acc[at + 1] = value
-                    if value > acc[at + 2]:
-                        acc[at + 2] = value
-                    if (micros, value) > (acc[at + 3], acc[at + 4]):
-                        acc[at + 3], acc[at + 4] = micros, value
-            if distinct is not None:
-                if acc[distinct] is None:
-                    acc[distinct] = {value}
-                else:
-                    acc[distinct].add(value)
-        return acc
-
     def copy(self, acc):
         """A list of its own (its sets copied), which `merge` may change."""
         acc = acc.copy()
@@ -293,18 +256,7 @@ class WindowBuckets:
     def __init__(self, spec, aggregates):
         self._aggregates = aggregates
         self._windows = [(w.name, w.size, w.step, math.gcd(w.size, w.step)) for w in spec.windows]
-        self._widths = sorted({width for *_, width in self._windows})
-
-    def add(self, buckets, event):
-        """Adds an Event to `buckets` {(width, bucket start seconds): Aggregates list}, one bucket per width."""
-        seconds, aggregates = event.micros // 1_000_000, self._aggregates
-        for width in self._widths:
-            key = (width, seconds // width * width)
-            acc = buckets.get(key)
-            if acc is None:
-                buckets[key] = aggregates.of_event(event)
-            else:
-                aggregates.add_event(acc, event)
+        self.widths = sorted({width for *_, width in self._windows})
 
     def windows(self, buckets):
         """(window name, starts, Aggregates list) of the windows holding events of `buckets`, in order of the
@@ -348,72 +300,56 @@ class WindowBuckets:
 
 
 class ParseEvents(GuardedBatchDoFn):
-    """A batch of raw records -> the partial Aggregates of its events, and a dead letter with the reason per
-    bad record. `by_entity` (a backfill): one (entity, {(bucket width, bucket start): Aggregates list}) per
-    entity of the batch (WindowBuckets); else (streaming) one ((entity, window name, window start),
-    Aggregates list) per window, timestamped with its latest event, so that Beam windows it by the key
-    (WindowFromKey). One record (`handle`) gives the lists of its own event; a batch gives those of its
-    records merged."""
+    """A batch of raw records -> the partial aggregates of its events, and a dead letter with the reason per
+    bad record. The events of a batch are reduced together in columns (`BucketColumns`: one row per entity
+    and time bucket). `by_entity` (a backfill): one (shard, BucketColumns) per entity shard of the batch;
+    else (streaming) one ((entity, window name, window start), Aggregates list) per window, timestamped
+    with its latest event, so that Beam windows it by the key (WindowFromKey). One record (`handle`) gives
+    the partials of its own event."""
 
     STEP = "ParseEvents"
 
     def __init__(self, spec, pipeline_name, by_entity):
         super().__init__(pipeline_name)
         self._spec, self._by_entity = spec, by_entity
-        self._aggregates = Aggregates(spec)
-        self._buckets = WindowBuckets(spec, self._aggregates)
+        self._buckets = WindowBuckets(spec, Aggregates(spec))
         self._events = Metrics.counter(pipeline_name, "events")
 
-    def _add(self, table, record):
-        """Parses `record` and merges its event into `table` {entity: {(bucket width, start): list}}."""
-        event = parse_event(payload_and_attributes(record)[0], self._spec)
-        buckets = table.get(event.entity)
-        if buckets is None:
-            buckets = table[event.entity] = {}
-        self._buckets.add(buckets, event)
+    def _event(self, record):
+        return parse_event(payload_and_attributes(record)[0], self._spec)
 
-    def _outputs(self, table):
-        if self._by_entity:
-            yield from table.items()
+    def _outputs(self, events):
+        self._events.inc(len(events))
+        if not events:
             return
-        for entity, buckets in table.items():
+        columns = BucketColumns.of_events(events, self._spec, self._buckets.widths)
+        if self._by_entity:
+            yield from columns.by_shard()
+            return
+        for entity, buckets in columns.entity_buckets(self._spec):
             for name, starts, acc in self._buckets.windows(buckets):
                 for start in starts:
                     yield window.TimestampedValue(((entity, name, start), acc), Timestamp(micros=acc[0]))
 
     def handle(self, record):
-        table = {}
-        self._add(table, record)
-        self._events.inc()
-        yield from self._outputs(table)
+        yield from self._outputs([self._event(record)])
 
     def handle_batch(self, records):
-        table, events = {}, 0
+        events = []
         for record in records:
             try:
-                self._add(table, record)
+                events.append(self._event(record))
             except Exception as e:  # noqa: BLE001 - as GuardedDoFn: RecordError or a bug, a dead letter
                 payload, attributes = self.dead_letter_payload(record)
                 yield self.dead_letter(payload, e, attributes)
-                continue
-            events += 1
-        self._events.inc(events)
-        yield from self._outputs(table)
+        yield from self._outputs(events)
 
 
-def merge_entity_buckets(aggregates, partials):
-    """{(bucket width, start): Aggregates list} dicts of one entity -> one dict, merged per bucket (the first
-    dict is changed and returned)."""
-    partials = iter(partials)
-    merged = next(partials)
-    for partial in partials:
-        for key, acc in partial.items():
-            mine = merged.get(key)
-            if mine is None:
-                merged[key] = acc
-            else:
-                aggregates.merge(mine, acc)
-    return merged
+def entity_buckets_of_shard(keyed, spec):
+    """(shard, its partials: BucketColumns) -> (entity, {(bucket width, start): Aggregates list}) per entity
+    of the shard, its buckets merged over all of its events."""
+    _, parts = keyed
+    return BucketColumns.merged(parts).entity_buckets(spec)
 
 
 class WindowFromKey(window.NonMergingWindowFn):
@@ -583,9 +519,8 @@ class ComputeWindowFeatures(beam.PTransform):
         if bounded:
             per_entity = (
                 parsed.partials
-                | "GroupPerEntity" >> beam.GroupByKey()
-                | "MergePerEntity"
-                >> beam.MapTuple(lambda entity, parts: (entity, merge_entity_buckets(aggregates, parts)))
+                | "GroupPerShard" >> beam.GroupByKey()
+                | "MergePerShard" >> beam.FlatMap(entity_buckets_of_shard, self._spec)
             )
         else:
             per_entity = (
