@@ -50,7 +50,8 @@ def parse_json(payload):
     too_large (over MAX_RECORD_BYTES), invalid_utf8, out_of_range (NaN, Infinity, overflow), too_deep, empty or
     invalid_json."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
-        payload = bytes(payload)
+        if type(payload) is not bytes:
+            payload = bytes(payload)
         if payload.startswith(_BOM_BYTES):
             payload = payload[3:]
     elif isinstance(payload, str):
@@ -85,6 +86,8 @@ def parse_json(payload):
             f"not valid JSON: {message} (a record is one JSON object: a line of a JSONL file, a value of a "
             f"multi-line JSON file or array, or a message)",
         ) from None
+    if len(payload) <= 2 * MAX_JSON_DEPTH:  # too short to open and close more than MAX_JSON_DEPTH brackets
+        return value
     brackets = payload.count(b"[" if isinstance(payload, bytes) else "[") + payload.count(
         b"{" if isinstance(payload, bytes) else "{"
     )

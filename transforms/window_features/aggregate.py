@@ -434,13 +434,13 @@ class FormatFeatureRows(beam.DoFn):
                 features = [{"name": f, "value": read(acc)} for f, read in readers]  # shared by the run
                 self._add_rows(rows, entity, name, size, step, starts, features, timing, index)
             per_window[name] = per_window.get(name, 0) + len(starts)
-        self._rows.inc(len(rows))
+        self._rows.inc(sum(per_window.values()))
         for name, count in per_window.items():
             self._window_rows[name].inc(count)
             if self._bounded_input:
                 self._window_entities[name].inc()
         if self._json_lines:
-            yield "\n".join(rows)
+            yield "".join(rows[:-1])  # the lines' pieces, without the last newline
         else:
             yield rows
 
@@ -464,10 +464,11 @@ class FormatFeatureRows(beam.DoFn):
                 }
             )
 
-    def _add_lines(self, lines, head, name, size, step, starts, values, timing, index):
-        """The JSON lines of `_add_rows`' rows of a backfill (keys in to_json_line's sorted order): `head`
-        (the entity's), the features (the window's names around its values' JSON, in one orjson call), the
-        end of the line (per window start)."""
+    def _add_lines(self, pieces, head, name, size, step, starts, values, timing, index):
+        """The JSON lines of `_add_rows`' rows of a backfill (keys in to_json_line's sorted order), as pieces
+        joined once per entity, each line followed by a newline: `head` (the entity's), the features (the
+        window's names around its values' JSON, in one orjson call), the end of the line (per window
+        start)."""
         # values are floats, counts or None, so their JSON holds no comma of its own
         head += self._features_json[name] % tuple(orjson.dumps(values).decode()[1:-1].split(","))
         cached = self._bounds[name]
@@ -480,7 +481,7 @@ class FormatFeatureRows(beam.DoFn):
                     f'"valid_until":{to_json_line(valid_until)},"window":{to_json_line(name)},'
                     f'"window_start":{to_json_line(window_start)}}}'
                 )
-            lines.append(head + tail)
+            pieces += (head, tail, "\n")
 
 
 def _iso(seconds):

@@ -148,35 +148,49 @@ class BucketColumns(NamedTuple):
 
     def by_shard(self):
         """(shard, partial of the entities of that shard) for each shard holding rows; the rows must be
-        reduced (in entity order), and stay in that order within a shard."""
+        reduced (in entity order), and stay in that order within a shard. Everything is worked out for all
+        shards at once; a shard's partial is slices of it."""
         if not len(self.entity):
             return
         shard_of = np.array([zlib.crc32(e.encode("utf-8", "surrogatepass")) % ENTITY_SHARDS for e in self.entities])
         row_shard = shard_of[self.entity]
         order = np.argsort(row_shard, kind="stable")
-        cuts = np.flatnonzero(np.diff(row_shard[order], prepend=-1, append=ENTITY_SHARDS)).tolist()
+        shards = row_shard[order]
+        cuts = np.flatnonzero(np.diff(shards, prepend=-1, append=ENTITY_SHARDS))
+        present = shards[cuts[:-1]]
         position = np.empty(len(order), np.int64)  # a row's index within its shard's partial
         position[order] = np.arange(len(order)) - np.repeat(cuts[:-1], np.diff(cuts))
+        columns = [getattr(self, name)[order] for name in self._fields[1:-1]]
+        new_entity = np.diff(columns[0], prepend=-1) != 0  # an entity is in one shard: its rows are together
+        entity_rank = np.cumsum(new_entity) - 1
+        entity_cuts = entity_rank[cuts[:-1]].tolist() + [int(entity_rank[-1]) + 1]
+        entity_rank -= np.repeat(entity_rank[cuts[:-1]], np.diff(cuts))  # an entity's index within its shard
+        entities = [self.entities[e] for e in columns[0][new_entity].tolist()]
         pairs = []
         for rows, codes, values in self.distinct:
+            base = max(len(values), 1)
             by_shard = np.argsort(row_shard[rows], kind="stable")
-            pair_cuts = np.searchsorted(row_shard[rows][by_shard], row_shard[order[cuts[:-1]]]).tolist()
-            pairs.append((position[rows[by_shard]], codes[by_shard], values, pair_cuts + [len(rows)]))
-        columns = [getattr(self, name)[order] for name in self._fields[1:-1]]
-        for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
-            entity = columns[0][a:b]
-            new = np.diff(entity, prepend=-1) != 0
-            distinct = []
-            for rows, codes, values, pair_cuts in pairs:
-                kept, renumbered = np.unique(codes[pair_cuts[i] : pair_cuts[i + 1]], return_inverse=True)
-                distinct.append((rows[pair_cuts[i] : pair_cuts[i + 1]], renumbered, [values[c] for c in kept.tolist()]))
+            rows, codes = rows[by_shard], codes[by_shard]
+            used, renumbered = np.unique(row_shard[rows] * base + codes, return_inverse=True)
+            pair_cuts = np.searchsorted(row_shard[rows], present).tolist() + [len(rows)]
+            used_cuts = np.searchsorted(used // base, present)
+            renumbered = renumbered.reshape(-1) - np.repeat(used_cuts, np.diff(pair_cuts))
+            used_values = [values[c] for c in (used % base).tolist()]
+            pairs.append((position[rows], renumbered, used_values, pair_cuts, used_cuts.tolist() + [len(used)]))
+        cuts = cuts.tolist()
+        for i, shard in enumerate(present.tolist()):
+            a, b = cuts[i], cuts[i + 1]
+            distinct = tuple(
+                (rows[pc[i] : pc[i + 1]], codes[pc[i] : pc[i + 1]], values[uc[i] : uc[i + 1]])
+                for rows, codes, values, pc, uc in pairs
+            )
             yield (
-                int(row_shard[order[a]]),
+                shard,
                 BucketColumns(
-                    [self.entities[e] for e in entity[new].tolist()],
-                    np.cumsum(new) - 1,
+                    entities[entity_cuts[i] : entity_cuts[i + 1]],
+                    entity_rank[a:b],
                     *(column[a:b] for column in columns[1:]),
-                    tuple(distinct),
+                    distinct,
                 ),
             )
 
