@@ -254,7 +254,26 @@ def run_loop(project, env, workdir, delay_seconds=30, rate=10, request_rate=4, d
         for job in jobs.values():
             stop_process_group(job, 20)
         topics.close()
-    return _summary(topics, started, events, transactions, requests, cards_of, after_rollback)
+    summary = _summary(topics, started, events, transactions, requests, cards_of, after_rollback)
+    summary["diagnostics"] = _diagnostics(workdir)
+    return summary
+
+
+def _diagnostics(workdir):
+    """What the scoring job's own files say of its canary SLOs, for a run whose rollback did not come: the
+    last status rows of canary-availability and the watermark warnings in its log."""
+    status = []
+    for path in sorted((workdir / "score").glob("rollout_slo_status-*.jsonl")):
+        status += [json.loads(line) for line in path.read_text().splitlines()]
+    canary = sorted((row for row in status if row["slo"] == "canary-availability"), key=lambda r: r["evaluated_at"])
+    log_text = (workdir / "logs" / "score.log").read_text(errors="replace")
+    return {
+        "canary_availability_last_minutes": [
+            {k: row[k] for k in ("evaluated_at", "events", "bad_events", "burn_rates", "alerts_firing")}
+            for row in canary[-5:]
+        ],
+        "score_log_watermark_warnings": log_text.count("Watermark moved backwards"),
+    }
 
 
 def _watch(topics, started, events):
@@ -391,7 +410,10 @@ def main(argv=None):
     print(json.dumps({k: summary[k] for k in (*shown, "wrong_features", "unanswered")}, indent=1))
     for description, passed in summary["checks"]:
         print(f"{'ok  ' if passed else 'FAIL'} {description}")
-    return 0 if all(passed for _, passed in summary["checks"]) else 1
+    if not all(passed for _, passed in summary["checks"]):
+        print(json.dumps(summary["diagnostics"], indent=1))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from transforms.sli.parsing import ParseLogRecords
 from transforms.sli.rows import FormatBackfillRows, FormatSliRows, JourneyWindowStatsFn, MatchJourneys
 from transforms.slo.replay import ParseSliRows, Period
 from transforms.slo.status import SliRowsToSloInputs
-from transforms.window_features.aggregate import FormatFeatureRows, ParseEvents
+from transforms.window_features.aggregate import FormatFeatureRows, ParseEvents, entity_buckets_of_shard
 from transforms.window_features.spec import load_window_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,9 +287,10 @@ FORMAT_FEATURES.start_bundle()
 @FUZZ
 @given(_encoded(_mutated(WINDOW_SAMPLES)))
 def test_window_feature_parse_key_and_format_never_raise(record):
-    keyed, dead = outcomes(PARSE_EVENTS, [record])  # a batch of one record
+    keyed, dead = outcomes(PARSE_EVENTS, [record])  # a batch of one record: its shard's partial
     assert len(keyed) + len(dead) == 1
-    for entity, windows in keyed:
+    for shard, partial in keyed:
+        [(entity, windows)] = entity_buckets_of_shard((shard, [partial]), WINDOW_SPEC)  # as after the shuffle
         assert len(windows) == 3  # one time bucket per window granularity of the sample spec: 1 min, 1 h, 1 day
         [rows] = list(FORMAT_FEATURES.process((entity, windows)))
         assert len(rows) == 12
