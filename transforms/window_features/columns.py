@@ -79,7 +79,7 @@ class BucketColumns(NamedTuple):
         parts = list(parts)
         if len(parts) == 1:
             return parts[0]
-        index, remapped, offset = {}, [], 0
+        index, remapped = {}, []
         for part in parts:
             remapped.append(np.array([index.setdefault(e, len(index)) for e in part.entities], np.int64)[part.entity])
         distinct, offsets = [], np.cumsum([0] + [len(p.entity) for p in parts])
