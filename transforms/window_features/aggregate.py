@@ -163,8 +163,6 @@ class Aggregates:
         self._distinct_at = {f: distinct_start + i for i, f in enumerate(spec.distinct_fields)}
         self._size = distinct_start + len(self._distinct_at)
         self._empty = [-1] + [0] * len(self._fields) + [None] * (self._size - 1 - len(self._fields))
-        # per field: where its count, numbers (or None) and distinct set (or None) are
-        self._slots = {f: (self._count_at[f], self._numeric_at.get(f), self._distinct_at.get(f)) for f in self._fields}
 
     def empty(self):
         return self._empty.copy()
