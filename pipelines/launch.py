@@ -2,12 +2,14 @@
 choice, the first and last steps of build() (records in, dead letters, progress), the UDF step, reports."""
 
 import argparse
+import functools
 import logging
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.transforms.trigger import GeneralTriggerDriver
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines.options import HEALTH_SINK_FLAGS, HealthOptions, OutputOptions, UdfOptions
@@ -89,13 +91,43 @@ def parse_pipeline_options(argv, description, option_classes):
     return PipelineOptions(argv)
 
 
+LOCAL_STREAMING_RUNNERS = ("BundleBasedDirectRunner", "DirectRunner", "SwitchingDirectRunner")
+
+
 def choose_local_runner(options):
-    """When no --runner is given, pick a local runner that never downloads anything (see STACK.md)."""
+    """When no --runner is given, pick a local runner that never downloads anything (see STACK.md). A local
+    streaming runner gets its late-data watermark holds fixed (judge_lateness_by_input_watermark)."""
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = "BundleBasedDirectRunner" if standard.streaming else "FnApiRunner"
         logging.info("No --runner given: using %s", standard.runner)
+    if standard.streaming and standard.runner in LOCAL_STREAMING_RUNNERS:
+        judge_lateness_by_input_watermark()
     return standard.runner
+
+
+def judge_lateness_by_input_watermark():
+    """Makes the Python trigger driver, which runs every triggered GroupByKey of the local streaming runner,
+    judge a window's records and panes by the GroupByKey's input watermark, as Java's ReduceFnRunner (and so
+    Dataflow) does. Beam 2.77 judges them by its output watermark, which the holds of other keys' windows
+    keep behind the input one: a late record that reaches a window in that gap (or before the window's
+    end-of-window timer has run) leaves a watermark hold that no timer ever clears. The GroupByKey's
+    output watermark then stops for good, and every event-time timer after it with it: an SLO evaluator
+    downstream never evaluates another minute, so no alert fires. Idempotent; changes nothing in a batch
+    run, where both watermarks are the same."""
+    if getattr(GeneralTriggerDriver.process_elements, "judged_by_input_watermark", False):
+        return
+    beam_process_elements = GeneralTriggerDriver.process_elements
+
+    @functools.wraps(beam_process_elements)
+    def process_elements(self, state, windowed_values, output_watermark, input_watermark=None):
+        if input_watermark is None:  # Beam's default: the earliest time, as the output watermark at most
+            return beam_process_elements(self, state, windowed_values, output_watermark)
+        watermark = max(output_watermark, input_watermark)
+        return beam_process_elements(self, state, windowed_values, watermark, input_watermark)
+
+    process_elements.judged_by_input_watermark = True
+    GeneralTriggerDriver.process_elements = process_elements
 
 
 def dead_letters_by_reason(counts, title="dead letters by reason"):

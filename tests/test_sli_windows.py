@@ -1,11 +1,18 @@
-"""Window math with TestStream: on-time panes, late panes that update a window, too-late data dropped."""
+"""Window math with TestStream: on-time panes, late panes that update a window, too-late data dropped; the
+local streaming runner's trigger driver, fixed so that late records leave no watermark hold."""
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.core import Windowing
+from apache_beam.transforms.trigger import GeneralTriggerDriver, InMemoryUnmergedState, TimeDomain
+from apache_beam.transforms.window import IntervalWindow, TimestampedValue
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
+from pipelines.launch import choose_local_runner
 from transforms.sli.config import parse_sli_config
 from transforms.sli.parsing import RequestEvent
 from transforms.sli.rows import ComputeSliRows
@@ -103,3 +110,52 @@ def test_window_length_and_throughput():
             | beam.Map(lambda r: (r["window_end"], r["window_seconds"], r["total"], r["throughput_rps"])),
             equal_to([("2026-11-22T10:05:00+00:00", 300, 30, 0.1)]),
         )
+
+
+def _triggered_driver():
+    """The trigger driver of a streaming ComputeSliRows window (AfterWatermark, a late pane per record)."""
+    windowing = Windowing(
+        window.FixedWindows(60),
+        triggerfn=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+        allowed_lateness=Duration(seconds=3600),
+    )
+    return GeneralTriggerDriver(windowing, clock=None)
+
+
+def test_a_late_record_leaves_no_watermark_hold_on_the_local_streaming_runner():
+    """The local streaming runner's GroupByKey calls the trigger driver with its output watermark (held back
+    by other keys' windows) and its input watermark. Unfixed Beam 2.77 judges late records by the output
+    one: a late record that comes while other keys still hold the window, or before the window's own
+    end-of-window timer has run, leaves a hold that nothing clears, and the watermark downstream (the SLO
+    evaluator's timers) stops for good. With judge_lateness_by_input_watermark, no hold is left and the
+    late record's pane is a LATE one."""
+    for _ in range(2):  # what a local streaming run does first; the method is wrapped once
+        assert choose_local_runner(PipelineOptions(["--streaming"])) == "BundleBasedDirectRunner"
+    assert GeneralTriggerDriver.process_elements.judged_by_input_watermark
+    assert not hasattr(GeneralTriggerDriver.process_elements.__wrapped__, "judged_by_input_watermark")
+    win = IntervalWindow(T0, T0 + 60)
+    held = win.max_timestamp()  # where other keys' end-of-window holds keep the output watermark
+
+    def record(seconds):
+        return WindowedValue("r", Timestamp(T0 + seconds), [win])
+
+    # 1. the window's watermark pane has fired; a late record comes while the output watermark is held
+    driver, state = _triggered_driver(), InMemoryUnmergedState()
+    list(driver.process_elements(state, [record(10)], Timestamp(T0), Timestamp(T0)))
+    [timer_window] = state.timers
+    [on_time] = driver.process_timer(timer_window, "", TimeDomain.WATERMARK, win.end, state, win.end)
+    assert on_time.pane_info.timing == PaneInfoTiming.ON_TIME
+    [late] = driver.process_elements(state, [record(58)], held, Timestamp(T0 + 61))
+    assert (late.pane_info.timing, late.pane_info.index) == (PaneInfoTiming.LATE, 1)
+    assert state.get_earliest_hold() == MAX_TIMESTAMP
+
+    # 2. a late record comes before the window's end-of-window timer has run: it fires the window's first
+    # pane; the timer then fires nothing, and no hold is left
+    driver, state = _triggered_driver(), InMemoryUnmergedState()
+    list(driver.process_elements(state, [record(10)], Timestamp(T0), Timestamp(T0)))
+    [timer_window] = state.timers
+    [first] = driver.process_elements(state, [record(58)], held, Timestamp(T0 + 61))
+    assert first.pane_info.index == 0 and sorted(first.value) == ["r", "r"]
+    assert list(driver.process_timer(timer_window, "", TimeDomain.WATERMARK, win.end, state, win.end)) == []
+    assert state.get_earliest_hold() == MAX_TIMESTAMP

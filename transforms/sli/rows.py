@@ -14,7 +14,8 @@ Row schema (one row per SLI, journey and event-time window; `SLI_ROW_BQ_SCHEMA` 
   latency_p50_ms .. latency_p99_ms   DDSketch, within 1% relative error; latency_mean_ms, latency_max_ms exact
   latency_sketch   the journey's DDSketch as text (`transforms.sli.stats.sketch_to_text`): mergeable, so a
                    replay counts requests over a latency threshold set after the fact
-  pane_timing      ON_TIME for the watermark pane, LATE for each update by late data (EARLY unused);
+  pane_timing      ON_TIME for the watermark pane, LATE for each update by late data (EARLY unused; on
+                   the local runner a late record can fire a window's first pane: LATE, index 0);
   pane_index       0, 1, ... per window: readers take the highest; is_final when no later pane can
                    follow (always in batch; in streaming Beam knows it only when the window expires)
   emitted_at       processing time of the pane
