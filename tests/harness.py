@@ -224,10 +224,32 @@ class LocalServices:
 
 def point_beam_bigquery_at(emulator_url):
     """Beam's internal BigQuery client (table creation, load jobs) has no endpoint option: its base URL is
-    a class attribute. Affects this process only."""
-    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+    a class attribute. Affects this process only.
+
+    And a DIRECT_READ ends by deleting the temporary datasets Beam labelled, listed with a label filter
+    that the emulator ignores: it lists every dataset, so each read deleted them all, the tables of a test
+    writing beside it in the other worker included (whose streaming inserts then retried for good). Here
+    the listing is filtered as BigQuery filters it: Beam labels only the datasets it creates, all named
+    `beam_temp_dataset_...`."""
+    from apache_beam.io.gcp import bigquery_tools
+    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client, bigquery_v2_messages
 
     bigquery_v2_client.BigqueryV2.BASE_URL = f"{emulator_url}/bigquery/v2/"
+    wrapper = bigquery_tools.BigQueryWrapper
+    beam_clean_up = wrapper._clean_up_beam_labelled_temporary_datasets
+    if getattr(beam_clean_up, "filters_by_name", False):
+        return
+
+    def clean_up(self, project_id, dataset_id=None, table_id=None, labels=None):
+        if labels is None or self.is_user_configured_dataset():
+            return beam_clean_up(self, project_id, dataset_id, table_id, labels)
+        listed = self.client.datasets.List(bigquery_v2_messages.BigqueryDatasetsListRequest(projectId=project_id))
+        for dataset in listed.datasets:
+            if dataset.datasetReference.datasetId.startswith(wrapper.TEMP_DATASET):
+                self._delete_dataset(project_id, dataset.datasetReference.datasetId, True)
+
+    clean_up.filters_by_name = True
+    wrapper._clean_up_beam_labelled_temporary_datasets = clean_up
 
 
 def point_beam_bigquery_storage_at(host_port):

@@ -227,9 +227,7 @@ def test_date_shards_are_the_days_in_range(days, others, bounds):
 
 
 def load_inputs(bq, project, table, schema, records):
-    """`inputs.<table>`, created just before a test reads it: after every DIRECT_READ, Beam deletes the
-    temporary datasets it labelled by listing the datasets with a label filter, which the emulator ignores,
-    so every dataset of the project goes (a dataset shared by the tests of this module would be gone)."""
+    """`inputs.<table>`, created just before a test reads it."""
     bq.create_dataset("inputs", exists_ok=True)
     load(bq, f"{project}.inputs.{table}", schema, records)
     return f"{project}:inputs.{table}"
@@ -294,9 +292,12 @@ def test_feature_stats_from_a_table_equals_the_same_records_from_files(bq, proje
 
 
 def test_window_features_from_a_table_equals_the_same_events_from_files(bq, project, tmp_path):
-    """600 card transactions, event_time a TIMESTAMP column: the same feature rows from the table."""
+    """600 card transactions, event_time a TIMESTAMP column: the same feature rows from the table. The read
+    deletes its own temporary datasets only (tests.harness.point_beam_bigquery_at): a dataset of another
+    test stays."""
     records = fitting_records(Path(window_features.SAMPLE_EVENTS), TRANSACTION_SCHEMA, limit=600)
     table = load_inputs(bq, project, "transactions", TRANSACTION_SCHEMA, records)
+    bq.create_dataset("bystander", exists_ok=True)
     runs = {}
     for name, flags in (
         ("files", ["--input_files", str(write_jsonl(tmp_path / "transactions.jsonl", records))]),
@@ -308,6 +309,8 @@ def test_window_features_from_a_table_equals_the_same_events_from_files(bq, proj
     assert len(runs["files"]) > len(records)  # sliding windows: several rows per event
     assert _same(runs["table"], runs["files"])
     assert _dead_letter_reasons(tmp_path / "table") == _dead_letter_reasons(tmp_path / "files") == []
+    datasets = {d.dataset_id for d in bq.list_datasets()}
+    assert {"bystander", "inputs"} <= datasets and not any(d.startswith("beam_temp_dataset_") for d in datasets)
 
 
 def test_score_from_a_table_of_image_bytes_equals_the_same_requests_from_files(bq, project, tmp_path):
