@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -26,6 +26,7 @@ from transforms.scoring.model import (
     InputSpec,
     ScoringRequest,
     check_image_scale,
+    content_json,
     json_encoder,
     prediction_row,
     prediction_rows,
@@ -379,6 +380,37 @@ def test_the_reused_json_encoders_give_json_dumps_text(value):
             json_encoder()(value)
     else:
         assert json_encoder()(value) == expected
+
+
+# feature values: numbers of any size and sign (boundaries of content_json's orjson range included), flat
+# lists of them, and what takes json's path (NaN, infinities, integers past 64 bits, booleans, text, nesting)
+_numbers = st.one_of(
+    st.floats(),
+    st.floats(1e-5, 1e17),
+    st.sampled_from([1e-4, -1e-4, 9.999999999999998e-05, 1e16, 9999999999999998.0, -0.0, 0.0, 5e-324]),
+    st.integers(),
+    st.integers(-(2**64), 2**64),
+)
+feature_values = st.one_of(_numbers, st.lists(_numbers, max_size=5), st.booleans(), st.text(max_size=2), json_values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.one_of(st.sampled_from(["age", "amount_sum_10m", "x.y/z-1", "a b", "a,b", "k:v", "é"]), st.text(max_size=3)),
+        feature_values,
+        max_size=8,
+    )
+)
+@example({"age": float("inf"), "b": float("nan")})
+@example({"age": 1e-05, "b": [1e16, 1e300]})
+@example({"age": [2.0, 3e-07]})
+@example({"a,b": 1.5, "k:v": 2.5, "é": 0.5})
+@example({"age": "text, with: separators", "b": True, "c": None, "d": {}})
+def test_content_json_is_json_dumps_text(features):
+    """The content key's text, fast path or not, is json.dumps' with sorted keys: names with quotes,
+    commas, colons or non-ASCII characters, and every kind of value."""
+    assert content_json(features) == json.dumps(features, sort_keys=True, default=str)
 
 
 def test_a_content_key_is_the_md5_of_the_inputs_canonical_json():
