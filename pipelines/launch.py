@@ -159,16 +159,20 @@ def run_pipeline(argv, description, option_classes, validate, build, report):
     runner = choose_local_runner(options)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options, settings)
-    # What exists now (the modules, TensorFlow's and Beam's included, and the graph) lives as long as the
-    # process: frozen, the cyclic collector stops walking it at each full collection, which a run's many
-    # short-lived records trigger (the local runners run the graph in this process: a tenth of a tabular
-    # scoring run's time). Refcounting still frees frozen objects.
+    # What exists now (the modules, TensorFlow's and Beam's included, and the graph) outlives the run: frozen,
+    # the cyclic collector stops walking it at each full collection that the run's short-lived records set
+    # off (the local runners run the graph in this process: a tenth of a tabular scoring run). Refcounting
+    # still frees frozen objects; unfrozen after the run, cycles among them can be collected again (a
+    # process that runs many pipelines, such as the tests, keeps none of them for good).
     gc.freeze()
-    result = pipeline.run()
-    if runner in ("DataflowRunner", "dataflow"):
-        logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
-        return result
-    result.wait_until_finish()  # a local streaming job runs until interrupted
+    try:
+        result = pipeline.run()
+        if runner in ("DataflowRunner", "dataflow"):
+            logging.info("Submitted to Dataflow; follow the job in the Dataflow console.")
+            return result
+        result.wait_until_finish()  # a local streaming job runs until interrupted
+    finally:
+        gc.unfreeze()
     print(report(result, options, settings))
     return result
 

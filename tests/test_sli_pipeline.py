@@ -1,5 +1,6 @@
 """The whole batch pipeline on local files, its streaming twin on TestStream, and its CLI."""
 
+import gc
 import gzip
 import json
 import math
@@ -116,6 +117,7 @@ def test_report_is_printed(capsys, tmp_path, subset_file):
     report = capsys.readouterr().out
     assert "records in: 5001  events: 5000  dead letters: 1  filtered by the UDF: 0" in report
     assert "profile-web/view-profile/availability" in report
+    assert gc.get_freeze_count() == 0  # frozen for the run only (launch.run_pipeline): a process keeps no cycle
 
 
 def test_report_line_of_an_alert_resolved_by_an_empty_window():
