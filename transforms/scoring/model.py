@@ -441,13 +441,13 @@ def prepare_example(
         pixels = np.asarray(resize(decoded, width, height, "stretch"))
         return request_id, content_key, {spec.name: pixel_values(pixels, image_scale, spec.dtype)}
     features = record.get("features", record)
-    example = {}
+    example, given = {}, {}  # given: the inputs' values as the request holds them (the content key's)
     for spec in inputs:
         if spec.name not in features:
             raise RecordError(
                 "missing_feature", f"feature '{spec.name}' is missing; the model takes {[s.name for s in inputs]}"
             )
-        value = features[spec.name]
+        value = given[spec.name] = features[spec.name]
         if spec.dtype in _FLOAT_DTYPES and _plain_numbers(value, spec.shape):
             example[spec.name] = value  # converted with the batch (stack_examples)
             continue
@@ -460,7 +460,7 @@ def prepare_example(
                 "bad_feature", f"feature '{spec.name}' has shape {value.shape}, the model takes {spec.shape}"
             )
         example[spec.name] = value
-    canonical = content_json({s.name: features[s.name] for s in inputs})
+    canonical = content_json(given)
     return request_id, hashlib.md5(canonical.encode()).hexdigest(), example
 
 
