@@ -129,3 +129,29 @@ def test_a_batch_gives_exactly_what_its_records_give_one_by_one(batch):
     key = lambda o: (o.tag, o.value["reason"], o.value["payload_string"]) if hasattr(o, "tag") else o  # noqa: E731
     assert [key(o) for o in together] == [key(o) for o in one_by_one]
     assert len([o for o in together if not hasattr(o, "tag")]) == sum(type(r) is int and r % 2 == 0 for r in batch)
+
+
+def test_streaming_inserts_send_rows_bigquery_rejects_to_the_dead_letters():
+    """Beam's default for streaming inserts retries every error, a row BigQuery rejects for good included
+    ('invalid': a value of the wrong type, a missing required field), 10,000 times: the bundle would never
+    end and the row never become a `rejected_by_sink` dead letter. WriteBigQueryRows retries transient
+    errors only. (The BigQuery emulator cannot show it end to end: it answers a bad value with a 500 and a
+    missing required field by closing the connection, instead of a per-row error.)"""
+    import apache_beam as beam
+    from apache_beam.io.gcp.bigquery import WriteToBigQuery
+    from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+
+    from transforms.io.sinks import WriteBigQueryRows
+
+    pipeline = beam.Pipeline()
+    rows = pipeline | beam.Create([{"a": 1}])
+    rows | WriteBigQueryRows(
+        "my-project:ds.tbl", {"fields": [{"name": "a", "type": "INT64"}]}, "STREAMING_INSERTS", "a"
+    )
+    writes = [
+        t.transform for t in pipeline.transforms_stack[0].parts[-1].parts if isinstance(t.transform, WriteToBigQuery)
+    ]
+    [write] = writes
+    strategy = write.insert_retry_strategy or RetryStrategy.RETRY_ALWAYS  # as BigQueryWriteFn reads it
+    assert not RetryStrategy.should_retry(strategy, "invalid")  # rejected: a dead letter at once
+    assert RetryStrategy.should_retry(strategy, "backendError") and RetryStrategy.should_retry(strategy, "timeout")

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import orjson
+from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
@@ -87,7 +88,9 @@ class WriteBigQueryRows(beam.PTransform):
     """WriteToBigQuery into a day-partitioned (and optionally clustered) table created if missing.
     Returns the dead letters of rows BigQuery rejected, as a one-element tuple: streaming inserts and the
     Storage Write API report them per row. File loads cannot (a load job fails as a whole), so that method
-    returns an empty tuple."""
+    returns an empty tuple. Streaming inserts retry a row only on a transient error: Beam's default retries
+    every error, a rejected row included, up to 10,000 times with waits of up to 25 minutes, so one bad row
+    would hold its bundle for days instead of becoming a dead letter."""
 
     def __init__(self, table, schema, method, partition_field, clustering_fields=None, pipeline_name="", step=""):
         super().__init__()
@@ -105,6 +108,7 @@ class WriteBigQueryRows(beam.PTransform):
             create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
             write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND,
             additional_bq_parameters=self._bq_parameters,
+            insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
         )
         if self._method == "FILE_LOADS":
             return ()
