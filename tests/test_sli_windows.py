@@ -151,11 +151,12 @@ def test_a_late_record_leaves_no_watermark_hold_on_the_local_streaming_runner():
     assert state.get_earliest_hold() == MAX_TIMESTAMP
 
     # 2. a late record comes before the window's end-of-window timer has run: it fires the window's first
-    # pane; the timer then fires nothing, and no hold is left
+    # pane (LATE, index 0); the timer then fires nothing, and no hold is left
     driver, state = _triggered_driver(), InMemoryUnmergedState()
     list(driver.process_elements(state, [record(10)], Timestamp(T0), Timestamp(T0)))
     [timer_window] = state.timers
     [first] = driver.process_elements(state, [record(58)], held, Timestamp(T0 + 61))
-    assert first.pane_info.index == 0 and sorted(first.value) == ["r", "r"]
+    assert (first.pane_info.timing, first.pane_info.index) == (PaneInfoTiming.LATE, 0)
+    assert sorted(first.value) == ["r", "r"]
     assert list(driver.process_timer(timer_window, "", TimeDomain.WATERMARK, win.end, state, win.end)) == []
     assert state.get_earliest_hold() == MAX_TIMESTAMP
