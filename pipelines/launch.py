@@ -12,6 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.transforms.trigger import GeneralTriggerDriver
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from pipelines.options import HEALTH_SINK_FLAGS, HealthOptions, OutputOptions, UdfOptions
 from transforms.io.deadletter import DEAD_LETTER_TAG
@@ -121,9 +122,7 @@ def judge_lateness_by_input_watermark():
     beam_process_elements = GeneralTriggerDriver.process_elements
 
     @functools.wraps(beam_process_elements)
-    def process_elements(self, state, windowed_values, output_watermark, input_watermark=None):
-        if input_watermark is None:  # Beam's default: the earliest time, as the output watermark at most
-            return beam_process_elements(self, state, windowed_values, output_watermark)
+    def process_elements(self, state, windowed_values, output_watermark, input_watermark=MIN_TIMESTAMP):
         watermark = max(output_watermark, input_watermark)
         return beam_process_elements(self, state, windowed_values, watermark, input_watermark)
 

@@ -5,11 +5,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import trigger, window
-from apache_beam.transforms.core import Windowing
 from apache_beam.transforms.trigger import GeneralTriggerDriver, InMemoryUnmergedState, TimeDomain
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from pipelines.launch import choose_local_runner
@@ -114,12 +112,7 @@ def test_window_length_and_throughput():
 
 def _triggered_driver():
     """The trigger driver of a streaming ComputeSliRows window (AfterWatermark, a late pane per record)."""
-    windowing = Windowing(
-        window.FixedWindows(60),
-        triggerfn=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-        allowed_lateness=Duration(seconds=3600),
-    )
+    windowing = ComputeSliRows(CONFIG, "sli", 60, 3600)._windowing(bounded=False).windowing
     return GeneralTriggerDriver(windowing, clock=None)
 
 
