@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import tempfile
+import threading
 
 import apache_beam as beam
 import orjson
@@ -20,7 +21,7 @@ from pipelines.samples import SLI_DIR
 from transforms.core.records import MAX_RECORD_BYTES, event_timestamp, parse_json
 from transforms.io.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.io.files import JsonValueSplitter, is_json_lines
-from transforms.io.sources import Input, JsonFileSource, ReadRecords
+from transforms.io.sources import Input, JsonFileSource, ReadRecords, read_ahead
 from transforms.sli.config import load_sli_config
 from transforms.sli.parsing import ParseLogRecords, parse_log_record
 
@@ -384,3 +385,46 @@ def test_a_large_file_splits_into_ranges_that_read_it_once(tmp_path):
         for line in batch
     ]
     assert lines == _reference_lines(data)
+
+
+@FUZZ
+@given(chunks=st.lists(st.binary(min_size=1, max_size=8), max_size=12), taken=st.integers(0, 14), fails=st.booleans())
+def test_read_ahead_gives_the_reads_in_order_and_stops_its_thread(chunks, taken, fails):
+    """Reads come back in order up to the first b"", a read's error is raised in its turn, and closing the
+    generator early (or reading it out) leaves no reader thread behind."""
+    reads = iter(chunks + ([OSError("disk gone")] if fails else [b""]))
+
+    def read():
+        value = next(reads, b"")
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    got, raised = [], None
+    ahead = read_ahead(read, depth=2)
+    try:
+        for _ in range(taken):
+            got.append(next(ahead))
+    except StopIteration:
+        pass
+    except OSError as e:
+        raised = e
+    ahead.close()
+    n = min(taken, len(chunks))
+    assert got == chunks[:n]
+    assert (raised is not None) == (fails and taken > len(chunks))
+    assert not any(t.name == "read_ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_gzip_file_reads_the_lines_of_its_members_in_small_steps(tmp_path, monkeypatch):
+    """A .gz JSONL file of two members (as `cat a.gz b.gz` makes), decompressed a few bytes at a time while
+    the lines are being read: the lines of both, in order."""
+    from transforms.io import sources
+
+    monkeypatch.setattr(sources, "_COMPRESSED_READ_BYTES", 7)
+    first = b"".join(b'{"n": %d}\n' % i for i in range(300))
+    second = b"".join(b'{"m": %d}\r\n' % i for i in range(200))
+    path = tmp_path / "f.jsonl.gz"
+    path.write_bytes(gzip.compress(first) + gzip.compress(second))
+    records = [r for batch in source_test_utils.read_from_source(JsonFileSource(str(path), 100)) for r in batch]
+    assert records == _reference_lines(first + second)

@@ -162,6 +162,12 @@ def test_flat_json_default_mapping():
             "bad_status",
             "True",
         ),
+        (  # a digit int() does not read (it used to escape the parser as a ValueError)
+            '{"timeMillis": 1795305600122, "level": "INFO", "loggerName": "w", "contextMap": {"http.method": "GET",'
+            ' "http.path": "/a", "http.status": "\u00b2", "http.latency_ms": 1}}',
+            "bad_status",
+            "http.status",
+        ),
         (
             '{"timestamp": "2026-11-22T10:00:00Z", "httpRequest": {"requestMethod": "GET", "requestUrl": "/a", "status": 200, "latency": "-1s"}}',
             "bad_latency",

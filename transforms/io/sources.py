@@ -20,12 +20,16 @@ by `BatchRecords`.
 
 import codecs
 import posixpath
+import queue
+import threading
+from contextlib import closing
 from functools import partial
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filebasedsource import FileBasedSource
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.core.records import MAX_RECORD_BYTES, SerializedExample
@@ -35,6 +39,7 @@ FORMATS = ("csv", "jsonl", "parquet", "tfrecord")
 BATCH_BYTES = 1 << 20  # records per batch of a JSON file, about; also the read size
 MAX_BATCH_RECORDS = 4096  # BatchRecords' largest batch
 _DETECT_BYTES = 1 << 20  # a JSON file's first bytes decide JSONL or multi-line JSON
+_COMPRESSED_READ_BYTES = 1 << 17  # a compressed file's bytes decompressed at a time
 
 
 class Input(NamedTuple):
@@ -185,6 +190,15 @@ class JsonFileSource(FileBasedSource):
         super().__init__(file_pattern)
         self._batch_bytes, self._max = batch_bytes, max_record_bytes
 
+    def open_file(self, file_name):
+        """Beam's file, but a compressed one decompresses a little at a time (Beam's decompresses 16 MiB of
+        compressed bytes per refill, which would stall `read_ahead`'s reader behind one long decompression)."""
+        compression = CompressionTypes.detect_compression_type(file_name)
+        if compression == CompressionTypes.UNCOMPRESSED:
+            return super().open_file(file_name)
+        raw = FileSystems.open(file_name, "application/octet-stream", CompressionTypes.UNCOMPRESSED)
+        return CompressedFile(raw, compression, read_size=_COMPRESSED_READ_BYTES)
+
     def read_records(self, file_name, range_tracker):
         start = range_tracker.start_position()
         with self.open_file(file_name) as f:
@@ -194,9 +208,8 @@ class JsonFileSource(FileBasedSource):
                     yield from self._json_values(head.removeprefix(codecs.BOM_UTF8), f)
                 return
             f.seek(max(start - 1, 0))  # from start - 1: the line holding that byte belongs to the range before
-            yield from claimed_line_batches(
-                iter(partial(f.read, self._batch_bytes), b""), start, range_tracker, self._max
-            )
+            with closing(read_ahead(partial(f.read, self._batch_bytes))) as chunks:
+                yield from claimed_line_batches(chunks, start, range_tracker, self._max)
 
     def _json_values(self, chunk, f):
         splitter, batch, size = JsonValueSplitter(self._max), [], 0
@@ -214,6 +227,39 @@ class JsonFileSource(FileBasedSource):
 
     def default_output_coder(self):
         return beam.coders.PickleCoder()
+
+
+def read_ahead(read, depth=4):
+    """The chunks `read()` returns up to its first b"", read by a thread up to `depth` chunks ahead, so that
+    reading and decompressing a file (zlib, bz2 and lzma release the GIL) overlap the work on the chunks
+    before. A read's error is raised here, in its turn. Closing the generator stops and joins the thread."""
+    chunks, stop = queue.Queue(depth), threading.Event()
+
+    def fill():
+        try:
+            while not stop.is_set():
+                chunk = read()
+                chunks.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the reader, raised there
+            chunks.put(e)
+
+    thread = threading.Thread(target=fill, name="read_ahead", daemon=True)
+    thread.start()
+    try:
+        while (chunk := chunks.get()) and not isinstance(chunk, BaseException):
+            yield chunk
+        if chunk:
+            raise chunk
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put on a full queue; the thread then sees `stop`
+            try:
+                chunks.get(timeout=0.01)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def claimed_line_batches(chunks, start, range_tracker, max_line_bytes):

@@ -2,7 +2,7 @@
 window among them, merged downstream by `rows.ComputeSliRowsFromPartials` into the same rows the per-event
 path (`ParseLogRecords` + `rows.ComputeSliRows`) gives.
 
-Per record only the parse (one JSON decode, `parsing.parse_log_fields`), a memoized journey lookup and
+Per record only the parse (one JSON decode, `parsing.LogParser.fields`), a memoized journey lookup and
 integer window arithmetic run in Python; bad counts and the latency sketch are filled with numpy once per
 journey window of the batch.
 """
@@ -14,7 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms.io.deadletter import GuardedBatchDoFn, payload_and_attributes
 from transforms.sli.config import UNMATCHED_JOURNEY, JourneyMatcher, status_matcher
-from transforms.sli.parsing import parse_log_fields
+from transforms.sli.parsing import LogParser
 from transforms.sli.stats import JourneyWindowStats
 
 _STATUSES = range(600)  # parse_status admits 100-599
@@ -47,7 +47,7 @@ class AggregateLogBatches(GuardedBatchDoFn):
         self._window_seconds = window_seconds
 
     def setup(self):
-        self._formats = self._config.formats
+        self._parser = LogParser(self._config.formats)
         self._matcher = JourneyMatcher(self._config)
         self._window_micros = self._window_seconds * 1_000_000
         self._counters = {}  # (service, journey) -> bad counters per SLI
@@ -56,8 +56,8 @@ class AggregateLogBatches(GuardedBatchDoFn):
 
     def _request(self, record):
         """-> ((service, journey, window start), SLIs, status, latency_ms); RecordError for a bad record."""
-        micros, service, host, method, path, status, latency, _ = parse_log_fields(
-            payload_and_attributes(record)[0], self._formats
+        micros, service, host, method, path, status, latency, _ = self._parser.fields(
+            record if type(record) is bytes else payload_and_attributes(record)[0]
         )
         service, journey, slis = self._matcher.classify(service, host, method, path)
         return (service, journey, micros // self._window_micros * self._window_seconds), slis, status, latency

@@ -55,14 +55,19 @@ _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)s\s*$")
 _UNIT_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 
 
-def _lookup(obj, dotted):
-    """obj[dotted] if that literal key exists (ECS style "log.level"), else the nested path."""
-    if dotted in obj:
-        return obj[dotted]
+_ABSENT = object()
+
+
+def _lookup(obj, dotted, parts=None):
+    """obj[dotted] if that literal key exists (ECS style "log.level"), else the nested path (`parts`: dotted
+    split at its dots, when the caller has it)."""
+    value = obj.get(dotted, _ABSENT)
+    if value is not _ABSENT:
+        return value
     if "." not in dotted:
         return None
     node = obj
-    for part in dotted.split("."):
+    for part in parts or dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
@@ -81,6 +86,12 @@ def _event_micros(value, field):
 
 
 def _timestamp_micros(value, field):
+    if type(value) is str:  # the usual cases first, then every accepted type in turn
+        micros = _utc_rfc3339_micros(value)
+        if micros is not None:
+            return micros
+    elif type(value) is int and -(2**62) < value < 2**62:
+        return value * 1_000_000 // (1000 if value > 1e11 else 1)  # epoch_micros' result for an int
     if isinstance(value, datetime.datetime):
         return datetime_micros(value)
     if isinstance(value, dict):
@@ -103,45 +114,70 @@ def _timestamp_micros(value, field):
     raise RecordError("bad_timestamp", f"field '{field}': {value!r} is not an RFC 3339 time or epoch number")
 
 
-_DAY_MICROS = {}  # "YYYY-MM-DD" -> microseconds at its midnight UTC: log lines share few days
-_MAX_CACHED_DAYS = 1 << 14
+_SECOND_MICROS = {}  # "YYYY-MM-DDTHH:MM:SS" -> microseconds at that second, UTC: log lines share their seconds
+_MAX_CACHED_SECONDS = 1 << 16
+_FRACTION_SCALE = (None, 100_000, 10_000, 1000, 100, 10, 1)  # microseconds per unit of 1-6 fraction digits
 
 
 def _utc_rfc3339_micros(text):
     """The fast path of `_timestamp_micros` for the usual UTC form "YYYY-MM-DDTHH:MM:SS[.1-9 digits]" + "Z" or
     "+00:00" (the same microseconds as fromisoformat); None for any other text, which the general parser
     then reads or rejects."""
-    if text.endswith("Z"):
-        body = text[:-1]
-    elif text.endswith("+00:00"):
-        body = text[:-6]
+    second = _SECOND_MICROS.get(text[:19])
+    if second is None:
+        second = _second_micros(text[:19])
+        if second is None:
+            return None
+    rest = text[19:]
+    if rest == "Z" or rest == "+00:00":
+        return second
+    if rest.endswith("Z"):
+        fraction = rest[1:-1]
+    elif rest.endswith("+00:00"):
+        fraction = rest[1:-6]
     else:
         return None
-    if not 19 <= len(body) <= 29 or body[10] != "T" or body[13] != ":" or body[16] != ":" or not body.isascii():
+    if rest[0] != "." or not 0 < len(fraction) <= 9 or not fraction.isdigit() or not fraction.isascii():
         return None
-    clock, fraction = body[11:13] + body[14:16] + body[17:19], body[20:]
-    if not clock.isdigit() or (len(body) > 19 and (body[19] != "." or not fraction.isdigit())):
+    digits = fraction[:6]
+    return second + int(digits) * _FRACTION_SCALE[len(digits)]
+
+
+def _second_micros(second):
+    """Microseconds at "YYYY-MM-DDTHH:MM:SS" (ASCII), remembered; None if it is not such a second."""
+    if (
+        len(second) != 19
+        or not second.isascii()
+        or second[4] != "-"
+        or second[7] != "-"
+        or second[10] != "T"
+        or second[13] != ":"
+        or second[16] != ":"
+        or not (second[:4] + second[5:7] + second[8:10] + second[11:13] + second[14:16] + second[17:]).isdigit()
+        or second[11:13] > "23"
+        or second[14:16] > "59"
+        or second[17:] > "59"
+    ):
         return None
-    hour, minute, second = int(clock[:2]), int(clock[2:4]), int(clock[4:])
-    if hour > 23 or minute > 59 or second > 59:
+    try:
+        day = datetime_micros(datetime.datetime.fromisoformat(second[:10]))
+    except ValueError:
         return None
-    day = _DAY_MICROS.get(body[:10])
-    if day is None:
-        if body[4] != "-" or body[7] != "-" or not (body[:4] + body[5:7] + body[8:10]).isdigit():
-            return None
-        try:
-            day = datetime_micros(datetime.datetime.fromisoformat(body[:10]))
-        except ValueError:
-            return None
-        if len(_DAY_MICROS) >= _MAX_CACHED_DAYS:
-            _DAY_MICROS.clear()
-        _DAY_MICROS[body[:10]] = day
-    micros = day + ((hour * 60 + minute) * 60 + second) * 1_000_000
-    return micros + int(fraction[:6].ljust(6, "0")) if fraction else micros
+    micros = day + ((int(second[11:13]) * 60 + int(second[14:16])) * 60 + int(second[17:])) * 1_000_000
+    if len(_SECOND_MICROS) >= _MAX_CACHED_SECONDS:
+        _SECOND_MICROS.clear()
+    _SECOND_MICROS[second] = micros
+    return micros
 
 
 def parse_latency_ms(value, field, unit):
     """Milliseconds from a number in `unit`, a duration string like "0.231s", or {seconds, nanos}."""
+    if type(value) is float and 0 <= value < 1e300 or type(value) is int and 0 <= value < 2**53:
+        return value * _UNIT_TO_MS[unit]  # what the general path gives a plain number
+    if type(value) is str and value.endswith("s") and value.isascii():  # what _DURATION matches, usually
+        whole, dot, part = value[:-1].partition(".")
+        if whole.isdigit() and (part.isdigit() or not dot):
+            return _checked_ms(float(value[:-1]) * 1000.0, value, field)
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
@@ -160,6 +196,10 @@ def parse_latency_ms(value, field, unit):
         ms = finite(value, field) * _UNIT_TO_MS[unit]
     else:
         raise RecordError("bad_latency", f"field '{field}': {value!r} is not a duration")
+    return _checked_ms(ms, value, field)
+
+
+def _checked_ms(ms, value, field):
     if not ms >= 0:  # also rejects NaN
         raise RecordError("bad_latency", f"field '{field}': latency {value!r} is negative")
     if ms == math.inf:
@@ -168,7 +208,9 @@ def parse_latency_ms(value, field, unit):
 
 
 def parse_status(value, field):
-    if isinstance(value, str) and value.strip().isdigit():
+    if type(value) is int and 100 <= value <= 599:
+        return value
+    if isinstance(value, str) and value.strip().isdecimal():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
         raise RecordError("bad_status", f"field '{field}': {value!r} is not an HTTP status code (100-599)")
@@ -204,13 +246,39 @@ def _dict(value):
     return value if isinstance(value, dict) else {}
 
 
-def _from_cloud_logging(entry, mapping):
-    http = entry["httpRequest"]
+_METHODS = {}  # method as logged -> upper case: logs hold few distinct methods
+_SERVICES = {}  # service names already checked by key_part
+_MAX_MEMO = 1 << 12
+
+
+def _method(value, field):
+    method = _METHODS.get(value) if type(value) is str else None
+    if method is None:
+        method = text(value, field).upper()
+        if type(value) is str and len(value) <= 16:
+            if len(_METHODS) >= _MAX_MEMO:
+                _METHODS.clear()
+            _METHODS[value] = method
+    return method
+
+
+def _service(value, field):
+    if type(value) is str and value in _SERVICES:
+        return value
+    service = key_part(value, field)
+    if type(value) is str:
+        if len(_SERVICES) >= _MAX_MEMO:
+            _SERVICES.clear()
+        _SERVICES[value] = None
+    return service
+
+
+def _from_cloud_logging(entry, http):
     if not isinstance(http, dict):
         raise RecordError("bad_field", "'httpRequest' must be an object")
     ts_field = "timestamp" if entry.get("timestamp") else "receiveTimestamp"
     micros = _event_micros(_required(entry, ts_field, "LogEntry"), ts_field)
-    method = text(_required(http, "requestMethod", "LogEntry httpRequest"), "httpRequest.requestMethod").upper()
+    method = _method(_required(http, "requestMethod", "LogEntry httpRequest"), "httpRequest.requestMethod")
     host, path = _split_url(_required(http, "requestUrl", "LogEntry httpRequest"), "httpRequest.requestUrl")
     status = parse_status(_required(http, "status", "LogEntry httpRequest"), "httpRequest.status")
     latency = parse_latency_ms(_required(http, "latency", "LogEntry httpRequest"), "httpRequest.latency", "s")
@@ -223,83 +291,127 @@ def _from_cloud_logging(entry, mapping):
         or host
         or "unknown"
     )
-    return micros, key_part(service, "service"), host, method, path, status, latency, "cloud_logging"
+    return micros, _service(service, "service"), host, method, path, status, latency, "cloud_logging"
 
 
-def _from_mapping(obj, mapping, fmt, fallback_time=None, context=None):
-    """App log or flat JSON: request fields looked up in `context` (the MDC) first, then `obj`."""
+class _MappedFormat:
+    """App log or flat JSON records read through a `FieldMapping`, its field names looked up once here."""
 
-    def get(field):
+    def __init__(self, mapping, fmt):
+        self._fmt = fmt
+        self._timestamp_field = mapping.timestamp_field
+        times = (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ())
+        self._time_fields = tuple(_Field(f) for f in dict.fromkeys(times))  # the first with a value wins
+        self._required = tuple(
+            (_Field(getattr(mapping, name)), name)
+            for name in ("method_field", "path_field", "status_field", "latency_field")
+        )
+        self._service = _Field(mapping.service_field)
+        self._latency_unit = mapping.latency_unit
+
+    def fields(self, obj, fallback_time=None, context=None):
+        """Request fields looked up in `context` (the MDC) first, then `obj`."""
+        ts_field, ts_value = None, fallback_time
+        for field in self._time_fields:
+            value = field.get(obj, context)
+            if value is not None and value != "":
+                ts_field, ts_value = field.name, value
+                break
+        if ts_field is None and fallback_time is None:
+            raise RecordError("missing_field", f"{self._fmt} record has no '{self._timestamp_field}' (required)")
+        micros = _event_micros(ts_value, ts_field or "timestamp")
+        values = []
+        for field, name in self._required:
+            value = field.get(obj, context)
+            if value is None or value == "":
+                raise RecordError(
+                    "missing_field",
+                    f"{self._fmt} record has no '{field.name}' (required; mapped by formats.{self._fmt}.{name} "
+                    f"in the SLI config)",
+                )
+            values.append(value)
+        (method_field, _), (path_field, _), (status_field, _), (latency_field, _) = self._required
+        method, url, status, latency = values
+        host, path = _split_url(url, path_field.name)
+        return (
+            micros,
+            _service(self._service.get(obj, context) or host or "unknown", self._service.name),
+            host,
+            _method(method, method_field.name),
+            path,
+            parse_status(status, status_field.name),
+            parse_latency_ms(latency, latency_field.name, self._latency_unit),
+            self._fmt,
+        )
+
+
+class _Field:
+    """A mapped field: `get` looks it up in the context map (when there is one), then in the record."""
+
+    def __init__(self, name):
+        self.name = name
+        self._parts = tuple(name.split(".")) if "." in name else None
+
+    def get(self, obj, context):
+        if self._parts is None:  # a plain key
+            value = None if context is None else context.get(self.name)
+            return obj.get(self.name) if value is None else value
         if context is not None:
-            value = _lookup(context, field)
+            value = _lookup(context, self.name, self._parts)
             if value is not None:
                 return value
-        return _lookup(obj, field)
-
-    ts_field, ts_value = None, fallback_time
-    for field in (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ()):
-        value = get(field)
-        if value is not None and value != "":
-            ts_field, ts_value = field, value
-            break
-    if ts_field is None and fallback_time is None:
-        raise RecordError("missing_field", f"{fmt} record has no '{mapping.timestamp_field}' (required)")
-    micros = _event_micros(ts_value, ts_field or "timestamp")
-    values = {}
-    for name in ("method_field", "path_field", "status_field", "latency_field"):
-        field = getattr(mapping, name)
-        value = get(field)
-        if value is None or value == "":
-            raise RecordError(
-                "missing_field",
-                f"{fmt} record has no '{field}' (required; mapped by formats.{fmt}.{name} in the SLI config)",
-            )
-        values[name] = value
-    host, path = _split_url(values["path_field"], mapping.path_field)
-    return (
-        micros,
-        key_part(get(mapping.service_field) or host or "unknown", mapping.service_field),
-        host,
-        text(values["method_field"], mapping.method_field).upper(),
-        path,
-        parse_status(values["status_field"], mapping.status_field),
-        parse_latency_ms(values["latency_field"], mapping.latency_field, mapping.latency_unit),
-        fmt,
-    )
+        return _lookup(obj, self.name, self._parts)
 
 
 def _is_app_log(obj):
-    return any(k in obj for k in _APP_LOG_LEVEL) and any(k in obj for k in _APP_LOG_LOGGER)
+    keys = obj.keys()
+    return not keys.isdisjoint(_APP_LOG_LEVEL) and not keys.isdisjoint(_APP_LOG_LOGGER)
 
 
-def _app_log(obj, formats, fallback_time=None):
-    context = next((obj[k] for k in _CONTEXT_MAPS if isinstance(obj.get(k), dict)), None)
-    return _from_mapping(obj, formats.app_log, "app_log", fallback_time, context)
+def _context_map(obj):
+    for key in _CONTEXT_MAPS:
+        value = obj.get(key)
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+class LogParser:
+    """Request-log records of the three formats -> their request fields, with the SLI config's field
+    mappings (`formats`) prepared once."""
+
+    def __init__(self, formats):
+        self._app_log = _MappedFormat(formats.app_log, "app_log")
+        self._flat = _MappedFormat(formats.flat, "flat")
+
+    def event(self, payload):
+        """One record (bytes, str or an already-decoded dict such as a BigQuery row) -> a `RequestEvent`."""
+        micros, *fields = self.fields(payload)
+        return RequestEvent(micros_seconds(micros), *fields)
+
+    def fields(self, payload):
+        """`event`'s fields as a tuple, the event time in whole microseconds since the epoch (the batch path's
+        integer window arithmetic), within the same range and with the same errors."""
+        obj = payload if isinstance(payload, dict) else parse_json(payload)
+        if not isinstance(obj, dict):
+            raise RecordError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+        http = obj.get("httpRequest")
+        if http is not None:
+            return _from_cloud_logging(obj, http)
+        payload_obj = obj.get("jsonPayload")
+        if isinstance(payload_obj, dict):
+            entry_time = obj.get("timestamp") or obj.get("receiveTimestamp")
+            if _is_app_log(payload_obj):
+                return self._app_log.fields(payload_obj, entry_time, _context_map(payload_obj))
+            return self._flat.fields(payload_obj, entry_time)
+        if _is_app_log(obj):
+            return self._app_log.fields(obj, None, _context_map(obj))
+        return self._flat.fields(obj)
 
 
 def parse_log_record(payload, formats):
-    """One record (bytes, str or an already-decoded dict such as a BigQuery row) to a `RequestEvent`."""
-    micros, *fields = parse_log_fields(payload, formats)
-    return RequestEvent(micros_seconds(micros), *fields)
-
-
-def parse_log_fields(payload, formats):
-    """`parse_log_record`'s fields as a tuple, the event time in whole microseconds since the epoch (the
-    batch path's integer window arithmetic), within the same range and with the same errors."""
-    obj = payload if isinstance(payload, dict) else parse_json(payload)
-    if not isinstance(obj, dict):
-        raise RecordError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-    if obj.get("httpRequest") is not None:
-        return _from_cloud_logging(obj, formats)
-    payload_obj = obj.get("jsonPayload")
-    if isinstance(payload_obj, dict):
-        entry_time = obj.get("timestamp") or obj.get("receiveTimestamp")
-        if _is_app_log(payload_obj):
-            return _app_log(payload_obj, formats, entry_time)
-        return _from_mapping(payload_obj, formats.flat, "flat", entry_time)
-    if _is_app_log(obj):
-        return _app_log(obj, formats)
-    return _from_mapping(obj, formats.flat, "flat")
+    """One record to a `RequestEvent` (`LogParser.event`, for a single record)."""
+    return LogParser(formats).event(payload)
 
 
 class ParseLogRecords(GuardedDoFn):
@@ -310,10 +422,10 @@ class ParseLogRecords(GuardedDoFn):
 
     def __init__(self, formats, pipeline_name):
         super().__init__(pipeline_name)
-        self._formats = formats
+        self._parser = LogParser(formats)
         self._parsed = Metrics.counter(pipeline_name, "records_parsed")
 
     def handle(self, record):
-        event = parse_log_record(payload_and_attributes(record)[0], self._formats)
+        event = self._parser.event(payload_and_attributes(record)[0])
         self._parsed.inc()
         yield TimestampedValue(event, event_timestamp(event.timestamp))
