@@ -12,7 +12,6 @@ turns into a dead letter.
 """
 
 import datetime
-import functools
 import math
 import re
 from typing import NamedTuple
@@ -115,6 +114,7 @@ def _timestamp_micros(value, field):
 
 
 _SECOND_MICROS = {}  # "YYYY-MM-DDTHH:MM:SS" -> microseconds at that second, UTC: log lines share their seconds
+_DAY_MICROS = {}  # "YYYY-MM-DD" -> microseconds at its midnight, UTC
 _MAX_CACHED_SECONDS = 1 << 16
 _FRACTION_SCALE = (None, 100_000, 10_000, 1000, 100, 10, 1)  # microseconds per unit of 1-6 fraction digits
 
@@ -159,10 +159,15 @@ def _second_micros(second):
         or second[17:] > "59"
     ):
         return None
-    try:
-        day = datetime_micros(datetime.datetime.fromisoformat(second[:10]))
-    except ValueError:
-        return None
+    day = _DAY_MICROS.get(second[:10])
+    if day is None:
+        try:
+            day = datetime_micros(datetime.datetime.fromisoformat(second[:10]))
+        except ValueError:
+            return None
+        if len(_DAY_MICROS) >= _MAX_CACHED_SECONDS:
+            _DAY_MICROS.clear()
+        _DAY_MICROS[second[:10]] = day
     micros = day + ((int(second[11:13]) * 60 + int(second[14:16])) * 60 + int(second[17:])) * 1_000_000
     if len(_SECOND_MICROS) >= _MAX_CACHED_SECONDS:
         _SECOND_MICROS.clear()
@@ -225,21 +230,24 @@ def _required(obj, field, fmt):
 
 
 def _split_url(url, field):
-    url = text(url, field)
-    return (_split_url_cached if len(url) <= _CACHED_URL_CHARS else _split_url_text)(url, field)
+    """(host, path) of a URL or path; remembered for the URLs logs repeat (a failure raises every time)."""
+    split = _URLS.get(url) if type(url) is str else None
+    if split is None:
+        url = text(url, field)
+        try:
+            parts = urlsplit(url)
+            split = parts.hostname or "", parts.path or "/"
+        except ValueError as e:
+            raise RecordError("bad_field", f"field '{field}': {url!r:.80} is not a URL: {e}") from None
+        if len(url) <= _CACHED_URL_CHARS:
+            if len(_URLS) >= _MAX_CACHED_URLS:
+                _URLS.clear()
+            _URLS[url] = split
+    return split
 
 
-def _split_url_text(url, field):
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError as e:
-        raise RecordError("bad_field", f"field '{field}': {url!r:.80} is not a URL: {e}") from None
-    return host, (parts.path or "/")
-
-
-_CACHED_URL_CHARS = 1024
-_split_url_cached = functools.lru_cache(maxsize=1 << 16)(_split_url_text)  # logs repeat their URLs; errors raise
+_URLS = {}  # URL -> (host, path)
+_CACHED_URL_CHARS, _MAX_CACHED_URLS = 1024, 1 << 16
 
 
 def _dict(value):
