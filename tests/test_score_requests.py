@@ -413,6 +413,47 @@ def test_content_json_is_json_dumps_text(features):
     assert content_json(features) == json.dumps(features, sort_keys=True, default=str)
 
 
+SCALAR_MODEL = [InputSpec("b", "float32", ()), InputSpec("a", "float64", ())]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.dictionaries(st.sampled_from(["a", "b", "c"]), feature_values, max_size=3),
+        json_values,
+    )
+)
+@example({"a": 1.5, "b": 2})
+@example({"a": 1.5, "b": True})
+@example({"a": 1.5})
+@example(["a", "b"])
+@example("ab")
+def test_a_scalar_model_takes_numbers_as_given_and_checks_the_rest(features):
+    """A model of float scalar inputs (prepare_example's short path): numbers given are the example as they
+    are and the content key is the MD5 of their json.dumps text; anything else is a RecordError naming the
+    feature, or a value numpy made of the given one."""
+    record = {"id": "r", "features": features}
+    wanted = {"b": None, "a": None}
+    try:
+        _, key, example = prepare_example(record, SCALAR_MODEL)
+    except RecordError as e:
+        named = (
+            [name for name in wanted if type(features.get(name)) not in (int, float)]
+            if isinstance(features, dict)
+            else ["'features'"]
+        )
+        assert any(name in str(e) for name in named)
+        return
+    given = {name: features[name] for name in wanted}
+    assert key == hashlib.md5(json.dumps(given, sort_keys=True, default=str).encode()).hexdigest()
+    assert list(example) == ["b", "a"]
+    for name, value in given.items():
+        if type(value) in (int, float):
+            assert example[name] is value
+        else:
+            assert float(example[name]) == np.asarray(value, dtype=np.float64) or np.isnan(float(example[name]))
+
+
 def test_a_content_key_is_the_md5_of_the_inputs_canonical_json():
     """The content key (the serving cache's row key) stays what it was: MD5 of the model inputs' json.dumps
     text with sorted keys, whatever the order of the request's features."""
