@@ -183,8 +183,9 @@ class JsonFileSource(FileBasedSource):
     (files.JsonValueSplitter). JSONL files are split into byte ranges like Beam's text source: a range owns
     the lines that start in it, and claims one position per batch (its last line's start), so dynamic
     splits never cut a batch. A multi-line JSON file is read whole by the range that starts at 0 (the others
-    find it is not JSONL and yield nothing). `.gz` files are read whole. A record over MAX_RECORD_BYTES is
-    cut to MAX_RECORD_BYTES + 1 bytes while reading (the parse step dead-letters it as too_large)."""
+    find it is not JSONL and yield nothing). `.gz` files are read whole. A JSONL range is read and
+    decompressed by a thread a few chunks ahead of its batches (`read_ahead`). A record over MAX_RECORD_BYTES
+    is cut to MAX_RECORD_BYTES + 1 bytes while reading (the parse step dead-letters it as too_large)."""
 
     def __init__(self, file_pattern, batch_bytes=BATCH_BYTES, max_record_bytes=MAX_RECORD_BYTES):
         super().__init__(file_pattern)

@@ -115,7 +115,7 @@ def _timestamp_micros(value, field):
 
 _SECOND_MICROS = {}  # "YYYY-MM-DDTHH:MM:SS" -> microseconds at that second, UTC: log lines share their seconds
 _DAY_MICROS = {}  # "YYYY-MM-DD" -> microseconds at its midnight, UTC
-_MAX_CACHED_SECONDS = 1 << 16
+_MAX_CACHED_SECONDS, _MAX_CACHED_DAYS = 1 << 16, 1 << 14
 _FRACTION_SCALE = (None, 100_000, 10_000, 1000, 100, 10, 1)  # microseconds per unit of 1-6 fraction digits
 
 
@@ -165,7 +165,7 @@ def _second_micros(second):
             day = datetime_micros(datetime.datetime.fromisoformat(second[:10]))
         except ValueError:
             return None
-        if len(_DAY_MICROS) >= _MAX_CACHED_SECONDS:
+        if len(_DAY_MICROS) >= _MAX_CACHED_DAYS:
             _DAY_MICROS.clear()
         _DAY_MICROS[second[:10]] = day
     micros = day + ((int(second[11:13]) * 60 + int(second[14:16])) * 60 + int(second[17:])) * 1_000_000
