@@ -5,6 +5,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.sli.stats import LATENCY_RELATIVE_ACCURACY, PERCENTILES, JourneyWindowStats
 
@@ -27,7 +29,7 @@ def _check_percentiles(stats, values):
     for p in PERCENTILES:
         rank = p / 100 * (len(data) - 1)
         low, high = data[math.floor(rank)], data[math.ceil(rank)]
-        estimate = stats.percentile_ms(p)
+        estimate = stats.percentiles_ms()[p]
         # within the relative bound of the exact order statistic(s) at that rank
         assert low * (1 - LATENCY_RELATIVE_ACCURACY) <= estimate <= high * (1 + LATENCY_RELATIVE_ACCURACY), p
 
@@ -68,5 +70,25 @@ def test_merge_into_empty_and_tree_merge():
 def test_single_value_and_empty():
     stats = _fill([42.0])
     for p in PERCENTILES:
-        assert stats.percentile_ms(p) == pytest.approx(42.0, rel=LATENCY_RELATIVE_ACCURACY)
-    assert JourneyWindowStats().percentile_ms(50) is None
+        assert stats.percentiles_ms()[p] == pytest.approx(42.0, rel=LATENCY_RELATIVE_ACCURACY)
+    assert JourneyWindowStats().percentiles_ms() == dict.fromkeys(PERCENTILES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(st.floats(0, 1e9, allow_nan=False), st.sampled_from([0.0, 5e-324, 1e-9, 1.0, 100.0])),
+            max_size=60,
+        ),
+        max_size=4,
+    )
+)
+def test_percentiles_are_ddsketchs_quantiles(parts):
+    """percentiles_ms (one pass over the bins) gives what DDSketch's get_quantile_value gives for each
+    percentile, on stats merged from any parts: zero latencies, one bin, wide ranges."""
+    stats = JourneyWindowStats()
+    for latencies in parts:
+        stats.merge(JourneyWindowStats().add_batch(np.array(latencies), []) if latencies else JourneyWindowStats())
+    expected = {p: stats.sketch.get_quantile_value(p / 100) if stats.count else None for p in PERCENTILES}
+    assert stats.percentiles_ms() == expected

@@ -163,7 +163,7 @@ class FormatSliRows(beam.DoFn):
             "window_seconds": seconds,
             "total": stats.count,
             "throughput_rps": stats.count / seconds,
-            **{f"latency_p{p}_ms": stats.percentile_ms(p) for p in PERCENTILES},
+            **{f"latency_p{p}_ms": value for p, value in stats.percentiles_ms().items()},
             "latency_mean_ms": stats.latency_sum_ms / stats.count,
             "latency_max_ms": stats.latency_max_ms,
             "latency_sketch": sketch_to_text(stats.sketch),

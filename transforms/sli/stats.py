@@ -73,8 +73,27 @@ class JourneyWindowStats:
         _add_to_sketch(self.sketch, latencies_ms)
         return self
 
-    def percentile_ms(self, p):
-        return self.sketch.get_quantile_value(p / 100.0) if self.count else None
+    def percentiles_ms(self):
+        """{p: latency at p} for each of PERCENTILES (None when empty): DDSketch's get_quantile_value(p / 100)
+        for each, from one running sum over the bins for all of them (the same float sums its key_at_rank
+        makes, bin by bin, for each one)."""
+        sketch = self.sketch
+        if not self.count or sketch._negative_store.count:  # (no negative latencies: the parser rejects them)
+            return {p: sketch.get_quantile_value(p / 100) if self.count else None for p in PERCENTILES}
+        store, zero, value = sketch._store, sketch._zero_count, sketch._mapping.value
+        bins, last = store.bins, len(store.bins) - 1
+        index, running, percentiles = -1, 0.0, {}
+        for p in PERCENTILES:  # ascending, so each rank's bin is at or after the one before
+            rank = p / 100 * (sketch._count - 1)
+            if rank < zero:
+                percentiles[p] = 0
+                continue
+            rank -= zero
+            while not running > rank and index < last:
+                index += 1
+                running += bins[index]
+            percentiles[p] = value(index + store.offset if running > rank else store.max_key)
+        return percentiles
 
 
 def _add_to_sketch(sketch, values):
