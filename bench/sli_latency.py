@@ -41,16 +41,16 @@ def baseline_service(subscription, instance, table_id, window_seconds, config_pa
     from google.cloud import bigtable, pubsub_v1
 
     from transforms.sli.config import JourneyMatcher, load_sli_config
-    from transforms.sli.parsing import parse_log_record
+    from transforms.sli.parsing import LogParser
 
     config = load_sli_config(config_path)
-    matcher = JourneyMatcher(config)
+    parser, matcher = LogParser(config.formats), JourneyMatcher(config)
     table = bigtable.Client(project="local-project", admin=True).instance(instance).table(table_id)
     counts, lock = {}, threading.Lock()  # (service, journey, window start) -> [total, bad]
 
     def count(message):
         try:
-            event = parse_log_record(message.data, config.formats)
+            event = parser.event(message.data)
         except ValueError:
             message.ack()
             return
