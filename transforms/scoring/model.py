@@ -347,6 +347,7 @@ def stack_examples(examples, inputs):
 
 _FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
 _NUMBERS = (float, int)
+_NUMBER_TYPES = frozenset(_NUMBERS)
 
 
 def _plain_numbers(value, shape):
@@ -463,7 +464,7 @@ def prepare_example(
             given = {name: features[name] for name in names}
         except KeyError:
             given = None  # the loop below names the missing feature
-        if given is not None and all(type(value) in _NUMBERS for value in given.values()):
+        if given is not None and set(map(type, given.values())) <= _NUMBER_TYPES:
             return request_id, hashlib.md5(content_json(given).encode()).hexdigest(), dict(given)
     example, given = {}, {}  # given: the inputs' values as the request holds them (the content key's)
     for spec in inputs:
