@@ -515,12 +515,6 @@ def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=
     at = datetime.datetime.fromtimestamp(scored_at, datetime.UTC).isoformat()
     names = sorted(outputs)
     columns = [(f"{_json(name)}: ", np.asarray(outputs[name]).tolist()) for name in names]
-    if len(columns) == 1:  # the usual model: one output, its JSON text made without a join per row
-        key, values = columns[0]
-        prefix = "{" + key
-        texts = [prefix + _json(value) + "}" for value in values]
-    else:
-        texts = ["{" + ", ".join(key + _json(values[i]) for key, values in columns) + "}" for i in range(len(requests))]
     top = [[] for _ in requests]
     if len(names) == 1 and labels is not None and requests:
         scores = np.asarray(outputs[names[0]], dtype=np.float64).reshape(len(requests), -1)
@@ -539,7 +533,7 @@ def prediction_rows(requests, outputs, version, labels=None, top_k=3, scored_at=
                 "instance_index": request.instance_index,
                 "model_version": version,
                 "content_key": request.content_key,
-                "outputs": texts[i],
+                "outputs": "{" + ", ".join(key + _json(values[i]) for key, values in columns) + "}",
                 "top_k": top[i],
                 "scored_at": at,
                 "latency_ms": round((scored_at - request.received_at) * 1000, 3),
