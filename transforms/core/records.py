@@ -96,6 +96,15 @@ def parse_json(payload):
     return value
 
 
+def remember(memo, key, value, limit):
+    """`memo[key] = value` in a memo (a dict) of at most `limit` entries, emptied when full (what records
+    repeat comes back at once); returns `value`."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 def record_dict(record):
     """A record as read (dict, JSON text/bytes, or a SerializedExample) -> dict; RecordError otherwise."""
     if isinstance(record, dict):

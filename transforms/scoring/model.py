@@ -17,7 +17,7 @@ import orjson
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.core.records import text
+from transforms.core.records import remember, text
 from transforms.images.pixels import check_image_header, decode_base64, decode_image, resize
 from transforms.io.deadletter import RecordError
 
@@ -346,8 +346,7 @@ def stack_examples(examples, inputs):
 
 
 _FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
-_NUMBERS = (float, int)
-_NUMBER_TYPES = frozenset(_NUMBERS)
+_NUMBERS = frozenset((float, int))
 
 
 def _plain_numbers(value, shape):
@@ -369,9 +368,7 @@ def _float_scalar_names(inputs):
     entry = _INPUT_NAMES.get(id(inputs))
     if entry is None or entry[0] is not inputs:
         scalars = all(spec.dtype in _FLOAT_DTYPES and not spec.shape for spec in inputs)
-        if len(_INPUT_NAMES) >= 16:
-            _INPUT_NAMES.clear()
-        entry = _INPUT_NAMES[id(inputs)] = (inputs, tuple(spec.name for spec in inputs) if scalars else None)
+        entry = remember(_INPUT_NAMES, id(inputs), (inputs, tuple(s.name for s in inputs) if scalars else None), 16)
     return entry[1]
 
 
@@ -464,7 +461,7 @@ def prepare_example(
             given = {name: features[name] for name in names}
         except KeyError:
             given = None  # the loop below names the missing feature
-        if given is not None and set(map(type, given.values())) <= _NUMBER_TYPES:
+        if given is not None and set(map(type, given.values())) <= _NUMBERS:
             return request_id, hashlib.md5(content_json(given).encode()).hexdigest(), dict(given)
     example, given = {}, {}  # given: the inputs' values as the request holds them (the content key's)
     for spec in inputs:

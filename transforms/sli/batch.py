@@ -56,9 +56,7 @@ class AggregateLogBatches(GuardedBatchDoFn):
 
     def _request(self, record):
         """-> ((service, journey, window start), SLIs, status, latency_ms); RecordError for a bad record."""
-        micros, service, host, method, path, status, latency, _ = self._parser.fields(
-            record if type(record) is bytes else payload_and_attributes(record)[0]
-        )
+        micros, service, host, method, path, status, latency, _ = self._parser.fields(payload_and_attributes(record)[0])
         service, journey, slis = self._matcher.classify(service, host, method, path)
         return (service, journey, micros // self._window_micros * self._window_seconds), slis, status, latency
 

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from transforms.core.config import ConfigError, StrictModel, load_config, parse_config
+from transforms.core.records import remember
 
 UNMATCHED_JOURNEY = "_unmatched"
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
@@ -381,9 +382,7 @@ class JourneyMatcher:
             service = self.service_for(service, host)
             found = (service, *self.match(service, method, path))
             if len(path) + len(host or "") + len(method) <= _MEMO_KEY_CHARS:
-                if len(self._memo) >= _MEMO_SIZE:
-                    self._memo.clear()
-                self._memo[key] = found
+                remember(self._memo, key, found, _MEMO_SIZE)
         return found
 
 

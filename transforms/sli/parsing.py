@@ -30,6 +30,7 @@ from transforms.core.records import (
     key_part,
     micros_seconds,
     parse_json,
+    remember,
     text,
 )
 from transforms.io.deadletter import GuardedDoFn, RecordError, payload_and_attributes
@@ -162,14 +163,9 @@ def _second_micros(second):
             day = datetime_micros(datetime.datetime.fromisoformat(second[:10]))
         except ValueError:
             return None
-        if len(_DAY_MICROS) >= _MAX_CACHED_DAYS:
-            _DAY_MICROS.clear()
-        _DAY_MICROS[second[:10]] = day
+        remember(_DAY_MICROS, second[:10], day, _MAX_CACHED_DAYS)
     micros = day + ((int(second[11:13]) * 60 + int(second[14:16])) * 60 + int(second[17:])) * 1_000_000
-    if len(_SECOND_MICROS) >= _MAX_CACHED_SECONDS:
-        _SECOND_MICROS.clear()
-    _SECOND_MICROS[second] = micros
-    return micros
+    return remember(_SECOND_MICROS, second, micros, _MAX_CACHED_SECONDS)
 
 
 def parse_latency_ms(value, field, unit):
@@ -239,9 +235,7 @@ def _split_url(url, field):
         except ValueError as e:
             raise RecordError("bad_field", f"field '{field}': {url!r:.80} is not a URL: {e}") from None
         if len(url) <= _CACHED_URL_CHARS:
-            if len(_URLS) >= _MAX_CACHED_URLS:
-                _URLS.clear()
-            _URLS[url] = split
+            remember(_URLS, url, split, _MAX_CACHED_URLS)
     return split
 
 
@@ -263,9 +257,7 @@ def _method(value, field):
     if method is None:
         method = text(value, field).upper()
         if type(value) is str and len(value) <= 16:
-            if len(_METHODS) >= _MAX_MEMO:
-                _METHODS.clear()
-            _METHODS[value] = method
+            remember(_METHODS, value, method, _MAX_MEMO)
     return method
 
 
@@ -274,9 +266,7 @@ def _service(value, field):
         return value
     service = key_part(value, field)
     if type(value) is str:
-        if len(_SERVICES) >= _MAX_MEMO:
-            _SERVICES.clear()
-        _SERVICES[value] = None
+        remember(_SERVICES, value, None, _MAX_MEMO)
     return service
 
 
