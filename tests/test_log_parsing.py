@@ -250,3 +250,54 @@ def test_the_fast_rfc3339_path_reads_what_fromisoformat_reads(value):
 
 
 _UTC_TEXT_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|\+00:00)", re.ASCII)
+
+
+_RAW = st.one_of(
+    st.sampled_from(["GET", "post", "/a", "https://h.example.com/p/1?q", "svc", "", "http://[::1", "a#b"]),
+    st.none(),
+    st.integers(-2, 2),
+    st.booleans(),
+    st.floats(allow_nan=False, max_value=2.0, min_value=-2.0),
+    st.lists(st.just("GET"), max_size=1),
+    st.dictionaries(st.just("k"), st.just("v"), max_size=1),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_RAW, _RAW, _RAW, st.sampled_from(["cloud_logging", "flat"])), min_size=1, max_size=12))
+def test_a_parser_that_remembers_requests_answers_as_a_fresh_one(requests):
+    """A LogParser remembers each (service, method, URL) it has seen; records repeating them, with values of
+    any JSON type (1 and True, lists, dicts), give what a parser that has seen nothing gives: the same
+    fields, journey and error."""
+    from transforms.io.deadletter import RecordError
+    from transforms.sli.config import JourneyMatcher
+    from transforms.sli.parsing import LogParser
+
+    config = load_sli_config(SLI_DIR / "profile_service.yaml")
+
+    def record(service, method, url, fmt):
+        if fmt == "flat":
+            return {
+                "time": "2026-11-22T10:00:00Z",
+                "service": service,
+                "method": method,
+                "uri": url,
+                "status": 200,
+                "request_time": 0.5,
+            }
+        return {
+            "timestamp": "2026-11-22T10:00:00Z",
+            "resource": {"labels": {"service_name": service}},
+            "httpRequest": {"requestMethod": method, "requestUrl": url, "status": 200, "latency": "0.5s"},
+        }
+
+    def outcome(parser, payload):
+        try:
+            return parser.fields(payload)
+        except RecordError as e:
+            return e.reason, str(e)
+
+    shared = LogParser(config.formats, JourneyMatcher(config))
+    for raw in requests + requests:  # each request again, once remembered
+        payload = record(*raw)
+        assert outcome(shared, payload) == outcome(LogParser(config.formats, JourneyMatcher(config)), payload)

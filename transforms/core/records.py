@@ -49,16 +49,11 @@ def parse_json(payload):
     """JSON text or bytes -> the decoded value; a leading byte-order mark is ignored. Raises RecordError:
     too_large (over MAX_RECORD_BYTES), invalid_utf8, out_of_range (NaN, Infinity, overflow), too_deep, empty or
     invalid_json."""
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        if type(payload) is not bytes:
+    if type(payload) is not bytes:  # bytes first: the usual case costs one check
+        if isinstance(payload, (bytearray, memoryview)):
             payload = bytes(payload)
-        if payload.startswith(_BOM_BYTES):
-            payload = payload[3:]
-    elif isinstance(payload, str):
-        if payload.startswith(_BOM_TEXT):
-            payload = payload[1:]
-    else:
-        raise RecordError("wrong_type", f"expected JSON text, got {type(payload).__name__}")
+        elif not isinstance(payload, str):
+            raise RecordError("wrong_type", f"expected JSON text, got {type(payload).__name__}")
     if len(payload) > MAX_RECORD_BYTES:
         raise RecordError(
             "too_large", f"the record is over {MAX_RECORD_BYTES} bytes, the most one JSON record may hold"
@@ -66,34 +61,44 @@ def parse_json(payload):
     try:
         value = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
-        message = str(e)
-        if "UTF-8" in message or "surrogate" in message:
-            raise RecordError("invalid_utf8", f"not valid UTF-8 text: {message}") from None
-        if "depth limit" in message:
-            raise RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-        if "infinity" in message or (
-            ("NaN" in payload or "Infinity" in payload)
-            if isinstance(payload, str)
-            else (b"NaN" in payload or b"Infinity" in payload)
-        ):
-            raise RecordError(
-                "out_of_range", f"a number is not finite (NaN, Infinity or overflow): {message}"
-            ) from None
-        if not payload.strip():
-            raise RecordError("empty", "the record is empty") from None
-        raise RecordError(
-            "invalid_json",
-            f"not valid JSON: {message} (a record is one JSON object: a line of a JSONL file, a value of a "
-            f"multi-line JSON file or array, or a message)",
-        ) from None
+        bom = _BOM_BYTES if type(payload) is bytes else _BOM_TEXT
+        if not payload.startswith(bom):  # orjson refuses a BOM: checked here, not on every record
+            raise _decode_error(payload, str(e)) from None
+        payload = payload[len(bom) :]
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError as e:
+            raise _decode_error(payload, str(e)) from None
     if len(payload) <= 2 * MAX_JSON_DEPTH:  # too short to open and close more than MAX_JSON_DEPTH brackets
         return value
-    brackets = payload.count(b"[" if isinstance(payload, bytes) else "[") + payload.count(
-        b"{" if isinstance(payload, bytes) else "{"
-    )
+    if type(payload) is bytes:
+        brackets = payload.count(b"{") + (payload.count(b"[") if b"[" in payload else 0)
+    else:
+        brackets = payload.count("{") + payload.count("[")
     if brackets > MAX_JSON_DEPTH and isinstance(value, (dict, list)) and _depth_exceeds(value, MAX_JSON_DEPTH):
         raise RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def _decode_error(payload, message):
+    """The RecordError for JSON orjson could not decode, by its message."""
+    if "UTF-8" in message or "surrogate" in message:
+        return RecordError("invalid_utf8", f"not valid UTF-8 text: {message}")
+    if "depth limit" in message:
+        return RecordError("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if "infinity" in message or (
+        ("NaN" in payload or "Infinity" in payload)
+        if isinstance(payload, str)
+        else (b"NaN" in payload or b"Infinity" in payload)
+    ):
+        return RecordError("out_of_range", f"a number is not finite (NaN, Infinity or overflow): {message}")
+    if not payload.strip():
+        return RecordError("empty", "the record is empty")
+    return RecordError(
+        "invalid_json",
+        f"not valid JSON: {message} (a record is one JSON object: a line of a JSONL file, a value of a "
+        f"multi-line JSON file or array, or a message)",
+    )
 
 
 def remember(memo, key, value, limit):
@@ -212,13 +217,13 @@ def event_time(micros, field):
 
 # The largest whole microsecond whose `micros_seconds` is not after MAX_EVENT_SECONDS (the float just above it
 # is 2**-15 s later): event_micros accepts exactly the times event_time accepts.
-_MAX_EVENT_MICROS = math.ceil(Fraction(math.nextafter(MAX_EVENT_SECONDS, math.inf)) * 1_000_000) - 1
+MAX_EVENT_MICROS = math.ceil(Fraction(math.nextafter(MAX_EVENT_SECONDS, math.inf)) * 1_000_000) - 1
 
 
 def event_micros(micros, field):
     """`event_time`'s check on whole microseconds, in integer arithmetic: the same micros back, or the same
     RecordError."""
-    if not 0 <= micros <= _MAX_EVENT_MICROS:
+    if not 0 <= micros <= MAX_EVENT_MICROS:
         event_time(micros, field)  # raises out_of_range
     return micros
 

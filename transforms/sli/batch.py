@@ -2,7 +2,7 @@
 window among them, merged downstream by `rows.ComputeSliRowsFromPartials` into the same rows the per-event
 path (`ParseLogRecords` + `rows.ComputeSliRows`) gives.
 
-Per record only the parse (one JSON decode, `parsing.LogParser.fields`), a memoized journey lookup and
+Per record only the parse (one JSON decode, `parsing.LogParser.fields`, whose requests carry their journeys) and
 integer window arithmetic run in Python; bad counts and the latency sketch are filled with numpy once per
 journey window of the batch.
 """
@@ -47,8 +47,7 @@ class AggregateLogBatches(GuardedBatchDoFn):
         self._window_seconds = window_seconds
 
     def setup(self):
-        self._parser = LogParser(self._config.formats)
-        self._matcher = JourneyMatcher(self._config)
+        self._parser = LogParser(self._config.formats, JourneyMatcher(self._config))
         self._window_micros = self._window_seconds * 1_000_000
         self._counters = {}  # (service, journey) -> bad counters per SLI
         self._parsed = Metrics.counter(self._pipeline, "records_parsed")
@@ -56,8 +55,8 @@ class AggregateLogBatches(GuardedBatchDoFn):
 
     def _request(self, record):
         """-> ((service, journey, window start), SLIs, status, latency_ms); RecordError for a bad record."""
-        micros, service, host, method, path, status, latency, _ = self._parser.fields(payload_and_attributes(record)[0])
-        service, journey, slis = self._matcher.classify(service, host, method, path)
+        micros, request, status, latency, _ = self._parser.fields(payload_and_attributes(record)[0])
+        service, journey, slis = request.journey
         return (service, journey, micros // self._window_micros * self._window_seconds), slis, status, latency
 
     def handle(self, record):

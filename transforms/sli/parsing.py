@@ -21,6 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.core.records import (
+    MAX_EVENT_MICROS,
     datetime_micros,
     epoch_micros,
     event_micros,
@@ -58,22 +59,6 @@ _UNIT_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 _ABSENT = object()
 
 
-def _lookup(obj, dotted, parts=None):
-    """obj[dotted] if that literal key exists (ECS style "log.level"), else the nested path (`parts`: dotted
-    split at its dots, when the caller has it)."""
-    value = obj.get(dotted, _ABSENT)
-    if value is not _ABSENT:
-        return value
-    if "." not in dotted:
-        return None
-    node = obj
-    for part in parts or dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def parse_timestamp(value, field):
     """Seconds since the epoch (see `micros_seconds`), truncated to the microsecond in integer arithmetic, from
     RFC 3339 text (nanoseconds allowed), epoch seconds/millis, {epochSecond, nanoOfSecond} (log4j2),
@@ -82,8 +67,15 @@ def parse_timestamp(value, field):
 
 
 def _event_micros(value, field):
-    micros = _utc_rfc3339_micros(value) if type(value) is str else None  # the usual case first
-    return event_micros(_timestamp_micros(value, field) if micros is None else micros, field)
+    """`parse_timestamp`'s microseconds, checked by event_micros; the usual UTC text of a second seen before
+    (cached only within the event-time range) is read without either."""
+    if type(value) is str:
+        second = _SECOND_MICROS.get(value[:19])
+        if second is not None:
+            fraction = _fraction_micros(value[19:])
+            if fraction is not None:
+                return second + fraction
+    return event_micros(_timestamp_micros(value, field), field)
 
 
 def _timestamp_micros(value, field):
@@ -126,9 +118,15 @@ def _utc_rfc3339_micros(text):
         second = _second_micros(text[:19])
         if second is None:
             return None
-    rest = text[19:]
+    fraction = _fraction_micros(text[19:])
+    return None if fraction is None else second + fraction
+
+
+def _fraction_micros(rest):
+    """Microseconds of what follows the second in the usual UTC form: "Z" or "+00:00", after an optional
+    "." and 1-9 digits (truncated to the microsecond); None for anything else."""
     if rest == "Z" or rest == "+00:00":
-        return second
+        return 0
     if rest.endswith("Z"):
         fraction = rest[1:-1]
     elif rest.endswith("+00:00"):
@@ -138,11 +136,12 @@ def _utc_rfc3339_micros(text):
     if rest[0] != "." or not 0 < len(fraction) <= 9 or not fraction.isdigit() or not fraction.isascii():
         return None
     digits = fraction[:6]
-    return second + int(digits) * _FRACTION_SCALE[len(digits)]
+    return int(digits) * _FRACTION_SCALE[len(digits)]
 
 
 def _second_micros(second):
-    """Microseconds at "YYYY-MM-DDTHH:MM:SS" (ASCII), remembered; None if it is not such a second."""
+    """Microseconds at "YYYY-MM-DDTHH:MM:SS" (ASCII); None if it is not such a second. Seconds whose every
+    microsecond is an event time are remembered (so that `_event_micros` needs no range check for them)."""
     if (
         len(second) != 19
         or not second.isascii()
@@ -165,7 +164,9 @@ def _second_micros(second):
             return None
         remember(_DAY_MICROS, second[:10], day, _MAX_CACHED_DAYS)
     micros = day + ((int(second[11:13]) * 60 + int(second[14:16])) * 60 + int(second[17:])) * 1_000_000
-    return remember(_SECOND_MICROS, second, micros, _MAX_CACHED_SECONDS)
+    if 0 <= micros and micros + 999_999 <= MAX_EVENT_MICROS:
+        remember(_SECOND_MICROS, second, micros, _MAX_CACHED_SECONDS)
+    return micros
 
 
 def parse_latency_ms(value, field, unit):
@@ -217,147 +218,190 @@ def parse_status(value, field):
     return value
 
 
-def _required(obj, field, fmt):
-    value = obj.get(field)
-    if value is None or value == "":
-        raise RecordError("missing_field", f"{fmt} record has no '{field}' (required)")
-    return value
+def _missing(fmt, fields, values):
+    """The missing_field error for the first of `fields` (name, how the config maps it) whose value is None or
+    empty text; None when every one has a value (falsy values such as 0 get here too)."""
+    for (name, mapped_by), value in zip(fields, values, strict=True):
+        if value is None or value == "":
+            mapping = f" (required; mapped by formats.{fmt}.{mapped_by} in the SLI config)" if mapped_by else ""
+            return RecordError("missing_field", f"{fmt} record has no '{name}'{mapping or ' (required)'}")
+    return None
 
 
-def _split_url(url, field):
-    """(host, path) of a URL or path; remembered for the URLs logs repeat (a failure raises every time)."""
-    split = _URLS.get(url) if type(url) is str else None
-    if split is None:
-        url = text(url, field)
+class Request(NamedTuple):
+    """What a log line says of its request apart from time, status and latency. Logs repeat their requests,
+    so a `_Requests` makes each once per distinct (service, method, URL) as logged."""
+
+    service: str
+    host: str
+    method: str
+    path: str  # without query string
+    journey: tuple | None  # (service, journey name, SLIs) by the parser's JourneyMatcher; None without one
+
+
+class _Requests:
+    """(service, method, URL) as one format logs them -> their `Request`, remembered when all are text (or no
+    service) and short; a failure raises every time. `fields` names the three for error messages."""
+
+    def __init__(self, fields, matcher):
+        self._service_field, self._method_field, self._url_field = fields
+        self._matcher = matcher
+        self._memo = {}
+
+    def get(self, service, method, url):
         try:
-            parts = urlsplit(url)
-            split = parts.hostname or "", parts.path or "/"
+            request = self._memo.get((service, method, url))
+        except TypeError:  # an unhashable value (a list or an object where text belongs): _make rejects it
+            request = None
+        return self._make(service, method, url) if request is None else request
+
+    def _make(self, service, method, url):
+        method_text = text(method, self._method_field).upper()
+        url_text = text(url, self._url_field)
+        try:
+            parts = urlsplit(url_text)
+            host, path = parts.hostname or "", parts.path or "/"
         except ValueError as e:
-            raise RecordError("bad_field", f"field '{field}': {url!r:.80} is not a URL: {e}") from None
-        if len(url) <= _CACHED_URL_CHARS:
-            remember(_URLS, url, split, _MAX_CACHED_URLS)
-    return split
+            raise RecordError("bad_field", f"field '{self._url_field}': {url_text!r:.80} is not a URL: {e}") from None
+        name = key_part(service or host or "unknown", self._service_field)
+        journey = None if self._matcher is None else self._matcher.classify(name, host, method_text, path)
+        request = Request(name, host, method_text, path, journey)
+        if (
+            type(method) is str
+            and type(url) is str
+            and (service is None or type(service) is str)
+            and len(method) + len(url) + len(service or "") <= _CACHED_REQUEST_CHARS
+        ):
+            remember(self._memo, (service, method, url), request, _MAX_CACHED_REQUESTS)
+        return request
 
 
-_URLS = {}  # URL -> (host, path)
-_CACHED_URL_CHARS, _MAX_CACHED_URLS = 1024, 1 << 16
+_CACHED_REQUEST_CHARS, _MAX_CACHED_REQUESTS = 1024, 1 << 16
+_HTTP_REQUEST_FIELDS = tuple(
+    (f"httpRequest.{name}", None) for name in ("requestMethod", "requestUrl", "status", "latency")
+)
 
 
-def _dict(value):
-    return value if isinstance(value, dict) else {}
+class _CloudLogging:
+    """Cloud Logging LogEntry records with `httpRequest`."""
 
+    def __init__(self, matcher):
+        self._requests = _Requests(("service", "httpRequest.requestMethod", "httpRequest.requestUrl"), matcher)
 
-_METHODS = {}  # method as logged -> upper case: logs hold few distinct methods
-_SERVICES = {}  # service names already checked by key_part
-_MAX_MEMO = 1 << 12
-
-
-def _method(value, field):
-    method = _METHODS.get(value) if type(value) is str else None
-    if method is None:
-        method = text(value, field).upper()
-        if type(value) is str and len(value) <= 16:
-            remember(_METHODS, value, method, _MAX_MEMO)
-    return method
-
-
-def _service(value, field):
-    if type(value) is str and value in _SERVICES:
-        return value
-    service = key_part(value, field)
-    if type(value) is str:
-        remember(_SERVICES, value, None, _MAX_MEMO)
-    return service
-
-
-def _from_cloud_logging(entry, http):
-    if not isinstance(http, dict):
-        raise RecordError("bad_field", "'httpRequest' must be an object")
-    ts_field = "timestamp" if entry.get("timestamp") else "receiveTimestamp"
-    micros = _event_micros(_required(entry, ts_field, "LogEntry"), ts_field)
-    method = _method(_required(http, "requestMethod", "LogEntry httpRequest"), "httpRequest.requestMethod")
-    host, path = _split_url(_required(http, "requestUrl", "LogEntry httpRequest"), "httpRequest.requestUrl")
-    status = parse_status(_required(http, "status", "LogEntry httpRequest"), "httpRequest.status")
-    latency = parse_latency_ms(_required(http, "latency", "LogEntry httpRequest"), "httpRequest.latency", "s")
-    labels = _dict(_dict(entry.get("resource")).get("labels"))
-    service = (
-        labels.get("service_name")
-        or labels.get("module_id")
-        or labels.get("backend_service_name")
-        or _dict(entry.get("labels")).get("service")
-        or host
-        or "unknown"
-    )
-    return micros, _service(service, "service"), host, method, path, status, latency, "cloud_logging"
+    def fields(self, entry, http):
+        if not isinstance(http, dict):
+            raise RecordError("bad_field", "'httpRequest' must be an object")
+        ts_field = "timestamp"
+        ts = entry.get(ts_field)
+        if not ts:
+            ts_field = "receiveTimestamp"
+            ts = entry.get(ts_field)
+        method, url, status, latency = (
+            http.get("requestMethod"),
+            http.get("requestUrl"),
+            http.get("status"),
+            http.get("latency"),
+        )
+        if not (ts and method and url and status and latency):
+            error = _missing("LogEntry", ((ts_field, None), *_HTTP_REQUEST_FIELDS), (ts, method, url, status, latency))
+            if error:
+                raise error
+        micros = _event_micros(ts, ts_field)
+        labels = entry.get("resource")
+        labels = labels.get("labels") if isinstance(labels, dict) else None
+        service = (
+            labels.get("service_name") or labels.get("module_id") or labels.get("backend_service_name")
+            if isinstance(labels, dict)
+            else None
+        )
+        if not service:
+            labels = entry.get("labels")
+            service = labels.get("service") if isinstance(labels, dict) else None
+        return (
+            micros,
+            self._requests.get(service, method, url),
+            parse_status(status, "httpRequest.status"),
+            parse_latency_ms(latency, "httpRequest.latency", "s"),
+            "cloud_logging",
+        )
 
 
 class _MappedFormat:
-    """App log or flat JSON records read through a `FieldMapping`, its field names looked up once here."""
+    """App log or flat JSON records read through a `FieldMapping`, its field names prepared once here."""
 
-    def __init__(self, mapping, fmt):
+    def __init__(self, mapping, fmt, matcher):
         self._fmt = fmt
-        self._timestamp_field = mapping.timestamp_field
         times = (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ())
-        self._time_fields = tuple(_Field(f) for f in dict.fromkeys(times))  # the first with a value wins
-        self._required = tuple(
-            (_Field(getattr(mapping, name)), name)
-            for name in ("method_field", "path_field", "status_field", "latency_field")
+        self._time_fields = tuple(_mapped(f) for f in dict.fromkeys(times))  # the first with a value wins
+        self._method, self._url, self._status, self._latency, self._service = (
+            _mapped(getattr(mapping, name))
+            for name in ("method_field", "path_field", "status_field", "latency_field", "service_field")
         )
-        self._service = _Field(mapping.service_field)
+        self._required = (
+            (mapping.timestamp_field, "timestamp_field"),
+            (mapping.method_field, "method_field"),
+            (mapping.path_field, "path_field"),
+            (mapping.status_field, "status_field"),
+            (mapping.latency_field, "latency_field"),
+        )
+        self._requests = _Requests((mapping.service_field, mapping.method_field, mapping.path_field), matcher)
         self._latency_unit = mapping.latency_unit
 
     def fields(self, obj, fallback_time=None, context=None):
-        """Request fields looked up in `context` (the MDC) first, then `obj`."""
-        ts_field, ts_value = None, fallback_time
+        """Request fields looked up in `context` (the MDC) first, then `obj`; a LogEntry's own time
+        (`fallback_time`) when none of the time fields has a value."""
+        ts_field, ts = "timestamp", fallback_time
         for field in self._time_fields:
-            value = field.get(obj, context)
+            value = _mapped_value(obj, context, field)
             if value is not None and value != "":
-                ts_field, ts_value = field.name, value
+                ts_field, ts = field[0], value
                 break
-        if ts_field is None and fallback_time is None:
-            raise RecordError("missing_field", f"{self._fmt} record has no '{self._timestamp_field}' (required)")
-        micros = _event_micros(ts_value, ts_field or "timestamp")
-        values = []
-        for field, name in self._required:
-            value = field.get(obj, context)
-            if value is None or value == "":
-                raise RecordError(
-                    "missing_field",
-                    f"{self._fmt} record has no '{field.name}' (required; mapped by formats.{self._fmt}.{name} "
-                    f"in the SLI config)",
-                )
-            values.append(value)
-        (method_field, _), (path_field, _), (status_field, _), (latency_field, _) = self._required
-        method, url, status, latency = values
-        host, path = _split_url(url, path_field.name)
+        method, url, status, latency = (
+            _mapped_value(obj, context, self._method),
+            _mapped_value(obj, context, self._url),
+            _mapped_value(obj, context, self._status),
+            _mapped_value(obj, context, self._latency),
+        )
+        if not (ts and method and url and status and latency):
+            error = _missing(self._fmt, self._required, (ts, method, url, status, latency))
+            if error:
+                raise error
         return (
-            micros,
-            _service(self._service.get(obj, context) or host or "unknown", self._service.name),
-            host,
-            _method(method, method_field.name),
-            path,
-            parse_status(status, status_field.name),
-            parse_latency_ms(latency, latency_field.name, self._latency_unit),
+            _event_micros(ts, ts_field),
+            self._requests.get(_mapped_value(obj, context, self._service), method, url),
+            parse_status(status, self._status[0]),
+            parse_latency_ms(latency, self._latency[0], self._latency_unit),
             self._fmt,
         )
 
 
-class _Field:
-    """A mapped field: `get` looks it up in the context map (when there is one), then in the record."""
+def _mapped(name):
+    """A mapped field name as `_mapped_value` takes it: (name, its dotted parts or None for a plain key)."""
+    return name, tuple(name.split(".")) if "." in name else None
 
-    def __init__(self, name):
-        self.name = name
-        self._parts = tuple(name.split(".")) if "." in name else None
 
-    def get(self, obj, context):
-        if self._parts is None:  # a plain key
-            value = None if context is None else context.get(self.name)
-            return obj.get(self.name) if value is None else value
-        if context is not None:
-            value = _lookup(context, self.name, self._parts)
-            if value is not None:
-                return value
-        return _lookup(obj, self.name, self._parts)
+def _mapped_value(obj, context, field):
+    """A mapped field's value: from the context map (the MDC) when it has one there, else from the record. A
+    dotted name is a literal key (ECS style "log.level") where that key exists, else a path."""
+    name, parts = field
+    if context is not None:
+        value = context.get(name, _ABSENT)
+        if value is _ABSENT:
+            value = _nested(context, parts)
+        if value is not None:
+            return value
+    value = obj.get(name, _ABSENT)
+    return _nested(obj, parts) if value is _ABSENT else value
+
+
+def _nested(node, parts):
+    if parts is None:
+        return None
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _is_app_log(obj):
@@ -375,26 +419,30 @@ def _context_map(obj):
 
 class LogParser:
     """Request-log records of the three formats -> their request fields, with the SLI config's field
-    mappings (`formats`) prepared once."""
+    mappings (`formats`) prepared once. With a JourneyMatcher (`matcher`), each `Request` carries its
+    journey too."""
 
-    def __init__(self, formats):
-        self._app_log = _MappedFormat(formats.app_log, "app_log")
-        self._flat = _MappedFormat(formats.flat, "flat")
+    def __init__(self, formats, matcher=None):
+        self._cloud_logging = _CloudLogging(matcher)
+        self._app_log = _MappedFormat(formats.app_log, "app_log", matcher)
+        self._flat = _MappedFormat(formats.flat, "flat", matcher)
 
     def event(self, payload):
         """One record (bytes, str or an already-decoded dict such as a BigQuery row) -> a `RequestEvent`."""
-        micros, *fields = self.fields(payload)
-        return RequestEvent(micros_seconds(micros), *fields)
+        micros, request, status, latency_ms, log_format = self.fields(payload)
+        service, host, method, path, _ = request
+        return RequestEvent(micros_seconds(micros), service, host, method, path, status, latency_ms, log_format)
 
     def fields(self, payload):
-        """`event`'s fields as a tuple, the event time in whole microseconds since the epoch (the batch path's
-        integer window arithmetic), within the same range and with the same errors."""
+        """(event time in whole microseconds since the epoch, `Request`, status, latency in ms, log format):
+        `event`'s fields for the batch path's integer window arithmetic, within the same range and with the
+        same errors."""
         obj = payload if isinstance(payload, dict) else parse_json(payload)
         if not isinstance(obj, dict):
             raise RecordError("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
         http = obj.get("httpRequest")
         if http is not None:
-            return _from_cloud_logging(obj, http)
+            return self._cloud_logging.fields(obj, http)
         payload_obj = obj.get("jsonPayload")
         if isinstance(payload_obj, dict):
             entry_time = obj.get("timestamp") or obj.get("receiveTimestamp")
