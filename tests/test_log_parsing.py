@@ -8,10 +8,16 @@ from hypothesis import strategies as st
 
 from pipelines.samples import SLI_DIR
 from pipelines.samples.request_logs import MALFORMED
-from transforms.core.records import datetime_micros
+from transforms.core.records import MAX_EVENT_MICROS, datetime_micros, event_micros
 from transforms.io.deadletter import DEAD_LETTER_TAG
 from transforms.sli.config import Formats, load_sli_config
-from transforms.sli.parsing import ParseLogRecords, _timestamp_micros, _utc_rfc3339_micros, parse_log_record
+from transforms.sli.parsing import (
+    ParseLogRecords,
+    _event_micros,
+    _timestamp_micros,
+    _utc_rfc3339_micros,
+    parse_log_record,
+)
 
 FORMATS = load_sli_config(SLI_DIR / "profile_service.yaml").formats
 
@@ -301,3 +307,32 @@ def test_a_parser_that_remembers_requests_answers_as_a_fresh_one(requests):
     for raw in requests + requests:  # each request again, once remembered
         payload = record(*raw)
         assert outcome(shared, payload) == outcome(LogParser(config.formats, JourneyMatcher(config)), payload)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _UTC_TEXT,
+        st.integers(-(2**64), 2**64),
+        st.integers(MAX_EVENT_MICROS // 1000 - 2, MAX_EVENT_MICROS // 1000 + 2),
+        st.integers(10**11 - 2, 10**11 + 2),
+        st.text(max_size=35),
+    )
+)
+def test_event_times_read_by_the_fast_paths_are_the_general_parsers(value):
+    """`_event_micros` reads the usual forms (cached UTC seconds, epoch milliseconds) by shortcuts: each value
+    gives what the general parser and the range check give, the same microseconds or the same error."""
+    from transforms.io.deadletter import RecordError
+
+    def outcome(read):
+        try:
+            return read()
+        except RecordError as e:
+            return e.reason
+        except ValueError:  # not expected of either: makes the assert below report it
+            return "ValueError"
+
+    for _ in range(2):  # the second time from the caches
+        assert outcome(lambda: _event_micros(value, "t")) == outcome(
+            lambda: event_micros(_timestamp_micros(value, "t"), "t")
+        )

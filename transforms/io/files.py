@@ -35,8 +35,15 @@ def read_jsonl(pattern, limit=None):
                 if len(rows) == limit:
                     return rows
                 if line.strip():
-                    rows.append(json.loads(line))
+                    rows.append(_json_line(line))
     return rows
+
+
+def _json_line(line):
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:  # integers over 64 bits, which sinks.to_json_line writes with json
+        return json.loads(line)
 
 
 def is_json_lines(head):

@@ -53,26 +53,22 @@ class AggregateLogBatches(GuardedBatchDoFn):
         self._parsed = Metrics.counter(self._pipeline, "records_parsed")
         self._unmatched = Metrics.counter(self._pipeline, "requests_unmatched")
 
-    def _request(self, record):
-        """-> ((service, journey, window start), SLIs, status, latency_ms); RecordError for a bad record."""
-        micros, request, status, latency, _ = self._parser.fields(payload_and_attributes(record)[0])
-        service, journey, slis = request.journey
-        return (service, journey, micros // self._window_micros * self._window_seconds), slis, status, latency
-
     def handle(self, record):
-        key, slis, status, latency = self._request(record)
-        yield from self._partials({key: (slis, [status], [latency])})
+        yield from self.handle_batch([record])
 
     def handle_batch(self, records):
-        groups = {}  # key -> (SLIs, statuses, latencies)
+        fields, window_micros = self._parser.fields, self._window_micros
+        groups = {}  # (service, journey, window index) -> (SLIs, statuses, latencies)
         dead_letters = []
         for record in records:
             try:
-                key, slis, status, latency = self._request(record)
+                micros, request, status, latency, _ = fields(payload_and_attributes(record)[0])
             except Exception as e:  # noqa: BLE001 - per-record boundary, as GuardedDoFn.process
                 payload, attributes = payload_and_attributes(record)
                 dead_letters.append(self.dead_letter(payload, e, attributes))
                 continue
+            service, journey, slis = request.journey
+            key = (service, journey, micros // window_micros)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = (slis, [], [])
@@ -85,14 +81,17 @@ class AggregateLogBatches(GuardedBatchDoFn):
         partials = []
         parsed = unmatched = 0
         for key, (slis, statuses, latencies) in groups.items():
-            service, journey, window_start = key
+            service, journey, window = key
+            window_start = window * self._window_seconds
             counters = self._counters.get((service, journey))
             if counters is None:
                 counters = self._counters[(service, journey)] = tuple(_bad_counter(s) for s in slis)
             status_array = np.array(statuses, dtype=np.int64)
             latency_array = np.array(latencies, dtype=np.float64)
             stats = JourneyWindowStats().add_batch(latency_array, [c(status_array, latency_array) for c in counters])
-            partials.append(TimestampedValue((key, stats), Timestamp(seconds=window_start)))
+            partials.append(
+                TimestampedValue(((service, journey, window_start), stats), Timestamp(seconds=window_start))
+            )
             parsed += len(statuses)
             if journey == UNMATCHED_JOURNEY:
                 unmatched += len(statuses)

@@ -75,7 +75,12 @@ def _event_micros(value, field):
             fraction = _fraction_micros(value[19:])
             if fraction is not None:
                 return second + fraction
+    elif type(value) is int and 1e11 < value <= _MAX_EVENT_MILLIS:  # epoch milliseconds (log4j2's timeMillis)
+        return value * 1000
     return event_micros(_timestamp_micros(value, field), field)
+
+
+_MAX_EVENT_MILLIS = MAX_EVENT_MICROS // 1000
 
 
 def _timestamp_micros(value, field):
@@ -104,8 +109,8 @@ def _timestamp_micros(value, field):
 
 
 _SECOND_MICROS = {}  # "YYYY-MM-DDTHH:MM:SS" -> microseconds at that second, UTC: log lines share their seconds
-_DAY_MICROS = {}  # "YYYY-MM-DD" -> microseconds at its midnight, UTC
-_MAX_CACHED_SECONDS, _MAX_CACHED_DAYS = 1 << 16, 1 << 14
+_MINUTE_MICROS = {}  # "YYYY-MM-DDTHH:MM" -> microseconds at that minute, UTC
+_MAX_CACHED_SECONDS, _MAX_CACHED_MINUTES = 1 << 16, 1 << 14
 _FRACTION_SCALE = (None, 100_000, 10_000, 1000, 100, 10, 1)  # microseconds per unit of 1-6 fraction digits
 
 
@@ -142,31 +147,40 @@ def _fraction_micros(rest):
 def _second_micros(second):
     """Microseconds at "YYYY-MM-DDTHH:MM:SS" (ASCII); None if it is not such a second. Seconds whose every
     microsecond is an event time are remembered (so that `_event_micros` needs no range check for them)."""
-    if (
-        len(second) != 19
-        or not second.isascii()
-        or second[4] != "-"
-        or second[7] != "-"
-        or second[10] != "T"
-        or second[13] != ":"
-        or second[16] != ":"
-        or not (second[:4] + second[5:7] + second[8:10] + second[11:13] + second[14:16] + second[17:]).isdigit()
-        or second[11:13] > "23"
-        or second[14:16] > "59"
-        or second[17:] > "59"
-    ):
+    minute = _MINUTE_MICROS.get(second[:16])
+    if minute is None:
+        minute = _minute_micros(second[:16])
+    if minute is None or len(second) != 19 or second[16] != ":":
         return None
-    day = _DAY_MICROS.get(second[:10])
-    if day is None:
-        try:
-            day = datetime_micros(datetime.datetime.fromisoformat(second[:10]))
-        except ValueError:
-            return None
-        remember(_DAY_MICROS, second[:10], day, _MAX_CACHED_DAYS)
-    micros = day + ((int(second[11:13]) * 60 + int(second[14:16])) * 60 + int(second[17:])) * 1_000_000
+    ss = second[17:]
+    if not (ss.isdigit() and ss.isascii() and ss <= "59"):
+        return None
+    micros = minute + int(ss) * 1_000_000
     if 0 <= micros and micros + 999_999 <= MAX_EVENT_MICROS:
         remember(_SECOND_MICROS, second, micros, _MAX_CACHED_SECONDS)
     return micros
+
+
+def _minute_micros(minute):
+    """Microseconds at "YYYY-MM-DDTHH:MM" (ASCII), remembered; None if it is not such a minute."""
+    if (
+        len(minute) != 16
+        or not minute.isascii()
+        or minute[4] != "-"
+        or minute[7] != "-"
+        or minute[10] != "T"
+        or minute[13] != ":"
+        or not (minute[:4] + minute[5:7] + minute[8:10] + minute[11:13] + minute[14:16]).isdigit()
+        or minute[11:13] > "23"
+        or minute[14:16] > "59"
+    ):
+        return None
+    try:
+        day = datetime_micros(datetime.datetime.fromisoformat(minute[:10]))
+    except ValueError:
+        return None
+    micros = day + (int(minute[11:13]) * 60 + int(minute[14:16])) * 60_000_000
+    return remember(_MINUTE_MICROS, minute, micros, _MAX_CACHED_MINUTES)
 
 
 def parse_latency_ms(value, field, unit):
@@ -387,16 +401,16 @@ def _mapped_value(obj, context, field):
     if context is not None:
         value = context.get(name, _ABSENT)
         if value is _ABSENT:
-            value = _nested(context, parts)
+            value = None if parts is None else _nested(context, parts)
         if value is not None:
             return value
     value = obj.get(name, _ABSENT)
-    return _nested(obj, parts) if value is _ABSENT else value
+    if value is _ABSENT:
+        return None if parts is None else _nested(obj, parts)
+    return value
 
 
 def _nested(node, parts):
-    if parts is None:
-        return None
     for part in parts:
         if not isinstance(node, dict) or part not in node:
             return None
