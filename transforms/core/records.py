@@ -19,6 +19,7 @@ from transforms.io.deadletter import RecordError
 MAX_JSON_DEPTH = 64
 MAX_RECORD_BYTES = 10 * 1024 * 1024  # a record over it is too_large (Pub/Sub's messages are at most 10 MB)
 _BOM_BYTES, _BOM_TEXT = b"\xef\xbb\xbf", "\ufeff"
+_SHALLOW_BYTES = 2 * MAX_JSON_DEPTH  # too short to open and close more than MAX_JSON_DEPTH brackets
 
 
 class SerializedExample(NamedTuple):
@@ -54,7 +55,8 @@ def parse_json(payload):
             payload = bytes(payload)
         elif not isinstance(payload, str):
             raise RecordError("wrong_type", f"expected JSON text, got {type(payload).__name__}")
-    if len(payload) > MAX_RECORD_BYTES:
+    size = len(payload)
+    if size > MAX_RECORD_BYTES:
         raise RecordError(
             "too_large", f"the record is over {MAX_RECORD_BYTES} bytes, the most one JSON record may hold"
         )
@@ -69,7 +71,7 @@ def parse_json(payload):
             value = orjson.loads(payload)
         except orjson.JSONDecodeError as e:
             raise _decode_error(payload, str(e)) from None
-    if len(payload) <= 2 * MAX_JSON_DEPTH:  # too short to open and close more than MAX_JSON_DEPTH brackets
+    if size <= _SHALLOW_BYTES:
         return value
     if type(payload) is bytes:
         brackets = payload.count(b"{") + (payload.count(b"[") if b"[" in payload else 0)

@@ -111,7 +111,8 @@ def _timestamp_micros(value, field):
 _SECOND_MICROS = {}  # "YYYY-MM-DDTHH:MM:SS" -> microseconds at that second, UTC: log lines share their seconds
 _MINUTE_MICROS = {}  # "YYYY-MM-DDTHH:MM" -> microseconds at that minute, UTC
 _MAX_CACHED_SECONDS, _MAX_CACHED_MINUTES = 1 << 16, 1 << 14
-_FRACTION_SCALE = (None, 100_000, 10_000, 1000, 100, 10, 1)  # microseconds per unit of 1-6 fraction digits
+_FRACTION_SCALE = (None, 100_000, 10_000, 1000, 100, 10, 1, 1, 1, 1)  # us per unit of the first 1-6 of 1-9 digits
+_DIGITS = frozenset("0123456789")
 
 
 def _utc_rfc3339_micros(text):
@@ -130,18 +131,17 @@ def _utc_rfc3339_micros(text):
 def _fraction_micros(rest):
     """Microseconds of what follows the second in the usual UTC form: "Z" or "+00:00", after an optional
     "." and 1-9 digits (truncated to the microsecond); None for anything else."""
-    if rest == "Z" or rest == "+00:00":
-        return 0
-    if rest.endswith("Z"):
+    if rest[-1:] == "Z":
         fraction = rest[1:-1]
-    elif rest.endswith("+00:00"):
+    elif rest[-6:] == "+00:00":
         fraction = rest[1:-6]
     else:
         return None
-    if rest[0] != "." or not 0 < len(fraction) <= 9 or not fraction.isdigit() or not fraction.isascii():
+    if not fraction:
+        return 0 if len(rest) == 1 or len(rest) == 6 else None  # "Z" or "+00:00" alone
+    if rest[0] != "." or len(fraction) > 9 or not _DIGITS.issuperset(fraction):
         return None
-    digits = fraction[:6]
-    return int(digits) * _FRACTION_SCALE[len(digits)]
+    return int(fraction[:6]) * _FRACTION_SCALE[len(fraction)]
 
 
 def _second_micros(second):
@@ -225,11 +225,17 @@ def _checked_ms(ms, value, field):
 def parse_status(value, field):
     if type(value) is int and 100 <= value <= 599:
         return value
+    status = _STATUS_TEXTS.get(value) if type(value) is str else None
+    if status is not None:
+        return status
     if isinstance(value, str) and value.strip().isdecimal():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
         raise RecordError("bad_status", f"field '{field}': {value!r} is not an HTTP status code (100-599)")
     return value
+
+
+_STATUS_TEXTS = {str(status): status for status in range(100, 600)}  # as Java layouts log them, in their MDC
 
 
 def _missing(fmt, fields, values):
@@ -398,16 +404,17 @@ def _mapped_value(obj, context, field):
     """A mapped field's value: from the context map (the MDC) when it has one there, else from the record. A
     dotted name is a literal key (ECS style "log.level") where that key exists, else a path."""
     name, parts = field
+    if parts is None:  # a plain key
+        value = None if context is None else context.get(name)
+        return obj.get(name) if value is None else value
     if context is not None:
         value = context.get(name, _ABSENT)
         if value is _ABSENT:
-            value = None if parts is None else _nested(context, parts)
+            value = _nested(context, parts)
         if value is not None:
             return value
     value = obj.get(name, _ABSENT)
-    if value is _ABSENT:
-        return None if parts is None else _nested(obj, parts)
-    return value
+    return _nested(obj, parts) if value is _ABSENT else value
 
 
 def _nested(node, parts):
