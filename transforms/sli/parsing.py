@@ -419,9 +419,9 @@ def _mapped_value(obj, context, field):
 
 def _nested(node, parts):
     for part in parts:
-        if not isinstance(node, dict) or part not in node:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
             return None
-        node = node[part]
     return node
 
 
@@ -431,6 +431,8 @@ def _is_app_log(obj):
 
 
 def _context_map(obj):
+    if obj.keys().isdisjoint(_CONTEXT_MAPS):  # logstash's layout, say: its request fields are nested
+        return None
     for key in _CONTEXT_MAPS:
         value = obj.get(key)
         if isinstance(value, dict):
