@@ -40,10 +40,18 @@ def read_jsonl(pattern, limit=None):
 
 
 def _json_line(line):
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:  # integers over 64 bits, which sinks.to_json_line writes with json
-        return json.loads(line)
+    """orjson's decode, json's where orjson would not give json's values: a line that may hold an integer
+    outside 64 bits (19 digits or more; orjson reads one as a float) or a NaN (which orjson refuses), as
+    sinks.to_json_line writes them with json."""
+    if not _LONG_DIGITS.search(line):
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(line)
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def is_json_lines(head):
