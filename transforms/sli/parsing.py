@@ -238,14 +238,13 @@ def parse_status(value, field):
 _STATUS_TEXTS = {str(status): status for status in range(100, 600)}  # as Java layouts log them, in their MDC
 
 
-def _missing(fmt, fields, values):
-    """The missing_field error for the first of `fields` (name, how the config maps it) whose value is None or
-    empty text; None when every one has a value (falsy values such as 0 get here too)."""
+def _check_present(fmt, fields, values):
+    """Raises missing_field for the first of `fields` (name, the config's mapping of it or None) whose value is
+    None or empty text. Callers come here only when a value is falsy, so 0 and False pass through it."""
     for (name, mapped_by), value in zip(fields, values, strict=True):
         if value is None or value == "":
-            mapping = f" (required; mapped by formats.{fmt}.{mapped_by} in the SLI config)" if mapped_by else ""
-            return RecordError("missing_field", f"{fmt} record has no '{name}'{mapping or ' (required)'}")
-    return None
+            why = f"required; mapped by formats.{fmt}.{mapped_by} in the SLI config" if mapped_by else "required"
+            raise RecordError("missing_field", f"{fmt} record has no '{name}' ({why})")
 
 
 class Request(NamedTuple):
@@ -323,9 +322,7 @@ class _CloudLogging:
             http.get("latency"),
         )
         if not (ts and method and url and status and latency):
-            error = _missing("LogEntry", ((ts_field, None), *_HTTP_REQUEST_FIELDS), (ts, method, url, status, latency))
-            if error:
-                raise error
+            _check_present("LogEntry", ((ts_field, None), *_HTTP_REQUEST_FIELDS), (ts, method, url, status, latency))
         micros = _event_micros(ts, ts_field)
         labels = entry.get("resource")
         labels = labels.get("labels") if isinstance(labels, dict) else None
@@ -353,17 +350,11 @@ class _MappedFormat:
         self._fmt = fmt
         times = (mapping.timestamp_field,) + (_APP_LOG_TIME if fmt == "app_log" else ())
         self._time_fields = tuple(_mapped(f) for f in dict.fromkeys(times))  # the first with a value wins
+        required = ("method_field", "path_field", "status_field", "latency_field")
         self._method, self._url, self._status, self._latency, self._service = (
-            _mapped(getattr(mapping, name))
-            for name in ("method_field", "path_field", "status_field", "latency_field", "service_field")
+            _mapped(getattr(mapping, name)) for name in (*required, "service_field")
         )
-        self._required = (
-            (mapping.timestamp_field, "timestamp_field"),
-            (mapping.method_field, "method_field"),
-            (mapping.path_field, "path_field"),
-            (mapping.status_field, "status_field"),
-            (mapping.latency_field, "latency_field"),
-        )
+        self._required = tuple((getattr(mapping, name), name) for name in ("timestamp_field", *required))
         self._requests = _Requests((mapping.service_field, mapping.method_field, mapping.path_field), matcher)
         self._latency_unit = mapping.latency_unit
 
@@ -383,9 +374,7 @@ class _MappedFormat:
             _mapped_value(obj, context, self._latency),
         )
         if not (ts and method and url and status and latency):
-            error = _missing(self._fmt, self._required, (ts, method, url, status, latency))
-            if error:
-                raise error
+            _check_present(self._fmt, self._required, (ts, method, url, status, latency))
         return (
             _event_micros(ts, ts_field),
             self._requests.get(_mapped_value(obj, context, self._service), method, url),
